@@ -1,0 +1,8 @@
+"""poundcam: PoundNet real/fake detection with faithful comparative class activation maps."""
+from .errors import CAMError, CheckpointError, PoundcamError, WeightsNotFoundError
+from .transform import preprocess
+from .model import PoundNet, PoundNetConfig
+
+__all__ = ["CAMError", "CheckpointError", "PoundNet", "PoundNetConfig", "PoundcamError",
+           "WeightsNotFoundError", "preprocess"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Command groups of the `poundcam` CLI, one module each."""

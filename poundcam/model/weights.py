@@ -1,0 +1,120 @@
+"""Where the weights come from: a local path, ``s3://bucket/key`` or
+``hf://owner/repo/<run>/last.ckpt``. Remote files are cached locally and verified by sha256.
+
+The cache keeps ``<file>.sha256`` beside each download; a cached file whose digest no longer
+matches (a partial write, a disk fault) is fetched again. ``expected_sha256`` pins a digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import WeightsNotFoundError
+from .checkpoint import digest_file
+
+log = logging.getLogger(__name__)
+
+HF_REPO = "nebula/PoundNet"
+DEFAULT_RUN = "poundnet_ViTL_Progan_20240506_23_30_25"  # the run the paper reports
+DEFAULT_WEIGHTS = f"hf://{HF_REPO}/{DEFAULT_RUN}/last.ckpt"
+
+HOW_TO_PROVIDE = (
+    "Provide weights with POUNDCAM_WEIGHTS (or --weights): a local .ckpt/.safetensors path, "
+    "s3://bucket/key, or hf://nebula/PoundNet/<run>/last.ckpt. On a machine without network "
+    "access, copy the checkpoint there and give its path; `poundcam convert CKPT OUT.safetensors` "
+    "makes a compact export."
+)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("POUNDCAM_CACHE_DIR")
+                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poundcam")
+
+
+def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str | None = None,
+                    cache_dir: str | Path | None = None, s3_client=None) -> Path:
+    """Return a local path holding verified weights for ``uri`` (default: the paper's run)."""
+    uri = str(uri or os.environ.get("POUNDCAM_WEIGHTS") or DEFAULT_WEIGHTS)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return _cached(cache / "s3" / parsed.netloc / parsed.path.lstrip("/"), expected_sha256,
+                       lambda dest: _download_s3(parsed.netloc, parsed.path.lstrip("/"), dest, s3_client),
+                       uri)
+    if parsed.scheme == "hf":
+        parts = (parsed.netloc + parsed.path).split("/")
+        if len(parts) < 3:
+            raise WeightsNotFoundError(f"{uri}: expected hf://owner/repo/path/to/file")
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        return _cached(cache / "hf" / repo / filename, expected_sha256,
+                       lambda dest: _download_hf(repo, filename, dest), uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{path}: weights file not found. {HOW_TO_PROVIDE}")
+        if expected_sha256 and digest_file(path) != expected_sha256.lower():
+            raise WeightsNotFoundError(f"{path}: sha256 does not match the expected {expected_sha256}")
+        return path
+    raise WeightsNotFoundError(f"{uri}: unsupported weights location. {HOW_TO_PROVIDE}")
+
+
+def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
+    sidecar = dest.with_name(dest.name + ".sha256")
+    if dest.is_file() and sidecar.is_file():
+        recorded = sidecar.read_text().strip()
+        if (not expected or recorded == expected.lower()) and digest_file(dest) == recorded:
+            log.info("weights: using cached %s", dest)
+            return dest
+        log.warning("weights: cached %s failed verification; fetching again", dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".partial")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        log.info("weights: downloading %s", uri)
+        fetch(tmp)
+        digest = digest_file(tmp)
+        if expected and digest != expected.lower():
+            raise WeightsNotFoundError(
+                f"{uri}: downloaded file has sha256 {digest}, expected {expected}; not used")
+        tmp.replace(dest)
+        sidecar.write_text(digest + "\n")
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download_s3(bucket: str, key: str, dest: Path, client=None) -> None:
+    import botocore.exceptions
+
+    if client is None:
+        from ..s3 import make_s3_client
+        client = make_s3_client()
+    try:
+        client.download_file(bucket, key, str(dest))
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise WeightsNotFoundError(f"s3://{bucket}/{key}: cannot download weights ({code}: {exc}). "
+                                   f"{HOW_TO_PROVIDE}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise WeightsNotFoundError(f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}") from None
+
+
+def _download_hf(repo: str, filename: str, dest: Path) -> None:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise WeightsNotFoundError(f"huggingface_hub is not installed. {HOW_TO_PROVIDE}") from None
+    try:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            got = hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp)
+            shutil.move(got, dest)
+    except Exception as exc:  # offline, unknown repo, HTTP errors: all mean "not available"
+        raise WeightsNotFoundError(
+            f"hf://{repo}/{filename}: cannot download weights ({type(exc).__name__}: {exc}). "
+            f"{HOW_TO_PROVIDE}") from None

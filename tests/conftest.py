@@ -1,0 +1,147 @@
+"""Shared fixtures: the official tiny checkpoint, random tiny PoundNets, and real servers on
+localhost (an S3 server in moto's server mode, PostgreSQL and Redis from the machine)."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POUNDCAM_SHARED", ROOT.parent / "shared"))
+OFFICIAL_TINY = SHARED / "fixtures" / "poundnet-official-tiny"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    if not (OFFICIAL_TINY / "last.ckpt").is_file():
+        pytest.fail(f"official fixture not found at {OFFICIAL_TINY} (set POUNDCAM_SHARED)")
+    return OFFICIAL_TINY
+
+
+@pytest.fixture(scope="session")
+def official_model(official_dir):
+    from poundcam import PoundNet
+
+    return PoundNet.from_checkpoint(official_dir / "last.ckpt")
+
+
+def make_tiny_model(seed: int = 0, **overrides):
+    """A random PoundNet of small widths; ``overrides`` are PoundNetConfig fields."""
+    from poundcam.model.checkpoint import model_id
+    from poundcam.model import PoundNet, PoundNetConfig
+
+    base = dict(vision_width=64, vision_layers=4, patch_size=32, grid_size=7, embed_dim=32,
+                text_width=64, text_layers=2, n_ctx_vision=4, n_ctx_text=4,
+                prompt_depth_vision=3, prompt_depth_text=2, prompt_num_text=1,
+                class_names=("cat", "dog", "pottedplant"))
+    base.update(overrides)
+    torch.manual_seed(seed)
+    model = PoundNet(PoundNetConfig(**base))
+    with torch.no_grad():
+        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("attn_mask"):
+                continue
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                              "ln_final.weight")):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name == "logit_scale":
+                p.fill_(torch.log(torch.tensor(100.0)))
+            else:
+                p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1))
+    model.model_id = model_id(model.state_dict())
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server (moto's server mode) on localhost; yields its endpoint URL.
+
+    Clients reach it over HTTP through boto3, exactly as they would reach AWS."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_client(s3_server):
+    from poundcam.s3 import make_s3_client
+
+    return make_s3_client(endpoint_url=s3_server)
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    name = f"pc-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database created for one test and dropped after it."""
+    import sqlalchemy as sa
+
+    name = f"poundcam_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    url = os.environ.get("POUNDCAM_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
