@@ -1,0 +1,29 @@
+"""What the CAM explains: the quantities whose gradients weight the activation channels.
+
+``contrastive``: logit(fake) - logit(real), one backward pass; the fake map is the positive
+part of the resulting signed map and the real map the negative part (evidence for "real"
+against "fake" is exactly the negation). ``logit``: each class's own logit, two backward
+passes through the one retained graph.
+"""
+from __future__ import annotations
+
+import torch
+
+TARGETS = ("contrastive", "logit")
+REAL, FAKE = 0, 1
+
+
+def class_gradients(logits: torch.Tensor, leaf: torch.Tensor, target: str) -> dict[str, torch.Tensor]:
+    """Gradients of the target(s) with respect to ``leaf``, per image.
+
+    Images are independent in the graph, so the gradient of the batch sum is each image's own.
+    """
+    if target == "contrastive":
+        score = (logits[:, FAKE] - logits[:, REAL]).sum()
+        (grad,) = torch.autograd.grad(score, leaf)
+        return {"signed": grad}
+    if target == "logit":
+        (g_real,) = torch.autograd.grad(logits[:, REAL].sum(), leaf, retain_graph=True)
+        (g_fake,) = torch.autograd.grad(logits[:, FAKE].sum(), leaf)
+        return {"real": g_real, "fake": g_fake}
+    raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
