@@ -149,6 +149,9 @@ def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source
                           strict=True, assign=True)
     model.text.attn_mask = model.text.causal_mask(cfg.context_length)
     model.model_id = model_id(model.state_dict())
+    # An inference model: frozen, so a plain forward neither builds a graph over the weights
+    # nor recomputes the cached text features (see PoundNet.text_features).
+    model.requires_grad_(False)
     return model.eval()
 
 
