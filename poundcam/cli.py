@@ -14,6 +14,7 @@ from .errors import PoundcamError
 
 COMMAND_MODULES = (
     "poundcam.commands.model",
+    "poundcam.commands.db",
     "poundcam.commands.pipeline",
     "poundcam.commands.review",
 )

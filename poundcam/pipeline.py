@@ -1,0 +1,177 @@
+"""One message's work: fetch images, analyze them, upload heatmaps, record results.
+
+Used by the Celery task (S3 + PostgreSQL) and by the embedded ``poundcam analyze`` (a local
+folder + SQLite) alike. Every step is safe to repeat: items already done are skipped, an image
+already analysed with the same model and CAM configuration is linked rather than recomputed,
+heatmap keys are deterministic and the analysis row is an idempotent upsert. Heatmaps are
+uploaded before the row that points to them is written.
+
+Permanent per-image problems (a corrupt file, a disallowed URI) fail that item with an error
+code and the rest go on. Transient problems (S3 or the database unreachable) leave the affected
+items "running" and raise RetryLater once the rest of the message is done.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import logging
+import os
+import socket
+import time
+from typing import Callable, Iterable
+
+from .analysis import Analyzer, ItemOutcome
+from .db import (find_analysis, is_transient_db_error, mark_done, mark_failed, mark_running,
+                 session_scope, upsert_analysis)
+from .errors import PoundcamError
+from .storage import ObjectStore, StorageError, heatmap_key
+
+log = logging.getLogger(__name__)
+
+DB_ATTEMPTS = 5
+
+
+class RetryLater(PoundcamError):
+    """Some items hit a transient failure; the message should be retried later."""
+
+    def __init__(self, message: str, item_ids: list[int]):
+        super().__init__(message)
+        self.item_ids = item_ids
+
+
+@dataclasses.dataclass
+class PipelineContext:
+    analyzer: Analyzer
+    source: ObjectStore          # where images are read
+    sink: ObjectStore            # where heatmaps are written
+    sessions: Callable           # sessionmaker
+    heatmap_prefix: str = "heatmaps/"
+    max_image_bytes: int | None = None
+    worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    io_threads: int = 16
+    observer: object | None = None  # metrics: .item(outcome, code), .batch(seconds, n)
+
+    def __post_init__(self):
+        self._io = cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="poundcam-s3")
+
+    def close(self):
+        self._io.shutdown(wait=True)
+
+
+@dataclasses.dataclass
+class MessageReport:
+    done: int = 0
+    failed: int = 0
+    reused: int = 0
+    skipped: int = 0
+    retry: list[int] = dataclasses.field(default_factory=list)
+
+
+def _db(ctx: PipelineContext, fn):
+    """Run ``fn(session)`` in a transaction, retrying transient database errors with backoff."""
+    delay = 0.2
+    for attempt in range(1, DB_ATTEMPTS + 1):
+        try:
+            with session_scope(ctx.sessions) as s:
+                return fn(s)
+        except Exception as exc:
+            if not is_transient_db_error(exc) or attempt == DB_ATTEMPTS:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _fetch(ctx: PipelineContext, uri: str) -> bytes | StorageError:
+    try:
+        return ctx.source.get(uri, max_bytes=ctx.max_image_bytes)
+    except StorageError as exc:
+        return exc
+
+
+def _observe(ctx, outcome: str, code: str | None = None):
+    if ctx.observer is not None:
+        ctx.observer.item(outcome, code)
+
+
+def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
+                  progress: Callable[[ItemOutcome | None], None] | None = None) -> MessageReport:
+    """Process ``(item_id, uri)`` pairs of one message."""
+    items = list(items)
+    report = MessageReport()
+    claimed = set(_db(ctx, lambda s: mark_running(s, [i for i, _ in items])))
+    todo = [(i, u) for i, u in items if i in claimed]
+    report.skipped = len(items) - len(todo)
+    fetched = list(ctx._io.map(lambda iu: (iu[0], _fetch(ctx, iu[1])), todo))
+
+    def fail(item_id: int, code: str, message: str):
+        _db(ctx, lambda s: mark_failed(s, item_id, code, message))
+        report.failed += 1
+        _observe(ctx, "failed", code)
+
+    to_analyze: list[tuple[int, bytes]] = []
+    for item_id, data in fetched:
+        if isinstance(data, StorageError):
+            if data.transient:
+                report.retry.append(item_id)
+            else:
+                fail(item_id, data.code, str(data))
+                if progress:
+                    progress(None)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        existing = _db(ctx, lambda s: _link_existing(ctx, s, item_id, sha))
+        if existing:
+            report.reused += 1
+            _observe(ctx, "done")
+            if progress:
+                progress(None)
+            continue
+        to_analyze.append((item_id, data))
+
+    t0 = time.perf_counter()
+    for outcome in ctx.analyzer.analyze(to_analyze):
+        if outcome.ok:
+            try:
+                _store(ctx, outcome)
+                report.done += 1
+                _observe(ctx, "done")
+            except StorageError as exc:
+                if not exc.transient:
+                    raise
+                report.retry.append(outcome.key)
+        else:
+            fail(outcome.key, outcome.error_code or "analysis_failed", outcome.error_message or "")
+        if progress:
+            progress(outcome)
+    if ctx.observer is not None and to_analyze:
+        ctx.observer.batch(time.perf_counter() - t0, len(to_analyze))
+    if report.retry:
+        raise RetryLater(f"{len(report.retry)} item(s) hit a transient storage failure", report.retry)
+    return report
+
+
+def _link_existing(ctx: PipelineContext, session, item_id: int, sha: str) -> bool:
+    a = find_analysis(session, sha, ctx.analyzer.model_id, ctx.analyzer.cam_config_id)
+    if a is None:
+        return False
+    mark_done(session, item_id, a.id)
+    return True
+
+
+def _store(ctx: PipelineContext, outcome: ItemOutcome) -> None:
+    r = outcome.result
+    keys = {name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
+            for name in r.heatmaps}
+    uploads = [ctx._io.submit(ctx.sink.put, keys[n], png, "image/png") for n, png in r.heatmaps.items()]
+    for f in uploads:
+        f.result()
+    record = {**r.record(), "heatmap_keys": keys, "worker": ctx.worker}
+    record["geometry"] = {**record["geometry"], "mode": record.pop("original_mode")}
+
+    def write(s):
+        analysis_id = upsert_analysis(s, record)
+        mark_done(s, outcome.key, analysis_id)
+
+    _db(ctx, write)

@@ -1,0 +1,61 @@
+"""Build what a worker or the embedded CLI needs from Settings: the model, the analyzer,
+the stores and the database sessions. Loaded once per process."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .analysis import AnalysisOptions, Analyzer
+from .db import make_session_factory
+from .imaging import DecodeLimits
+from .model import load_poundnet
+from .model.weights import resolve_weights
+from .pipeline import PipelineContext
+from .settings import Settings
+from .storage import LocalStore, S3Store
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        from .settings import SettingsError
+        raise SettingsError("POUNDCAM_DEVICE=cuda but no CUDA device is available")
+    return torch.device(setting)
+
+
+def load_model(settings: Settings, device: torch.device):
+    path = resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
+                           cache_dir=settings.cache_dir)
+    model = load_poundnet(path, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)  # inference only; the CAM starts its own graph
+    log.info("loaded model %s from %s on %s", model.model_id, path, device)
+    return model
+
+
+def make_analyzer(settings: Settings, model=None, device: torch.device | None = None) -> Analyzer:
+    device = device or pick_device(settings.device)
+    model = model or load_model(settings, device)
+    options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
+                              cam_target=settings.cam_target, batch_size=settings.batch_size,
+                              limits=DecodeLimits(max_bytes=settings.max_image_bytes,
+                                                  max_pixels=settings.max_image_pixels))
+    return Analyzer(model, options, device=device)
+
+
+def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_client=None) -> PipelineContext:
+    if settings.embedded:
+        source = sink = LocalStore.from_settings(settings)
+    else:
+        if not settings.heatmap_bucket:
+            from .settings import SettingsError
+            raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set for S3 storage")
+        source = sink = S3Store.from_settings(settings, client=s3_client)
+    return PipelineContext(analyzer=analyzer, source=source, sink=sink,
+                           sessions=make_session_factory(settings.database_url),
+                           heatmap_prefix=settings.heatmap_prefix,
+                           max_image_bytes=settings.max_image_bytes, observer=observer)

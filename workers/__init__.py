@@ -1,0 +1,1 @@
+"""Celery workers for poundcam: one process per GPU, solo pool."""

@@ -1,0 +1,19 @@
+"""The Celery application of the workers.
+
+Broker: Redis. JSON only; acks late and rejects on worker loss, so a message whose worker dies
+is delivered again (analyses are idempotent); prefetch 1, so a busy worker holds one message.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from poundcam.messaging import QUEUE, TASK_NAME, celery_config
+from poundcam.settings import Settings
+
+app = Celery("poundcam")
+app.conf.update(celery_config(Settings.from_env()))
+app.conf.update(worker_concurrency=1, worker_pool="solo", worker_send_task_events=True,
+                task_send_sent_event=True)
+app.conf.imports = ("workers.tasks", "workers.signals")
+
+__all__ = ["QUEUE", "TASK_NAME", "app"]
