@@ -16,7 +16,7 @@ from PIL import Image, PngImagePlugin
 
 from ..transform import CropGeometry
 
-MAX_ORIGINAL_SIDE = 1024  # overlays on the original geometry are drawn at most this large
+MAX_ORIGINAL_SIDE = 768  # overlays on the original geometry are drawn at most this large
 ALPHA = 0.6
 
 # Control points of a perceptual blue-cyan-yellow-red ramp (turbo-like), interpolated to 256.
