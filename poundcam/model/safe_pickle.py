@@ -2,13 +2,15 @@
 
 ``torch.load(weights_only=True)`` refuses any object that is not a tensor or a plain
 container. Released Lightning checkpoints also carry hyper-parameter containers and callback
-states. Those objects are replaced by inert placeholders (nothing of theirs is imported or run),
-but only for globals from the training frameworks listed below; anything else is refused.
+states. Those objects are loaded as inert data (tagged OrderedDicts; nothing of theirs is
+imported or run), but only for globals from the training frameworks listed below; anything else
+is refused before unpickling starts.
 """
 from __future__ import annotations
 
 import pickle
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +25,21 @@ PLACEHOLDER_NAMESPACES = (
 )
 
 
-class Placeholder(dict):
-    """Stands in for an object of a foreign class; keeps what the pickle gave it as data."""
+class Placeholder:
+    """Stands in for a foreign class. Instantiating it (the pickle's NEWOBJ or REDUCE) yields a
+    plain ``OrderedDict`` tagged with the pickled class name, because the weights-only unpickler
+    fills only exact dict types (SETITEMS) and builds only exact OrderedDicts (BUILD): so dict
+    subclasses (Lightning's AttributeDict) and objects with a ``__dict__`` state (callbacks)
+    both load, as data. Nothing of the foreign class is imported or run."""
 
     _pickled_name = "?"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<placeholder for {self._pickled_name}>"
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - see class docstring
+        obj: OrderedDict = OrderedDict()
+        obj.__dict__["pickled_class"] = cls._pickled_name
+        if args or kwargs:
+            obj.__dict__["pickled_args"] = (args, kwargs)
+        return obj
 
 
 def _placeholder_for(full_path: str) -> type:
