@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, start_http_server)
+
+disable_created_metrics()  # the *_created series only clutter dashboards
 
 log = logging.getLogger(__name__)
 
