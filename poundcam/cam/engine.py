@@ -109,7 +109,7 @@ class ComparativeCAM:
         else:
             block = blocks[self.layer]
             if self.layer == last:
-                out = _cls_only(block, h, act)
+                out = block.forward_cls(h, act)
             else:
                 out = block.forward_attention(h, act)
             start = self.layer + 1
@@ -117,7 +117,7 @@ class ComparativeCAM:
             if i == last:
                 b = blocks[i]
                 out = b.insert_prompt(out)
-                out = _cls_only(b, out, b.ln_1(out))
+                out = b.forward_cls(out, b.ln_1(out))
             else:
                 out = blocks[i](out)
         return visual.head(out)
@@ -158,13 +158,6 @@ class ComparativeCAM:
         return CAMResult(real=real.contiguous(), fake=fake.contiguous(), logits=logits,
                          probs=logits.softmax(dim=-1), layer=self.layer, target=self.target,
                          point=self.point, invalid=invalid)
-
-
-def _cls_only(block, h: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
-    """The last block for the CLS token only: its query attends to every token."""
-    q = normed[:, :1]
-    x = h[:, :1] + block.ls_1(block.attention(q_x=q, k_x=normed, v_x=normed))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _gradient_problems(grad: torch.Tensor, layer: int, point: str, name: str) -> dict[int, str]:

@@ -53,6 +53,13 @@ class PromptedBlock(ResidualAttentionBlock):
         x = x + self.ls_1(self.attention(q_x=normed, attn_mask=attn_mask))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
+    def forward_cls(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """The block's output for token 0 only, from its ``ln_1`` activation: the CLS query
+        attends to every token. After the last block nothing but CLS reaches the head, so
+        this gives the same features for 1/L of the block's token work."""
+        cls = x[:, :1] + self.ls_1(self.attention(q_x=normed[:, :1], k_x=normed, v_x=normed))
+        return cls + self.ls_2(self.mlp(self.ln_2(cls)))
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.insert_prompt(x)
         return self.forward_attention(x, self.ln_1(x), attn_mask)
@@ -118,7 +125,14 @@ class PromptedVisionTransformer(nn.Module):
         return self.ln_post(x[:, 0]) @ self.proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.transformer(self.embed(x)))
+        """Image features [B, E]. The last block computes the CLS token only (forward_cls);
+        a hook on that block's output sees [B, 1, W]. Every ``ln_1`` sees all tokens."""
+        *blocks, last = self.transformer.resblocks
+        x = self.embed(x)
+        for block in blocks:
+            x = block(x)
+        x = last.insert_prompt(x)
+        return self.head(last.forward_cls(x, last.ln_1(x)))
 
 
 class PromptedTextEncoder(nn.Module):
