@@ -1,0 +1,161 @@
+"""Configuration from ``POUNDCAM_*`` environment variables.
+
+``Settings.from_env()`` reads every variable once; keyword overrides (field values, already
+typed) win over the environment. Every value is validated when the object is built, and an
+invalid one raises :class:`SettingsError` naming the variable. docs/configuration.md lists
+every variable with its default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+
+from .errors import PoundcamError
+
+DEVICES = ("auto", "cpu", "cuda")
+CAM_TARGETS = ("contrastive", "logit")
+
+
+class SettingsError(PoundcamError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+def env_name(field_name: str) -> str:
+    return "POUNDCAM_" + field_name.upper()
+
+
+def _opt_str(raw: str) -> str | None:
+    raw = raw.strip()
+    return raw or None
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip().replace("_", ""))
+
+
+def _float(raw: str) -> float:
+    return float(raw.strip())
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _paths(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(os.pathsep) if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of poundcam. Field ``x`` is read from ``POUNDCAM_X``."""
+
+    database_url: str = field(default="sqlite:///./poundcam.db", metadata={"parse": _str})
+    broker_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"parse": _str})
+    s3_endpoint_url: str | None = field(default=None, metadata={"parse": _opt_str})
+    heatmap_bucket: str | None = field(default=None, metadata={"parse": _opt_str})
+    heatmap_prefix: str = field(default="heatmaps/", metadata={"parse": _str})
+    allowed_buckets: tuple[str, ...] = field(default=(), metadata={"parse": _csv})
+    weights: str | None = field(default=None, metadata={"parse": _opt_str})
+    weights_sha256: str | None = field(default=None, metadata={"parse": _opt_str})
+    cache_dir: str | None = field(default=None, metadata={"parse": _opt_str})
+    device: str = field(default="auto", metadata={"parse": _str})
+    batch_size: int = field(default=32, metadata={"parse": _int})
+    threshold: float = field(default=0.5, metadata={"parse": _float})
+    cam_layer: int = field(default=-1, metadata={"parse": _int})
+    cam_target: str = field(default="contrastive", metadata={"parse": _str})
+    max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={"parse": _int})
+    max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
+    task_batch_size: int = field(default=64, metadata={"parse": _int})
+    visibility_timeout_s: int = field(default=3600, metadata={"parse": _int})
+    metrics_port: int = field(default=9808, metadata={"parse": _int})
+    local_root: str | None = field(default=None, metadata={"parse": _opt_str})
+    allowed_roots: tuple[str, ...] = field(default=(), metadata={"parse": _paths})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        values = {}
+        for name, f in known.items():
+            var = env_name(name)
+            if name in overrides:
+                values[name] = overrides[name]
+            elif var in environ:
+                parse: Callable[[str], object] = f.metadata["parse"]
+                try:
+                    values[name] = parse(environ[var])
+                except ValueError:
+                    raise SettingsError(
+                        f"{var}={environ[var]!r} is not a valid {_kind(f)}") from None
+        return cls(**values)
+
+    @property
+    def embedded(self) -> bool:
+        """Embedded mode: a local folder stands in for S3 (``POUNDCAM_LOCAL_ROOT`` is set)."""
+        return self.local_root is not None
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allowed_buckets, str):
+            object.__setattr__(self, "allowed_buckets", _csv(self.allowed_buckets))
+        else:
+            object.__setattr__(self, "allowed_buckets", tuple(self.allowed_buckets))
+        object.__setattr__(self, "allowed_roots", tuple(str(p) for p in self.allowed_roots))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int",) and (not isinstance(value, int) or isinstance(value, bool)):
+                self._fail(f.name, "must be an integer")
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    self._fail(f.name, "must be a number")
+                object.__setattr__(self, f.name, float(value))
+            if f.type in ("str",) and not isinstance(value, str):
+                self._fail(f.name, "must be a string")
+            if f.type == "str | None" and value is not None and not isinstance(value, str):
+                self._fail(f.name, "must be a string")
+        if not self.database_url:
+            self._fail("database_url", "must not be empty")
+        if self.device not in DEVICES:
+            self._fail("device", f"must be one of {', '.join(DEVICES)}")
+        if self.cam_target not in CAM_TARGETS:
+            self._fail("cam_target", f"must be one of {', '.join(CAM_TARGETS)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            self._fail("threshold", "must be between 0 and 1")
+        for name in ("batch_size", "max_image_bytes", "max_image_pixels", "task_batch_size",
+                     "visibility_timeout_s"):
+            if getattr(self, name) < 1:
+                self._fail(name, "must be at least 1")
+        if not 0 <= self.metrics_port <= 65535:
+            self._fail("metrics_port", "must be a port number between 0 and 65535")
+        if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):
+            self._fail("weights_sha256", "must be 64 hexadecimal digits")
+        if self.heatmap_prefix.startswith("/") or ".." in self.heatmap_prefix.split("/"):
+            self._fail("heatmap_prefix", "must be a relative key prefix without '..'")
+        if self.heatmap_prefix and not self.heatmap_prefix.endswith("/"):
+            object.__setattr__(self, "heatmap_prefix", self.heatmap_prefix + "/")
+        for b in self.allowed_buckets:
+            if "/" in b or " " in b:
+                self._fail("allowed_buckets", f"{b!r} is not a bucket name")
+
+    def _fail(self, name: str, why: str):
+        raise SettingsError(f"{env_name(name)} ({name}={getattr(self, name)!r}) {why}")
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _kind(f) -> str:
+    return {"int": "integer", "float": "number"}.get(f.type, "value")
