@@ -1,0 +1,396 @@
+"""Object storage behind one interface: S3 (any S3-compatible endpoint, through boto3) and a
+local folder for the embedded mode.
+
+Reads take URIs that come from jobs and are checked before anything is fetched: ``s3://``
+URIs only from buckets on the allow-list, local paths only in the embedded mode and only under
+the allowed roots. Writes take keys (heatmaps) under the store's own bucket or folder.
+Every failure is a :class:`StorageError` with a stable ``code`` and a ``transient`` flag:
+transient errors (the store is unreachable or overloaded) are worth retrying, the others are
+final for that object.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .errors import PoundcamError
+
+# Stable error codes (stored in job items; scripts match on them).
+INVALID_URI = "invalid_uri"
+INVALID_KEY = "invalid_key"
+URI_NOT_ALLOWED = "uri_not_allowed"
+NOT_FOUND = "not_found"
+TOO_LARGE = "too_large"
+ACCESS_DENIED = "access_denied"
+STORAGE_UNAVAILABLE = "storage_unavailable"
+STORAGE_ERROR = "storage_error"
+
+MAX_KEY_BYTES = 1024  # the S3 limit
+MAX_URI_CHARS = 2048
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StorageError(PoundcamError):
+    """A storage operation failed. ``code`` is stable; ``transient`` says a retry may help."""
+
+    def __init__(self, code: str, message: str, transient: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+    def __reduce__(self):  # keep code/transient across pickling (process pools)
+        return (type(self), (self.code, str(self), self.transient))
+
+
+@dataclass(frozen=True)
+class S3Ref:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def validate_key(key: str, code: str = INVALID_KEY) -> str:
+    """Check an object key: relative, no '..' segment, no control characters, <= 1024 bytes."""
+    if not isinstance(key, str) or not key:
+        raise StorageError(code, "empty object key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise StorageError(code, f"object key longer than {MAX_KEY_BYTES} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise StorageError(code, f"object key {key!r} contains control characters")
+    if key.startswith("/") or "\\" in key:
+        raise StorageError(code, f"object key {key!r} must be relative, with '/' separators")
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts) or "" in parts[:-1]:
+        raise StorageError(code, f"object key {key!r} has an empty, '.' or '..' segment")
+    if key.endswith("/"):
+        raise StorageError(code, f"object key {key!r} names a folder, not an object")
+    return key
+
+
+def parse_s3_uri(uri: str) -> S3Ref:
+    """``s3://bucket/key`` -> S3Ref, validating the bucket name and the key."""
+    if not isinstance(uri, str) or len(uri) > MAX_URI_CHARS:
+        raise StorageError(INVALID_URI, "URI missing or too long")
+    if not uri.startswith("s3://"):
+        raise StorageError(INVALID_URI, f"{uri!r} is not an s3:// URI")
+    bucket, sep, key = uri[5:].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise StorageError(INVALID_URI, f"{uri!r}: {bucket!r} is not a valid bucket name")
+    if not sep or not key:
+        raise StorageError(INVALID_URI, f"{uri!r} has no object key")
+    validate_key(key, code=INVALID_URI)
+    return S3Ref(bucket, key)
+
+
+def heatmap_key(prefix: str, sha256: str, model_id: str, cam_config_id: str, name: str) -> str:
+    """The deterministic key of one heatmap:
+    ``<prefix><model_id>/<cam_config_id>/<sha[:2]>/<sha>/<name>.png``."""
+    if not _SHA256_RE.match(sha256 or ""):
+        raise StorageError(INVALID_KEY, f"{sha256!r} is not a lowercase hex sha256")
+    for what, value in (("model id", model_id), ("CAM config id", cam_config_id),
+                        ("heatmap name", name)):
+        if not _SEGMENT_RE.match(value or "") or value in (".", ".."):
+            raise StorageError(INVALID_KEY, f"{what} {value!r} is not a safe key segment")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    key = f"{prefix}{model_id}/{cam_config_id}/{sha256[:2]}/{sha256}/{name}.png"
+    return validate_key(key)
+
+
+class ObjectStore(ABC):
+    """Where images are read from and heatmaps are written to."""
+
+    @abstractmethod
+    def head(self, uri: str) -> int:
+        """Size in bytes of the object at ``uri``."""
+
+    @abstractmethod
+    def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ``too_large`` (checked before download) above ``max_bytes``."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write ``data`` at ``key`` in the store's own space; returns its URI."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists in the store's own space."""
+
+    @abstractmethod
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        """A URL a reviewer can open for ``key``."""
+
+    @abstractmethod
+    def uri_for(self, key: str) -> str:
+        """The URI of ``key`` in the store's own space."""
+
+
+def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise StorageError(TOO_LARGE, f"{uri}: {size} bytes, over the limit of {max_bytes}")
+
+
+# --- S3 ----------------------------------------------------------------------------------
+
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                    "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+                    "RequestLimitExceeded", "TooManyRequests"}
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED_CODES = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled"}
+
+
+def _from_boto(exc: Exception, what: str) -> StorageError:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _NOT_FOUND_CODES or status == 404:
+            return StorageError(NOT_FOUND, f"{what}: not found ({code or status})")
+        if code in _DENIED_CODES or status == 403:
+            return StorageError(ACCESS_DENIED, f"{what}: access denied ({code or status})")
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return StorageError(STORAGE_UNAVAILABLE, f"{what}: {code or status}", transient=True)
+        return StorageError(STORAGE_ERROR, f"{what}: {code or status}: {err.get('Message', '')}")
+    if isinstance(exc, BotoCoreError):  # connection refused, timeouts, broken streams
+        return StorageError(STORAGE_UNAVAILABLE, f"{what}: {exc}", transient=True)
+    if isinstance(exc, OSError):
+        return StorageError(STORAGE_UNAVAILABLE, f"{what}: {exc}", transient=True)
+    raise exc
+
+
+class S3Store(ObjectStore):
+    """Images from allow-listed buckets; heatmaps into ``bucket``."""
+
+    def __init__(self, bucket: str | None, allowed_buckets: Iterable[str] = (), client=None,
+                 endpoint_url: str | None = None):
+        if client is None:
+            from .s3 import make_s3_client
+
+            client = make_s3_client(endpoint_url=endpoint_url)
+        self.client = client
+        self.bucket = bucket
+        self.allowed_buckets = frozenset(allowed_buckets)
+
+    @classmethod
+    def from_settings(cls, settings, client=None) -> S3Store:
+        return cls(settings.heatmap_bucket, settings.allowed_buckets, client=client,
+                   endpoint_url=settings.s3_endpoint_url)
+
+    def ref(self, uri: str) -> S3Ref:
+        """Parse and authorise a read URI."""
+        if isinstance(uri, str) and not uri.startswith("s3://"):
+            raise StorageError(URI_NOT_ALLOWED,
+                               f"{uri!r}: only s3:// URIs are read here (local paths only in "
+                               f"the embedded mode)")
+        ref = parse_s3_uri(uri)
+        if ref.bucket not in self.allowed_buckets:
+            raise StorageError(URI_NOT_ALLOWED,
+                               f"{uri}: bucket {ref.bucket!r} is not in POUNDCAM_ALLOWED_BUCKETS")
+        return ref
+
+    def _own(self, key: str) -> S3Ref:
+        if not self.bucket:
+            raise StorageError(STORAGE_ERROR, "no heatmap bucket configured "
+                                              "(POUNDCAM_HEATMAP_BUCKET)")
+        return S3Ref(self.bucket, validate_key(key))
+
+    def head(self, uri: str) -> int:
+        ref = self.ref(uri)
+        return self._head(ref)
+
+    def _head(self, ref: S3Ref) -> int:
+        try:
+            return int(self.client.head_object(Bucket=ref.bucket, Key=ref.key)["ContentLength"])
+        except Exception as exc:  # noqa: BLE001 - mapped to a StorageError or re-raised
+            raise _from_boto(exc, ref.uri) from exc
+
+    def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        ref = self.ref(uri)
+        size = self._head(ref)
+        _check_size(uri, size, max_bytes)
+        kwargs = {}
+        if max_bytes is not None:  # the object may grow between HEAD and GET
+            kwargs["Range"] = f"bytes=0-{max_bytes}"
+        try:
+            if size == 0:
+                kwargs.pop("Range", None)  # a range on an empty object is unsatisfiable
+            resp = self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        except Exception as exc:  # noqa: BLE001
+            raise _from_boto(exc, ref.uri) from exc
+        _check_size(uri, len(data), max_bytes)
+        if "Range" in kwargs:
+            total = _total_from_content_range(resp.get("ContentRange"))
+            if total is not None:
+                _check_size(uri, total, max_bytes)
+        return data
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        ref = self._own(key)
+        try:
+            self.client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data,
+                                   ContentType=content_type)
+        except Exception as exc:  # noqa: BLE001
+            raise _from_boto(exc, ref.uri) from exc
+        return ref.uri
+
+    def exists(self, key: str) -> bool:
+        ref = self._own(key)
+        try:
+            self._head(ref)
+        except StorageError as exc:
+            if exc.code == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        ref = self._own(key)
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s))
+
+    def uri_for(self, key: str) -> str:
+        return self._own(key).uri
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    # "bytes 0-99/1234"
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1]
+    return int(total) if total.isdigit() else None
+
+
+# --- local folder (embedded mode) ----------------------------------------------------------
+
+class LocalStore(ObjectStore):
+    """A folder: heatmaps written under ``root``; images read from under ``read_roots``.
+
+    Paths are resolved (symlinks followed) before the containment check, so neither '..'
+    nor a link can reach outside the allowed roots.
+    """
+
+    def __init__(self, root: str | os.PathLike, read_roots: Iterable[str | os.PathLike] = ()):
+        self.root = Path(root).resolve()
+        self.read_roots = tuple(Path(r).resolve() for r in read_roots) or (self.root,)
+
+    @classmethod
+    def from_settings(cls, settings) -> LocalStore:
+        if not settings.local_root:
+            raise StorageError(STORAGE_ERROR, "no local root configured (POUNDCAM_LOCAL_ROOT)")
+        return cls(settings.local_root, settings.allowed_roots)
+
+    def path(self, uri: str) -> Path:
+        """Parse and authorise a read URI: a path or ``file://`` URI under a read root."""
+        if not isinstance(uri, str) or not uri or len(uri) > MAX_URI_CHARS:
+            raise StorageError(INVALID_URI, "URI missing or too long")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
+            raise StorageError(INVALID_URI, f"{uri!r} contains control characters")
+        if uri.startswith("file://"):
+            parsed = urlparse(uri)
+            if parsed.netloc not in ("", "localhost"):
+                raise StorageError(URI_NOT_ALLOWED, f"{uri!r}: remote file URIs are not read")
+            raw = unquote(parsed.path)
+        elif "://" in uri:
+            raise StorageError(URI_NOT_ALLOWED,
+                               f"{uri!r}: the embedded mode reads local paths only")
+        else:
+            raw = uri
+        if "\x00" in raw:
+            raise StorageError(INVALID_URI, f"{uri!r} contains a NUL byte")
+        try:
+            path = Path(raw).expanduser()
+            path = (Path.cwd() / path if not path.is_absolute() else path).resolve()
+        except (OSError, RuntimeError) as exc:
+            raise StorageError(INVALID_URI, f"{uri!r}: {exc}") from exc
+        if not any(path == r or path.is_relative_to(r) for r in self.read_roots):
+            raise StorageError(URI_NOT_ALLOWED, f"{uri!r} is outside the allowed folders")
+        return path
+
+    def _own(self, key: str) -> Path:
+        path = (self.root / validate_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise StorageError(INVALID_KEY, f"{key!r} resolves outside {self.root}")
+        return path
+
+    def head(self, uri: str) -> int:
+        return self._stat(self.path(uri), uri)
+
+    @staticmethod
+    def _stat(path: Path, uri: str) -> int:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
+        except PermissionError:
+            raise StorageError(ACCESS_DENIED, f"{uri}: permission denied") from None
+        except OSError as exc:
+            raise StorageError(STORAGE_ERROR, f"{uri}: {exc}") from exc
+        if not path.is_file():
+            raise StorageError(NOT_FOUND, f"{uri}: not a regular file")
+        return st.st_size
+
+    def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        path = self.path(uri)
+        _check_size(uri, self._stat(path, uri), max_bytes)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(-1 if max_bytes is None else max_bytes + 1)
+        except FileNotFoundError:
+            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
+        except PermissionError:
+            raise StorageError(ACCESS_DENIED, f"{uri}: permission denied") from None
+        except OSError as exc:
+            raise StorageError(STORAGE_ERROR, f"{uri}: {exc}") from exc
+        _check_size(uri, len(data), max_bytes)
+        return data
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        path = self._own(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; reviewers' tools must read heatmaps
+                os.replace(tmp, path)  # readers never see a partial file
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(STORAGE_ERROR, f"{path}: {exc}") from exc
+        return str(path)
+
+    def exists(self, key: str) -> bool:
+        return self._own(key).is_file()
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        return self._own(key).as_uri()
+
+    def uri_for(self, key: str) -> str:
+        return str(self._own(key))
+
+
+def make_store(settings, client=None) -> ObjectStore:
+    """The store the settings describe: a local folder in the embedded mode, else S3."""
+    if settings.embedded:
+        return LocalStore.from_settings(settings)
+    return S3Store.from_settings(settings, client=client)
