@@ -1,0 +1,55 @@
+"""Database commands: `poundcam db upgrade|downgrade|current` on POUNDCAM_DATABASE_URL."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("db", help="apply or inspect database migrations",
+                       description="Alembic migrations of the database at "
+                                   "POUNDCAM_DATABASE_URL (or --db).")
+    p.add_argument("--db", metavar="URL", help="database URL (default: POUNDCAM_DATABASE_URL)")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+
+    up = dbsub.add_parser("upgrade", help="migrate up (default: to the latest revision)")
+    up.add_argument("--revision", default="head", help="target revision (default: head)")
+    up.set_defaults(handler=_upgrade)
+
+    down = dbsub.add_parser("downgrade", help="migrate down to REVISION ('base': empty)")
+    down.add_argument("revision", help="target revision, e.g. base or -1")
+    down.set_defaults(handler=_downgrade)
+
+    cur = dbsub.add_parser("current", help="print the revision the database is at")
+    cur.set_defaults(handler=_current)
+
+
+def _url(args) -> str:
+    from ..settings import Settings
+
+    return args.db or Settings.from_env().database_url
+
+
+def _upgrade(args) -> int:
+    from ..db.migrate import current, upgrade
+
+    url = _url(args)
+    upgrade(url, args.revision)
+    print(f"database at {', '.join(current(url)) or 'base'}")
+    return 0
+
+
+def _downgrade(args) -> int:
+    from ..db.migrate import current, downgrade
+
+    url = _url(args)
+    downgrade(url, args.revision)
+    print(f"database at {', '.join(current(url)) or 'base'}")
+    return 0
+
+
+def _current(args) -> int:
+    from ..db.migrate import current, head
+
+    revs = current(_url(args))
+    latest = head()
+    state = "up to date" if revs == (latest,) else f"head is {latest}"
+    print(f"{', '.join(revs) or 'base'} ({state})")
+    return 0

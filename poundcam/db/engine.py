@@ -1,0 +1,79 @@
+"""Engines and sessions: PostgreSQL in production, SQLite embedded.
+
+SQLite runs in WAL mode with a busy timeout so that readers (a reviewer's query) do not block
+the writer and two writers wait for each other instead of failing; PostgreSQL connections are
+checked before use so that a restarted server costs a reconnect, not an error.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for ``url`` with the settings poundcam relies on; ``kwargs`` go to
+    ``sqlalchemy.create_engine``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+        engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+        in_memory = parsed.database in (None, "", ":memory:")
+        _configure_sqlite(engine, wal=not in_memory)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(parsed, **kwargs)
+
+
+def _configure_sqlite(engine: Engine, wal: bool) -> None:
+    busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        try:
+            if wal:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+
+def make_session_factory(engine_or_url: Engine | str) -> sessionmaker[Session]:
+    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on error."""
+    with factory() as session:
+        with session.begin():
+            yield session
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether a database error is worth retrying: a lost or refused connection, a server
+    restarting, a lock or serialization conflict. Integrity and programming errors are not."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        orig = getattr(exc, "orig", None)
+        if type(orig).__module__.startswith("sqlite3"):  # also "no such table", syntax errors
+            text = str(orig).lower()
+            return "locked" in text or "busy" in text or "disk i/o" in text
+        return True
+    if isinstance(exc, sa.exc.TimeoutError):  # pool exhausted
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        pgcode = getattr(getattr(exc, "orig", None), "pgcode", None)
+        return pgcode in ("40001", "40P01")  # serialization failure, deadlock
+    return False

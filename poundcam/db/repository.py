@@ -1,0 +1,193 @@
+"""The queries the pipeline and reviewers need, on PostgreSQL and SQLite alike.
+
+Functions take a Session and never commit: the caller owns the transaction (see
+``session_scope``). Every write here is safe to repeat: a redelivered message or a retried
+batch leaves the same rows behind.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..errors import PoundcamError
+from .models import ITEM_STATES, LABELS, Analysis, Job, JobItem, new_job_id, utcnow
+
+MAX_ERROR_MESSAGE = 2000
+
+ANALYSIS_REQUIRED = ("sha256", "model_id", "cam_config_id", "p_fake", "logit_real",
+                     "logit_fake", "label", "threshold", "stats", "heatmap_keys")
+ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker")
+_IDENTITY = ("sha256", "model_id", "cam_config_id")
+
+
+class JobNotFoundError(PoundcamError):
+    """No job has the given id."""
+
+
+# --- analyses ------------------------------------------------------------------------------
+
+def _analysis_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ANALYSIS_REQUIRED if record.get(k) is None]
+    if missing:
+        raise ValueError(f"analysis record lacks {', '.join(missing)}")
+    unknown = set(record) - set(ANALYSIS_REQUIRED) - set(ANALYSIS_OPTIONAL) - {"created_at"}
+    if unknown:
+        raise ValueError(f"analysis record has unknown field(s) {', '.join(sorted(unknown))}")
+    if record["label"] not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, not {record['label']!r}")
+    values = {k: record[k] for k in (*ANALYSIS_REQUIRED, *ANALYSIS_OPTIONAL) if k in record}
+    for k in ("p_fake", "logit_real", "logit_fake", "threshold"):
+        values[k] = float(values[k])
+    values.setdefault("created_at", record.get("created_at") or utcnow())
+    return values
+
+
+def upsert_analysis(session: Session, record: Mapping[str, Any]) -> int:
+    """Insert the analysis unless one with the same (sha256, model_id, cam_config_id) exists;
+    return the id of the row that holds it. Concurrent calls for the same triple (two workers,
+    a redelivered message) end with one row, and both get its id."""
+    values = _analysis_values(record)
+    table = Analysis.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table).values(**values).on_conflict_do_nothing(
+            index_elements=list(_IDENTITY))
+        session.execute(stmt)
+    else:  # any other backend: a savepoint absorbs the duplicate
+        try:
+            with session.begin_nested():
+                session.execute(sa.insert(table).values(**values))
+        except sa.exc.IntegrityError:
+            pass
+    return session.execute(
+        sa.select(table.c.id).where(*(table.c[k] == values[k] for k in _IDENTITY))
+    ).scalar_one()
+
+
+def find_analysis(session: Session, sha256: str, model_id: str,
+                  cam_config_id: str) -> Analysis | None:
+    return session.execute(sa.select(Analysis).where(
+        Analysis.sha256 == sha256, Analysis.model_id == model_id,
+        Analysis.cam_config_id == cam_config_id)).scalar_one_or_none()
+
+
+# --- jobs and items ------------------------------------------------------------------------
+
+def create_job(session: Session, uris: Iterable[str], options: Mapping[str, Any] | None = None,
+               job_id: str | None = None) -> str:
+    """A job with one queued item per URI (in order); returns the job id."""
+    uris = [str(u) for u in uris]
+    job_id = job_id or new_job_id()
+    session.add(Job(id=job_id, options=dict(options or {}), total_items=len(uris)))
+    session.flush()
+    if uris:
+        now = utcnow()
+        session.execute(sa.insert(JobItem.__table__), [
+            {"job_id": job_id, "position": i, "uri": u, "status": "queued", "attempts": 0,
+             "updated_at": now} for i, u in enumerate(uris)])
+    return job_id
+
+
+def item_refs(session: Session, job_id: str, status: str | None = "queued") -> list[dict]:
+    """``[{"item_id", "uri"}]`` of a job's items in order (by default the queued ones): what a
+    task message carries."""
+    q = sa.select(JobItem.id, JobItem.uri).where(JobItem.job_id == job_id)
+    if status is not None:
+        q = q.where(JobItem.status == status)
+    rows = session.execute(q.order_by(JobItem.position)).all()
+    return [{"item_id": r.id, "uri": r.uri} for r in rows]
+
+
+def _ids(item_ids: int | Iterable[int]) -> list[int]:
+    return [int(item_ids)] if isinstance(item_ids, int) else [int(i) for i in item_ids]
+
+
+def mark_running(session: Session, item_ids: int | Iterable[int]) -> list[int]:
+    """Claim items for processing: queued or running (a redelivery) -> running, attempts + 1.
+    Returns the ids claimed; items already done or failed are left alone and not returned."""
+    ids = _ids(item_ids)
+    if not ids:
+        return []
+    t = JobItem.__table__
+    session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status.in_(("queued", "running")))
+                    .values(status="running", attempts=t.c.attempts + 1, updated_at=utcnow()))
+    return list(session.execute(
+        sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == "running")).scalars())
+
+
+def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
+    """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
+    t = JobItem.__table__
+    session.execute(sa.update(t).where(t.c.id == int(item_id)).values(
+        status="done", analysis_id=int(analysis_id), error_code=None, error_message=None,
+        updated_at=utcnow()))
+
+
+def mark_failed(session: Session, item_id: int, code: str, message: str) -> None:
+    """Record a permanent failure with its error code; an item already done stays done."""
+    t = JobItem.__table__
+    session.execute(sa.update(t).where(t.c.id == int(item_id), t.c.status != "done").values(
+        status="failed", error_code=str(code)[:64],
+        error_message=str(message)[:MAX_ERROR_MESSAGE], updated_at=utcnow()))
+
+
+def requeue(session: Session, item_ids: int | Iterable[int]) -> None:
+    """Running items back to queued (a batch given back after a transient failure)."""
+    ids = _ids(item_ids)
+    if ids:
+        t = JobItem.__table__
+        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == "running")
+                        .values(status="queued", updated_at=utcnow()))
+
+
+# --- what reviewers ask ---------------------------------------------------------------------
+
+def job_status(session: Session, job_id: str) -> dict[str, Any]:
+    """``{"job_id", "total", "queued", "running", "done", "failed", "finished"}``."""
+    if session.get(Job, job_id) is None:
+        raise JobNotFoundError(f"no job {job_id!r}")
+    counts = dict.fromkeys(ITEM_STATES, 0)
+    rows = session.execute(sa.select(JobItem.status, sa.func.count())
+                           .where(JobItem.job_id == job_id).group_by(JobItem.status))
+    for status, n in rows:
+        counts[status] = int(n)
+    total = sum(counts.values())
+    return {"job_id": job_id, "total": total, **counts,
+            "finished": counts["queued"] == 0 and counts["running"] == 0}
+
+
+def job_results(session: Session, job_id: str, label: str | None = None,
+                min_prob: float | None = None) -> list[dict[str, Any]]:
+    """One record per item, in submission order. ``label`` / ``min_prob`` (on P(fake)) keep
+    only analysed items that match."""
+    if session.get(Job, job_id) is None:
+        raise JobNotFoundError(f"no job {job_id!r}")
+    if label is not None and label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
+    a = Analysis
+    q = (sa.select(JobItem.id, JobItem.position, JobItem.uri, JobItem.status,
+                   JobItem.error_code, JobItem.error_message, JobItem.attempts,
+                   a.id.label("analysis_id"), a.sha256, a.p_fake, a.label, a.model_id,
+                   a.cam_config_id, a.stats, a.heatmap_keys)
+         .select_from(JobItem).outerjoin(a, JobItem.analysis_id == a.id)
+         .where(JobItem.job_id == job_id))
+    if label is not None:
+        q = q.where(a.label == label)
+    if min_prob is not None:
+        q = q.where(a.p_fake >= float(min_prob))
+    out = []
+    for r in session.execute(q.order_by(JobItem.position)):
+        out.append({"item_id": r.id, "position": r.position, "uri": r.uri, "status": r.status,
+                    "error_code": r.error_code, "error_message": r.error_message,
+                    "attempts": r.attempts, "analysis_id": r.analysis_id, "sha256": r.sha256,
+                    "p_fake": r.p_fake, "label": r.label, "model_id": r.model_id,
+                    "cam_config_id": r.cam_config_id, "stats": r.stats,
+                    "heatmap_keys": r.heatmap_keys})
+    return out
