@@ -1,0 +1,151 @@
+"""The review views on both backends: created by the migration, filled through the repository
+functions, same columns and values on PostgreSQL and SQLite, removed by the downgrade."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from poundcam.db import (create_job, make_engine, make_session_factory, mark_done, mark_failed,
+                         mark_running, session_scope, upsert_analysis)
+from poundcam.db.migrate import current, downgrade, upgrade
+
+ITEM_COLUMNS = [
+    "job_id", "item_id", "position", "uri", "status", "error_code", "error_message", "attempts",
+    "item_updated_at", "analysis_id", "sha256", "model_id", "cam_config_id", "p_fake", "label",
+    "threshold", "logit_real", "logit_fake", "real_max", "fake_max", "real_mean", "fake_mean",
+    "real_area_half_max", "fake_area_half_max", "real_entropy", "fake_entropy", "fake_share",
+    "correlation", "real_peak_x", "real_peak_y", "fake_peak_x", "fake_peak_y", "cam_layer",
+    "cam_target", "cam_grid", "heatmap_real_overlay_key", "heatmap_fake_overlay_key",
+    "heatmap_real_overlay_original_key", "heatmap_fake_overlay_original_key",
+    "heatmap_real_raw16_key", "heatmap_fake_raw16_key", "image_format", "width", "height",
+    "worker", "analysed_at"]
+SUMMARY_COLUMNS = ["job_id", "created_at", "total", "queued", "running", "done", "failed", "fake",
+                   "real", "finished", "max_p_fake", "last_update_at"]
+NAMES = ("real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
+         "real_raw16", "fake_raw16")
+
+
+def _stats(fake_max: float, peak) -> dict:
+    cls = {"max": fake_max, "mean": fake_max / 4, "area_half_max": 0.125, "entropy": 0.8,
+           "peak": peak, "centroid": peak, "peak_cell": [1, 2]}
+    real = {"max": 0.5, "mean": 0.1, "area_half_max": 0.25, "entropy": 0.9, "peak": [10.0, 20.0],
+            "centroid": [11.0, 21.0], "peak_cell": [0, 0]}
+    return {"real": real, "fake": cls, "comparative": {"correlation": None, "fake_share": 0.75},
+            "grid": 16, "layer": 23, "target": "contrastive"}
+
+
+def _analysis(sha_char: str, p_fake: float, label: str, peak) -> dict:
+    sha = sha_char * 64
+    return {"sha256": sha, "model_id": "m" * 16, "cam_config_id": "c" * 12, "p_fake": p_fake,
+            "logit_real": 0.0, "logit_fake": 1.0, "label": label, "threshold": 0.5,
+            "stats": _stats(2.0 * p_fake, peak),
+            "heatmap_keys": {n: f"heatmaps/{sha[:2]}/{sha}/{n}.png" for n in NAMES},
+            "image_format": "JPEG", "width": 640, "height": 480, "worker": "w1"}
+
+
+def _fill(url: str) -> tuple[str, str]:
+    """Job A: fake done, real done, a failure, one queued; job B: no items."""
+    sessions = make_session_factory(url)
+    with session_scope(sessions) as s:
+        job = create_job(s, ["s3://img/a.jpg", "s3://img/b'<x>.png", "s3://img/c.jpg",
+                             "s3://img/d.jpg"])
+        empty = create_job(s, [])
+        ids = mark_running(s, _item_ids(s, job)[:3])
+        a = upsert_analysis(s, _analysis("a", 0.9, "fake", [100.5, 200.25]))
+        b = upsert_analysis(s, _analysis("b", 0.2, "real", None))  # an all-zero fake map
+        mark_done(s, ids[0], a)
+        mark_done(s, ids[1], b)
+        mark_failed(s, ids[2], "decode_failed", "not an image")
+    sessions.kw["bind"].dispose()
+    return job, empty
+
+
+def _item_ids(s, job):
+    from poundcam.db import JobItem
+    return list(s.execute(sa.select(JobItem.id).where(JobItem.job_id == job)
+                          .order_by(JobItem.position)).scalars())
+
+
+def _query(url: str, sql: str, **params):
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(sa.text(sql), params)
+            return list(result.keys()), [dict(r._mapping) for r in result]
+    finally:
+        engine.dispose()
+
+
+def _views(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(sa.inspect(engine).get_view_names())
+    finally:
+        engine.dispose()
+
+
+def test_views_up_query_down(db_url):
+    upgrade(db_url)
+    assert {"poundcam_v_item_results", "poundcam_v_job_summary"} <= _views(db_url)
+    job, empty = _fill(db_url)
+
+    cols, rows = _query(db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j "
+                                "ORDER BY position", j=job)
+    assert cols == ITEM_COLUMNS
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "queued"]
+    fake, real, failed, queued = rows
+    assert fake["label"] == "fake" and abs(fake["p_fake"] - 0.9) < 1e-9
+    assert fake["fake_max"] == 1.8 and fake["real_max"] == 0.5
+    assert fake["fake_mean"] == 0.45 and fake["real_entropy"] == 0.9
+    assert fake["fake_share"] == 0.75 and fake["correlation"] is None
+    assert (fake["fake_peak_x"], fake["fake_peak_y"]) == (100.5, 200.25)
+    assert (fake["real_peak_x"], fake["real_peak_y"]) == (10.0, 20.0)
+    assert (fake["cam_layer"], fake["cam_target"], fake["cam_grid"]) == (23, "contrastive", 16)
+    assert fake["heatmap_fake_overlay_key"] == f"heatmaps/aa/{'a' * 64}/fake_overlay.png"
+    assert fake["heatmap_real_raw16_key"].endswith("/real_raw16.png")
+    assert (fake["image_format"], fake["width"], fake["height"]) == ("JPEG", 640, 480)
+    assert fake["attempts"] == 1 and fake["analysed_at"] is not None
+    assert real["uri"] == "s3://img/b'<x>.png" and real["label"] == "real"
+    assert real["fake_peak_x"] is None and real["fake_peak_y"] is None  # JSON null -> NULL
+    assert failed["error_code"] == "decode_failed" and failed["analysis_id"] is None
+    assert failed["p_fake"] is None and failed["heatmap_fake_overlay_key"] is None
+    assert queued["attempts"] == 0 and queued["label"] is None
+
+    # What a reviewer runs: fakes above a probability, strongest first, with their heatmaps.
+    _, top = _query(db_url, "SELECT uri, p_fake, heatmap_fake_overlay_key FROM "
+                            "poundcam_v_item_results WHERE label = 'fake' AND p_fake >= :p "
+                            "ORDER BY p_fake DESC", p=0.5)
+    assert [r["uri"] for r in top] == ["s3://img/a.jpg"]
+
+    cols, summary = _query(db_url, "SELECT * FROM poundcam_v_job_summary ORDER BY total DESC")
+    assert cols == SUMMARY_COLUMNS
+    by_id = {r["job_id"]: r for r in summary}
+    s = by_id[job]
+    assert (s["total"], s["queued"], s["running"], s["done"], s["failed"]) == (4, 1, 0, 2, 1)
+    assert (s["fake"], s["real"]) == (1, 0 + 1)
+    assert not s["finished"] and abs(s["max_p_fake"] - 0.9) < 1e-9
+    e = by_id[empty]
+    assert (e["total"], e["queued"], e["done"], e["fake"], e["real"]) == (0, 0, 0, 0, 0)
+    assert e["finished"] and e["max_p_fake"] is None
+    # `real` and `finished` read unquoted, as tools write them.
+    _, unq = _query(db_url, "SELECT real, fake, finished FROM poundcam_v_job_summary "
+                            "WHERE job_id = :j", j=job)
+    assert unq == [{"real": 1, "fake": 1, "finished": False}]
+
+    downgrade(db_url, "0001_initial")
+    assert current(db_url) == ("0001_initial",)
+    assert _views(db_url) == set()
+    upgrade(db_url)
+    assert {"poundcam_v_item_results", "poundcam_v_job_summary"} <= _views(db_url)
+
+
+def test_finished_when_nothing_waits(db_url):
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    with session_scope(sessions) as s:
+        job = create_job(s, ["s3://img/x.jpg"])
+        (item,) = mark_running(s, _item_ids(s, job))
+        mark_failed(s, item, "not_found", "gone")
+    sessions.kw["bind"].dispose()
+    _, rows = _query(db_url, "SELECT finished, failed, total FROM poundcam_v_job_summary "
+                             "WHERE job_id = :j", j=job)
+    assert rows == [{"finished": True, "failed": 1, "total": 1}]
