@@ -66,9 +66,22 @@ def official_to_poundcam(official: dict[str, torch.Tensor], source: Path) -> dic
     return out
 
 
-def _shape(state: dict[str, torch.Tensor], key: str, source: Path) -> torch.Size:
+def official_name(name: str) -> str:
+    """A poundcam tensor name as it is spelled in an official Lightning checkpoint."""
+    for old, new in OFFICIAL_PREFIXES.items():
+        if name.startswith(new):
+            name = old + name[len(new):]
+            break
+    return "model." + name
+
+
+def _same_name(name: str) -> str:
+    return name
+
+
+def _shape(state: dict[str, torch.Tensor], key: str, source: Path, name=_same_name) -> torch.Size:
     if key not in state:
-        raise CheckpointError(f"{source}: missing tensor {key!r}; cannot infer the architecture")
+        raise CheckpointError(f"{source}: missing tensor {name(key)!r}; cannot infer the architecture")
     return state[key].shape
 
 
@@ -82,16 +95,20 @@ def _count_blocks(state: dict[str, torch.Tensor], tower: str) -> tuple[int, int]
     return layers, (max(prompted) + 1 if prompted else 1)
 
 
-def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: Path) -> PoundNetConfig:
-    """Architecture from tensor shapes; class names from the run settings."""
-    conv = _shape(state, "visual.conv1.weight", source)
-    pos = _shape(state, "visual.positional_embedding", source)
+def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: Path,
+                 name=_same_name) -> PoundNetConfig:
+    """Architecture from tensor shapes; class names from the run settings.
+
+    ``name`` spells a tensor name as the file does, for error messages (``official_name``)."""
+    conv = _shape(state, "visual.conv1.weight", source, name)
+    pos = _shape(state, "visual.positional_embedding", source, name)
     grid = round((pos[0] - 1) ** 0.5)
     if grid * grid + 1 != pos[0]:
-        raise CheckpointError(f"{source}: visual.positional_embedding has {pos[0]} rows, not 1 + grid^2")
-    ctx = _shape(state, "prompt_learner.ctx_positive", source)
-    prefix = _shape(state, "prompt_learner.token_prefix", source)
-    text_pos = _shape(state, "text.positional_embedding", source)
+        raise CheckpointError(f"{source}: {name('visual.positional_embedding')} has {pos[0]} rows, "
+                              "not 1 + grid^2")
+    ctx = _shape(state, "prompt_learner.ctx_positive", source, name)
+    prefix = _shape(state, "prompt_learner.token_prefix", source, name)
+    text_pos = _shape(state, "text.positional_embedding", source, name)
     v_layers, v_depth = _count_blocks(state, "visual")
     t_layers, t_depth = _count_blocks(state, "text")
     if not v_layers or not t_layers:
@@ -104,13 +121,13 @@ def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: 
         names = RELEASED_CLASS_NAMES
     if len(names) != n_classes:
         raise CheckpointError(
-            f"{source}: prompt_learner.token_prefix holds {n_classes} class names but the config "
+            f"{source}: {name('prompt_learner.token_prefix')} holds {n_classes} class names but the config "
             f"lists {len(names)}; give the run's config.yaml")
     cfg = PoundNetConfig(
         vision_width=conv[0], vision_layers=v_layers, patch_size=conv[-1], grid_size=grid,
-        embed_dim=_shape(state, "visual.proj", source)[1], text_width=text_pos[1],
+        embed_dim=_shape(state, "visual.proj", source, name)[1], text_width=text_pos[1],
         text_layers=t_layers, context_length=text_pos[0],
-        n_ctx_vision=_shape(state, "visual.VPT", source)[0], n_ctx_text=ctx[1],
+        n_ctx_vision=_shape(state, "visual.VPT", source, name)[0], n_ctx_text=ctx[1],
         prompt_depth_vision=v_depth, prompt_depth_text=t_depth, prompt_num_text=ctx[0],
         class_names=tuple(names),
     )
@@ -124,14 +141,17 @@ def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: 
     return cfg
 
 
-def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source: Path) -> PoundNet:
-    """Create the model and load ``state`` strictly: every tensor present, none extra, all shapes right."""
+def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source: Path,
+                     name=_same_name) -> PoundNet:
+    """Create the model and load ``state`` strictly: every tensor present, none extra, all shapes right.
+
+    Error messages spell tensor names with ``name`` (as the file does)."""
     with torch.device("meta"):
         model = PoundNet(cfg)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+    missing = sorted(map(name, set(expected) - set(state)))
+    unexpected = sorted(map(name, set(state) - set(expected)))
+    wrong = sorted(f"{name(k)} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
                    for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
     problems = []
     if missing:
@@ -142,7 +162,7 @@ def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source
         problems.append(f"mis-shaped tensors: {', '.join(wrong)}")
     if problems:
         raise CheckpointError(f"{source}: not a valid PoundNet checkpoint; " + "; ".join(problems))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [name(k) for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{source}: tensors with NaN or infinite values: {', '.join(sorted(bad))}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
@@ -202,8 +222,12 @@ def load_poundnet(path, config=None, device=None) -> PoundNet:
                 cfg = dataclasses.replace(cfg, class_names=settings.class_names)
     else:
         state = read_official(path)
-        cfg = infer_config(state, _run_settings(path, config), path)
-    model = build_from_state(state, cfg, path)
+        cfg = infer_config(state, _run_settings(path, config), path, official_name)
+        return _to(build_from_state(state, cfg, path, official_name), device)
+    return _to(build_from_state(state, cfg, path), device)
+
+
+def _to(model: PoundNet, device) -> PoundNet:
     return model.to(device) if device is not None else model
 
 
