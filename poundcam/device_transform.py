@@ -1,0 +1,520 @@
+"""The official test transform on the device, batched, with Pillow for what the device cannot take.
+
+``DevicePreprocessor.preprocess_batch(list_of_bytes)`` returns a ``PreprocessedBatch``: one
+normalized tensor [n, 3, 224, 224] on the device for the n images that decoded, and, in input
+order, a ``PreprocessedItem`` (row, crop geometry, path taken, lazy crop image) or an
+``ImageDecodeFailure`` (index, code, message) per input.
+
+Two paths compute the same transform (poundcam.transform; docs/preprocessing.md):
+
+- "device": torchvision.io on the preprocessor's device (nvJPEG on CUDA, libjpeg-turbo on the
+  CPU): JPEG decode -> EXIF orientation -> JPEG encode at quality 90 -> decode -> antialiased
+  bilinear resize of the shorter side to 256 -> center crop 224 -> normalization. Decode and
+  encode calls take the whole batch as one list. Only plain JPEGs are sent this way: the header
+  (poundcam.jpeg_header) must be readable, complete (ends with EOI), 8-bit, 1 or 3 components,
+  Huffman-coded, with an EXIF orientation this module applies itself and within the limits.
+- "pillow": poundcam.imaging.decode_image + poundcam.transform.preprocess_with_geometry, in a
+  thread pool, for everything else (PNG, WebP, GIF, CMYK, odd or damaged JPEGs, inputs the
+  device decoder refuses). Its results join the same batch; it is also the only source of error
+  codes, so an input fails with the same code whichever path was planned for it.
+
+``choose_path(device, setting)`` picks the default path: "device" on CUDA, "pillow" on the CPU
+(where the Pillow path is the model's calibration and not slower), unless the setting
+(POUNDCAM_PREPROCESS = auto | device | pillow) forces one.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .imaging import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
+from .jpeg_header import JpegHeader, read_jpeg_header
+from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, \
+    preprocess_with_geometry
+
+with warnings.catch_warnings():  # torchvision's image I/O warns of its deprecation on import
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from torchvision.io import ImageReadMode  # loads torchvision's image operators
+
+log = logging.getLogger(__name__)
+
+ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
+SETTINGS = ("auto", "device", "pillow")
+PATHS = ("device", "pillow")
+DECODE_FAILED = "decode_failed"  # an unexpected exception while preprocessing one input
+
+
+def preprocess_setting(environ: Mapping[str, str] | None = None) -> str:
+    """POUNDCAM_PREPROCESS ("auto" when unset); a ValueError names the variable if invalid."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(ENV_PREPROCESS, "").strip().lower() or "auto"
+    if value not in SETTINGS:
+        raise ValueError(f"{ENV_PREPROCESS}={environ[ENV_PREPROCESS]!r} must be one of "
+                         f"{', '.join(SETTINGS)}")
+    return value
+
+
+def choose_path(device: str | torch.device, setting: str | None = "auto") -> str:
+    """The preprocessing path for ``device``: "device" on CUDA, "pillow" elsewhere, unless
+    ``setting`` ("auto" | "device" | "pillow"; None means "auto") forces one."""
+    setting = "auto" if setting is None else setting
+    if setting not in SETTINGS:
+        raise ValueError(f"preprocessing setting must be one of {', '.join(SETTINGS)}, "
+                         f"got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "device" if torch.device(device).type == "cuda" else "pillow"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDecodeFailure:
+    """An input that could not be preprocessed; ``code`` is poundcam.imaging's error code
+    (or "decode_failed" for an unexpected error)."""
+
+    index: int
+    code: str
+    message: str
+
+    ok = False
+
+
+@dataclasses.dataclass(eq=False)
+class PreprocessedItem:
+    """One preprocessed input: row ``row`` of its batch's tensor.
+
+    path: "device" or "pillow"; reason: why a device-path batch sent it to Pillow (None when it
+    took the planned path). width/height: the upright original size (geometry.original).
+    """
+
+    index: int
+    row: int
+    path: str
+    geometry: CropGeometry
+    format: str
+    original_mode: str
+    reason: str | None
+    _batch: PreprocessedBatch = dataclasses.field(repr=False)
+    _data: bytes = dataclasses.field(repr=False)
+    _crop: Image.Image | None = dataclasses.field(default=None, repr=False)
+    _decoded: DecodedImage | None = dataclasses.field(default=None, repr=False)
+
+    ok = True
+
+    @property
+    def width(self) -> int:
+        return self.geometry.original[0]
+
+    @property
+    def height(self) -> int:
+        return self.geometry.original[1]
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The normalized [3, 224, 224] input, on the batch's device."""
+        return self._batch.tensor[self.row]
+
+    def crop_image(self) -> Image.Image:
+        """The 224x224 RGB crop the model sees (before normalization), as a PIL image."""
+        if self._crop is None:
+            self._crop = self._batch._device_crop(self.row)
+        return self._crop
+
+    def decoded(self) -> DecodedImage:
+        """The upright original as poundcam.imaging decodes it (for rendering on the original).
+        Device-path items decode it here, on the CPU, on first use."""
+        if self._decoded is None:
+            self._decoded = decode_image(self._data, self._batch.limits)
+        return self._decoded
+
+
+@dataclasses.dataclass(eq=False)
+class PreprocessedBatch:
+    """``tensor`` [n, 3, 224, 224] (normalized, on the device) for the n inputs that decoded;
+    ``items`` has one entry per input, in input order."""
+
+    tensor: torch.Tensor
+    items: list[PreprocessedItem | ImageDecodeFailure]
+    limits: DecodeLimits
+    keys: list[Any] | None = None
+    _crops: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # uint8, device rows
+    _crop_rows: dict[int, int] = dataclasses.field(default_factory=dict, repr=False)
+    _crops_cpu: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[PreprocessedItem | ImageDecodeFailure]:
+        return iter(self.items)
+
+    @property
+    def ok(self) -> list[PreprocessedItem]:
+        return [it for it in self.items if it.ok]
+
+    @property
+    def failures(self) -> list[ImageDecodeFailure]:
+        return [it for it in self.items if not it.ok]
+
+    def _device_crop(self, row: int) -> Image.Image:
+        with self._lock:  # one transfer of all device-path crops, on first use
+            if self._crops_cpu is None:
+                self._crops_cpu = self._crops.permute(0, 2, 3, 1).cpu().numpy()
+        return Image.fromarray(self._crops_cpu[self._crop_rows[row]], "RGB")
+
+
+# --- the device path, stage by stage ----------------------------------------------------------
+
+def plan_input(data: bytes, limits: DecodeLimits) -> tuple[JpegHeader | None, str | None]:
+    """(header, None) if the device path can take ``data``, else (None, reason)."""
+    if len(data) == 0 or len(data) > limits.max_bytes:
+        return None, "size limit"
+    if "JPEG" not in limits.allowed_formats:
+        return None, "JPEG not allowed"
+    header = read_jpeg_header(data)
+    if header is None:
+        return None, "not a plain JPEG"
+    if header.width <= 0 or header.height <= 0:
+        return None, "no size in the frame header"
+    pixels = header.width * header.height
+    if pixels > limits.max_pixels or (Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS):
+        return None, "pixel limit"
+    if header.process == "other" or header.precision != 8:
+        return None, f"{header.process} {header.precision}-bit JPEG"
+    if header.components not in (1, 3):
+        return None, f"{header.components}-component JPEG"
+    if header.components == 3 and header.adobe_transform == 0:
+        return None, "RGB-coded JPEG"
+    if not header.huffman_tables:  # decoders differ on the implicit default tables
+        return None, "no Huffman tables"
+    if header.orientation is None:
+        return None, "unreadable orientation"
+    if not header.complete:
+        return None, "no end-of-image marker"
+    return header, None
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a [C, H, W] image upright by its EXIF orientation, as PIL's exif transposes do."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-1, -2)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-1, -2)
+    if orientation == 6:
+        return image.transpose(-1, -2).flip(-1)
+    if orientation == 7:
+        return image.transpose(-1, -2).flip(-1, -2)
+    if orientation == 8:
+        return image.transpose(-1, -2).flip(-2)
+    return image
+
+
+def resize_crop(image: torch.Tensor, geom: CropGeometry, exact_uint8: bool | None = None) -> torch.Tensor:
+    """uint8 [3, H, W] -> the uint8 [3, 224, 224] center crop of the antialiased bilinear resize
+    to ``geom.resized``, computed as Pillow computes it (horizontal pass, rounding to 8 bits,
+    vertical pass). ``exact_uint8`` (default: on the CPU) uses torch's uint8 kernel, which
+    follows Pillow's integer arithmetic; otherwise two float passes with rounding between them
+    (CUDA). Either agrees with Pillow to within one level on a small fraction of pixels."""
+    rw, rh = geom.resized
+    left, top = geom.crop_left, geom.crop_top
+    if exact_uint8 is None:
+        exact_uint8 = image.device.type == "cpu"
+    x = image.unsqueeze(0)
+    if exact_uint8:
+        out = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True)
+        return out[0, :, top:top + CROP, left:left + CROP]
+    h, w = image.shape[-2:]
+    x = x.float()
+    if rw != w:
+        x = F.interpolate(x, size=(h, rw), mode="bilinear", antialias=True).round_().clamp_(0, 255)
+    x = x[..., left:left + CROP]  # the vertical pass works column by column
+    if rh != h:
+        x = F.interpolate(x, size=(rh, CROP), mode="bilinear", antialias=True).round_().clamp_(0, 255)
+    return x[0, :, top:top + CROP].to(torch.uint8)
+
+
+# The operators behind torchvision.io.decode_jpeg / encode_jpeg, called directly: the Python
+# wrappers add nothing here but a deprecation warning on every call. Inputs: lists.
+_RGB = ImageReadMode.RGB.value
+
+
+def decode_jpegs(raw: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes (uint8 CPU tensors) -> uint8 [3, H, W] RGB images on ``device``."""
+    if device.type == "cuda":
+        return torch.ops.image.decode_jpegs_cuda(raw, _RGB, device)
+    return [torch.ops.image.decode_jpeg(r, _RGB, False) for r in raw]
+
+
+def encode_jpegs(images: list[torch.Tensor], quality: int = JPEG_QUALITY) -> list[torch.Tensor]:
+    """uint8 [3, H, W] images -> JPEG bytes (uint8 tensors on the images' device)."""
+    if images[0].device.type == "cuda":
+        return torch.ops.image.encode_jpegs_cuda([im.contiguous() for im in images], quality)
+    # the CPU encoder reads HWC: the decoder's CHW output is already a view of that layout
+    return [torch.ops.image.encode_jpeg(im, quality) for im in images]
+
+
+def _each(fn, inputs: list, **kw) -> list:
+    """``fn`` over the whole list in one call; if that fails, item by item, each failure kept
+    as its exception (so one input the decoder refuses does not take the others along)."""
+    if not inputs:
+        return []
+    try:
+        return list(fn(inputs, **kw))
+    except Exception:  # noqa: BLE001 - retried per item below
+        pass
+    out = []
+    for x in inputs:
+        try:
+            out.append(fn([x], **kw)[0])
+        except Exception as exc:  # noqa: BLE001
+            out.append(exc)
+    return out
+
+
+def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader],
+                     device: torch.device) -> list[tuple[torch.Tensor, CropGeometry] | Exception]:
+    """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
+    on the device, geometry) or the exception that stopped it."""
+    out: list[Any] = [None] * len(datas)
+    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    first = _each(decode_jpegs, raw, device=device)
+    live = []
+    for i, img in enumerate(first):
+        if isinstance(img, Exception):
+            out[i] = img
+        elif tuple(img.shape[-2:]) != (headers[i].height, headers[i].width):
+            out[i] = ValueError(f"decoded size {tuple(img.shape)} differs from the header")
+        else:
+            live.append(i)
+    upright = [orient(first[i], headers[i].orientation) for i in live]
+    del first
+    encoded = _each(encode_jpegs, upright)
+    del upright
+    live2, enc_cpu = [], []
+    for i, enc in zip(live, encoded):
+        if isinstance(enc, Exception):
+            out[i] = enc
+        else:
+            live2.append(i)
+            enc_cpu.append(enc.cpu())
+    second = _each(decode_jpegs, enc_cpu, device=device)
+    for i, img in zip(live2, second):
+        if isinstance(img, Exception):
+            out[i] = img
+            continue
+        geom = geometry_for(*headers[i].oriented_size)
+        out[i] = (resize_crop(img, geom), geom)
+    return out
+
+
+def _pillow_one(data: bytes, limits: DecodeLimits):
+    """The Pillow path for one input: (tensor, geometry, crop, decoded) or (code, message)."""
+    try:
+        decoded = decode_image(data, limits)
+        tensor, geom, crop = preprocess_with_geometry(decoded.image)
+        return tensor, geom, crop, decoded
+    except ImageDecodeError as exc:
+        return exc.code, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad input never fails its batch
+        log.exception("unexpected error preprocessing an input with Pillow")
+        return DECODE_FAILED, f"{type(exc).__name__}: {exc}"
+
+
+# --- the preprocessor -------------------------------------------------------------------------
+
+class DevicePreprocessor:
+    """The official transform for batches of image bytes, on ``device``.
+
+    threads: worker threads for the Pillow path (and, on the CPU, for the device path's chunks);
+    default: the machine's CPU count. force: None/"auto" (see ``choose_path``), "device" or
+    "pillow". limits: poundcam.imaging.DecodeLimits for both paths.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
+                 force: str | None = None, limits: DecodeLimits | None = None):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.path = choose_path(self.device, force)
+        self.limits = limits or DecodeLimits()
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="poundcam-preprocess")
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> DevicePreprocessor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def plan(self, data: bytes) -> tuple[str, JpegHeader | None, str | None]:
+        """(path, header, reason) for one input under this preprocessor's default path."""
+        if self.path == "pillow":
+            return "pillow", None, None
+        header, reason = plan_input(data, self.limits)
+        return ("device", header, None) if header is not None else ("pillow", None, reason)
+
+    def preprocess_batch(self, items: Sequence[bytes]) -> PreprocessedBatch:
+        datas = [bytes(d) if isinstance(d, (bytearray, memoryview)) else d for d in items]
+        for d in datas:
+            if not isinstance(d, bytes):
+                raise TypeError(f"preprocess_batch needs bytes, got {type(d).__name__}")
+        plans = [self.plan(d) for d in datas]
+        reasons = {i: r for i, (_, _, r) in enumerate(plans) if r is not None}
+        pillow_futures = {i: self._pool.submit(_pillow_one, d, self.limits)
+                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans)) if path == "pillow"}
+        dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == "device"]
+        dev_out = self._run_device([datas[i] for i in dev_idx], [plans[i][1] for i in dev_idx])
+        dev_results: dict[int, tuple[torch.Tensor, CropGeometry]] = {}
+        for i, res in zip(dev_idx, dev_out):
+            if isinstance(res, Exception):  # refused by the device decoder: Pillow decides
+                reasons[i] = f"device decoder: {type(res).__name__}: {str(res)[:200]}"
+                pillow_futures[i] = self._pool.submit(_pillow_one, datas[i], self.limits)
+            else:
+                dev_results[i] = res
+        pillow_results = {i: f.result() for i, f in pillow_futures.items()}
+        headers = {i: plans[i][1] for i in dev_results}
+        return self._assemble(datas, headers, dev_results, pillow_results, reasons)
+
+    def _run_device(self, datas: list[bytes], headers: list[JpegHeader]) -> list:
+        if not datas:
+            return []
+        if self._stream is not None:  # CUDA: one batched call per stage, on a side stream
+            with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+                out = device_transform(datas, headers, self.device)
+            self._stream.synchronize()
+            return out
+        # CPU: the same stages, the batch split in chunks over the thread pool
+        n = min(self.threads, len(datas))
+        bounds = [len(datas) * k // n for k in range(n + 1)]
+        futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device)
+                   for a, b in zip(bounds, bounds[1:])]
+        return [res for f in futures for res in f.result()]
+
+    def _assemble(self, datas, headers, dev_results, pillow_results, reasons) -> PreprocessedBatch:
+        n_ok = len(dev_results) + sum(1 for r in pillow_results.values() if len(r) == 4)
+        tensor = torch.empty((n_ok, 3, CROP, CROP), dtype=torch.float32, device=self.device)
+        batch = PreprocessedBatch(tensor=tensor, items=[], limits=self.limits)
+        dev_rows, dev_crops, pil_rows, pil_tensors = [], [], [], []
+        row = 0
+        for i, data in enumerate(datas):
+            if i in dev_results:
+                crop, geom = dev_results[i]
+                batch.items.append(PreprocessedItem(
+                    index=i, row=row, path="device", geometry=geom, format="JPEG",
+                    original_mode="L" if headers[i].components == 1 else "RGB", reason=None, _batch=batch, _data=data))
+                batch._crop_rows[row] = len(dev_crops)
+                dev_rows.append(row)
+                dev_crops.append(crop)
+            else:
+                res = pillow_results[i]
+                if len(res) == 2:
+                    batch.items.append(ImageDecodeFailure(index=i, code=res[0], message=res[1]))
+                    continue
+                t, geom, crop, decoded = res
+                batch.items.append(PreprocessedItem(
+                    index=i, row=row, path="pillow", geometry=geom, format=decoded.format,
+                    original_mode=decoded.original_mode, reason=reasons.get(i), _batch=batch,
+                    _data=data, _crop=crop, _decoded=decoded))
+                pil_rows.append(row)
+                pil_tensors.append(t)
+            row += 1
+        ctx = (torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext())
+        with ctx:
+            if dev_crops:
+                crops = torch.stack(dev_crops)
+                batch._crops = crops
+                tensor[dev_rows] = normalize(crops.float().div_(255))
+            if pil_tensors:
+                tensor[pil_rows] = torch.stack(pil_tensors).to(self.device, non_blocking=True)
+        if self._stream is not None:
+            self._stream.synchronize()
+            # the consumer frees these on its own stream: keep the allocator from reusing the
+            # memory for a later batch before that stream is done with it
+            consumer = torch.cuda.current_stream(self.device)
+            tensor.record_stream(consumer)
+            if batch._crops is not None:
+                batch._crops.record_stream(consumer)
+        return batch
+
+
+# --- overlap: the next batch is preprocessed while the current one is used -------------------
+
+_DONE = object()
+
+
+def iter_batches(preprocessor: DevicePreprocessor, source: Iterable[tuple[Any, bytes]],
+                 batch_size: int, prefetch: int = 1) -> Iterator[PreprocessedBatch]:
+    """Batches of up to ``batch_size`` from ``(key, bytes)`` pairs, preprocessed on a background
+    thread up to ``prefetch`` batches ahead of the consumer (a bounded queue). Each batch has
+    ``keys`` in input order. An exception from ``source`` or the preprocessor is raised here,
+    after the batches before it; closing the iterator early stops the background thread."""
+    if batch_size < 1 or prefetch < 1:
+        raise ValueError("batch_size and prefetch must be at least 1")
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            keys, datas = [], []
+            for key, data in source:
+                if stop.is_set():
+                    return
+                keys.append(key)
+                datas.append(data)
+                if len(datas) == batch_size:
+                    batch = preprocessor.preprocess_batch(datas)
+                    batch.keys = keys
+                    if not put(batch):
+                        return
+                    keys, datas = [], []
+            if datas:
+                batch = preprocessor.preprocess_batch(datas)
+                batch.keys = keys
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="poundcam-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
