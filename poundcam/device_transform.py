@@ -110,6 +110,7 @@ class PreprocessedItem:
     _data: bytes = dataclasses.field(repr=False)
     _crop: Image.Image | None = dataclasses.field(default=None, repr=False)
     _decoded: DecodedImage | None = dataclasses.field(default=None, repr=False)
+    _original: torch.Tensor | None = dataclasses.field(default=None, repr=False)
 
     ok = True
 
@@ -138,6 +139,14 @@ class PreprocessedItem:
         if self._decoded is None:
             self._decoded = decode_image(self._data, self._batch.limits)
         return self._decoded
+
+    def original_image(self) -> Image.Image:
+        """The upright original in RGB, for rendering. With ``keep_originals`` a device-path
+        item converts the image its device decoder produced (no second decode); otherwise
+        this is ``decoded().image``."""
+        if self._original is not None:
+            return Image.fromarray(self._original.permute(1, 2, 0).cpu().numpy(), "RGB")
+        return self.decoded().image
 
 
 @dataclasses.dataclass(eq=False)
@@ -287,10 +296,11 @@ def _each(fn, inputs: list, **kw) -> list:
     return out
 
 
-def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader],
-                     device: torch.device) -> list[tuple[torch.Tensor, CropGeometry] | Exception]:
+def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], device: torch.device,
+                     keep_originals: bool = False) -> list[tuple | Exception]:
     """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
-    on the device, geometry) or the exception that stopped it."""
+    on the device, geometry, the upright decoded original or None) or the exception that
+    stopped it."""
     out: list[Any] = [None] * len(datas)
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     first = _each(decode_jpegs, raw, device=device)
@@ -305,6 +315,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader],
     upright = [orient(first[i], headers[i].orientation) for i in live]
     del first
     encoded = _each(encode_jpegs, upright)
+    originals = dict(zip(live, upright)) if keep_originals else {}
     del upright
     live2, enc_cpu = [], []
     for i, enc in zip(live, encoded):
@@ -319,7 +330,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader],
             out[i] = img
             continue
         geom = geometry_for(*headers[i].oriented_size)
-        out[i] = (resize_crop(img, geom), geom)
+        out[i] = (resize_crop(img, geom), geom, originals.get(i))
     return out
 
 
@@ -343,16 +354,20 @@ class DevicePreprocessor:
 
     threads: worker threads for the Pillow path (and, on the CPU, for the device path's chunks);
     default: the machine's CPU count. force: None/"auto" (see ``choose_path``), "device" or
-    "pillow". limits: poundcam.imaging.DecodeLimits for both paths.
+    "pillow". limits: poundcam.imaging.DecodeLimits for both paths. keep_originals: device-path
+    items keep their decoded upright original on the device for ``original_image()`` (memory:
+    3 bytes per pixel per image, until the batch is dropped).
     """
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
-                 force: str | None = None, limits: DecodeLimits | None = None):
+                 force: str | None = None, limits: DecodeLimits | None = None,
+                 keep_originals: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.path = choose_path(self.device, force)
         self.limits = limits or DecodeLimits()
+        self.keep_originals = keep_originals
         self.threads = max(1, threads or os.cpu_count() or 1)
         self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="poundcam-preprocess")
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -384,7 +399,7 @@ class DevicePreprocessor:
                           for i, (d, (path, _, _)) in enumerate(zip(datas, plans)) if path == "pillow"}
         dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == "device"]
         dev_out = self._run_device([datas[i] for i in dev_idx], [plans[i][1] for i in dev_idx])
-        dev_results: dict[int, tuple[torch.Tensor, CropGeometry]] = {}
+        dev_results: dict[int, tuple] = {}
         for i, res in zip(dev_idx, dev_out):
             if isinstance(res, Exception):  # refused by the device decoder: Pillow decides
                 reasons[i] = f"device decoder: {type(res).__name__}: {str(res)[:200]}"
@@ -395,33 +410,41 @@ class DevicePreprocessor:
         headers = {i: plans[i][1] for i in dev_results}
         return self._assemble(datas, headers, dev_results, pillow_results, reasons)
 
+    def _on_stream(self):
+        if self._stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self._stream)
+
     def _run_device(self, datas: list[bytes], headers: list[JpegHeader]) -> list:
         if not datas:
             return []
         if self._stream is not None:  # CUDA: one batched call per stage, on a side stream
-            with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-                out = device_transform(datas, headers, self.device)
+            with torch.cuda.device(self.device), self._on_stream():
+                out = device_transform(datas, headers, self.device, self.keep_originals)
             self._stream.synchronize()
             return out
         # CPU: the same stages, the batch split in chunks over the thread pool
         n = min(self.threads, len(datas))
         bounds = [len(datas) * k // n for k in range(n + 1)]
-        futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device)
+        futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device,
+                                     self.keep_originals)
                    for a, b in zip(bounds, bounds[1:])]
         return [res for f in futures for res in f.result()]
 
     def _assemble(self, datas, headers, dev_results, pillow_results, reasons) -> PreprocessedBatch:
         n_ok = len(dev_results) + sum(1 for r in pillow_results.values() if len(r) == 4)
-        tensor = torch.empty((n_ok, 3, CROP, CROP), dtype=torch.float32, device=self.device)
+        with self._on_stream():  # allocated on the stream that writes it
+            tensor = torch.empty((n_ok, 3, CROP, CROP), dtype=torch.float32, device=self.device)
         batch = PreprocessedBatch(tensor=tensor, items=[], limits=self.limits)
         dev_rows, dev_crops, pil_rows, pil_tensors = [], [], [], []
         row = 0
         for i, data in enumerate(datas):
             if i in dev_results:
-                crop, geom = dev_results[i]
+                crop, geom, original = dev_results[i]
                 batch.items.append(PreprocessedItem(
                     index=i, row=row, path="device", geometry=geom, format="JPEG",
-                    original_mode="L" if headers[i].components == 1 else "RGB", reason=None, _batch=batch, _data=data))
+                    original_mode="L" if headers[i].components == 1 else "RGB",
+                    reason=None, _batch=batch, _data=data, _original=original))
                 batch._crop_rows[row] = len(dev_crops)
                 dev_rows.append(row)
                 dev_crops.append(crop)
@@ -438,8 +461,7 @@ class DevicePreprocessor:
                 pil_rows.append(row)
                 pil_tensors.append(t)
             row += 1
-        ctx = (torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext())
-        with ctx:
+        with self._on_stream():
             if dev_crops:
                 crops = torch.stack(dev_crops)
                 batch._crops = crops
@@ -451,9 +473,10 @@ class DevicePreprocessor:
             # the consumer frees these on its own stream: keep the allocator from reusing the
             # memory for a later batch before that stream is done with it
             consumer = torch.cuda.current_stream(self.device)
-            tensor.record_stream(consumer)
-            if batch._crops is not None:
-                batch._crops.record_stream(consumer)
+            kept = [tensor] + ([batch._crops] if batch._crops is not None else [])
+            kept += [it._original for it in batch.items if it.ok and it._original is not None]
+            for t in kept:
+                t.record_stream(consumer)
         return batch
 
 

@@ -254,6 +254,21 @@ def test_parity_budget_on_fixture(fixture_jpegs, device_pre, pillow_pre, officia
             assert (pa - pb).abs().max().item() <= 0.01
 
 
+def test_original_image(corpus):
+    photo = corpus.photo_like(300, 200, seed=9)
+    datas = [corpus.jpeg_bytes(photo, orientation=8), encode(photo, "PNG")]
+    expected = [decode_image(d).image for d in datas]
+    for keep in (False, True):
+        with DevicePreprocessor("cpu", threads=1, force="device", keep_originals=keep) as pre:
+            batch = pre.preprocess_batch(datas)
+        assert [it.path for it in batch] == ["device", "pillow"]
+        for item, ref in zip(batch, expected):
+            got = item.original_image()
+            assert got.mode == "RGB" and got.size == ref.size == item.geometry.original
+            # on the CPU the device path's decoder gives Pillow's pixels
+            assert np.array_equal(np.asarray(got), np.asarray(ref))
+
+
 def test_cpu_threads_split_and_order(corpus):
     datas = [corpus.jpeg_bytes(corpus.photo_like(120 + 7 * i, 90, seed=i)) for i in range(7)]
     with DevicePreprocessor("cpu", threads=3, force="device") as pre:

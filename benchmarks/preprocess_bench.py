@@ -1,0 +1,303 @@
+"""Preprocessing throughput and parity, measured side by side in one run.
+
+    python benchmarks/preprocess_bench.py                   # CPU, 32 generated 1080p JPEGs
+    python benchmarks/preprocess_bench.py --device cuda --n 2048 --batch-size 128 --model vit-l
+
+Rows (images/s on the same generated 1080p JPEGs):
+  pillow-processes   the Pillow path (poundcam.imaging + poundcam.transform) on all cores, one
+                     process per core (results not sent back: an upper bound for that path)
+  pillow-threads     the Pillow path as DevicePreprocessor(force="pillow") runs it (threads)
+  device             DevicePreprocessor(force="device"): the batched device path
+  model+cam          ComparativeCAM.attribute on already preprocessed batches (no I/O)
+  analysis           poundcam.analysis.Analyzer: decode + preprocess + model + both CAMs +
+                     statistics + PNG encoding
+Ratios: device / pillow-processes, analysis / model+cam.
+
+Parity (--parity, on by default): the device path against the Pillow path on the official
+fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
+grayscale, progressive, EXIF orientation) and on the 1080p set: largest absolute difference
+of the normalized tensor, share of crop pixels that differ, geometry mismatches, and the
+largest |delta P(fake)| of the fixture model and of a random tiny model.
+
+Writes JSON to benchmarks/results/ (ignored by git).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as _dt
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import jpeg_corpus  # noqa: E402
+
+from poundcam.device_transform import DevicePreprocessor  # noqa: E402
+from poundcam.transform import CLIP_STD  # noqa: E402
+
+SHARED = Path(os.environ.get("POUNDCAM_SHARED", HERE.parent.parent / "shared"))
+FIXTURE = SHARED / "fixtures" / "poundnet-official-tiny"
+
+
+# --- the Pillow path in worker processes ------------------------------------------------------
+
+def _pool_init():
+    torch.set_num_threads(1)
+    import poundcam.imaging  # noqa: F401  (import cost outside the timed part)
+    import poundcam.transform  # noqa: F401
+
+
+def _pillow_one(data: bytes) -> tuple[int, int]:
+    from poundcam.imaging import decode_image
+    from poundcam.transform import preprocess_with_geometry
+
+    tensor, geom, _ = preprocess_with_geometry(decode_image(data).image)
+    return geom.crop_left, geom.crop_top
+
+
+def bench_pillow_processes(datas: list[bytes], workers: int) -> float:
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_init) as pool:
+        list(pool.map(_pillow_one, datas[:workers], chunksize=1))  # start and warm every worker
+        t0 = time.perf_counter()
+        list(pool.map(_pillow_one, datas, chunksize=max(1, len(datas) // (workers * 4))))
+        return len(datas) / (time.perf_counter() - t0)
+
+
+def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int,
+                       batch_size: int) -> float:
+    with DevicePreprocessor(device, threads=threads, force=force) as pre:
+        pre.preprocess_batch(datas[:batch_size])  # warm-up (CUDA contexts, codec handles)
+        t0 = time.perf_counter()
+        for i in range(0, len(datas), batch_size):
+            batch = pre.preprocess_batch(datas[i:i + batch_size])
+            assert all(it.ok for it in batch), [it for it in batch if not it.ok]
+        return len(datas) / (time.perf_counter() - t0)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def random_poundnet(seed: int = 0, **overrides):
+    """A random PoundNet whose logits are not flat (weights scaled as in tests/conftest.py)."""
+    from poundcam.model import PoundNet, PoundNetConfig
+    from poundcam.model.checkpoint import model_id
+
+    torch.manual_seed(seed)
+    model = PoundNet(PoundNetConfig(**overrides))
+    with torch.no_grad():
+        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("attn_mask"):
+                continue
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                              "ln_final.weight")):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name == "logit_scale":
+                p.fill_(torch.log(torch.tensor(100.0)))
+            else:
+                p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1))
+    model.model_id = model_id(model.state_dict())
+    return model.eval()
+
+
+TINY = dict(vision_width=64, vision_layers=4, patch_size=32, grid_size=7, embed_dim=32,
+            text_width=64, text_layers=2, n_ctx_vision=4, n_ctx_text=4, prompt_depth_vision=3,
+            prompt_depth_text=2, prompt_num_text=1, class_names=("cat", "dog", "pottedplant"))
+
+
+def load_model(spec: str, device: str):
+    from poundcam import PoundNet
+
+    if spec == "fixture":
+        model = PoundNet.from_checkpoint(FIXTURE / "last.ckpt")
+    elif spec == "vit-l":
+        model = random_poundnet(0)  # the released architecture, random weights
+    elif spec == "tiny":
+        model = random_poundnet(0, **TINY)
+    else:
+        model = PoundNet.from_checkpoint(spec)
+    return model.to(device).eval()
+
+
+def _sync(device: str):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model_cam(model, datas, device, batch_size) -> float:
+    from poundcam.cam import ComparativeCAM
+
+    cam = ComparativeCAM(model)
+    with DevicePreprocessor(device, force="pillow" if device == "cpu" else "device") as pre:
+        x = pre.preprocess_batch(datas[:batch_size]).tensor
+    cam.attribute(x)  # warm-up
+    _sync(device)
+    n = 0
+    t0 = time.perf_counter()
+    while n < len(datas):
+        cam.attribute(x[: min(batch_size, len(datas) - n)])
+        n += min(batch_size, len(datas) - n)
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_analysis(model, datas, device, batch_size, threads) -> float | str:
+    try:
+        from poundcam.analysis import AnalysisOptions, Analyzer
+    except ImportError as exc:  # the analysis module is not part of this checkout
+        return f"not measured: poundcam.analysis unavailable ({exc})"
+    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads)
+    with Analyzer(model, opts, device=device) as analyzer:
+        list(analyzer.analyze((i, d) for i, d in enumerate(datas[:batch_size])))  # warm-up
+        t0 = time.perf_counter()
+        outcomes = list(analyzer.analyze(enumerate(datas)))
+        rate = len(datas) / (time.perf_counter() - t0)
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        return f"not measured: {len(bad)} items failed ({bad[0].error_code}: {bad[0].error_message})"
+    return rate
+
+
+# --- parity -----------------------------------------------------------------------------------
+
+def fixture_jpegs() -> list[tuple[str, bytes]]:
+    from PIL import Image
+
+    from poundcam.imaging import decode_image
+
+    out = []
+    for path in sorted((FIXTURE / "images").glob("*.png")):
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            gray = im.mode in ("L", "LA", "I;16", "I")
+        image = decode_image(data).image
+        image = image.convert("L") if gray else image
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=95)
+        out.append((path.stem, buf.getvalue()))
+    return out
+
+
+def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict:
+    datas = [d for _, d in named]
+    with DevicePreprocessor(device, force="device") as dev, \
+            DevicePreprocessor(device, force="pillow") as pil:
+        rows = {"paths": {}, "tensor_max_abs": 0.0, "tensor_max_levels": 0.0,
+                "pixels_differing": 0.0, "geometry_mismatches": 0, "p_fake_max_abs": {}}
+        n_pix = n_diff = 0
+        for i in range(0, len(datas), 32):
+            a = dev.preprocess_batch(datas[i:i + 32])
+            b = pil.preprocess_batch(datas[i:i + 32])
+            for x in a:
+                rows["paths"][x.path] = rows["paths"].get(x.path, 0) + 1
+            rows["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b))
+            diff = (a.tensor - b.tensor).abs()
+            rows["tensor_max_abs"] = max(rows["tensor_max_abs"], diff.max().item())
+            levels = diff * torch.tensor(CLIP_STD, device=diff.device).view(1, 3, 1, 1) * 255
+            rows["tensor_max_levels"] = max(rows["tensor_max_levels"], round(levels.max().item(), 3))
+            n_diff += int((levels > 0.5).sum())
+            n_pix += levels.numel()
+            with torch.no_grad():
+                for name, model in models.items():
+                    pa = model(a.tensor.to(device)).float().softmax(-1)[:, 1]
+                    pb = model(b.tensor.to(device)).float().softmax(-1)[:, 1]
+                    d = (pa - pb).abs().max().item()
+                    rows["p_fake_max_abs"][name] = max(rows["p_fake_max_abs"].get(name, 0.0), d)
+        rows["pixels_differing"] = n_diff / max(n_pix, 1)
+        rows["images"] = len(datas)
+    return rows
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    ap.add_argument("--n", type=int, default=32, help="generated 1080p JPEGs (default 32)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads / processes for CPU work (default: all cores)")
+    ap.add_argument("--quality", type=int, default=90, help="quality of the generated JPEGs")
+    ap.add_argument("--model", default="fixture",
+                    help="model for the model+cam and analysis rows: fixture (official tiny), "
+                         "vit-l (released architecture, random weights), tiny, or a checkpoint")
+    ap.add_argument("--no-analysis", action="store_true", help="skip model+cam and analysis")
+    ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    device = args.device
+
+    t0 = time.perf_counter()
+    datas = jpeg_corpus.full_hd_jpegs(args.n, seed=0, quality=args.quality)
+    print(f"{args.n} generated 1920x1080 JPEGs, mean {np.mean([len(d) for d in datas]) / 1e3:.0f} KB "
+          f"({time.perf_counter() - t0:.1f} s to generate)", flush=True)
+
+    rates: dict[str, float | str] = {}
+    rates["pillow-processes"] = bench_pillow_processes(datas, args.threads)
+    rates["pillow-threads"] = bench_preprocessor(datas, device, "pillow", args.threads, args.batch_size)
+    rates["device"] = bench_preprocessor(datas, device, "device", args.threads, args.batch_size)
+    if not args.no_analysis:
+        model = load_model(args.model, device)
+        rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
+        rates["analysis"] = bench_analysis(model, datas, device, args.batch_size, args.threads)
+
+    ratios = {}
+    if isinstance(rates.get("device"), float):
+        ratios["device / pillow-processes"] = rates["device"] / rates["pillow-processes"]
+        ratios["device / pillow-threads"] = rates["device"] / rates["pillow-threads"]
+    if isinstance(rates.get("analysis"), float) and isinstance(rates.get("model+cam"), float):
+        ratios["analysis / model+cam"] = rates["analysis"] / rates["model+cam"]
+
+    print(f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
+          f"batch {args.batch_size}, model {args.model}")
+    print(f"{'path':<20}{'images/s':>12}")
+    for name, rate in rates.items():
+        print(f"{name:<20}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<20}  {rate}")
+    for name, value in ratios.items():
+        print(f"{name:<30}{value:>8.2f}x")
+
+    parity_rows = {}
+    if not args.no_parity:
+        models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
+        sets = {"fixture": fixture_jpegs(), "varied": jpeg_corpus.varied_jpegs(seed=0),
+                "1080p": list(zip(map(str, range(len(datas))), datas))}
+        print(f"\n{'parity set':<10}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
+              f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths")
+        for name, named in sets.items():
+            r = parity_rows[name] = parity(named, device, models)
+            print(f"{name:<10}{r['images']:>7}{r['tensor_max_abs']:>10.4f}{r['tensor_max_levels']:>8.2f}"
+                  f"{r['pixels_differing']:>11.2e}{r['geometry_mismatches']:>8}"
+                  f"{r['p_fake_max_abs']['fixture']:>12.2e}{r['p_fake_max_abs']['random-tiny']:>11.2e}"
+                  f"  {r['paths']}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"preprocess-{torch.device(device).type}-{stamp}.json"
+    path.write_text(json.dumps({
+        "device": device, "device_name": _device_name(device), "host": platform.node(),
+        "cpu_count": os.cpu_count(), "threads": args.threads, "n": args.n,
+        "batch_size": args.batch_size, "model": args.model, "quality": args.quality,
+        "mean_bytes": float(np.mean([len(d) for d in datas])),
+        "torch": torch.__version__, "images_per_s": rates, "ratios": ratios, "parity": parity_rows,
+    }, indent=2))
+    print(f"\nwrote {path}")
+    return 0
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
