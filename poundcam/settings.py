@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from .errors import PoundcamError
 
 DEVICES = ("auto", "cpu", "cuda")
+PREPROCESS_PATHS = ("auto", "device", "pillow")
 CAM_TARGETS = ("contrastive", "logit")
 
 
@@ -65,6 +66,7 @@ class Settings:
     weights_sha256: str | None = field(default=None, metadata={"parse": _opt_str})
     cache_dir: str | None = field(default=None, metadata={"parse": _opt_str})
     device: str = field(default="auto", metadata={"parse": _str})
+    preprocess: str = field(default="auto", metadata={"parse": _str})
     batch_size: int = field(default=32, metadata={"parse": _int})
     threshold: float = field(default=0.5, metadata={"parse": _float})
     cam_layer: int = field(default=-1, metadata={"parse": _int})
@@ -129,6 +131,8 @@ class Settings:
             self._fail("database_url", "must not be empty")
         if self.device not in DEVICES:
             self._fail("device", f"must be one of {', '.join(DEVICES)}")
+        if self.preprocess not in PREPROCESS_PATHS:
+            self._fail("preprocess", f"must be one of {', '.join(PREPROCESS_PATHS)}")
         if self.cam_target not in CAM_TARGETS:
             self._fail("cam_target", f"must be one of {', '.join(CAM_TARGETS)}")
         if not 0.0 <= self.threshold <= 1.0:
