@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .errors import PoundcamError
+from .logs import configure_logging
 
 COMMAND_MODULES = (
     "poundcam.commands.model",
@@ -40,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.handler(args) or 0)
     except PoundcamError as exc:

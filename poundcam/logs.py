@@ -13,7 +13,7 @@ import sys
 import time
 
 _EXTRA = ("job_id", "items", "item_id", "uri", "error_code")
-_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 def redact(text: str) -> str:
@@ -34,10 +34,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def configure_logging(json_format: bool = False, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_format
-                         else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

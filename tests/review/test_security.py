@@ -84,8 +84,6 @@ def test_redact_hides_url_passwords(text, secret):
     assert secret not in out and "***" in out
 
 
-@pytest.mark.xfail(strict=True, reason="poundcam.logs.redact misses URLs with an empty user "
-                                       "name, the usual form of a Redis URL with a password")
 def test_redact_hides_password_of_url_without_user():
     from poundcam.logs import redact
 
