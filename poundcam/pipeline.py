@@ -114,6 +114,8 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     for item_id, data in fetched:
         if isinstance(data, StorageError):
             if data.transient:
+                log.warning("item %s: %s; will retry", item_id, data,
+                            extra={"item_id": item_id, "error_code": data.code})
                 report.retry.append(item_id)
             else:
                 fail(item_id, data.code, str(data))
@@ -140,6 +142,8 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
             except StorageError as exc:
                 if not exc.transient:
                     raise
+                log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
+                            extra={"item_id": outcome.key, "error_code": exc.code})
                 report.retry.append(outcome.key)
         else:
             fail(outcome.key, outcome.error_code or "analysis_failed", outcome.error_message or "")
