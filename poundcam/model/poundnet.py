@@ -235,7 +235,10 @@ class PoundNet(nn.Module):
         key = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in params)
         if not training and self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
-        with self.autocast_off():
+        # Never cache an inference-mode tensor: the CAM engine later differentiates through
+        # the logits, and autograd refuses tensors created under torch.inference_mode().
+        grad_mode = contextlib.nullcontext() if training else torch.no_grad()
+        with torch.inference_mode(False), grad_mode, self.autocast_off():
             feats = self.text(self.prompt_learner(), self.eot_index).float()
             feats = F.normalize(feats, dim=-1)
         if not training:
