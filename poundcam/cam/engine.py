@@ -126,7 +126,8 @@ class ComparativeCAM:
         """Maps for a normalized batch [B, 3, H, W]. ``on_invalid``: ``"raise"`` (CAMError) or
         ``"report"`` (record the reason in ``result.invalid`` and go on with the others)."""
         model = self.model
-        with model.autocast(x.device):
+        # Gradients are needed even when the caller runs under torch.inference_mode().
+        with torch.inference_mode(False), model.autocast(x.device):
             h, act = self._explained_activation(x)
             leaf = act.detach().requires_grad_(True)
             with torch.enable_grad():
