@@ -190,3 +190,17 @@ def test_result_item(official_model, fixture_inputs):
     res = ComparativeCAM(official_model).attribute(fixture_inputs[:3])
     one = res.item(2)
     assert torch.equal(one.fake[0], res.fake[2]) and one.grid == 7
+
+
+def test_after_a_forward_in_inference_mode(make_model):
+    """Text features first computed under inference_mode (as a service does) are reusable by
+    the CAM's autograd pass."""
+    model = make_model(seed=6).requires_grad_(False)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        logits = model(x)
+    res = ComparativeCAM(model).attribute(x)
+    torch.testing.assert_close(res.logits, logits, rtol=1e-5, atol=1e-4)
+    with torch.inference_mode():
+        res2 = ComparativeCAM(model).attribute(x)
+    torch.testing.assert_close(res2.fake, res.fake)
