@@ -1,0 +1,422 @@
+"""Real servers and real worker processes for the integration tests.
+
+- ``redis_db``: a Redis database number of its own, claimed only if it is empty, flushed at
+  the start and at the end (FLUSHDB of that number only; never FLUSHALL).
+- ``MotoServer``: moto's S3 server as a subprocess that a test can pause (SIGSTOP) and resume.
+- ``TcpProxy``: a TCP proxy between a worker and a server, which a test can cut (every
+  connection reset, new ones closed at once) and restore: an outage without touching the server.
+- ``Worker``: ``poundcam worker`` as a subprocess, started with its own environment, ready when
+  its ready file appears, stopped with SIGTERM (or killed with SIGKILL); its log is printed when
+  a test failed while it ran.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG",
+                              "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+CLAIM_KEY = "poundcam-test:claim"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f}s")
+
+
+def poundcam_cmd() -> list[str]:
+    exe = shutil.which("poundcam", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "poundcam.cli"]
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+class RedisClaim:
+    """Claims empty Redis databases (highest numbers first) for this test session."""
+
+    def __init__(self, base_url: str):
+        import redis
+
+        self.redis = redis
+        self.base = base_url.rsplit("/", 1)[0] if base_url.count("/") > 2 else base_url
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.claimed: list[int] = []
+
+    def claim(self) -> str:
+        for n in range(15, 0, -1):
+            if n in self.claimed:
+                continue
+            r = self.redis.Redis.from_url(f"{self.base}/{n}")
+            if r.dbsize() != 0:
+                continue
+            if not r.set(CLAIM_KEY, self.token, nx=True, ex=6 * 3600):
+                continue
+            if r.dbsize() != 1:  # someone started using it meanwhile
+                r.delete(CLAIM_KEY)
+                continue
+            r.flushdb()
+            r.set(CLAIM_KEY, self.token, ex=6 * 3600)
+            self.claimed.append(n)
+            return f"{self.base}/{n}"
+        pytest.fail("no empty Redis database (1-15) to claim for the integration tests")
+
+    def release(self) -> None:
+        for n in self.claimed:
+            r = self.redis.Redis.from_url(f"{self.base}/{n}")
+            if r.get(CLAIM_KEY) == self.token.encode():
+                r.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_claims(redis_url):
+    claims = RedisClaim(redis_url)
+    yield claims
+    claims.release()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def fresh_database():
+    """A new PostgreSQL database (dropped at the end); yields its URL."""
+    import sqlalchemy as sa
+
+    name = f"poundcam_it_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = :n"), {"n": name})
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def with_port(url: str, port: int) -> str:
+    """``url`` (SQLAlchemy or http) pointed at 127.0.0.1:``port``."""
+    from sqlalchemy.engine import make_url
+
+    if url.startswith("http"):
+        return f"http://127.0.0.1:{port}"
+    return make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+class MotoServer:
+    """moto's S3 server in a subprocess of its own, so that it can be paused."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "wb")
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+        cmd = ([exe] if exe else [sys.executable, "-m", "moto.server"]) + [
+            "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **AWS_ENV})
+        wait_for_port(self.port)
+
+    def client(self):
+        from poundcam.s3 import make_s3_client
+
+        with _aws_env():
+            return make_s3_client(endpoint_url=self.url)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def _aws_env():
+    old = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --- a TCP proxy that can be cut -----------------------------------------------------------------
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target_port``. ``cut()`` resets every open connection and
+    closes new ones as soon as they are accepted, until ``restore()``."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.2)
+        self._cut = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self.accepted = 0
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            if self._cut.is_set():
+                self.refused += 1
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            self.accepted += 1
+            with self._lock:
+                self._conns.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket):
+        sel = selectors.DefaultSelector()
+        for s in (a, b):
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        peer = {a: b, b: a}
+        open_ends = 2
+        graceful = False
+        try:
+            while open_ends and not self._stop.is_set() and not self._cut.is_set():
+                for key, _ in sel.select(0.2):
+                    src = key.fileobj
+                    data = src.recv(65536)
+                    if not data:  # half-close: pass it on, keep the other direction going
+                        sel.unregister(src)
+                        peer[src].shutdown(socket.SHUT_WR)
+                        open_ends -= 1
+                        continue
+                    dst = peer[src]
+                    dst.setblocking(True)
+                    dst.sendall(data)
+                    dst.setblocking(False)
+            graceful = open_ends == 0
+        except OSError:
+            pass
+        finally:
+            sel.close()
+            with self._lock:
+                self._conns.difference_update((a, b))
+            for s in (a, b):
+                if graceful:
+                    s.close()
+                else:
+                    _reset(s)
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.cut()
+        self.listener.close()
+
+
+def _reset(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        s.close()
+
+
+# --- the worker process ----------------------------------------------------------------------------
+
+class Worker:
+    """``poundcam worker`` in a subprocess."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, name: str = "w1"):
+        self.name = name
+        self.ready_file = workdir / f"{name}.ready"
+        self.log_path = workdir / f"{name}.log"
+        self.metrics_port = free_port()
+        self.env = {**os.environ, **AWS_ENV, **env,
+                    "POUNDCAM_READY_FILE": str(self.ready_file),
+                    "POUNDCAM_METRICS_PORT": str(self.metrics_port),
+                    "PYTHONUNBUFFERED": "1"}
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, timeout: float = 180.0) -> "Worker":
+        self.ready_file.unlink(missing_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            poundcam_cmd() + ["worker", "--name", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"worker not ready after {timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.2)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, no ack, nothing cleaned up."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close_log()
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (Celery's warm shutdown), SIGKILL if it does not end within ``timeout``."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_log()
+        return None if self.proc is None else self.proc.returncode
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, n: int = 120) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+@contextlib.contextmanager
+def running_workers(request, workers: list[Worker], artifacts: Path | None = None):
+    """Start ``workers``; stop them at the end; print their logs if a test failed meanwhile."""
+    failed_before = request.session.testsfailed
+    try:
+        for w in workers:
+            w.start()
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+        failed = request.session.testsfailed > failed_before or sys.exc_info()[0] is not None
+        for w in workers:
+            if artifacts is not None:
+                with contextlib.suppress(OSError):
+                    shutil.copy(w.log_path, artifacts / f"integration-{w.log_path.name}")
+            if failed:
+                sys.stderr.write(f"\n----- log of worker {w.name} (pid {w.pid if w.proc else '-'}) "
+                                 f"-----\n{w.log_tail()}\n")
+
+
+# --- database helpers used by the tests ---------------------------------------------------------------
+
+def wait_finished(sessions, job_id: str, timeout: float, workers: list[Worker] = ()) -> dict:
+    from poundcam.db import job_status, session_scope
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(sessions) as s:
+            st = job_status(s, job_id)
+        if st["finished"]:
+            return st
+        for w in workers:
+            if not w.alive():
+                raise AssertionError(f"worker {w.name} died:\n{w.log_tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not finished after {timeout:.0f}s: {st}")
+        time.sleep(0.3)
+
+
+def item_rows(sessions, job_id: str) -> list[dict]:
+    import sqlalchemy as sa
+
+    from poundcam.db import JobItem, session_scope
+
+    with session_scope(sessions) as s:
+        rows = s.execute(sa.select(JobItem).where(JobItem.job_id == job_id)
+                         .order_by(JobItem.position)).scalars().all()
+        return [{"id": r.id, "uri": r.uri, "status": r.status, "error_code": r.error_code,
+                 "error_message": r.error_message, "attempts": r.attempts,
+                 "analysis_id": r.analysis_id} for r in rows]
+
+
+def analysis_counts(sessions) -> dict[str, int]:
+    """Analyses per sha256."""
+    import sqlalchemy as sa
+
+    from poundcam.db import Analysis, session_scope
+
+    with session_scope(sessions) as s:
+        return {sha: n for sha, n in s.execute(
+            sa.select(Analysis.sha256, sa.func.count()).group_by(Analysis.sha256))}

@@ -1,0 +1,83 @@
+"""``poundcam analyze``: the embedded mode (SQLite + a local folder, no Redis, no S3) as a
+user runs it, in a subprocess."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from . import corpus
+from .conftest import poundcam_cmd
+
+pytestmark = pytest.mark.integration
+
+HEATMAPS = ("real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
+            "real_raw16", "fake_raw16")
+
+
+def analyze(*args: str, cwd: Path, weights: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POUNDCAM_")}
+    return subprocess.run(poundcam_cmd() + ["analyze", *args, "--device", "cpu",
+                                            "--weights", str(weights)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def analyses(db_url: str) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.text(
+                "SELECT sha256, count(*) FROM analyses GROUP BY sha256")).all())
+    finally:
+        engine.dispose()
+
+
+def test_analyze_folder_exit_codes_summary_heatmaps_and_rerun(tmp_path, official_dir):
+    images = tmp_path / "images"
+    good_dir = images / "good"
+    good_dir.mkdir(parents=True)
+    good = dict(list(corpus.good_images(seed=3).items())[:4])
+    good["fixture.png"] = (official_dir / "images" / "img2.png").read_bytes()
+    for name, data in good.items():
+        (good_dir / name).write_bytes(data)
+    bad = corpus.bad_images(seed=3)
+    # named like images, so that the folder walk picks them up
+    bad_files = {"page.png": bad["page.html"], "empty.jpg": bad["empty.png"],
+                 "truncated.jpg": bad["truncated.jpg"], "vector.png": bad["drawing.svg"]}
+    codes = {"page.png": "not_an_image", "empty.jpg": "empty", "truncated.jpg": "truncated",
+             "vector.png": "not_an_image"}
+    for name, (data, _code) in bad_files.items():
+        (images / name).write_bytes(data)
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    out = tmp_path / "heatmaps"
+    weights = official_dir / "last.ckpt"
+
+    mixed = analyze(str(images), "--db", db_url, "--out", str(out), cwd=tmp_path, weights=weights)
+    assert mixed.returncode == 1, mixed.stderr
+    n = len(good) + len(bad_files)
+    assert f"{len(good)}/{n} analysed" in mixed.stdout and f"{len(bad_files)} failed" in mixed.stdout
+    for name, code in codes.items():
+        line = next(ln for ln in mixed.stdout.splitlines() if name in ln)
+        assert "failed" in line and code in line, line
+    assert f"{n}/{n}" in mixed.stderr  # the progress line reached the end
+
+    shas = {hashlib.sha256(d).hexdigest() for d in good.values()}
+    assert analyses(db_url) == {sha: 1 for sha in shas}
+    written = {p.relative_to(out) for p in out.rglob("*.png")}
+    assert len(written) == len(HEATMAPS) * len(good)
+    for sha in shas:
+        assert {p.stem for p in written if sha in p.parts} == set(HEATMAPS)
+    for p in out.rglob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "poundcam.db").exists()  # --db was honoured
+
+    rerun = analyze(str(good_dir), "--db", db_url, "--out", str(out), cwd=tmp_path, weights=weights)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(good)}/{len(good)} analysed" in rerun.stdout and "0 failed" in rerun.stdout
+    assert analyses(db_url) == {sha: 1 for sha in shas}  # nothing new
+    assert {p.relative_to(out) for p in out.rglob("*.png")} == written

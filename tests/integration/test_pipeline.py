@@ -1,0 +1,368 @@
+"""The distributed pipeline end to end, with real servers and a real worker process.
+
+One worker serves this module. It reaches PostgreSQL and the S3 server (moto, in a subprocess)
+through TCP proxies the tests can cut, so that outages happen without touching the servers.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from . import corpus
+from .conftest import (AWS_ENV, MotoServer, TcpProxy, Worker, analysis_counts, fresh_database,
+                       item_rows, poundcam_cmd, running_workers, wait_finished, with_port)
+
+pytestmark = pytest.mark.integration
+
+IMAGES, HEAT, OTHER = "imgs", "heat", "other"
+JOB_TIMEOUT = 240
+
+
+@dataclass
+class Stack:
+    db_url: str                 # direct, for the tests
+    broker_url: str
+    moto: MotoServer
+    s3: object                  # boto3 client, direct
+    db_proxy: TcpProxy          # between the worker and PostgreSQL
+    s3_proxy: TcpProxy          # between the worker and S3
+    worker: Worker
+    sessions: object
+    settings: object            # producer settings (direct database)
+    model_id: str = ""
+    uploads: dict = field(default_factory=dict)   # uri -> bytes
+
+    def put(self, key: str, data: bytes, bucket: str = IMAGES) -> str:
+        self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+        uri = f"s3://{bucket}/{key}"
+        self.uploads[uri] = data
+        return uri
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": self.db_url,
+               "POUNDCAM_BROKER_URL": self.broker_url}
+        proc = subprocess.run(poundcam_cmd() + list(args), env=env, capture_output=True,
+                              text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"poundcam {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="module")
+def stack(request, redis_claims, artifacts_dir, tmp_path_factory):
+    from sqlalchemy.engine import make_url
+
+    from poundcam.db import make_session_factory
+    from poundcam.db.migrate import upgrade
+    from poundcam.settings import Settings
+
+    work = tmp_path_factory.mktemp("pipeline")
+    moto = MotoServer(work / "moto.log")
+    try:
+        s3 = moto.client()
+        for b in (IMAGES, HEAT, OTHER):
+            s3.create_bucket(Bucket=b)
+        with fresh_database() as db_url:
+            upgrade(db_url)
+            db_proxy = TcpProxy(make_url(db_url).port or 5432)
+            s3_proxy = TcpProxy(moto.port)
+            broker = redis_claims.claim()
+            worker = Worker({
+                "POUNDCAM_BROKER_URL": broker,
+                "POUNDCAM_DATABASE_URL": with_port(db_url, db_proxy.port),
+                "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
+                "POUNDCAM_HEATMAP_BUCKET": HEAT,
+                "POUNDCAM_ALLOWED_BUCKETS": IMAGES,
+                "POUNDCAM_WEIGHTS": str(corpus_weights(request)),
+                "POUNDCAM_DEVICE": "cpu",
+                "POUNDCAM_MAX_IMAGE_BYTES": str(corpus.MAX_IMAGE_BYTES),
+                "POUNDCAM_MAX_IMAGE_PIXELS": str(corpus.MAX_IMAGE_PIXELS),
+            }, work, name="pipeline")
+            sessions = make_session_factory(db_url)
+            settings = Settings.from_env(database_url=db_url, broker_url=broker)
+            try:
+                with running_workers(request, [worker], artifacts_dir):
+                    st = Stack(db_url, broker, moto, s3, db_proxy, s3_proxy, worker, sessions,
+                               settings, model_id=worker.ready_file.read_text().strip())
+                    yield st
+            finally:
+                sessions.kw["bind"].dispose()
+                db_proxy.close()
+                s3_proxy.close()
+    finally:
+        moto.stop()
+
+
+def corpus_weights(request) -> Path:
+    return request.getfixturevalue("official_dir") / "last.ckpt"
+
+
+def metric_samples(text: str, name: str) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def item_deltas(before: str, after: str) -> dict[tuple[str, str], float]:
+    b, a = (metric_samples(t, "poundcam_items_total") for t in (before, after))
+    out = {}
+    for labels, value in a.items():
+        d = value - b.get(labels, 0.0)
+        if d:
+            lab = dict(labels)
+            out[(lab["outcome"], lab["error_code"])] = d
+    return out
+
+
+# --- the end-to-end job ---------------------------------------------------------------------------
+
+@dataclass
+class E2E:
+    job_id: str
+    expected: dict          # uri -> None (done) or error code
+    rows: list
+    metrics_before: str
+    metrics_after: str
+
+
+@pytest.fixture(scope="module")
+def e2e(stack, official_dir) -> E2E:
+    expected: dict[str, str | None] = {}
+    for name, data in corpus.fixture_images(official_dir).items():
+        expected[stack.put(f"fixture/{name}", data)] = None
+    for name, data in corpus.good_images(seed=1).items():
+        expected[stack.put(f"good/{name}", data)] = None
+    for name, (data, code) in corpus.bad_images(seed=1).items():
+        expected[stack.put(f"bad/{name}", data)] = code
+    expected[stack.put("bad/too_large.png", corpus.too_large_image())] = "too_large"
+    stack.s3.put_object(Bucket=OTHER, Key="elsewhere.png", Body=corpus.good_images()["photo.jpg"])
+    expected[f"s3://{OTHER}/elsewhere.png"] = "uri_not_allowed"
+    expected["/etc/hostname"] = "uri_not_allowed"
+    expected[f"s3://{IMAGES}/missing/no-such-key.png"] = "not_found"
+
+    before = stack.worker.metrics()
+    env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": stack.db_url,
+           "POUNDCAM_BROKER_URL": stack.broker_url}
+    proc = subprocess.run(poundcam_cmd() + ["submit", "--json", "--batch-size", "5",
+                                            "--from-file", "-"],
+                          input="\n".join(expected) + "\n", env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["items"] == len(expected)
+    job_id = out["job_id"]
+    wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    # the counters move just after the database rows: give them a moment
+    deadline = time.monotonic() + 15
+    while True:
+        after = stack.worker.metrics()
+        if sum(item_deltas(before, after).values()) >= len(expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return E2E(job_id, expected, item_rows(stack.sessions, job_id), before, after)
+
+
+def test_every_item_is_done_or_failed_with_its_code(e2e):
+    got = {r["uri"]: (r["status"], r["error_code"]) for r in e2e.rows}
+    want = {uri: ("done", None) if code is None else ("failed", code)
+            for uri, code in e2e.expected.items()}
+    assert got == want
+    for r in e2e.rows:
+        if r["status"] == "failed":
+            assert r["error_message"], r
+            assert r["analysis_id"] is None
+        else:
+            assert r["analysis_id"] is not None
+
+
+def test_heatmaps_are_pngs_in_s3_under_the_recorded_keys(stack, e2e):
+    from poundcam import client
+    from poundcam.storage import heatmap_key
+
+    records = {r["uri"]: r for r in client.results(e2e.job_id, settings=stack.settings)}
+    done = [uri for uri, code in e2e.expected.items() if code is None]
+    assert done
+    names = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
+             "real_raw16", "fake_raw16"}
+    for uri in done:
+        rec = records[uri]
+        assert rec["sha256"] == hashlib.sha256(stack.uploads[uri]).hexdigest()
+        assert rec["model_id"] == stack.model_id
+        assert 0.0 <= rec["p_fake"] <= 1.0 and rec["label"] in ("real", "fake")
+        assert set(rec["heatmap_keys"]) == names
+        for name, key in rec["heatmap_keys"].items():
+            assert key == heatmap_key("heatmaps/", rec["sha256"], rec["model_id"],
+                                      rec["cam_config_id"], name)
+            obj = stack.s3.get_object(Bucket=HEAT, Key=key)
+            assert obj["ContentType"] == "image/png"
+            png = obj["Body"].read()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n", key
+            bit_depth = png[24]  # IHDR: length, type, width, height, then the bit depth
+            with Image.open(io.BytesIO(png)) as im:
+                im.load()
+                if name.endswith("raw16"):
+                    assert bit_depth == 16 and im.mode.startswith("I"), (key, im.mode)
+                    g = struct.unpack(">II", png[16:24])
+                    assert g[0] == g[1] and g[0] > 1  # the CAM grid, square
+                else:
+                    assert bit_depth == 8 and im.mode in ("RGB", "RGBA"), (key, im.mode)
+
+
+def test_resubmitting_creates_no_new_analyses(stack, e2e):
+    from poundcam import client
+
+    before = analysis_counts(stack.sessions)
+    job2 = client.submit(list(e2e.expected), batch_size=7, settings=stack.settings)
+    assert job2 != e2e.job_id
+    wait_finished(stack.sessions, job2, JOB_TIMEOUT, [stack.worker])
+    assert analysis_counts(stack.sessions) == before
+    assert all(n == 1 for n in before.values())
+    first = {r["uri"]: r for r in e2e.rows}
+    for r in item_rows(stack.sessions, job2):
+        assert (r["status"], r["error_code"], r["analysis_id"]) == (
+            first[r["uri"]]["status"], first[r["uri"]]["error_code"],
+            first[r["uri"]]["analysis_id"]), r["uri"]
+
+
+def test_status_and_results_commands(stack, e2e):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from poundcam import client
+
+    n = len(e2e.expected)
+    n_done = sum(code is None for code in e2e.expected.values())
+    probs = sorted(r["p_fake"] for r in client.results(e2e.job_id, settings=stack.settings)
+                   if r["p_fake"] is not None)
+    cut = probs[len(probs) // 2]
+    calls = {  # each command starts a Python process: run them side by side
+        "status": ("status", e2e.job_id, "--json"),
+        "json": ("results", e2e.job_id, "--format", "json"),
+        "csv": ("results", e2e.job_id, "--format", "csv"),
+        "fake": ("results", e2e.job_id, "--format", "json", "--label", "fake"),
+        "min_prob": ("results", e2e.job_id, "--format", "json", "--min-prob", repr(cut)),
+        "table": ("results", e2e.job_id),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {k: pool.submit(stack.cli, *args) for k, args in calls.items()}
+        out = {k: f.result().stdout for k, f in futures.items()}
+
+    st = json.loads(out["status"])
+    assert st["finished"] is True
+    assert (st["total"], st["done"], st["failed"], st["queued"], st["running"]) == (
+        n, n_done, n - n_done, 0, 0)
+
+    rows = json.loads(out["json"])
+    assert [r["uri"] for r in rows] == list(e2e.expected)
+    by_uri = {r["uri"]: r for r in rows}
+    for uri, code in e2e.expected.items():
+        assert by_uri[uri]["error_code"] == code
+        assert (by_uri[uri]["p_fake"] is None) == (code is not None)
+        assert (by_uri[uri]["model_id"] == stack.model_id) == (code is None)
+
+    table = list(csv.DictReader(io.StringIO(out["csv"])))
+    assert [r["uri"] for r in table] == list(e2e.expected)
+    assert {"status", "error_code", "sha256", "p_fake", "label", "model_id",
+            "heatmap_fake_overlay", "fake_share"} <= set(table[0])
+    for r in table:
+        assert r["status"] == ("done" if e2e.expected[r["uri"]] is None else "failed")
+
+    fake = {r["uri"] for r in json.loads(out["fake"])}
+    assert fake == {r["uri"] for r in rows if r["label"] == "fake"}
+    real = {r["uri"] for r in client.results(e2e.job_id, label="real", settings=stack.settings)}
+    assert real == {r["uri"] for r in rows if r["label"] == "real"}
+    assert real | fake == {u for u, c in e2e.expected.items() if c is None} and not real & fake
+
+    above = {r["uri"] for r in json.loads(out["min_prob"])}
+    assert above == {r["uri"] for r in rows if r["p_fake"] is not None and r["p_fake"] >= cut}
+    assert 0 < len(above) < n_done
+    lines = out["table"].splitlines()
+    assert lines[0].split()[0] == "uri" and len(lines) == n + 1
+
+
+def test_metrics_count_the_job(stack, e2e):
+    want: dict[tuple[str, str], float] = {}
+    for code in e2e.expected.values():
+        key = ("done", "") if code is None else ("failed", code)
+        want[key] = want.get(key, 0) + 1
+    assert item_deltas(e2e.metrics_before, e2e.metrics_after) == want
+    info = metric_samples(e2e.metrics_after, "poundcam_model_info")
+    assert [dict(k)["model_id"] for k, v in info.items() if v == 1] == [stack.model_id]
+    assert metric_samples(e2e.metrics_after, "poundcam_batch_seconds_count")
+
+
+# --- outages ----------------------------------------------------------------------------------------
+
+def _outage_job(stack, tag: str, n_good: int = 24):
+    """A job of new images (never analysed before) plus two bad items."""
+    from poundcam import client
+
+    expected = {}
+    for k in range(n_good):
+        img = corpus.photo(120 + k % 5 * 16, 100 + k % 3 * 20, seed=hash((tag, k)) % 100_000)
+        expected[stack.put(f"{tag}/{k}.jpg", corpus.encode(img, "JPEG", quality=85))] = None
+    expected[stack.put(f"{tag}/page.png", b"<html><body>not an image</body></html>")] = "not_an_image"
+    expected[f"s3://{IMAGES}/{tag}/missing.jpg"] = "not_found"
+    job_id = client.submit(list(expected), batch_size=4, settings=stack.settings)
+    return job_id, expected
+
+
+def _wait_done_at_least(stack, job_id: str, n: int, timeout: float = 120):
+    from poundcam import client
+
+    deadline = time.monotonic() + timeout
+    while client.status(job_id, settings=stack.settings)["done"] < n:
+        assert time.monotonic() < deadline, f"job {job_id}: fewer than {n} done after {timeout}s"
+        assert stack.worker.alive(), stack.worker.log_tail()
+        time.sleep(0.05)
+
+
+def _assert_exactly_once(stack, job_id: str, expected: dict):
+    rows = item_rows(stack.sessions, job_id)
+    assert {r["uri"]: (r["status"], r["error_code"]) for r in rows} == {
+        u: ("done", None) if c is None else ("failed", c) for u, c in expected.items()}
+    counts = analysis_counts(stack.sessions)
+    for uri, code in expected.items():
+        if code is None:
+            assert counts[hashlib.sha256(stack.uploads[uri]).hexdigest()] == 1, uri
+
+
+def test_database_outage_loses_nothing(stack):
+    job_id, expected = _outage_job(stack, "db-outage")
+    _wait_done_at_least(stack, job_id, 1)
+    stack.db_proxy.cut()
+    time.sleep(5)
+    stack.db_proxy.restore()
+    assert stack.db_proxy.refused > 0, "the worker never noticed the outage"
+    wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    _assert_exactly_once(stack, job_id, expected)
+
+
+def test_s3_outage_loses_nothing(stack):
+    job_id, expected = _outage_job(stack, "s3-outage")
+    _wait_done_at_least(stack, job_id, 1)
+    stack.moto.pause()            # the server hangs: requests stall
+    time.sleep(3)
+    stack.moto.resume()
+    _wait_done_at_least(stack, job_id, 3)
+    stack.s3_proxy.cut()          # the server is gone: connections are reset
+    time.sleep(5)
+    stack.s3_proxy.restore()
+    assert stack.s3_proxy.refused > 0, "the worker never noticed the outage"
+    wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    _assert_exactly_once(stack, job_id, expected)
