@@ -1,0 +1,106 @@
+"""ComparativeCAM against the plain PoundNet forward and against pytorch-grad-cam computing the
+same two maps (two GradCAM calls, one per class, at ln_1 of the last block), side by side in one
+process on one device and batch size. Prints images/s, peak memory and the ratios.
+
+Targets: ComparativeCAM (both maps) >= 0.85x the forward's images/s and >= 5x pytorch-grad-cam;
+peak memory <= 2x the forward's (peak above the resident weights and input).
+
+    python benchmarks/cam_bench.py                                  # CPU, small ViT
+    python benchmarks/cam_bench.py --device cuda --size L14 --batch 128
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SPEED_VS_FORWARD = 0.85
+SPEED_VS_LIBRARY = 5.0
+MEMORY_VS_FORWARD = 2.0
+
+
+def main() -> None:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from poundcam import ComparativeCAM
+
+    args = common.parse_args(__doc__.splitlines()[0], default_batch_cpu=4)
+    device = args.device
+    model = common.random_poundnet(args.size, device)
+    cfg = model.config
+    x = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size, device=device)
+    g, sl = model.visual.grid_size, model.visual.patch_token_slice()
+
+    def to_grid(t):
+        t = t[:, sl]
+        return t.reshape(t.shape[0], *g, t.shape[-1]).permute(0, 3, 1, 2)
+
+    library = GradCAM(model, [model.visual.transformer.resblocks[-1].ln_1], reshape_transform=to_grid)
+    contrastive = ComparativeCAM(model, target="contrastive")
+    logit = ComparativeCAM(model, target="logit")
+    with torch.inference_mode():
+        model.text_features()  # computed once per model, as in service
+
+    def forward():
+        with torch.inference_mode():
+            return model(x)
+
+    def cam_contrastive():
+        return contrastive.attribute(x)
+
+    def cam_logit():
+        return logit.attribute(x)
+
+    def grad_cam_library():
+        xg = x.clone().requires_grad_(True)  # its graph must start at the input: weights are frozen
+        real = library(xg, targets=[ClassifierOutputTarget(0)] * args.batch)
+        fake = library(xg, targets=[ClassifierOutputTarget(1)] * args.batch)
+        return real, fake
+
+    methods = {"forward": forward, "cam_contrastive": cam_contrastive, "cam_logit": cam_logit,
+               "pytorch_grad_cam": grad_cam_library}
+    memory = {k: common.peak_memory(fn, device) for k, fn in methods.items()}  # first: clean state
+    secs = common.time_side_by_side(methods, device, args.iters, args.warmup)
+    ips = {k: args.batch / v for k, v in secs.items()}
+    fwd_mem = max(memory["forward"][0], 1)
+    rows = [["method", "images/s", "x forward", "x grad-cam", "peak MiB (above base)", "x fwd mem", "peak MiB total"]]
+    ratios = {}
+    for k in methods:
+        r = {"vs_forward": ips[k] / ips["forward"], "vs_pytorch_grad_cam": ips[k] / ips["pytorch_grad_cam"],
+             "memory_vs_forward": memory[k][0] / fwd_mem}
+        ratios[k] = r
+        rows.append([k, f"{ips[k]:.2f}", f"{r['vs_forward']:.3f}", f"{r['vs_pytorch_grad_cam']:.2f}",
+                     f"{memory[k][0] / 2**20:.0f}", f"{r['memory_vs_forward']:.2f}", f"{memory[k][1] / 2**20:.0f}"])
+    checks = {}
+    for k in ("cam_contrastive", "cam_logit"):
+        checks[k] = {"speed_vs_forward": ratios[k]["vs_forward"] >= SPEED_VS_FORWARD,
+                     "speed_vs_pytorch_grad_cam": ratios[k]["vs_pytorch_grad_cam"] >= SPEED_VS_LIBRARY,
+                     "memory_vs_forward": ratios[k]["memory_vs_forward"] <= MEMORY_VS_FORWARD}
+    payload = {
+        "benchmark": "cam_bench", "device": device.type, "device_name": common.device_name(device),
+        "size": args.size, "batch": args.batch, "iters": args.iters,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "memory_measure": common.memory_method(device),
+        "images_per_s": ips, "seconds_per_batch": secs,
+        "peak_memory_bytes": {k: {"above_base": v[0], "total": v[1]} for k, v in memory.items()},
+        "ratios": ratios,
+        "targets": {"speed_vs_forward": SPEED_VS_FORWARD, "speed_vs_pytorch_grad_cam": SPEED_VS_LIBRARY,
+                    "memory_vs_forward": MEMORY_VS_FORWARD},
+        "meets_targets": checks,
+    }
+    path = common.write_result("cam_bench", payload)
+    print(f"{args.size} on {payload['device_name']}, batch {args.batch}, {payload['precision']}; "
+          f"memory: {payload['memory_measure']}")
+    print(common.table(rows))
+    for k, c in checks.items():
+        print(f"{k}: " + ", ".join(f"{n} {'OK' if ok else 'BELOW TARGET'}" for n, ok in c.items()))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Shared pieces of the benchmarks: model sizes, random PoundNets, side-by-side timing, peak
+memory and result files. Benchmarks compare methods measured in ONE process, interleaved, so
+machine load affects all of them alike; the ratios are what counts."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Vision sizes; all keep the released prompt layout (16 visual prompts, depth 8 or all blocks).
+SIZES = {
+    "small": dict(vision_width=384, vision_layers=6, patch_size=14, grid_size=16, embed_dim=256,
+                  text_width=256, text_layers=2, prompt_depth_vision=6, prompt_depth_text=2),
+    "B16": dict(vision_width=768, vision_layers=12, patch_size=16, grid_size=14, embed_dim=512,
+                text_width=512, text_layers=12),
+    "L14": dict(vision_width=1024, vision_layers=24, patch_size=14, grid_size=16, embed_dim=768,
+                text_width=768, text_layers=12),
+}
+
+
+def parse_args(description: str, default_batch_cpu: int = 8) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--size", default="small", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=None, help=f"default {default_batch_cpu} on CPU, 128 on CUDA")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default 5 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args()
+    args.device = torch.device(args.device)
+    if args.batch is None:
+        args.batch = 128 if args.device.type == "cuda" else default_batch_cpu
+    if args.iters is None:
+        args.iters = 20 if args.device.type == "cuda" else 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def random_poundnet(size: str, device: torch.device, seed: int = 0):
+    """A PoundNet of the given size with random CLIP-like weights, frozen, in eval mode."""
+    from poundcam.model import PoundNet, PoundNetConfig
+
+    cfg = PoundNetConfig(**SIZES[size], class_names=("cat", "dog"))
+    torch.manual_seed(seed)
+    model = PoundNet(cfg)
+    init_clip_like(model)
+    return model.requires_grad_(False).eval().to(device)
+
+
+def init_clip_like(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                              "ln_final.weight")):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            elif name == "logit_scale":
+                p.fill_(float(torch.log(torch.tensor(100.0))))
+            else:
+                p.normal_(0, 0.02)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(fns: dict, device: torch.device, iters: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(fn, device: torch.device) -> tuple[int, int]:
+    """(peak bytes above what was resident before the call, peak bytes in total).
+
+    CUDA: torch.cuda.max_memory_allocated (tensors only). CPU: the peak resident set (VmHWM,
+    reset through /proc/self/clear_refs) of a forked child that runs ``fn`` once, so memory the
+    parent's allocator already holds from other methods does not hide this one's peak."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return peak - base, peak
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: measure one call, report, exit without cleanup
+        try:
+            os.close(read_fd)
+            Path("/proc/self/clear_refs").write_text("5")
+            base = _rss_kib("VmRSS")
+            fn()
+            peak = _rss_kib("VmHWM")
+            os.write(write_fd, f"{(peak - base) * 1024} {peak * 1024}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("memory measurement failed in the child process")
+    above, total = map(int, data.split())
+    return above, total
+
+
+def memory_method(device: torch.device) -> str:
+    return ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+            else "peak RSS of a forked child running the method once (VmHWM after clear_refs)")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)"
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"{name}-{payload['device']}-{payload['size']}-{stamp}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
