@@ -2,22 +2,42 @@
 
 Both maps of an image are drawn on one shared scale (the larger of the two maxima), so a weak
 map looks weak beside a strong one; an all-zero map draws nothing over the image. Opacity
-follows the map value, so regions without evidence show the image unchanged.
-All work is vectorized (numpy/torch); no per-pixel Python.
+follows the map value, so regions without evidence show the image unchanged. Rendering only
+displays the maps: it never changes, smooths or fills them.
+
+The work is split so that a batch can be drawn where its maps are (the GPU during analysis):
+
+- ``overlay_scanlines`` / ``original_overlay_scanlines``: torch, any device, whole batches:
+  the shared scale, bilinear upsampling, the colour ramp, the alpha blend and PNG's "Up" row
+  filter, giving the bytes a PNG stores before compression.
+- ``png_rgb`` / ``raw16_png``: CPU, one image each: deflate (ISA-L's when installed, zlib's
+  otherwise; both release the GIL) and the PNG chunks, so many images encode in parallel threads.
+
+``render_heatmaps`` draws one image with the same functions on the CPU.
 """
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from ..transform import CropGeometry
+from ..transform import CLIP_MEAN, CLIP_STD, CropGeometry
 
-MAX_ORIGINAL_SIDE = 768  # overlays on the original geometry are drawn at most this large
+try:  # ISA-L's deflate: several times faster than zlib's at the fast levels, same format
+    from isal import isal_zlib as _deflate
+except ImportError:  # pragma: no cover - depends on the installation
+    import zlib as _deflate
+
+MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
 ALPHA = 0.6
+COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps are tiny)
+MAPS = ("real", "fake")  # index 0 and 1 of the map axis in the batched functions
+PNG_FILTER_UP = 2
 
 # Control points of a perceptual blue-cyan-yellow-red ramp (turbo-like), interpolated to 256.
 _RAMP = np.array([
@@ -28,45 +48,184 @@ _RAMP = np.array([
 _x = np.linspace(0, 1, 256)
 COLORMAP = (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
             * 255).round().astype(np.uint8)
+_COLORMAP_T = torch.from_numpy(COLORMAP)
+_CHUNK_VALUES = 1 << 25  # bound on float values per blend call (memory on the device)
 
 
 def _to_tensor(m) -> torch.Tensor:
-    t = m.detach().float().cpu() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m), dtype=torch.float32)
-    return t
+    if isinstance(m, torch.Tensor):
+        return m.detach().float()
+    return torch.as_tensor(np.asarray(m), dtype=torch.float32)
 
 
-def upsample(m, height: int, width: int) -> np.ndarray:
-    """Bilinear upsampling of a grid map to (height, width)."""
-    t = _to_tensor(m)[None, None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+# --- maps ---------------------------------------------------------------------------------------
+
+def shared_normalized(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """[n, g, g] x 2 -> [n, 2, g, g]: both maps of each image divided by the larger of their two
+    maxima (all zero where both maps are)."""
+    maps = torch.stack([_to_tensor(real), _to_tensor(fake)], dim=1)
+    scale = maps.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    return torch.where(scale > 0, maps / scale.clamp_min(torch.finfo(maps.dtype).tiny),
+                       torch.zeros_like(maps))
 
 
-def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
-    """Blend ``heat`` (values in 0..1, same size as image) over the image."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    h = np.clip(heat, 0.0, 1.0)
-    colours = COLORMAP[(h * 255).astype(np.uint8)].astype(np.float32)
-    alpha = (ALPHA * h)[..., None]
-    return Image.fromarray((base * (1 - alpha) + colours * alpha).round().astype(np.uint8))
+def upsample(m, height: int, width: int) -> torch.Tensor:
+    """Bilinear upsampling (half-pixel centres) of grid maps [..., g, g] to [..., height, width]."""
+    t = _to_tensor(m)
+    lead = t.shape[:-2]
+    t = t.reshape(-1, 1, *t.shape[-2:])
+    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return out.reshape(*lead, height, width)
 
 
-def encode_png(image: Image.Image, text: dict[str, str] | None = None, compress_level: int = 3) -> bytes:
-    info = None
-    if text:
-        info = PngImagePlugin.PngInfo()
-        for k, v in text.items():
-            info.add_text(k, v)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
-    return buf.getvalue()
+def display_size(geometry: CropGeometry, max_side: int = MAX_ORIGINAL_SIDE) -> tuple[int, int]:
+    """(width, height) at which the original-geometry overlays are drawn."""
+    w, h = geometry.original
+    f = min(1.0, max_side / max(w, h))
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def original_heat(norm: torch.Tensor, geometry: CropGeometry, size: tuple[int, int]) -> torch.Tensor:
+    """Normalized maps [..., g, g] placed where the crop lies in the original image, drawn at
+    ``size`` = (width, height): [..., height, width], zero outside the crop."""
+    w, h = size
+    fx, fy = w / geometry.original[0], h / geometry.original[1]
+    left, top, right, bottom = geometry.original_box()
+    x0, y0 = int(round(left * fx)), int(round(top * fy))
+    x1, y1 = max(x0 + 1, int(round(right * fx))), max(y0 + 1, int(round(bottom * fy)))
+    patch = upsample(norm, y1 - y0, x1 - x0)
+    heat = patch.new_zeros((*patch.shape[:-2], h, w))
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    heat[..., cy0:cy1, cx0:cx1] = patch[..., cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    return heat
+
+
+# --- pixels -------------------------------------------------------------------------------------
+
+def crop_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The uint8 crops [n, 3, H, W] the model saw, recovered exactly from its normalized input
+    (normalization is (v / 255 - mean) / std in float32; the inverse is within 1e-4 of v)."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def display_original(image: torch.Tensor, geometry: CropGeometry) -> torch.Tensor:
+    """An upright original uint8 [3, H, W] (any device) -> uint8 [3, h, w] at ``display_size``,
+    antialiased bilinear (torch's uint8 kernel on the CPU, float on other devices)."""
+    w, h = display_size(geometry)
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    x = image.unsqueeze(0)
+    if image.device.type == "cpu":
+        return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)[0]
+    out = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True)
+    return out.round_().clamp_(0, 255)[0].to(torch.uint8)
+
+
+def display_original_pil(image: Image.Image, geometry: CropGeometry) -> np.ndarray:
+    """A PIL original -> uint8 [h, w, 3] at ``display_size`` (Pillow's bilinear resize)."""
+    size = display_size(geometry)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.BILINEAR)
+    return np.array(rgb)
+
+
+def blend(base: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """Colour ramp over images: base uint8 [n, 3, H, W], heat [n, k, H, W] in 0..1 ->
+    uint8 [n, k, H, W, 3] (channels last): base * (1 - a) + colour(heat) * a, a = ALPHA * heat."""
+    lut = _COLORMAP_T.to(heat.device)
+    h = heat.float().clamp(0.0, 1.0)
+    colours = lut[(h * 255).to(torch.uint8).long()].float()
+    alpha = (ALPHA * h).unsqueeze(-1)
+    b = base.permute(0, 2, 3, 1).unsqueeze(1).float()
+    return (b * (1 - alpha) + colours * alpha).round_().to(torch.uint8)
+
+
+def png_rows(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images [..., H, W, C] -> PNG scanlines [..., H, 1 + W*C] with the "Up" filter
+    (each row minus the row above, modulo 256; the first row as it is)."""
+    rows = pixels.reshape(*pixels.shape[:-2], pixels.shape[-2] * pixels.shape[-1])
+    out = rows.new_empty((*rows.shape[:-1], rows.shape[-1] + 1))
+    out[..., 0] = PNG_FILTER_UP
+    out[..., :1, 1:] = rows[..., :1, :]
+    out[..., 1:, 1:] = rows[..., 1:, :] - rows[..., :-1, :]  # uint8 arithmetic wraps mod 256
+    return out
+
+
+def overlay_scanlines(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Crop overlays for a batch: normalized inputs [n, 3, S, S] and maps [n, g, g] ->
+    PNG scanlines uint8 [n, 2, S, 1 + 3S] (map axis: real, fake), on x's device."""
+    size = x.shape[-2:]
+    norm = shared_normalized(real, fake)
+    out = x.new_empty((x.shape[0], 2, size[0], 1 + 3 * size[1]), dtype=torch.uint8)
+    step = max(1, _CHUNK_VALUES // (6 * size[0] * size[1]))
+    for a in range(0, x.shape[0], step):
+        heat = upsample(norm[a:a + step], *size)
+        out[a:a + step] = png_rows(blend(crop_pixels(x[a:a + step]), heat))
+    return out
+
+
+def original_overlay_scanlines(real: torch.Tensor, fake: torch.Tensor,
+                               displays: Sequence[torch.Tensor],
+                               geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+    """Original-geometry overlays for a batch: maps [n, g, g], per image its original at
+    ``display_size`` (uint8 [3, h, w], on the maps' device) and its geometry -> per image PNG
+    scanlines uint8 [2, h, 1 + 3w]. Images that share a geometry are drawn together."""
+    norm = shared_normalized(real, fake)
+    out: list[torch.Tensor | None] = [None] * len(displays)
+    groups: dict[CropGeometry, list[int]] = {}
+    for i, g in enumerate(geometries):
+        groups.setdefault(g, []).append(i)
+    for geometry, idx in groups.items():
+        w, h = display_size(geometry)
+        step = max(1, _CHUNK_VALUES // (6 * h * w))
+        for a in range(0, len(idx), step):
+            part = idx[a:a + step]
+            base = torch.stack([displays[i] for i in part])
+            sel = torch.tensor(part, device=norm.device)
+            heat = original_heat(norm.index_select(0, sel), geometry, (w, h))
+            rows = png_rows(blend(base, heat))
+            for j, i in enumerate(part):
+                out[i] = rows[j]
+    return out  # type: ignore[return-value]
+
+
+# --- PNG files ----------------------------------------------------------------------------------
+
+def _chunk(kind: bytes, data) -> bytes:
+    crc = _deflate.crc32(data, _deflate.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + bytes(data) + struct.pack(">I", crc)
+
+
+def _png(scanlines, width: int, height: int, bit_depth: int, colour_type: int,
+         text: dict[str, str] | None = None, level: int = COMPRESS_LEVEL) -> bytes:
+    parts = [b"\x89PNG\r\n\x1a\n",
+             _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))]
+    for k, v in (text or {}).items():
+        parts.append(_chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1")))
+    parts.append(_chunk(b"IDAT", _deflate.compress(scanlines, level)))
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def png_rgb(scanlines: np.ndarray | torch.Tensor) -> bytes:
+    """An 8-bit RGB PNG from filtered scanlines [H, 1 + 3W] (C-contiguous, on the CPU)."""
+    a = scanlines.numpy() if isinstance(scanlines, torch.Tensor) else scanlines
+    a = np.ascontiguousarray(a)
+    return _png(a, (a.shape[1] - 1) // 3, a.shape[0], 8, 2)
 
 
 def raw16_png(m) -> bytes:
     """16-bit grayscale PNG of the raw grid map; raw = value / 65535 * scale (tEXt 'poundcam.scale')."""
-    a = _to_tensor(m).numpy().astype(np.float64)
+    a = _to_tensor(m).cpu().numpy().astype(np.float64)
     scale = float(a.max()) if a.size else 0.0
     q = np.zeros(a.shape, dtype=np.uint16) if scale <= 0 else np.round(a / scale * 65535).astype(np.uint16)
-    return encode_png(Image.fromarray(q), {"poundcam.scale": repr(scale)})
+    h, w = q.shape
+    rows = np.zeros((h, 1 + 2 * w), dtype=np.uint8)  # filter 0 (none), big-endian samples
+    rows[:, 1:] = q.astype(">u2").view(np.uint8).reshape(h, 2 * w)
+    return _png(rows, w, h, 16, 0, {"poundcam.scale": repr(scale)})
 
 
 def read_raw16_png(data: bytes) -> np.ndarray:
@@ -76,44 +235,28 @@ def read_raw16_png(data: bytes) -> np.ndarray:
     return np.asarray(img, dtype=np.float64) / 65535 * scale
 
 
-def _original_heat(m, geometry: CropGeometry, size: tuple[int, int]) -> np.ndarray:
-    """The grid map placed where the crop lies in the original image, drawn at ``size``."""
-    w, h = size
-    fx, fy = w / geometry.original[0], h / geometry.original[1]
-    left, top, right, bottom = geometry.original_box()
-    x0, y0 = int(round(left * fx)), int(round(top * fy))
-    x1, y1 = max(x0 + 1, int(round(right * fx))), max(y0 + 1, int(round(bottom * fy)))
-    heat = np.zeros((h, w), dtype=np.float32)
-    patch = upsample(m, y1 - y0, x1 - x0)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    heat[cy0:cy1, cx0:cx1] = patch[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-    return heat
-
-
-def display_size(geometry: CropGeometry, max_side: int = MAX_ORIGINAL_SIDE) -> tuple[int, int]:
-    w, h = geometry.original
-    f = min(1.0, max_side / max(w, h))
-    return max(1, round(w * f)), max(1, round(h * f))
+def encode_heatmaps(crop_rows, original_rows, real, fake) -> dict[str, bytes]:
+    """The PNG files of one image from its rendered scanlines (CPU): crop_rows [2, S, 1 + 3S],
+    original_rows [2, h, 1 + 3w] or None, and the raw maps [g, g]."""
+    out: dict[str, bytes] = {}
+    for k, name in enumerate(MAPS):
+        out[f"{name}_overlay"] = png_rgb(crop_rows[k])
+        if original_rows is not None:
+            out[f"{name}_overlay_original"] = png_rgb(original_rows[k])
+        out[f"{name}_raw16"] = raw16_png(real if k == 0 else fake)
+    return out
 
 
 def render_heatmaps(real, fake, crop_img: Image.Image, original_img: Image.Image | None,
                     geometry: CropGeometry) -> dict[str, bytes]:
     """PNGs for one image: ``{real,fake}_overlay`` over the model's input crop,
     ``{real,fake}_overlay_original`` over the original image, ``{real,fake}_raw16``."""
-    maps = {"real": _to_tensor(real), "fake": _to_tensor(fake)}
-    scale = max(float(maps["real"].max()), float(maps["fake"].max()))
-    out: dict[str, bytes] = {}
-    crop = crop_img.convert("RGB")
-    orig = None
+    real, fake = _to_tensor(real).cpu(), _to_tensor(fake).cpu()
+    norm = shared_normalized(real[None], fake[None])
+    crop = torch.from_numpy(np.array(crop_img.convert("RGB"))).permute(2, 0, 1)[None]
+    crop_rows = png_rows(blend(crop, upsample(norm, crop.shape[-2], crop.shape[-1])))[0]
+    original_rows = None
     if original_img is not None:
-        size = display_size(geometry)
-        orig = original_img.convert("RGB")
-        if orig.size != size:
-            orig = orig.resize(size, Image.BILINEAR)
-    for name, m in maps.items():
-        norm = m / scale if scale > 0 else torch.zeros_like(m)
-        out[f"{name}_overlay"] = encode_png(overlay(crop, upsample(norm, crop.height, crop.width)))
-        if orig is not None:
-            out[f"{name}_overlay_original"] = encode_png(overlay(orig, _original_heat(norm, geometry, orig.size)))
-        out[f"{name}_raw16"] = raw16_png(m)
-    return out
+        shown = torch.from_numpy(display_original_pil(original_img, geometry)).permute(2, 0, 1)
+        original_rows = original_overlay_scanlines(real[None], fake[None], [shown], [geometry])[0]
+    return encode_heatmaps(crop_rows, original_rows, real, fake)
