@@ -3,11 +3,17 @@
 Both the CLI's embedded mode and the Celery workers call ``Analyzer.analyze``. Work flows in
 three overlapping stages:
 
-    decode + preprocess (thread pool) -> model + CAM on the device (this thread, in batches)
+    preprocess (poundcam.device_transform: the device path or Pillow, a background thread
+    one batch ahead) -> model + CAM + overlay drawing on the device (this thread, in batches)
     -> statistics + PNG encoding (thread pool)
 
-so decoding of the next batch and encoding of the previous one run while the device computes.
+so the next batch is decoded and the previous one encoded while the device computes. The
+preprocessing path is ``choose_path(device, options.preprocess)``: the device path on CUDA,
+Pillow on the CPU, unless forced; both give the same fields and geometry. Overlays are drawn
+for the whole batch where the maps are (poundcam.cam.render): crops recovered from the
+model's input, originals downscaled to the display size on the device; the CPU only deflates.
 A device out-of-memory error halves the batch and retries; it never fails the items.
+``Analyzer.stage_times()`` says where the time went (docs/analysis.md).
 """
 from __future__ import annotations
 
@@ -17,21 +23,27 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import time
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from .cam import ComparativeCAM
-from .cam.render import render_heatmaps
+from .cam.render import display_original, display_original_pil, encode_heatmaps, \
+    original_overlay_scanlines, overlay_scanlines
 from .cam.stats import compute_stats
-from .errors import PoundcamError
-from .imaging import DecodeLimits, ImageDecodeError, decode_image
-from .transform import CropGeometry, preprocess_with_geometry
+from .device_transform import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
+    choose_path, iter_batches
+from .imaging import DecodeLimits
+from .transform import CropGeometry
 
 log = logging.getLogger(__name__)
 
 LABELS = ("real", "fake")
+STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
+          "wait_results")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +55,8 @@ class AnalysisOptions:
     render: bool = True             # produce heatmap PNGs
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
+    preprocess: str = "auto"        # "auto" | "device" | "pillow" (device_transform.choose_path)
+    prefetch: int = 1               # batches preprocessed ahead of the device
 
 
 @dataclasses.dataclass
@@ -85,14 +99,57 @@ class ItemOutcome:
 
 
 @dataclasses.dataclass
-class _Prepared:
+class _Meta:
+    """What the encoding stage needs of one preprocessed input (not the input itself)."""
+
     key: Any
-    sha256: str
-    decoded: Any
-    tensor: torch.Tensor
+    sha256: cf.Future
     geometry: CropGeometry
-    crop: Any
+    format: str
+    original_mode: str
     decode_s: float
+
+
+@dataclasses.dataclass
+class _Piece:
+    """Rows [start, start + n) of a batch after the device: maps, logits and rendered scanlines
+    on the host once ``ready`` (a CUDA event; None when computed on the CPU) has passed."""
+
+    start: int
+    real: torch.Tensor
+    fake: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    invalid: dict[int, str]
+    grid: int
+    layer: int
+    target: str
+    crop_rows: torch.Tensor | None
+    original_rows: list[torch.Tensor] | None
+    compute_s: float             # per item
+    render_s: float              # per item, on the device
+    ready: Any = None
+
+    def __len__(self) -> int:
+        return self.real.shape[0]
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+
+class _TimedPreprocessor:
+    """Records the wall time of each preprocess_batch call on the batch and in the stages."""
+
+    def __init__(self, pre: DevicePreprocessor, add):
+        self.pre, self._add = pre, add
+
+    def preprocess_batch(self, datas) -> PreprocessedBatch:
+        t0 = time.perf_counter()
+        batch = self.pre.preprocess_batch(datas)
+        batch.preprocess_s = time.perf_counter() - t0
+        self._add("preprocess", batch.preprocess_s)
+        return batch
 
 
 class Analyzer:
@@ -101,9 +158,20 @@ class Analyzer:
     def __init__(self, model, options: AnalysisOptions | None = None, device: str | torch.device | None = None):
         self.options = options or AnalysisOptions()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.preprocess_path = choose_path(self.device, self.options.preprocess)
         self.model = model.to(self.device).eval()
         self.cam = ComparativeCAM(self.model, layer=self.options.cam_layer, target=self.options.cam_target)
-        self._pool = cf.ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="poundcam-io")
+        threads = self.options.decode_threads
+        self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
+                                       limits=self.options.limits,
+                                       keep_originals=self.options.render)
+        self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="poundcam-io")
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._stage_lock = threading.Lock()
+        self._stages: dict[str, float] = {}
+        self.reset_stage_times()
 
     @property
     def model_id(self) -> str:
@@ -114,6 +182,7 @@ class Analyzer:
         return self.cam.config_id
 
     def close(self) -> None:
+        self._pre.close()
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> "Analyzer":
@@ -122,75 +191,24 @@ class Analyzer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- stage 1: decode + preprocess --------------------------------------------------------
-    def _prepare(self, key: Any, data: bytes) -> _Prepared | ItemOutcome:
-        t0 = time.perf_counter()
-        sha = hashlib.sha256(data).hexdigest() if isinstance(data, (bytes, bytearray)) else None
-        try:
-            decoded = decode_image(data, self.options.limits)
-            tensor, geometry, crop = preprocess_with_geometry(decoded.image)
-        except ImageDecodeError as exc:
-            return ItemOutcome(key, error_code=exc.code, error_message=str(exc), sha256=sha)
-        except PoundcamError as exc:
-            return ItemOutcome(key, error_code=getattr(exc, "code", "input_error"),
-                               error_message=str(exc), sha256=sha)
-        except Exception as exc:  # one bad image must never take its batch down
-            log.exception("unexpected error preparing %s", key)
-            return ItemOutcome(key, error_code="decode_failed",
-                               error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
-        return _Prepared(key, sha, decoded, tensor, geometry, crop, time.perf_counter() - t0)
+    # -- where the time goes -------------------------------------------------------------------
+    def stage_times(self) -> dict[str, float]:
+        """Seconds by stage since the last reset: ``preprocess`` (background thread, wall),
+        ``wait_preprocess`` (this thread waiting for a batch), ``model_cam``, ``render_device``
+        (this thread), ``encode`` (statistics + PNG files, summed over the pool's threads),
+        ``wait_results`` (this thread waiting for the pool); ``items``: outcomes produced."""
+        with self._stage_lock:
+            return dict(self._stages)
 
-    # -- stage 2: model + CAM ----------------------------------------------------------------
-    def _compute(self, batch: list[_Prepared]):
-        x = torch.stack([p.tensor for p in batch]).to(self.device, non_blocking=True)
-        t0 = time.perf_counter()
-        try:
-            res = self.cam.attribute(x, on_invalid="report")
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        except torch.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            torch.cuda.empty_cache() if self.device.type == "cuda" else None
-            half = len(batch) // 2
-            log.warning("device out of memory at batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
-            return self._compute(batch[:half]) + self._compute(batch[half:])
-        per_item = (time.perf_counter() - t0) / len(batch)
-        return [(p, res.item(i), per_item) for i, p in enumerate(batch)]
+    def reset_stage_times(self) -> None:
+        with self._stage_lock:
+            self._stages = dict.fromkeys((*STAGES, "items"), 0.0)
 
-    # -- stage 3: statistics + PNGs ------------------------------------------------------------
-    def _finish(self, prepared: _Prepared, res, compute_s: float) -> ItemOutcome:
-        t0 = time.perf_counter()
-        d = prepared.decoded
-        if res.invalid:
-            return ItemOutcome(prepared.key, error_code="cam_unavailable",
-                               error_message=res.invalid[0], sha256=prepared.sha256)
-        real, fake = res.real[0].cpu(), res.fake[0].cpu()
-        p_fake = float(res.probs[0, 1])
-        heatmaps = (render_heatmaps(real, fake, prepared.crop, d.image, prepared.geometry)
-                    if self.options.render else {})
-        result = AnalysisResult(
-            sha256=prepared.sha256, image_format=d.format, width=d.width, height=d.height,
-            original_mode=d.original_mode, p_fake=p_fake, logit_real=float(res.logits[0, 0]),
-            logit_fake=float(res.logits[0, 1]),
-            label=LABELS[1] if p_fake >= self.options.threshold else LABELS[0],
-            threshold=self.options.threshold, model_id=self.model_id,
-            cam_config_id=self.cam_config_id,
-            stats={**compute_stats(real, fake, prepared.geometry), "grid": res.grid,
-                   "layer": res.layer, "target": res.target},
-            geometry=prepared.geometry.to_dict(), heatmaps=heatmaps,
-            timings={"decode_s": prepared.decode_s, "compute_s": compute_s,
-                     "render_s": time.perf_counter() - t0})
-        return ItemOutcome(prepared.key, result=result, sha256=prepared.sha256)
+    def _add(self, stage: str, seconds: float) -> None:
+        with self._stage_lock:
+            self._stages[stage] += seconds
 
-    def _safe_finish(self, prepared, res, compute_s) -> ItemOutcome:
-        try:
-            return self._finish(prepared, res, compute_s)
-        except Exception as exc:
-            log.exception("unexpected error rendering %s", prepared.key)
-            return ItemOutcome(prepared.key, error_code="render_failed",
-                               error_message=f"{type(exc).__name__}: {exc}", sha256=prepared.sha256)
-
+    # -- the stream ------------------------------------------------------------------------------
     def analyze(self, items: Iterable[tuple[Any, bytes | BaseException]]) -> Iterator[ItemOutcome]:
         """Analyze ``(key, image bytes)`` pairs; yields one ItemOutcome per item, in input order.
 
@@ -198,45 +216,205 @@ class Analyzer:
         is reported with the exception's ``code`` (or "fetch_failed") and the others go on.
         """
         bs = self.options.batch_size
-        ahead = collections.deque()      # stage-1 futures, bounded read-ahead
-        pending = collections.deque()    # (index, future or outcome) for stage 3, in order
-        it = iter(items)
-        exhausted = False
+        failures: dict[int, ItemOutcome] = {}  # filled by the source, read here after its batch
+        seen = [0]
 
-        def fill():
-            nonlocal exhausted
-            while not exhausted and len(ahead) < 2 * bs:
-                try:
-                    key, data = next(it)
-                except StopIteration:
-                    exhausted = True
-                    return
+        def source():  # runs on iter_batches' background thread
+            for idx, (key, data) in enumerate(items):
+                seen[0] = idx + 1
                 if isinstance(data, BaseException):
-                    ahead.append(_done(ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
-                                                   error_message=str(data))))
-                else:
-                    ahead.append(self._pool.submit(self._prepare, key, data))
+                    failures[idx] = ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
+                                                error_message=str(data))
+                    continue
+                if isinstance(data, (bytearray, memoryview)):
+                    data = bytes(data)
+                if not isinstance(data, bytes):
+                    failures[idx] = ItemOutcome(key, error_code="decode_failed",
+                                                error_message=f"expected image bytes, got {type(data).__name__}")
+                    continue
+                yield (idx, key, self._pool.submit(_sha256, data)), data
 
-        fill()
-        while ahead or pending:
-            batch: list[_Prepared] = []
-            while ahead and len(batch) < bs:
-                prepared = ahead.popleft().result()
-                fill()
-                if isinstance(prepared, ItemOutcome):
-                    pending.append(_done(prepared))
-                else:
-                    pending.append(None)  # placeholder keeps input order
-                    batch.append(prepared)
-            if batch:
-                computed = iter(self._compute(batch))
-                for i, slot in enumerate(pending):
-                    if slot is None:
-                        p, r, c = next(computed)
-                        pending[i] = self._pool.submit(self._safe_finish, p, r, c)
-            # hand out everything finished at the front; keep rendering in flight otherwise
-            while pending and (not ahead or pending[0].done() or len(pending) > 4 * bs):
-                yield pending.popleft().result()
+        pending: collections.deque[cf.Future] = collections.deque()  # outcomes, input order
+        next_idx = 0
+
+        def take_failures(upto: int) -> None:
+            nonlocal next_idx
+            for i in range(next_idx, upto):
+                if i in failures:
+                    pending.append(_done(failures.pop(i)))
+            next_idx = max(next_idx, upto)
+
+        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), source(), bs,
+                               prefetch=max(1, self.options.prefetch))
+        try:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                self._add("wait_preprocess", time.perf_counter() - t0)
+                if batch is None:
+                    break
+                futures = self._run_batch(batch)
+                for (idx, _, _), fut in zip(batch.keys, futures):
+                    take_failures(idx)
+                    pending.append(fut)
+                    next_idx = idx + 1
+                del batch, futures  # the batch's originals and inputs can go
+                while pending and (pending[0].done() or len(pending) > 2 * bs):
+                    yield self._result(pending.popleft())
+            take_failures(seen[0])
+            while pending:
+                yield self._result(pending.popleft())
+        finally:
+            batches.close()
+
+    def _result(self, fut: cf.Future) -> ItemOutcome:
+        t0 = time.perf_counter()
+        outcome = fut.result()
+        self._add("wait_results", time.perf_counter() - t0)
+        self._add("items", 1)
+        return outcome
+
+    # -- one batch on the device -----------------------------------------------------------------
+    def _run_batch(self, batch: PreprocessedBatch) -> list[cf.Future]:
+        """Futures of the batch's outcomes, in its input order."""
+        n_in = max(1, len(batch.items))
+        decode_s = getattr(batch, "preprocess_s", 0.0) / n_in
+        futures: list[cf.Future | None] = [None] * len(batch.items)
+        ok: list[tuple[int, PreprocessedItem]] = []
+        for j, (item, (_, key, sha)) in enumerate(zip(batch.items, batch.keys)):
+            if item.ok:
+                ok.append((j, item))
+            else:
+                futures[j] = _done(ItemOutcome(key, error_code=item.code, error_message=item.message,
+                                               sha256=sha.result()))
+        if not ok:
+            return futures  # type: ignore[return-value]
+        metas = [_Meta(batch.keys[j][1], batch.keys[j][2], it.geometry, it.format, it.original_mode,
+                       decode_s) for j, it in ok]
+        displays = self._displays([it for _, it in ok]) if self.options.render else None
+        geometries = [it.geometry for _, it in ok]
+        for piece in self._compute(batch.tensor, displays, geometries, 0):
+            for r in range(len(piece)):
+                j = ok[piece.start + r][0]
+                futures[j] = self._pool.submit(self._finish, piece, r, metas[piece.start + r])
+        return futures  # type: ignore[return-value]
+
+    def _displays(self, items: list[PreprocessedItem]) -> list[torch.Tensor]:
+        """Each original at the overlay display size, uint8 [3, h, w] on the device: device-path
+        originals are downscaled on the device; Pillow-path ones in the pool, then uploaded."""
+        out: list[Any] = [None] * len(items)
+        for i, it in enumerate(items):
+            original = getattr(it, "_original", None)  # the device decoder's upright original
+            if original is not None:
+                out[i] = display_original(original, it.geometry)
+            else:
+                out[i] = self._pool.submit(_pil_display, it)
+        for i, x in enumerate(out):
+            if isinstance(x, cf.Future):
+                out[i] = x.result().to(self.device, non_blocking=True)
+        return out
+
+    def _compute(self, x: torch.Tensor, displays, geometries, start: int) -> list[_Piece]:
+        """Model + CAM + overlays for rows of x; halves and retries on device out-of-memory."""
+        try:
+            t0 = time.perf_counter()
+            res = self.cam.attribute(x, on_invalid="report")
+            t1 = time.perf_counter()
+            crop_rows = original_rows = None
+            if self.options.render:
+                crop_rows = overlay_scanlines(x, res.real, res.fake)
+                original_rows = original_overlay_scanlines(res.real, res.fake, displays, geometries)
+            n = x.shape[0]
+            piece = _Piece(start, res.real, res.fake, res.logits, res.probs, res.invalid, res.grid,
+                           res.layer, res.target, crop_rows, original_rows, (t1 - t0) / n, 0.0)
+            self._to_host(piece)
+            t2 = time.perf_counter()
+            piece.render_s = (t2 - t1) / n
+            self._add("model_cam", t1 - t0)
+            self._add("render_device", t2 - t1)
+            return [piece]
+        except torch.OutOfMemoryError:
+            if x.shape[0] == 1:
+                raise
+            log.warning("device out of memory at batch %d; retrying as halves", x.shape[0])
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = x.shape[0] // 2
+        cut = (lambda s: s[:half]), (lambda s: s[half:])
+        return [p for c, off in zip(cut, (0, half))
+                for p in self._compute(c(x), None if displays is None else c(displays),
+                                       c(geometries), start + off)]
+
+    def _to_host(self, piece: _Piece) -> None:
+        """Copy the piece's tensors to the host. On CUDA: into pinned memory on a side stream,
+        without waiting; ``piece.ready`` is the event the encoding threads wait for."""
+        if self._copy_stream is None:
+            return
+        names = ("real", "fake", "logits", "probs", "crop_rows")
+        tensors = [getattr(piece, n) for n in names]
+        tensors += piece.original_rows or []
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(compute)
+        hosts = []
+        with torch.cuda.stream(self._copy_stream):
+            for t in tensors:
+                if t is None:
+                    hosts.append(None)
+                    continue
+                h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                h.copy_(t, non_blocking=True)
+                t.record_stream(self._copy_stream)  # not reused before the copy has read it
+                hosts.append(h)
+            piece.ready = torch.cuda.Event()
+            piece.ready.record(self._copy_stream)
+        for n, h in zip(names, hosts):
+            setattr(piece, n, h)
+        if piece.original_rows is not None:
+            piece.original_rows = hosts[len(names):]
+
+    # -- statistics + PNG files (thread pool) ----------------------------------------------------
+    def _finish(self, piece: _Piece, r: int, meta: _Meta) -> ItemOutcome:
+        t0 = time.perf_counter()
+        sha = meta.sha256.result()
+        try:
+            piece.wait()
+            if r in piece.invalid:
+                return ItemOutcome(meta.key, error_code="cam_unavailable",
+                                   error_message=piece.invalid[r], sha256=sha)
+            real, fake = piece.real[r], piece.fake[r]
+            p_fake = float(piece.probs[r, 1])
+            heatmaps = {}
+            if self.options.render:
+                originals = piece.original_rows[r] if piece.original_rows is not None else None
+                heatmaps = encode_heatmaps(piece.crop_rows[r], originals, real, fake)
+            stats = compute_stats(real, fake, meta.geometry)
+            result = AnalysisResult(
+                sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
+                height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,
+                logit_real=float(piece.logits[r, 0]), logit_fake=float(piece.logits[r, 1]),
+                label=LABELS[1] if p_fake >= self.options.threshold else LABELS[0],
+                threshold=self.options.threshold, model_id=self.model_id,
+                cam_config_id=self.cam_config_id,
+                stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
+                geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
+                timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
+                         "render_s": piece.render_s + time.perf_counter() - t0})
+            return ItemOutcome(meta.key, result=result, sha256=sha)
+        except Exception as exc:  # one image's rendering must never take its batch down
+            log.exception("unexpected error rendering %s", meta.key)
+            return ItemOutcome(meta.key, error_code="render_failed",
+                               error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
+        finally:
+            self._add("encode", time.perf_counter() - t0)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pil_display(item: PreprocessedItem) -> torch.Tensor:
+    """A Pillow-path original at the display size, uint8 [3, h, w] on the CPU."""
+    return torch.from_numpy(display_original_pil(item.original_image(), item.geometry)).permute(2, 0, 1)
 
 
 def _done(outcome: ItemOutcome) -> cf.Future:

@@ -42,6 +42,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
     model = model or load_model(settings, device)
     options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
                               cam_target=settings.cam_target, batch_size=settings.batch_size,
+                              preprocess=settings.preprocess,
                               limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                                   max_pixels=settings.max_image_pixels))
     return Analyzer(model, options, device=device)

@@ -1,0 +1,276 @@
+"""Analyzer end to end on the CPU, on both preprocessing paths: results, failures with their
+codes, input order, batching, the out-of-memory split and rendering."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from poundcam.analysis import AnalysisOptions, Analyzer
+from poundcam.cam.render import MAX_ORIGINAL_SIDE, display_size, read_raw16_png
+from poundcam.transform import geometry_for
+
+HEATMAPS = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
+            "real_raw16", "fake_raw16"}
+
+
+def _scene(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * (3 + c) + y * (5 - c)) % 256 for c in range(3)], -1).astype(np.int16)
+    noise = rng.integers(-20, 21, base.shape)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs(official_dir) -> list[tuple[str, bytes | BaseException]]:
+    """A mixed batch: JPEGs (one with an EXIF rotation, one grayscale), PNGs, a fixture image,
+    corrupt and non-image bytes, a fetch failure."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    fetch_error = RuntimeError("the store said no")
+    fetch_error.code = "not_found"
+    return [
+        ("jpeg", _encode(_scene(320, 240, 0), "JPEG", quality=92)),
+        ("corrupt", b"\xff\xd8\xff\xe0" + b"\x00" * 40),
+        ("png", _encode(_scene(200, 300, 1), "PNG")),
+        ("rotated", _encode(_scene(300, 180, 2), "JPEG", quality=90, exif=exif.tobytes())),
+        ("fetch", fetch_error),
+        ("text", b"<html>not an image</html>"),
+        ("fixture", (official_dir / "images" / "img0.png").read_bytes()),
+        ("gray", _encode(_scene(260, 260, 3).convert("L"), "JPEG", quality=85)),
+        ("empty", b""),
+        ("jpeg2", _encode(_scene(640, 360, 4), "JPEG", quality=95)),
+    ]
+
+
+EXPECTED_FAILURES = {"corrupt", "fetch", "text", "empty"}
+
+
+def _run(model, inputs, **opts) -> list:
+    options = AnalysisOptions(**{"batch_size": 3, "decode_threads": 2, **opts})
+    with Analyzer(model, options, device="cpu") as analyzer:
+        return list(analyzer.analyze(inputs))
+
+
+@pytest.fixture(scope="module")
+def outcomes(official_model, inputs):
+    return {path: _run(official_model, inputs, preprocess=path) for path in ("pillow", "device")}
+
+
+def _png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.mark.parametrize("path", ["pillow", "device"])
+def test_mixed_batch_in_order_with_codes(outcomes, inputs, path):
+    out = outcomes[path]
+    assert [o.key for o in out] == [k for k, _ in inputs]
+    by_key = {o.key: o for o in out}
+    assert {k for k, o in by_key.items() if not o.ok} == EXPECTED_FAILURES
+    assert by_key["fetch"].error_code == "not_found"
+    assert by_key["fetch"].error_message == "the store said no"
+    assert by_key["empty"].error_code == "empty"
+    assert by_key["text"].error_code == "not_an_image"
+    for key in ("corrupt", "text", "empty"):
+        o = by_key[key]
+        assert o.error_code and o.error_message and o.sha256 and o.result is None
+    for key, data in inputs:
+        o = by_key[key]
+        if not o.ok:
+            continue
+        r = o.result
+        assert r.sha256 == o.sha256 and len(r.sha256) == 64
+        assert 0.0 <= r.p_fake <= 1.0
+        assert r.label == ("fake" if r.p_fake >= 0.5 else "real")
+        assert r.geometry == geometry_for(r.width, r.height).to_dict()
+        assert set(r.heatmaps) == HEATMAPS
+        assert set(r.stats) >= {"real", "fake", "comparative", "grid", "layer", "target"}
+        assert set(r.timings) == {"decode_s", "compute_s", "render_s"}
+    assert by_key["rotated"].result.width == 180 and by_key["rotated"].result.height == 300
+    assert by_key["jpeg"].result.image_format == "JPEG"
+    assert by_key["png"].result.image_format == "PNG"
+    assert by_key["gray"].result.original_mode == "L"
+
+
+def test_both_paths_agree(outcomes):
+    pil, dev = outcomes["pillow"], outcomes["device"]
+    for a, b in zip(pil, dev):
+        assert a.key == b.key and a.ok == b.ok and a.error_code == b.error_code and a.sha256 == b.sha256
+        if not a.ok:
+            continue
+        ra, rb = a.result.record(), b.result.record()
+        assert set(ra) == set(rb)
+        for field in ("sha256", "image_format", "width", "height", "original_mode", "geometry",
+                      "model_id", "cam_config_id", "threshold"):
+            assert ra[field] == rb[field], field
+        assert abs(ra["p_fake"] - rb["p_fake"]) <= 0.01
+        assert set(a.result.heatmaps) == set(b.result.heatmaps)
+        for name in HEATMAPS:
+            assert _png(a.result.heatmaps[name]).size == _png(b.result.heatmaps[name]).size
+
+
+def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
+    """The Pillow-path results are the model's own numbers on the official transform."""
+    from poundcam.cam import ComparativeCAM
+    from poundcam.imaging import decode_image
+    from poundcam.transform import preprocess
+
+    res = ComparativeCAM(official_model).attribute(
+        torch.stack([preprocess(decode_image(d).image) for k, d in inputs if k in ("jpeg", "png")]))
+    got = {o.key: o.result for o in outcomes["pillow"]}
+    for i, key in enumerate(("jpeg", "png")):
+        assert got[key].p_fake == pytest.approx(float(res.probs[i, 1]), abs=1e-5)
+        scale = float(res.real[i].max())
+        back = read_raw16_png(got[key].heatmaps["real_raw16"])
+        assert np.abs(back - res.real[i].numpy()).max() <= scale / 65535 + 1e-6
+
+
+def test_overlays_sizes_and_modes(outcomes):
+    r = next(o.result for o in outcomes["device"] if o.key == "jpeg2")
+    for name in ("real_overlay", "fake_overlay"):
+        img = _png(r.heatmaps[name])
+        assert img.size == (224, 224) and img.mode == "RGB"
+    geom = geometry_for(r.width, r.height)
+    for name in ("real_overlay_original", "fake_overlay_original"):
+        img = _png(r.heatmaps[name])
+        assert img.size == display_size(geom) and max(img.size) <= MAX_ORIGINAL_SIDE
+        assert img.mode == "RGB"
+    grid = r.stats["grid"]
+    assert _png(r.heatmaps["fake_raw16"]).size == (grid, grid)
+
+
+def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inputs):
+    """Where a map is zero the crop overlay shows the model's crop unchanged (the crop pixels
+    are recovered from the normalized input)."""
+    from poundcam.imaging import decode_image
+    from poundcam.transform import preprocess_with_geometry
+
+    data = dict(inputs)["png"]
+    (o,) = _run(official_model, [("png", data)], preprocess="pillow")
+    _, _, crop = preprocess_with_geometry(decode_image(data).image)
+    for name in ("real", "fake"):
+        grid = read_raw16_png(o.result.heatmaps[f"{name}_raw16"])
+        if grid.max() > 0 and (grid == 0).any():
+            break
+    else:
+        pytest.skip("no map with both zero and non-zero cells")
+    drawn = np.asarray(_png(o.result.heatmaps[f"{name}_overlay"]), dtype=np.int32)
+    base = np.asarray(crop, dtype=np.int32)
+    cell = 224 // grid.shape[0]
+    # a zero cell whose neighbours are zero too (bilinear upsampling reaches them) is drawn
+    # as the crop itself
+    padded = np.pad(grid, 1, mode="edge")
+    for (i, j) in zip(*np.nonzero(grid == 0)):
+        if padded[i:i + 3, j:j + 3].max() == 0:
+            ys, xs = slice(i * cell, (i + 1) * cell), slice(j * cell, (j + 1) * cell)
+            assert np.array_equal(drawn[ys, xs], base[ys, xs])
+    assert np.abs(drawn - base).max() > 0
+
+
+def test_batch_smaller_than_input_and_one_by_one(official_model, outcomes, inputs):
+    """Batch size 1 and a batch larger than the input give the same results as batch 3."""
+    ref = {o.key: o for o in outcomes["pillow"]}
+    for bs in (1, 64):
+        out = _run(official_model, inputs, preprocess="pillow", batch_size=bs, render=False)
+        assert [o.key for o in out] == [k for k, _ in inputs]
+        for o in out:
+            assert o.ok == ref[o.key].ok and o.error_code == ref[o.key].error_code
+            if o.ok:
+                assert o.result.p_fake == pytest.approx(ref[o.key].result.p_fake, abs=1e-5)
+                assert o.result.stats["fake"]["peak"] == ref[o.key].result.stats["fake"]["peak"]
+
+
+def test_render_false_makes_no_heatmaps(official_model, inputs):
+    out = _run(official_model, inputs, preprocess="device", render=False)
+    ok = [o for o in out if o.ok]
+    assert len(ok) == len(inputs) - len(EXPECTED_FAILURES)
+    assert all(o.result.heatmaps == {} for o in ok)
+    assert all(o.result.stats["fake"]["max"] >= 0 for o in ok)
+
+
+@pytest.mark.parametrize("path", ["pillow", "device"])
+def test_out_of_memory_splits_the_batch(tiny_model, inputs, path, monkeypatch, caplog):
+    options = AnalysisOptions(batch_size=8, decode_threads=2, preprocess=path)
+    with Analyzer(tiny_model, options, device="cpu") as analyzer:
+        real_attribute = analyzer.cam.attribute
+        sizes = []
+
+        def attribute(x, **kw):
+            sizes.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("simulated: out of device memory")
+            return real_attribute(x, **kw)
+
+        monkeypatch.setattr(analyzer.cam, "attribute", attribute)
+        out = list(analyzer.analyze(inputs))
+        stages = analyzer.stage_times()
+    assert [o.key for o in out] == [k for k, _ in inputs]
+    assert {o.key for o in out if not o.ok} == EXPECTED_FAILURES
+    assert all(set(o.result.heatmaps) == HEATMAPS for o in out if o.ok)
+    assert any(s > 2 for s in sizes)  # the full batches were tried first, then split
+    assert sum(s for s in sizes if s <= 2) == len(inputs) - len(EXPECTED_FAILURES)
+    assert "out of memory" in caplog.text
+    assert stages["items"] == len(inputs)
+
+
+def test_single_image_out_of_memory_is_raised(tiny_model, inputs, monkeypatch):
+    with Analyzer(tiny_model, AnalysisOptions(batch_size=4, decode_threads=2), device="cpu") as analyzer:
+        def attribute(x, **kw):
+            raise torch.OutOfMemoryError("simulated")
+
+        monkeypatch.setattr(analyzer.cam, "attribute", attribute)
+        with pytest.raises(torch.OutOfMemoryError):
+            list(analyzer.analyze(inputs[:1]))
+
+
+def test_preprocess_option_and_errors(tiny_model):
+    with Analyzer(tiny_model, AnalysisOptions(), device="cpu") as analyzer:
+        assert analyzer.preprocess_path == "pillow"
+    with Analyzer(tiny_model, AnalysisOptions(preprocess="device"), device="cpu") as analyzer:
+        assert analyzer.preprocess_path == "device"
+    with pytest.raises(ValueError, match="preprocessing setting"):
+        Analyzer(tiny_model, AnalysisOptions(preprocess="gpu"), device="cpu")
+
+
+def test_empty_input_and_only_failures(tiny_model):
+    with Analyzer(tiny_model, AnalysisOptions(decode_threads=2), device="cpu") as analyzer:
+        assert list(analyzer.analyze([])) == []
+        out = list(analyzer.analyze([("a", b""), ("b", ValueError("gone")), ("c", 42)]))
+    assert [(o.key, o.error_code) for o in out] == [("a", "empty"), ("b", "fetch_failed"),
+                                                    ("c", "decode_failed")]
+
+
+def test_stage_times(tiny_model, inputs):
+    with Analyzer(tiny_model, AnalysisOptions(batch_size=4, decode_threads=2), device="cpu") as analyzer:
+        list(analyzer.analyze(inputs))
+        stages = analyzer.stage_times()
+        analyzer.reset_stage_times()
+        assert analyzer.stage_times()["items"] == 0
+    assert stages["items"] == len(inputs)
+    assert stages["model_cam"] > 0 and stages["preprocess"] > 0 and stages["encode"] > 0
+
+
+def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
+    from poundcam.runtime import make_analyzer
+    from poundcam.settings import Settings
+
+    settings = Settings.from_env(environ={}, preprocess="device", batch_size=5)
+    analyzer = make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
+    try:
+        assert analyzer.options.preprocess == "device" and analyzer.preprocess_path == "device"
+        assert analyzer.options.batch_size == 5
+    finally:
+        analyzer.close()
