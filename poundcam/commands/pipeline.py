@@ -190,7 +190,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
 class Progress:
     """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
 
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int, stream=None):
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
         self.total, self.n, self.failed, self.stream = total, 0, 0, stream
         self.t0 = time.perf_counter()
         self.tty = stream.isatty()
