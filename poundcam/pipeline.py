@@ -12,6 +12,7 @@ items "running" and raise RetryLater once the rest of the message is done.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -50,12 +51,18 @@ class PipelineContext:
     max_image_bytes: int | None = None
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     io_threads: int = 16
+    store_threads: int = 4          # items stored at once (each uploads its heatmaps via io)
+    max_pending_stores: int = 64    # results waiting to be stored (bounds memory)
     observer: object | None = None  # metrics: .item(outcome, code), .batch(seconds, n)
 
     def __post_init__(self):
         self._io = cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="poundcam-s3")
+        # A pool of its own: store tasks wait on uploads in the I/O pool, never on themselves.
+        self._store_pool = cf.ThreadPoolExecutor(self.store_threads,
+                                                 thread_name_prefix="poundcam-store")
 
     def close(self):
+        self._store_pool.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
 
@@ -97,60 +104,84 @@ def _observe(ctx, outcome: str, code: str | None = None):
 
 def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
                   progress: Callable[[ItemOutcome | None], None] | None = None) -> MessageReport:
-    """Process ``(item_id, uri)`` pairs of one message."""
+    """Process ``(item_id, uri)`` pairs of one message.
+
+    Fetches run ahead in the I/O pool and are handed to the analyzer as they arrive; results
+    are stored (heatmap uploads, then the row) by the store pool while the device computes
+    the next batch.
+    """
     items = list(items)
     report = MessageReport()
     claimed = set(_db(ctx, lambda s: mark_running(s, [i for i, _ in items])))
     todo = [(i, u) for i, u in items if i in claimed]
     report.skipped = len(items) - len(todo)
-    fetched = list(ctx._io.map(lambda iu: (iu[0], _fetch(ctx, iu[1])), todo))
+    fetched = ctx._io.map(lambda iu: (iu[0], _fetch(ctx, iu[1])), todo)  # all submitted now
+    n_analyzed = 0
+    stores: collections.deque = collections.deque()  # (outcome, future), in order
 
     def fail(item_id: int, code: str, message: str):
         _db(ctx, lambda s: mark_failed(s, item_id, code, message))
         report.failed += 1
         _observe(ctx, "failed", code)
 
-    to_analyze: list[tuple[int, bytes]] = []
-    for item_id, data in fetched:
-        if isinstance(data, StorageError):
-            if data.transient:
-                log.warning("item %s: %s; will retry", item_id, data,
-                            extra={"item_id": item_id, "error_code": data.code})
-                report.retry.append(item_id)
-            else:
-                fail(item_id, data.code, str(data))
+    def to_analyze():
+        nonlocal n_analyzed
+        for item_id, data in fetched:
+            if isinstance(data, StorageError):
+                if data.transient:
+                    log.warning("item %s: %s; will retry", item_id, data,
+                                extra={"item_id": item_id, "error_code": data.code})
+                    report.retry.append(item_id)
+                else:
+                    fail(item_id, data.code, str(data))
+                    if progress:
+                        progress(None)
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if _db(ctx, lambda s: _link_existing(ctx, s, item_id, sha)):
+                report.reused += 1
+                _observe(ctx, "done")
                 if progress:
                     progress(None)
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        existing = _db(ctx, lambda s: _link_existing(ctx, s, item_id, sha))
-        if existing:
-            report.reused += 1
-            _observe(ctx, "done")
+                continue
+            n_analyzed += 1
+            yield item_id, data
+
+    def settle(block: bool):
+        """Account for finished stores (and failures queued behind them), in order."""
+        while stores and (block or stores[0][1] is None or stores[0][1].done()):
+            outcome, future = stores.popleft()
+            if future is None:
+                fail(outcome.key, outcome.error_code or "analysis_failed",
+                     outcome.error_message or "")
+            else:
+                try:
+                    future.result()
+                    report.done += 1
+                    _observe(ctx, "done")
+                except StorageError as exc:
+                    if not exc.transient:
+                        raise
+                    log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
+                                extra={"item_id": outcome.key, "error_code": exc.code})
+                    report.retry.append(outcome.key)
             if progress:
-                progress(None)
-            continue
-        to_analyze.append((item_id, data))
+                progress(outcome)
 
     t0 = time.perf_counter()
-    for outcome in ctx.analyzer.analyze(to_analyze):
-        if outcome.ok:
-            try:
-                _store(ctx, outcome)
-                report.done += 1
-                _observe(ctx, "done")
-            except StorageError as exc:
-                if not exc.transient:
-                    raise
-                log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
-                            extra={"item_id": outcome.key, "error_code": exc.code})
-                report.retry.append(outcome.key)
-        else:
-            fail(outcome.key, outcome.error_code or "analysis_failed", outcome.error_message or "")
-        if progress:
-            progress(outcome)
-    if ctx.observer is not None and to_analyze:
-        ctx.observer.batch(time.perf_counter() - t0, len(to_analyze))
+    try:
+        for outcome in ctx.analyzer.analyze(to_analyze()):
+            future = ctx._store_pool.submit(_store, ctx, outcome) if outcome.ok else None
+            stores.append((outcome, future))
+            if len(stores) > ctx.max_pending_stores and stores[0][1] is not None:
+                cf.wait([stores[0][1]])
+            settle(block=False)
+        settle(block=True)
+    except BaseException:
+        cf.wait([f for _, f in stores if f is not None])  # nothing keeps running behind a retry
+        raise
+    if ctx.observer is not None and n_analyzed:
+        ctx.observer.batch(time.perf_counter() - t0, n_analyzed)
     if report.retry:
         raise RetryLater(f"{len(report.retry)} item(s) hit a transient storage failure", report.retry)
     return report
