@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .cam import ComparativeCAM
-from .cam.render import display_original, display_original_pil, encode_heatmaps, \
+from .cam.render import display_original_pil, display_originals, encode_heatmaps, \
     original_overlay_scanlines, overlay_scanlines
 from .cam.stats import compute_stats
 from .device_transform import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
@@ -42,6 +42,7 @@ from .transform import CropGeometry
 log = logging.getLogger(__name__)
 
 LABELS = ("real", "fake")
+DISPLAY_REDUCING_GAP = 1.5  # Pillow-path originals: box-reduce, then bilinear (display only)
 STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
           "wait_results")
 
@@ -291,7 +292,9 @@ class Analyzer:
             return futures  # type: ignore[return-value]
         metas = [_Meta(batch.keys[j][1], batch.keys[j][2], it.geometry, it.format, it.original_mode,
                        decode_s) for j, it in ok]
+        t0 = time.perf_counter()
         displays = self._displays([it for _, it in ok]) if self.options.render else None
+        self._add("render_device", time.perf_counter() - t0)
         geometries = [it.geometry for _, it in ok]
         for piece in self._compute(batch.tensor, displays, geometries, 0):
             for r in range(len(piece)):
@@ -300,18 +303,30 @@ class Analyzer:
         return futures  # type: ignore[return-value]
 
     def _displays(self, items: list[PreprocessedItem]) -> list[torch.Tensor]:
-        """Each original at the overlay display size, uint8 [3, h, w] on the device: device-path
-        originals are downscaled on the device; Pillow-path ones in the pool, then uploaded."""
+        """Each original at the overlay display size, uint8 [3, h, w]: device-path originals
+        are downscaled on the device; Pillow-path ones in the pool (futures; ``_resolve``)."""
         out: list[Any] = [None] * len(items)
+        on_device = []
         for i, it in enumerate(items):
-            original = getattr(it, "_original", None)  # the device decoder's upright original
-            if original is not None:
-                out[i] = display_original(original, it.geometry)
+            if getattr(it, "_original", None) is not None:  # the device decoder's upright original
+                on_device.append(i)
             else:
                 out[i] = self._pool.submit(_pil_display, it)
+        shown = display_originals([items[i]._original for i in on_device],
+                                  [items[i].geometry for i in on_device])
+        for i, x in zip(on_device, shown):
+            out[i] = x
+        return out
+
+    def _resolve(self, displays: list) -> list[torch.Tensor]:
+        """The Pillow-path displays (futures, resized while the model ran), on the device."""
+        out = list(displays)
         for i, x in enumerate(out):
             if isinstance(x, cf.Future):
-                out[i] = x.result().to(self.device, non_blocking=True)
+                x = x.result()
+                if self.device.type == "cuda":  # pinned: the copy does not wait for the device
+                    x = x.contiguous().pin_memory()
+                out[i] = x.to(self.device, non_blocking=True)
         return out
 
     def _compute(self, x: torch.Tensor, displays, geometries, start: int) -> list[_Piece]:
@@ -323,7 +338,8 @@ class Analyzer:
             crop_rows = original_rows = None
             if self.options.render:
                 crop_rows = overlay_scanlines(x, res.real, res.fake)
-                original_rows = original_overlay_scanlines(res.real, res.fake, displays, geometries)
+                original_rows = original_overlay_scanlines(res.real, res.fake,
+                                                           self._resolve(displays), geometries)
             n = x.shape[0]
             piece = _Piece(start, res.real, res.fake, res.logits, res.probs, res.invalid, res.grid,
                            res.layer, res.target, crop_rows, original_rows, (t1 - t0) / n, 0.0)
@@ -365,7 +381,7 @@ class Analyzer:
                 h.copy_(t, non_blocking=True)
                 t.record_stream(self._copy_stream)  # not reused before the copy has read it
                 hosts.append(h)
-            piece.ready = torch.cuda.Event()
+            piece.ready = torch.cuda.Event(blocking=True)  # waiting threads sleep, not spin
             piece.ready.record(self._copy_stream)
         for n, h in zip(names, hosts):
             setattr(piece, n, h)
@@ -414,7 +430,8 @@ def _sha256(data: bytes) -> str:
 
 def _pil_display(item: PreprocessedItem) -> torch.Tensor:
     """A Pillow-path original at the display size, uint8 [3, h, w] on the CPU."""
-    return torch.from_numpy(display_original_pil(item.original_image(), item.geometry)).permute(2, 0, 1)
+    shown = display_original_pil(item.original_image(), item.geometry, reducing_gap=DISPLAY_REDUCING_GAP)
+    return torch.from_numpy(shown).permute(2, 0, 1)
 
 
 def _done(outcome: ItemOutcome) -> cf.Future:
