@@ -9,9 +9,11 @@ Rows (images/s on the same generated 1080p JPEGs):
   pillow-threads     the Pillow path as DevicePreprocessor(force="pillow") runs it (threads)
   device             DevicePreprocessor(force="device"): the batched device path
   model+cam          ComparativeCAM.attribute on already preprocessed batches (no I/O)
-  analysis           poundcam.analysis.Analyzer: decode + preprocess + model + both CAMs +
-                     statistics + PNG encoding
-Ratios: device / pillow-processes, analysis / model+cam.
+  analysis           poundcam.analysis.Analyzer.analyze end to end: preprocess (--preprocess,
+                     default auto: device on CUDA, Pillow on the CPU) + model + both CAMs +
+                     overlays + statistics + PNG files; with its time per image by stage
+  analysis-no-render the same without heatmaps (what rendering costs)
+Ratios: device / pillow-processes, analysis / model+cam (target on an H200 with ViT-L: 0.8).
 
 Parity (--parity, on by default): the device path against the Pillow path on the official
 fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
@@ -150,21 +152,32 @@ def bench_model_cam(model, datas, device, batch_size) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_analysis(model, datas, device, batch_size, threads) -> float | str:
+def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
+                   render=True) -> tuple[float | str, dict]:
+    """Analyzer.analyze end to end (preprocess + model + both CAMs + statistics + PNG files):
+    (images/s, seconds per stage per image from Analyzer.stage_times())."""
     try:
         from poundcam.analysis import AnalysisOptions, Analyzer
     except ImportError as exc:  # the analysis module is not part of this checkout
-        return f"not measured: poundcam.analysis unavailable ({exc})"
-    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads)
+        return f"not measured: poundcam.analysis unavailable ({exc})", {}
+    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
+                           render=render)
     with Analyzer(model, opts, device=device) as analyzer:
         list(analyzer.analyze((i, d) for i, d in enumerate(datas[:batch_size])))  # warm-up
+        _sync(device)
+        analyzer.reset_stage_times()
         t0 = time.perf_counter()
         outcomes = list(analyzer.analyze(enumerate(datas)))
         rate = len(datas) / (time.perf_counter() - t0)
+        stages = analyzer.stage_times()
+        path = analyzer.preprocess_path
     bad = [o for o in outcomes if not o.ok]
     if bad:
-        return f"not measured: {len(bad)} items failed ({bad[0].error_code}: {bad[0].error_message})"
-    return rate
+        return f"not measured: {len(bad)} items failed ({bad[0].error_code}: {bad[0].error_message})", {}
+    n = max(stages.pop("items", 0), 1)
+    per_image = {k: v / n for k, v in stages.items()}
+    per_image["path"] = path
+    return rate, per_image
 
 
 # --- parity -----------------------------------------------------------------------------------
@@ -231,6 +244,11 @@ def main(argv=None) -> int:
                     help="model for the model+cam and analysis rows: fixture (official tiny), "
                          "vit-l (released architecture, random weights), tiny, or a checkpoint")
     ap.add_argument("--no-analysis", action="store_true", help="skip model+cam and analysis")
+    ap.add_argument("--no-render-row", action="store_true",
+                    help="skip the analysis row without heatmap rendering")
+    ap.add_argument("--preprocess", default="auto", choices=("auto", "device", "pillow"),
+                    help="preprocessing path of the analysis rows (default auto: device on CUDA, "
+                         "Pillow on the CPU)")
     ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -242,20 +260,26 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - t0:.1f} s to generate)", flush=True)
 
     rates: dict[str, float | str] = {}
+    stages: dict[str, dict] = {}
     rates["pillow-processes"] = bench_pillow_processes(datas, args.threads)
     rates["pillow-threads"] = bench_preprocessor(datas, device, "pillow", args.threads, args.batch_size)
     rates["device"] = bench_preprocessor(datas, device, "device", args.threads, args.batch_size)
     if not args.no_analysis:
         model = load_model(args.model, device)
         rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
-        rates["analysis"] = bench_analysis(model, datas, device, args.batch_size, args.threads)
+        rates["analysis"], stages["analysis"] = bench_analysis(
+            model, datas, device, args.batch_size, args.threads, args.preprocess)
+        if not args.no_render_row:
+            rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
+                model, datas, device, args.batch_size, args.threads, args.preprocess, render=False)
 
     ratios = {}
     if isinstance(rates.get("device"), float):
         ratios["device / pillow-processes"] = rates["device"] / rates["pillow-processes"]
         ratios["device / pillow-threads"] = rates["device"] / rates["pillow-threads"]
-    if isinstance(rates.get("analysis"), float) and isinstance(rates.get("model+cam"), float):
-        ratios["analysis / model+cam"] = rates["analysis"] / rates["model+cam"]
+    for name in ("analysis", "analysis-no-render"):
+        if isinstance(rates.get(name), float) and isinstance(rates.get("model+cam"), float):
+            ratios[f"{name} / model+cam"] = rates[name] / rates["model+cam"]
 
     print(f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
           f"batch {args.batch_size}, model {args.model}")
@@ -263,7 +287,13 @@ def main(argv=None) -> int:
     for name, rate in rates.items():
         print(f"{name:<20}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<20}  {rate}")
     for name, value in ratios.items():
-        print(f"{name:<30}{value:>8.2f}x")
+        print(f"{name:<36}{value:>8.2f}x")
+    for name, per_image in stages.items():
+        if per_image:
+            print(f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
+                  "(preprocess: the background thread; encode: summed over the pool's threads; "
+                  "the others: the device thread)")
+            print("  " + "  ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items() if k != "path"))
 
     parity_rows = {}
     if not args.no_parity:
@@ -287,7 +317,8 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(), "threads": args.threads, "n": args.n,
         "batch_size": args.batch_size, "model": args.model, "quality": args.quality,
         "mean_bytes": float(np.mean([len(d) for d in datas])),
-        "torch": torch.__version__, "images_per_s": rates, "ratios": ratios, "parity": parity_rows,
+        "torch": torch.__version__, "images_per_s": rates, "ratios": ratios,
+        "analysis_stages_s_per_image": stages, "parity": parity_rows,
     }, indent=2))
     print(f"\nwrote {path}")
     return 0
