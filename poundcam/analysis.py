@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any, Iterable, Iterator
@@ -215,14 +216,28 @@ class Analyzer:
 
         An item whose bytes could not be fetched may carry the exception instead of bytes: it
         is reported with the exception's ``code`` (or "fetch_failed") and the others go on.
+        ``items`` is read in the calling thread, a few batches ahead of the device.
         """
         bs = self.options.batch_size
-        failures: dict[int, ItemOutcome] = {}  # filled by the source, read here after its batch
-        seen = [0]
+        prefetch = max(1, self.options.prefetch)
+        it = iter(items)
+        feed: queue.SimpleQueue = queue.SimpleQueue()  # inputs for the preprocessing thread
+        failures: dict[int, ItemOutcome] = {}
+        pending: collections.deque[cf.Future] = collections.deque()  # outcomes, input order
+        state = {"read": 0, "fed": 0, "batched": 0, "emitted": 0, "exhausted": False}
 
-        def source():  # runs on iter_batches' background thread
-            for idx, (key, data) in enumerate(items):
-                seen[0] = idx + 1
+        def top_up() -> None:
+            """Read inputs until the preprocessing thread has what it needs for the batches it
+            may prepare ahead of the device (or the input is over)."""
+            while not state["exhausted"] and state["fed"] - state["batched"] < (prefetch + 2) * bs:
+                try:
+                    key, data = next(it)
+                except StopIteration:
+                    state["exhausted"] = True
+                    feed.put(_END)
+                    return
+                idx = state["read"]
+                state["read"] += 1
                 if isinstance(data, BaseException):
                     failures[idx] = ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
                                                 error_message=str(data))
@@ -233,39 +248,40 @@ class Analyzer:
                     failures[idx] = ItemOutcome(key, error_code="decode_failed",
                                                 error_message=f"expected image bytes, got {type(data).__name__}")
                     continue
-                yield (idx, key, self._pool.submit(_sha256, data)), data
-
-        pending: collections.deque[cf.Future] = collections.deque()  # outcomes, input order
-        next_idx = 0
+                feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
+                state["fed"] += 1
 
         def take_failures(upto: int) -> None:
-            nonlocal next_idx
-            for i in range(next_idx, upto):
+            for i in range(state["emitted"], upto):
                 if i in failures:
                     pending.append(_done(failures.pop(i)))
-            next_idx = max(next_idx, upto)
+            state["emitted"] = max(state["emitted"], upto)
 
-        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), source(), bs,
-                               prefetch=max(1, self.options.prefetch))
+        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), _drain(feed), bs,
+                               prefetch=prefetch)
         try:
             while True:
+                top_up()
                 t0 = time.perf_counter()
                 batch = next(batches, None)
                 self._add("wait_preprocess", time.perf_counter() - t0)
                 if batch is None:
                     break
+                state["batched"] += len(batch.items)
                 futures = self._run_batch(batch)
                 for (idx, _, _), fut in zip(batch.keys, futures):
                     take_failures(idx)
                     pending.append(fut)
-                    next_idx = idx + 1
+                    state["emitted"] = idx + 1
                 del batch, futures  # the batch's originals and inputs can go
                 while pending and (pending[0].done() or len(pending) > 2 * bs):
                     yield self._result(pending.popleft())
-            take_failures(seen[0])
+            take_failures(state["read"])
             while pending:
                 yield self._result(pending.popleft())
         finally:
+            if not state["exhausted"]:
+                feed.put(_END)  # lets the preprocessing thread finish
             batches.close()
 
     def _result(self, fut: cf.Future) -> ItemOutcome:
@@ -422,6 +438,15 @@ class Analyzer:
                                error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
         finally:
             self._add("encode", time.perf_counter() - t0)
+
+
+_END = object()
+
+
+def _drain(feed: queue.SimpleQueue) -> Iterator:
+    """The inputs put on ``feed`` until _END (runs on the preprocessing thread)."""
+    while (x := feed.get()) is not _END:
+        yield x
 
 
 def _sha256(data: bytes) -> str:

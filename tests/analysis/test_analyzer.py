@@ -274,3 +274,39 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
         assert analyzer.options.batch_size == 5
     finally:
         analyzer.close()
+
+
+def test_items_are_read_in_the_calling_thread(tiny_model, inputs):
+    """Callers feed analyze() from generators that touch their own state (the pipeline's
+    fetches and database look-ups): they run in the caller's thread only."""
+    import threading
+
+    caller = threading.get_ident()
+    threads = set()
+
+    def gen():
+        for pair in inputs * 3:
+            threads.add(threading.get_ident())
+            yield pair
+
+    with Analyzer(tiny_model, AnalysisOptions(batch_size=2, decode_threads=2, render=False),
+                  device="cpu") as analyzer:
+        out = list(analyzer.analyze(gen()))
+    assert threads == {caller}
+    assert [o.key for o in out] == [k for k, _ in inputs * 3]
+
+
+def test_source_error_and_early_close_do_not_hang(tiny_model, inputs):
+    def broken():
+        yield inputs[0]
+        yield inputs[2]
+        raise RuntimeError("source broke")
+
+    with Analyzer(tiny_model, AnalysisOptions(batch_size=1, decode_threads=2), device="cpu") as analyzer:
+        with pytest.raises(RuntimeError, match="source broke"):
+            list(analyzer.analyze(broken()))
+        stream = analyzer.analyze(iter(inputs * 4))
+        first = next(stream)
+        stream.close()
+        assert first.key == inputs[0][0]
+        assert [o.key for o in analyzer.analyze(inputs[:3])] == [k for k, _ in inputs[:3]]
