@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Two cores shared by the suite's own worker processes: one intra-op thread per process avoids
+# oversubscription that slows small models by an order of magnitude.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POUNDCAM_SHARED", ROOT.parent / "shared"))
 OFFICIAL_TINY = SHARED / "fixtures" / "poundnet-official-tiny"
@@ -60,6 +64,12 @@ def make_tiny_model(seed: int = 0, **overrides):
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    """``make_tiny_model`` for tests in subfolders (which cannot import this conftest)."""
+    return make_tiny_model
 
 
 def free_port() -> int:
