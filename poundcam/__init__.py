@@ -1,9 +1,36 @@
-"""poundcam: PoundNet real/fake detection with faithful comparative class activation maps."""
-from .cam import CAMResult, ComparativeCAM, PoundNetGradCAM
-from .errors import CAMError, CheckpointError, PoundcamError, WeightsNotFoundError
-from .transform import preprocess
-from .model import PoundNet, PoundNetConfig
+"""poundcam: PoundNet real/fake detection with faithful comparative class activation maps.
 
-__all__ = ["CAMError", "CAMResult", "ComparativeCAM", "PoundNetGradCAM", "CheckpointError", "PoundNet", "PoundNetConfig", "PoundcamError",
-           "WeightsNotFoundError", "preprocess"]
+The public names below load on first use (PEP 562), so that commands which only talk to the
+database or the queue (``poundcam status``) start without importing PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import CAMError, CheckpointError, PoundcamError, WeightsNotFoundError
+
+_LAZY = {
+    "CAMResult": "poundcam.cam",
+    "ComparativeCAM": "poundcam.cam",
+    "PoundNetGradCAM": "poundcam.cam",
+    "PoundNet": "poundcam.model",
+    "PoundNetConfig": "poundcam.model",
+    "preprocess": "poundcam.transform",
+}
+
+__all__ = ["CAMError", "CAMResult", "CheckpointError", "ComparativeCAM", "PoundNet",
+           "PoundNetConfig", "PoundNetGradCAM", "PoundcamError", "WeightsNotFoundError",
+           "preprocess"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'poundcam' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
