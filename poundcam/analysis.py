@@ -34,7 +34,7 @@ import torch
 from .cam import ComparativeCAM
 from .cam.render import display_original_pil, display_originals, encode_heatmaps, \
     original_overlay_scanlines, overlay_scanlines
-from .cam.stats import compute_stats
+from .cam.batch_stats import compute_stats_batch
 from .device_transform import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
     choose_path, iter_batches
 from .imaging import DecodeLimits
@@ -313,9 +313,12 @@ class Analyzer:
         self._add("render_device", time.perf_counter() - t0)
         geometries = [it.geometry for _, it in ok]
         for piece in self._compute(batch.tensor, displays, geometries, 0):
+            # submitted first, so taken by a thread before the image tasks that wait for it
+            stats = self._pool.submit(self._piece_stats, piece,
+                                      geometries[piece.start:piece.start + len(piece)])
             for r in range(len(piece)):
                 j = ok[piece.start + r][0]
-                futures[j] = self._pool.submit(self._finish, piece, r, metas[piece.start + r])
+                futures[j] = self._pool.submit(self._finish, piece, r, metas[piece.start + r], stats)
         return futures  # type: ignore[return-value]
 
     def _displays(self, items: list[PreprocessedItem]) -> list[torch.Tensor]:
@@ -405,7 +408,15 @@ class Analyzer:
             piece.original_rows = hosts[len(names):]
 
     # -- statistics + PNG files (thread pool) ----------------------------------------------------
-    def _finish(self, piece: _Piece, r: int, meta: _Meta) -> ItemOutcome:
+    def _piece_stats(self, piece: _Piece, geometries: list[CropGeometry]) -> list:
+        t0 = time.perf_counter()
+        try:
+            piece.wait()
+            return compute_stats_batch(piece.real, piece.fake, geometries)
+        finally:
+            self._add("encode", time.perf_counter() - t0)
+
+    def _finish(self, piece: _Piece, r: int, meta: _Meta, stats_future: cf.Future) -> ItemOutcome:
         t0 = time.perf_counter()
         sha = meta.sha256.result()
         try:
@@ -419,7 +430,9 @@ class Analyzer:
             if self.options.render:
                 originals = piece.original_rows[r] if piece.original_rows is not None else None
                 heatmaps = encode_heatmaps(piece.crop_rows[r], originals, real, fake)
-            stats = compute_stats(real, fake, meta.geometry)
+            stats = stats_future.result()[r]
+            if isinstance(stats, Exception):
+                raise stats
             result = AnalysisResult(
                 sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
                 height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,

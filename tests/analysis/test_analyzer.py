@@ -125,6 +125,7 @@ def test_both_paths_agree(outcomes):
 def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
     """The Pillow-path results are the model's own numbers on the official transform."""
     from poundcam.cam import ComparativeCAM
+    from poundcam.cam.stats import compute_stats
     from poundcam.imaging import decode_image
     from poundcam.transform import preprocess
 
@@ -136,6 +137,10 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
         scale = float(res.real[i].max())
         back = read_raw16_png(got[key].heatmaps["real_raw16"])
         assert np.abs(back - res.real[i].numpy()).max() <= scale / 65535 + 1e-6
+        direct = compute_stats(res.real[i], res.fake[i], geometry_for(got[key].width, got[key].height))
+        assert got[key].stats["fake"]["peak_cell"] == direct["fake"]["peak_cell"]
+        assert got[key].stats["comparative"]["fake_share"] == pytest.approx(
+            direct["comparative"]["fake_share"], abs=1e-4)
 
 
 def test_overlays_sizes_and_modes(outcomes):
