@@ -37,7 +37,8 @@ def main() -> None:
     g, sl = model.visual.grid_size, model.visual.patch_token_slice()
 
     def to_grid(t):
-        t = t[:, sl]
+        # pytorch-grad-cam hands activations and gradients to numpy, which has no bfloat16
+        t = t[:, sl].float()
         return t.reshape(t.shape[0], *g, t.shape[-1]).permute(0, 3, 1, 2)
 
     library = GradCAM(model, [model.visual.transformer.resblocks[-1].ln_1], reshape_transform=to_grid)
