@@ -3,7 +3,6 @@ config.yaml), so the import path is tested on files built like the released ones
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -107,22 +106,10 @@ def save_official(model, directory: Path, state: dict | None = None, config: boo
     return path
 
 
-def root_conftest():
-    """tests/conftest.py as a module (its make_tiny_model is a plain function, not a fixture;
-    importing it by the name ``conftest`` would be ambiguous between directories)."""
-    name = "_poundcam_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
 @pytest.fixture
-def make_model():
+def make_model(tiny_model_factory):
     """``make_model(seed=0, **config_overrides)``: a random tiny PoundNet (tests/conftest.py)."""
-    return root_conftest().make_tiny_model
+    return tiny_model_factory
 
 
 @pytest.fixture
