@@ -1,0 +1,205 @@
+"""The maps compared: the project's CAM, a peer library's GradCAM, a transformer-specific
+relevance method, and baselines that ignore the model.
+
+Every method maps a batch to [B, g, g] non-negative float32 maps for one class (0 real,
+1 fake) at the model's grid resolution. Arguments: the model, the normalized batch ``x``,
+the 0..1 images (for image-only baselines) and ``ids`` (stable image ids, which seed the
+random baseline so it is one fixed pattern per image).
+
+The priors and the random map exist ONLY here, as baselines: they show what a map that
+ignores the model scores. They never belong in the library.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from poundcam.cam import ComparativeCAM
+
+MethodFn = Callable[..., torch.Tensor]
+
+
+def _grid(model) -> int:
+    return model.visual.grid_size[0]
+
+
+# -- the project's CAM ---------------------------------------------------------------------
+def comparative_cam(target: str, layer: int = -1) -> MethodFn:
+    def run(model, x, images, ids, cls):
+        res = ComparativeCAM(model, layer=layer, target=target).attribute(x, on_invalid="report")
+        return (res.fake if cls == 1 else res.real).float()
+    return run
+
+
+# -- pytorch-grad-cam's GradCAM at the same layer ------------------------------------------
+def gradcam_library(layer: int = -1) -> MethodFn:
+    def run(model, x, images, ids, cls):
+        return _gradcam_library(model, x, cls, layer)
+    return run
+
+
+def _gradcam_library(model, x, cls, layer_index):
+    """pytorch-grad-cam's GradCAM on ``resblocks[layer].ln_1``: CLS and the trailing prompt tokens
+    are dropped and the patch tokens reshaped row-major to the grid. The library normalizes
+    each map to 0..1 (min-max); its output size is set to the grid so no resampling happens."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    g = _grid(model)
+    patches = model.visual.patch_token_slice()
+
+    def reshape(t):
+        t = t[:, patches]
+        return t.reshape(t.shape[0], g, g, t.shape[-1]).permute(0, 3, 1, 2)
+
+    class GridGradCAM(GradCAM):
+        def get_target_width_height(self, input_tensor):
+            return g, g
+
+    layer = model.visual.transformer.resblocks[layer_index].ln_1
+    with GridGradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        inp = x.detach().clone().requires_grad_(True)  # frozen weights: the graph starts here
+        out = cam(input_tensor=inp, targets=[ClassifierOutputTarget(cls)] * len(x))
+    return torch.from_numpy(np.ascontiguousarray(out)).float()
+
+
+# -- gradient-weighted attention relevance (Chefer, Gur and Wolf, CVPR 2021) ----------------
+def _attention_with_probs(block, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's multi-head attention written out, returning its output and its
+    attention probabilities [B, heads, N, N] (computed from the block's own in_proj weights)."""
+    attn = block.attn
+    b, n, c = normed.shape
+    h = attn.num_heads
+    d = c // h
+    q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).split(c, dim=-1)
+    q, k, v = (t.reshape(b, n, h, d).transpose(1, 2) for t in (q, k, v))
+    probs = torch.softmax(q @ k.transpose(-1, -2) * d ** -0.5, dim=-1)
+    out = (probs @ v).transpose(1, 2).reshape(b, n, c)
+    return attn.out_proj(out), probs
+
+
+def forward_with_attention(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and every block's attention probabilities; the graph starts at the embedding."""
+    visual = model.visual
+    h = visual.embed(x).detach().requires_grad_(True)
+    probs = []
+    for block in visual.transformer.resblocks:
+        h = block.insert_prompt(h)
+        out, p = _attention_with_probs(block, block.ln_1(h))
+        h = h + block.ls_1(out)
+        h = h + block.ls_2(block.mlp(block.ln_2(h)))
+        probs.append(p)
+    return model.logits_from_features(visual.head(h)), probs
+
+
+def attention_relevance(model, x, images, ids, cls):
+    """Relevance R = prod over blocks of (I + mean_heads relu(grad * A)), CLS row, patch
+    columns; gradients of the class logit with respect to each block's attention A."""
+    with torch.enable_grad():
+        logits, probs = forward_with_attention(model, x)
+        grads = torch.autograd.grad(logits[:, cls].sum(), probs)
+    b, n = probs[0].shape[0], probs[0].shape[-1]
+    rel = torch.eye(n).expand(b, n, n).clone()
+    for p, gr in zip(probs, grads):
+        a = (gr * p).clamp_min(0).mean(dim=1)
+        rel = rel + a @ rel
+    g = _grid(model)
+    return rel[:, 0, model.visual.patch_token_slice()].reshape(b, g, g).detach().float()
+
+
+# -- baselines that ignore the model --------------------------------------------------------
+def random_map(model, x, images, ids, cls):
+    """Uniform noise, one fixed pattern per image id."""
+    g = _grid(model)
+    out = []
+    for i in ids:
+        gen = torch.Generator().manual_seed(1_000_003 + int(i))
+        out.append(torch.rand(g, g, generator=gen))
+    return torch.stack(out)
+
+
+def _cell_centres(g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    c = (torch.arange(g, dtype=torch.float32) + 0.5) / g  # 0..1
+    return torch.meshgrid(c, c, indexing="ij")
+
+
+def centre_prior(model, x, images, ids, cls):
+    """Gaussian centred on the image, sigma = a quarter of its side."""
+    yy, xx = _cell_centres(_grid(model))
+    m = torch.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / (2 * 0.25 ** 2))
+    return m.expand(len(x), -1, -1).clone()
+
+
+def edge_prior(model, x, images, ids, cls):
+    """Weight growing towards the image border: exp(-distance to the border / (side/8))."""
+    yy, xx = _cell_centres(_grid(model))
+    d = torch.minimum(torch.minimum(yy, 1 - yy), torch.minimum(xx, 1 - xx))
+    m = torch.exp(-d / 0.125)
+    return m.expand(len(x), -1, -1).clone()
+
+
+def sobel_edges(model, x, images, ids, cls):
+    """Sobel gradient magnitude of the grey image, averaged over each grid cell."""
+    grey = images.mean(dim=1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    k = torch.stack([kx, kx.t()])[:, None]
+    gxy = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), k)
+    mag = gxy.pow(2).sum(dim=1, keepdim=True).sqrt()
+    g = _grid(model)
+    return F.adaptive_avg_pool2d(mag, g)[:, 0].float()
+
+
+BASELINES: dict[str, MethodFn] = {
+    "Random map": random_map,
+    "Centre prior": centre_prior,
+    "Edge (border) prior": edge_prior,
+    "Sobel edges": sobel_edges,
+}
+
+
+def build_methods(n_layers: int, selected: int) -> dict[str, MethodFn]:
+    """The compared methods: ComparativeCAM at its default layer (the last block) and at the
+    layer ``selected`` by the model-only rule (if different), pytorch-grad-cam's GradCAM at the
+    same layers, attention relevance, and the baselines."""
+    last = n_layers - 1
+    layers = [last] if selected % n_layers == last else [last, selected % n_layers]
+    out: dict[str, MethodFn] = {}
+    for layer in layers:
+        for target in ("contrastive", "logit"):
+            out[cam_name(target, layer)] = comparative_cam(target, layer)
+    for layer in layers:
+        out[f"pytorch-grad-cam GradCAM (L{layer})"] = gradcam_library(layer)
+    out["Attention relevance (Chefer 2021)"] = attention_relevance
+    out.update(BASELINES)
+    return out
+
+
+def cam_name(target: str, layer: int) -> str:
+    return f"ComparativeCAM ({target}, L{layer})"
+
+
+MODEL_FREE = {"Random map", "Centre prior", "Edge (border) prior", "Sobel edges"}
+
+
+def compute_maps(fn: MethodFn, model, x: torch.Tensor, images: torch.Tensor, ids, cls: int = 1,
+                 batch: int = 32, name: str = "") -> torch.Tensor:
+    """Maps of one method for a set, in batches; [N, g, g] float32."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(fn(model, x[i:i + batch], images[i:i + batch], ids[i:i + batch], cls).cpu())
+    maps = torch.cat(out)
+    if not torch.isfinite(maps).all():
+        raise RuntimeError(f"{name}: non-finite map values")
+    return maps
+
+
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+__all__ = ["BASELINES", "MODEL_FREE", "build_methods", "cam_name", "compute_maps",
+           "forward_with_attention", "upsample"]
