@@ -130,8 +130,8 @@ def _save(fig, path: Path) -> None:
 def _colours(names):
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {n: cmap(i % 10) for i, n in enumerate(names)}
+    cmap = matplotlib.colormaps["tab20"]
+    return {n: cmap((2 * i) % 20 + (2 * i) // 20) for i, n in enumerate(names)}
 
 
 def figure_curves(res: dict, path: Path) -> None:
@@ -209,7 +209,7 @@ def figure_randomization(res: dict, path: Path) -> None:
     ax.set_xlabel("randomized (cumulative, from the top)", fontsize=8)
     ax.set_ylabel("mean Spearman vs trained maps", fontsize=8)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_ylim(-0.3, 1.05)
+    ax.set_ylim(-0.65, 1.05)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
