@@ -53,6 +53,7 @@ class AnalysisOptions:
     threshold: float = 0.5          # label "fake" when P(fake) >= threshold
     cam_layer: int = -1
     cam_target: str = "contrastive"
+    cam_method: str = "gradcam"     # or "hirescam" (see ComparativeCAM)
     batch_size: int = 32
     render: bool = True             # produce heatmap PNGs
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
@@ -164,7 +165,8 @@ class Analyzer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.preprocess_path = choose_path(self.device, self.options.preprocess)
         self.model = model.to(self.device).eval()
-        self.cam = ComparativeCAM(self.model, layer=self.options.cam_layer, target=self.options.cam_target)
+        self.cam = ComparativeCAM(self.model, layer=self.options.cam_layer,
+                                 target=self.options.cam_target, method=self.options.cam_method)
         threads = self.options.decode_threads
         self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
                                        limits=self.options.limits,

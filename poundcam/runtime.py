@@ -41,7 +41,8 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
     device = device or pick_device(settings.device)
     model = model or load_model(settings, device)
     options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
-                              cam_target=settings.cam_target, batch_size=settings.batch_size,
+                              cam_target=settings.cam_target, cam_method=settings.cam_method,
+                              batch_size=settings.batch_size,
                               preprocess=settings.preprocess,
                               limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                                   max_pixels=settings.max_image_pixels))

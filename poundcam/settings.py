@@ -17,6 +17,7 @@ from .errors import PoundcamError
 DEVICES = ("auto", "cpu", "cuda")
 PREPROCESS_PATHS = ("auto", "device", "pillow")
 CAM_TARGETS = ("contrastive", "logit")
+CAM_METHODS = ("gradcam", "hirescam")
 
 
 class SettingsError(PoundcamError):
@@ -71,6 +72,7 @@ class Settings:
     threshold: float = field(default=0.5, metadata={"parse": _float})
     cam_layer: int = field(default=-1, metadata={"parse": _int})
     cam_target: str = field(default="contrastive", metadata={"parse": _str})
+    cam_method: str = field(default="gradcam", metadata={"parse": _str})
     max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={"parse": _int})
     max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
     task_batch_size: int = field(default=64, metadata={"parse": _int})
@@ -133,6 +135,8 @@ class Settings:
             self._fail("device", f"must be one of {', '.join(DEVICES)}")
         if self.preprocess not in PREPROCESS_PATHS:
             self._fail("preprocess", f"must be one of {', '.join(PREPROCESS_PATHS)}")
+        if self.cam_method not in CAM_METHODS:
+            self._fail("cam_method", f"must be one of {', '.join(CAM_METHODS)}")
         if self.cam_target not in CAM_TARGETS:
             self._fail("cam_target", f"must be one of {', '.join(CAM_TARGETS)}")
         if not 0.0 <= self.threshold <= 1.0:

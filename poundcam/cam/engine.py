@@ -20,6 +20,7 @@ from ..errors import CAMError
 from .targets import TARGETS, class_gradients
 
 POINTS = ("ln_1", "output")
+METHODS = ("gradcam", "hirescam")
 
 
 @dataclasses.dataclass
@@ -64,9 +65,17 @@ class ComparativeCAM:
     point:  ``"ln_1"`` (default; the block's normalized input, before its attention) or
             ``"output"`` (the block's output; for the last block that is after the last
             attention, where patch gradients vanish, and attribute() raises CAMError).
+    method: how gradients weight the activation A of a patch token, map = relu(sum_c w_c A_c):
+            ``"gradcam"`` (default): w_c is the gradient of channel c averaged over all patch
+            tokens (Selvaraju et al.); ``"hirescam"``: w_c is the token's own gradient
+            (Draelos & Carin), so the map is the gradient x activation of each token. Both are
+            the model's own gradients; the faithfulness evaluation compares them.
     """
 
-    def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1"):
+    def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1",
+                 method: str = "gradcam"):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         if point not in POINTS:
@@ -79,11 +88,12 @@ class ComparativeCAM:
         self.layer = layer % n
         self.target = target
         self.point = point
+        self.method = method
 
     @property
     def config_id(self) -> str:
         """Identifies the CAM configuration in result keys and database rows."""
-        return f"gradcam-{self.point}-L{self.layer}-{self.target}"
+        return f"{self.method}-{self.point}-L{self.layer}-{self.target}"
 
     def _explained_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run up to the explained point without autograd: (residual stream, activation)."""
@@ -143,7 +153,8 @@ class ComparativeCAM:
             grad = grad[:, patches].float()
             for i, reason in _gradient_problems(grad, self.layer, self.point, name).items():
                 invalid.setdefault(i, reason)
-            weights = grad.mean(dim=1, keepdim=True)  # GradCAM: channel weights = mean gradient
+            # GradCAM: channel weights = mean gradient over tokens; HiResCAM: each token's own
+            weights = grad.mean(dim=1, keepdim=True) if self.method == "gradcam" else grad
             maps[name] = (acts * weights).sum(dim=-1).reshape(-1, *g)
         if "signed" in maps:
             real, fake = (-maps["signed"]).clamp_min(0), maps["signed"].clamp_min(0)

@@ -59,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
     p.add_argument("--target", choices=("contrastive", "logit"), default=None, help="CAM target")
+    p.add_argument("--method", choices=("gradcam", "hirescam"), default=None,
+                   help="CAM weighting (default POUNDCAM_CAM_METHOD or gradcam)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
 
@@ -236,7 +238,7 @@ def _analyze(args) -> int:
         overrides["database_url"] = "sqlite:///./poundcam.db"
     for field, value in (("weights", args.weights), ("device", args.device),
                          ("batch_size", args.batch_size), ("threshold", args.threshold),
-                         ("cam_target", args.target)):
+                         ("cam_target", args.target), ("cam_method", args.method)):
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)
