@@ -329,11 +329,11 @@ class Analyzer:
         out: list[Any] = [None] * len(items)
         on_device = []
         for i, it in enumerate(items):
-            if getattr(it, "_original", None) is not None:  # the device decoder's upright original
+            if it.device_original is not None:
                 on_device.append(i)
             else:
                 out[i] = self._pool.submit(_pil_display, it)
-        shown = display_originals([items[i]._original for i in on_device],
+        shown = display_originals([items[i].device_original for i in on_device],
                                   [items[i].geometry for i in on_device])
         for i, x in zip(on_device, shown):
             out[i] = x

@@ -140,6 +140,12 @@ class PreprocessedItem:
             self._decoded = decode_image(self._data, self._batch.limits)
         return self._decoded
 
+    @property
+    def device_original(self) -> torch.Tensor | None:
+        """The device decoder's upright original, uint8 [3, H, W] on the device, when it was
+        kept (``keep_originals``); None for Pillow-path items."""
+        return self._original
+
     def original_image(self) -> Image.Image:
         """The upright original in RGB, for rendering. With ``keep_originals`` a device-path
         item converts the image its device decoder produced (no second decode); otherwise
