@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import signals
 
@@ -25,7 +26,15 @@ def _serve_metrics(**_):
 
 @signals.worker_ready.connect
 def _warm_up(**_):
-    runtime.context()  # load the model now, not on the first message
+    """Load the model now, not on the first message. A worker that cannot load its model
+    (missing weights, a bad checkpoint) exits at once with the reason, instead of taking
+    messages it cannot process; the orchestrator sees it and it never becomes ready."""
+    try:
+        runtime.context()
+    except Exception as exc:
+        log.critical("cannot start: %s", exc)
+        logging.shutdown()
+        os._exit(3)
 
 
 @signals.worker_process_init.connect
