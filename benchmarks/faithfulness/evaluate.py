@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from .data import make_set
-from .methods import MODEL_FREE, build_methods, comparative_cam, compute_maps
+from .methods import (CAM_METHODS, MODEL_FREE, build_methods, cam_layers, cam_name,
+                      comparative_cam, compute_maps, library_name)
 from .metrics import (FRACTIONS, area_under, auroc, deletion_insertion, energy_share,
-                      grid_labels, pointing_game)
+                      grid_labels, pointing_game, spearman)
 from .sanity import cascading_randomization, class_swap
 from .settings import Profile
 from .train import accuracy, load_or_train
@@ -21,29 +22,51 @@ REFERENCE = "Planted mask (reference)"
 # Pass/fail lines the report checks (the issue's targets).
 TARGET_POINTING = 0.9
 RANDOMIZED_MAX_SPEARMAN = 0.5  # mean |Spearman| after every block is randomized
+PEER_MAX_DIFF = 1e-3  # pytorch-grad-cam vs ComparativeCAM (logit), both scaled to 0..1 (float32 round-off)
 
 
 def _mean(a) -> float:
     return float(np.nanmean(np.asarray(a, dtype=float)))
 
 
-def select_layer(model, profile: Profile, log=print) -> tuple[int, dict]:
-    """The block whose ln_1 ComparativeCAM (contrastive) explains, chosen WITHOUT ground truth:
-    the layer whose fake maps give the lowest deletion AUC on a separate selection split (the
-    map whose top cells, once blurred, take P(fake) down fastest). A deployer can run the same
-    rule on their own images."""
+def select_layer(model, profile: Profile, method: str = "gradcam", log=print) -> tuple[int, dict]:
+    """The block whose ln_1 ComparativeCAM (contrastive, weighting ``method``) explains, chosen
+    WITHOUT ground truth: the layer whose fake maps give the lowest deletion AUC on a separate
+    selection split (the map whose top cells, once blurred, take P(fake) down fastest). A
+    deployer can run the same rule on their own images."""
     sel = make_set(profile.seed, "select", profile.n_select, profile.data, fake_share=1.0)
     x = sel.normalized()
     ids = list(range(len(x)))
     scores = {}
     for layer in range(len(model.visual.transformer.resblocks)):
-        m = compute_maps(comparative_cam("contrastive", layer), model, x, sel.images, ids)
+        m = compute_maps(comparative_cam("contrastive", layer, method), model, x, sel.images, ids)
         curves = deletion_insertion(model, sel.images, m)
         scores[layer] = {"deletion_auc": _mean(area_under(curves["deletion"])),
                          "insertion_auc": _mean(area_under(curves["insertion"]))}
-        log(f"layer {layer}: selection deletion AUC {scores[layer]['deletion_auc']:.3f}")
+        log(f"{method} layer {layer}: selection deletion AUC {scores[layer]['deletion_auc']:.3f}")
     best = min(scores, key=lambda k: scores[k]["deletion_auc"])
     return best, scores
+
+
+def peer_agreement(maps: dict, n_layers: int, selected: dict[str, int]) -> dict:
+    """pytorch-grad-cam's map against ComparativeCAM's logit-target map with the same weighting
+    at the same layer. The library min-max scales each map to 0..1, so ours is scaled the same
+    way (its formula) before the difference is taken."""
+    out = {}
+    for method in CAM_METHODS:
+        for layer in cam_layers(n_layers, selected[method]):
+            ours_name, peer_name = cam_name("logit", layer, method), library_name(layer, method)
+            ours, peer = maps[ours_name].flatten(1), maps[peer_name].flatten(1)
+            ours = ours - ours.amin(dim=1, keepdim=True)
+            ours = ours / (1e-7 + ours.amax(dim=1, keepdim=True))
+            out[peer_name] = {
+                "ours": ours_name,
+                "max_abs_diff": float((ours - peer).abs().max()),
+                "same_peak_share": float((ours.argmax(1) == peer.argmax(1)).float().mean()),
+                "spearman_mean": _mean(spearman(ours.reshape(maps[ours_name].shape),
+                                                peer.reshape(maps[peer_name].shape))),
+            }
+    return out
 
 
 def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
@@ -65,15 +88,18 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
     log(f"localization set: {len(x)} fakes, {float((p_fake > 0.5).float().mean()):.3f} detected, "
         f"region covers {labels.float().mean().item():.3f} of the grid on average")
 
-    layer, selection = select_layer(model, profile, log=log)
     n_layers = len(model.visual.transformer.resblocks)
-    log(f"selected layer {layer} (default {n_layers - 1})")
-    methods = build_methods(n_layers, layer)
-    per_layer = {}
-    for lay in range(n_layers):
-        m = compute_maps(comparative_cam("contrastive", lay), model, x, loc.images, ids)
-        per_layer[lay] = {"pointing_game": _mean(pointing_game(m, labels)),
-                          "auroc": _mean(auroc(m, labels)), **selection[lay]}
+    selected, per_layer = {}, {}
+    for method in CAM_METHODS:
+        layer, selection = select_layer(model, profile, method, log=log)
+        selected[method] = layer
+        log(f"{method}: selected layer {layer} (default {n_layers - 1})")
+        per_layer[method] = {}
+        for lay in range(n_layers):
+            m = compute_maps(comparative_cam("contrastive", lay, method), model, x, loc.images, ids)
+            per_layer[method][lay] = {"pointing_game": _mean(pointing_game(m, labels)),
+                                      "auroc": _mean(auroc(m, labels)), **selection[lay]}
+    methods = build_methods(n_layers, selected)
 
     maps, rows = {}, {}
     nc = profile.n_curves
@@ -106,6 +132,11 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
                  "insertion_curve": curves["insertion"].mean(0).tolist(),
                  "uniform_energy_share": float(ref.flatten(1).mean(1).mean())}
 
+    peers = peer_agreement(maps, n_layers, selected)
+    for name, r in peers.items():
+        log(f"{name} vs {r['ours']}: max |diff| {r['max_abs_diff']:.2e}, same peak "
+            f"{r['same_peak_share']:.3f}")
+
     ns = profile.n_sanity
     log(f"sanity checks on {ns} fakes")
     randomization = cascading_randomization(model, x[:ns], loc.images[:ns], ids[:ns], methods,
@@ -123,8 +154,9 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
                          "detected_share": float((p_fake > 0.5).float().mean()),
                          "mask_grid_share": float(labels.float().mean()),
                          "fractions": list(FRACTIONS), "methods": rows, "reference": reference},
-        "layers": {"default": n_layers - 1, "selected": layer, "n_select": profile.n_select,
+        "layers": {"default": n_layers - 1, "selected": selected, "n_select": profile.n_select,
                    "per_layer": per_layer},
+        "peer_agreement": peers,
         "randomization": randomization,
         "class_swap": swap,
         "n_sanity": ns,

@@ -1,5 +1,6 @@
-"""The maps compared: the project's CAM, a peer library's GradCAM, a transformer-specific
-relevance method, and baselines that ignore the model.
+"""The maps compared: the project's CAM (GradCAM and HiResCAM weightings), a peer library's
+GradCAM and HiResCAM, a transformer-specific relevance method, and baselines that ignore the
+model.
 
 Every method maps a batch to [B, g, g] non-negative float32 maps for one class (0 real,
 1 fake) at the model's grid resolution. Arguments: the model, the normalized batch ``x``,
@@ -27,25 +28,31 @@ def _grid(model) -> int:
 
 
 # -- the project's CAM ---------------------------------------------------------------------
-def comparative_cam(target: str, layer: int = -1) -> MethodFn:
+CAM_METHODS = ("gradcam", "hirescam")  # ComparativeCAM(method=...)
+CAM_LABEL = {"gradcam": "GradCAM", "hirescam": "HiResCAM"}
+
+
+def comparative_cam(target: str, layer: int = -1, method: str = "gradcam") -> MethodFn:
     def run(model, x, images, ids, cls):
-        res = ComparativeCAM(model, layer=layer, target=target).attribute(x, on_invalid="report")
+        res = ComparativeCAM(model, layer=layer, target=target, method=method).attribute(
+            x, on_invalid="report")
         return (res.fake if cls == 1 else res.real).float()
     return run
 
 
-# -- pytorch-grad-cam's GradCAM at the same layer ------------------------------------------
-def gradcam_library(layer: int = -1) -> MethodFn:
+# -- pytorch-grad-cam's GradCAM / HiResCAM at the same layer --------------------------------
+def gradcam_library(layer: int = -1, method: str = "gradcam") -> MethodFn:
     def run(model, x, images, ids, cls):
-        return _gradcam_library(model, x, cls, layer)
+        return _gradcam_library(model, x, cls, layer, method)
     return run
 
 
-def _gradcam_library(model, x, cls, layer_index):
-    """pytorch-grad-cam's GradCAM on ``resblocks[layer].ln_1``: CLS and the trailing prompt tokens
-    are dropped and the patch tokens reshaped row-major to the grid. The library normalizes
-    each map to 0..1 (min-max); its output size is set to the grid so no resampling happens."""
-    from pytorch_grad_cam import GradCAM
+def _gradcam_library(model, x, cls, layer_index, method="gradcam"):
+    """pytorch-grad-cam's GradCAM (or HiResCAM) on ``resblocks[layer].ln_1``: CLS and the
+    trailing prompt tokens are dropped and the patch tokens reshaped row-major to the grid. The
+    library normalizes each map to 0..1 (min-max); its output size is set to the grid so no
+    resampling happens."""
+    from pytorch_grad_cam import GradCAM, HiResCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     g = _grid(model)
@@ -55,7 +62,7 @@ def _gradcam_library(model, x, cls, layer_index):
         t = t[:, patches]
         return t.reshape(t.shape[0], g, g, t.shape[-1]).permute(0, 3, 1, 2)
 
-    class GridGradCAM(GradCAM):
+    class GridGradCAM({"gradcam": GradCAM, "hirescam": HiResCAM}[method]):
         def get_target_width_height(self, input_tensor):
             return g, g
 
@@ -160,25 +167,36 @@ BASELINES: dict[str, MethodFn] = {
 }
 
 
-def build_methods(n_layers: int, selected: int) -> dict[str, MethodFn]:
-    """The compared methods: ComparativeCAM at its default layer (the last block) and at the
-    layer ``selected`` by the model-only rule (if different), pytorch-grad-cam's GradCAM at the
-    same layers, attention relevance, and the baselines."""
+def cam_layers(n_layers: int, selected: int) -> list[int]:
+    """The default layer (the last block) and the selected one, if different."""
     last = n_layers - 1
-    layers = [last] if selected % n_layers == last else [last, selected % n_layers]
+    return [last] if selected % n_layers == last else [last, selected % n_layers]
+
+
+def build_methods(n_layers: int, selected: dict[str, int]) -> dict[str, MethodFn]:
+    """The compared methods: ComparativeCAM with each weighting (``selected``: method -> the
+    layer picked for it by the model-only rule) and each target at its default layer (the last
+    block) and at the selected layer (if different), pytorch-grad-cam's GradCAM and HiResCAM at
+    the same layers, attention relevance, and the baselines."""
     out: dict[str, MethodFn] = {}
-    for layer in layers:
-        for target in ("contrastive", "logit"):
-            out[cam_name(target, layer)] = comparative_cam(target, layer)
-    for layer in layers:
-        out[f"pytorch-grad-cam GradCAM (L{layer})"] = gradcam_library(layer)
+    for method in CAM_METHODS:
+        for layer in cam_layers(n_layers, selected[method]):
+            for target in ("contrastive", "logit"):
+                out[cam_name(target, layer, method)] = comparative_cam(target, layer, method)
+    for method in CAM_METHODS:
+        for layer in cam_layers(n_layers, selected[method]):
+            out[library_name(layer, method)] = gradcam_library(layer, method)
     out["Attention relevance (Chefer 2021)"] = attention_relevance
     out.update(BASELINES)
     return out
 
 
-def cam_name(target: str, layer: int) -> str:
-    return f"ComparativeCAM ({target}, L{layer})"
+def cam_name(target: str, layer: int, method: str = "gradcam") -> str:
+    return f"ComparativeCAM {CAM_LABEL[method]} ({target}, L{layer})"
+
+
+def library_name(layer: int, method: str = "gradcam") -> str:
+    return f"pytorch-grad-cam {CAM_LABEL[method]} (L{layer})"
 
 
 MODEL_FREE = {"Random map", "Centre prior", "Edge (border) prior", "Sobel edges"}
@@ -201,5 +219,6 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False)[:, 0]
 
 
-__all__ = ["BASELINES", "MODEL_FREE", "build_methods", "cam_name", "compute_maps",
-           "forward_with_attention", "upsample"]
+__all__ = ["BASELINES", "CAM_LABEL", "CAM_METHODS", "MODEL_FREE", "build_methods", "cam_layers",
+           "cam_name", "comparative_cam", "compute_maps", "forward_with_attention",
+           "library_name", "upsample"]

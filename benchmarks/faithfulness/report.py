@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .evaluate import RANDOMIZED_MAX_SPEARMAN, REFERENCE, TARGET_POINTING
-from .methods import MODEL_FREE, upsample
+from .evaluate import PEER_MAX_DIFF, RANDOMIZED_MAX_SPEARMAN, REFERENCE, TARGET_POINTING
+from .methods import CAM_LABEL, MODEL_FREE, upsample
 
 FIGURES = ("curves.png", "examples.png", "randomization.png")
 MAX_FIGURE_BYTES = 300_000
@@ -28,6 +28,10 @@ def checks(res: dict) -> list[tuple[str, bool, str]]:
                     r["pointing_game"] - best_pg >= 0.3, f"margin {r['pointing_game'] - best_pg:+.3f}"))
         out.append((f"{name}: AUROC above the best baseline by >= 0.2",
                     r["auroc"] - best_auc >= 0.2, f"margin {r['auroc'] - best_auc:+.3f}"))
+    for name, r in res.get("peer_agreement", {}).items():
+        out.append((f"{name} equals {r['ours']} (max abs difference of the 0..1 maps "
+                    f"<= {PEER_MAX_DIFF:g})", r["max_abs_diff"] <= PEER_MAX_DIFF,
+                    f"{r['max_abs_diff']:.1e}"))
     for name, r in res["randomization"].items():
         final = r["spearman_abs_mean"][-1]
         if name in MODEL_FREE:
@@ -74,18 +78,32 @@ def markdown(res: dict) -> str:
     lines.append(f"| *{REFERENCE}* | 1.000 | 1.000 | 1.000 | {ref['deletion_auc']:.3f} | "
                  f"{ref['insertion_auc']:.3f} | |")
     lay = res["layers"]
+    chosen = ", ".join(f"{CAM_LABEL[m]} **block {b}**" for m, b in lay["selected"].items())
     lines += ["", "### Which layer ComparativeCAM explains", "",
-              f"Chosen without ground truth: the block whose `ln_1` gives the lowest deletion AUC "
-              f"for ComparativeCAM (contrastive) on {lay['n_select']} fakes of a separate selection "
-              f"split. Selected: **block {lay['selected']}** (the library default is the last "
-              f"block, {lay['default']}). Pointing game and AUROC on the localization set are shown "
-              "for every block but were not used for the choice.", "",
-              "| block | selection deletion AUC | selection insertion AUC | pointing game | AUROC |",
-              "|---|---|---|---|---|"]
-    for k, v in lay["per_layer"].items():
-        mark = " (selected)" if int(k) == lay["selected"] else ""
-        lines.append(f"| {k}{mark} | {v['deletion_auc']:.3f} | {v['insertion_auc']:.3f} | "
-                     f"{v['pointing_game']:.3f} | {v['auroc']:.3f} |")
+              f"Chosen without ground truth, per weighting: the block whose `ln_1` gives the lowest "
+              f"deletion AUC for ComparativeCAM (contrastive) on {lay['n_select']} fakes of a "
+              f"separate selection split. Selected: {chosen} (the library default is the last "
+              f"block, {lay['default']}). Pointing game and AUROC (contrastive) on the localization "
+              "set are shown for every block but were not used for the choice.", "",
+              "| weighting | block | selection deletion AUC | selection insertion AUC | "
+              "pointing game | AUROC |", "|---|---|---|---|---|---|"]
+    for method, per in lay["per_layer"].items():
+        for k, v in per.items():
+            mark = [t for t, ok in (("selected", int(k) == lay["selected"][method]),
+                                    ("default", int(k) == lay["default"])) if ok]
+            mark = f" ({', '.join(mark)})" if mark else ""
+            lines.append(f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | "
+                         f"{v['insertion_auc']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |")
+    if res.get("peer_agreement"):
+        lines += ["", "### Agreement with pytorch-grad-cam", "",
+                  "The library's map against ComparativeCAM's `logit`-target map with the same "
+                  "weighting at the same layer (the library's target is the class logit); ours is "
+                  "min-max scaled to 0..1 as the library scales its own.", "",
+                  "| pytorch-grad-cam | ComparativeCAM | max abs difference | same peak cell | "
+                  "mean Spearman |", "|---|---|---|---|---|"]
+        for name, r in res["peer_agreement"].items():
+            lines.append(f"| {name} | {r['ours']} | {r['max_abs_diff']:.1e} | "
+                         f"{r['same_peak_share']:.3f} | {r['spearman_mean']:+.4f} |")
     steps = next(iter(res["randomization"].values()))["steps"]
     lines += ["", f"### Cascading randomization ({res['n_sanity']} fakes)", "",
               "Mean Spearman rank correlation between the trained model's fake map and the map "
@@ -141,7 +159,7 @@ def figure_curves(res: dict, path: Path) -> None:
     f = loc["fractions"]
     names = list(loc["methods"])
     col = _colours(names)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=90)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 6.2), dpi=90)
     for ax, kind in zip(axes, ("deletion", "insertion")):
         for n in names:
             style = "--" if n in MODEL_FREE else "-"
@@ -155,10 +173,19 @@ def figure_curves(res: dict, path: Path) -> None:
         ax.set_ylabel("mean P(fake)", fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5.5, loc="center right" if kind == "deletion" else "lower right")
+        ax.legend(fontsize=5.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  frameon=False, title="method (area under the curve)", title_fontsize=6)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _short_title(name: str) -> str:
+    """A method's name on up to three lines, to fit a narrow column."""
+    for lib in ("ComparativeCAM ", "pytorch-grad-cam "):
+        if name.startswith(lib):
+            name = lib.strip() + "\n" + name[len(lib):]
+    return name.replace(" (", "\n(")
 
 
 def figure_examples(res: dict, path: Path, n: int) -> None:
@@ -186,7 +213,7 @@ def figure_examples(res: dict, path: Path, n: int) -> None:
             ax.imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.contour(mask, levels=[0.5], colors="w", linewidths=0.6)
             if row == 0:
-                ax.set_title(name.replace(" (", "\n("), fontsize=6)
+                ax.set_title(_short_title(name), fontsize=6)
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout(pad=0.2)
@@ -199,7 +226,7 @@ def figure_randomization(res: dict, path: Path) -> None:
 
     names = list(res["randomization"])
     col = _colours(names)
-    fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=90)
     for n in names:
         r = res["randomization"][n]
         ax.plot(range(len(r["steps"])), r["spearman_mean"], "--o" if n in MODEL_FREE else "-o",
