@@ -53,7 +53,7 @@ class AnalysisOptions:
     threshold: float = 0.5          # label "fake" when P(fake) >= threshold
     cam_layer: int = -1
     cam_target: str = "contrastive"
-    cam_method: str = "gradcam"     # or "hirescam" (see ComparativeCAM)
+    cam_method: str = "hirescam"    # or "gradcam"; see ComparativeCAM and docs/cam.md
     batch_size: int = 32
     render: bool = True             # produce heatmap PNGs
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))

@@ -72,7 +72,9 @@ class Settings:
     threshold: float = field(default=0.5, metadata={"parse": _float})
     cam_layer: int = field(default=-1, metadata={"parse": _int})
     cam_target: str = field(default="contrastive", metadata={"parse": _str})
-    cam_method: str = field(default="gradcam", metadata={"parse": _str})
+    # HiResCAM localizes at the last block where GradCAM's channel means do not
+    # (docs/faithfulness.md); the library class itself keeps GradCAM as its default.
+    cam_method: str = field(default="hirescam", metadata={"parse": _str})
     max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={"parse": _int})
     max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
     task_batch_size: int = field(default=64, metadata={"parse": _int})

@@ -60,7 +60,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
     p.add_argument("--target", choices=("contrastive", "logit"), default=None, help="CAM target")
     p.add_argument("--method", choices=("gradcam", "hirescam"), default=None,
-                   help="CAM weighting (default POUNDCAM_CAM_METHOD or gradcam)")
+                   help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
 

@@ -129,7 +129,7 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
     from poundcam.imaging import decode_image
     from poundcam.transform import preprocess
 
-    res = ComparativeCAM(official_model).attribute(
+    res = ComparativeCAM(official_model, method=AnalysisOptions().cam_method).attribute(
         torch.stack([preprocess(decode_image(d).image) for k, d in inputs if k in ("jpeg", "png")]))
     got = {o.key: o.result for o in outcomes["pillow"]}
     for i, key in enumerate(("jpeg", "png")):
