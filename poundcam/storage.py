@@ -280,6 +280,14 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 # --- local folder (embedded mode) ----------------------------------------------------------
 
+def _file_error(exc: OSError, uri: str) -> StorageError:
+    if isinstance(exc, FileNotFoundError):
+        return StorageError(NOT_FOUND, f"{uri}: no such file")
+    if isinstance(exc, PermissionError):
+        return StorageError(ACCESS_DENIED, f"{uri}: permission denied")
+    return StorageError(STORAGE_ERROR, f"{uri}: {exc}")
+
+
 class LocalStore(ObjectStore):
     """A folder: heatmaps written under ``root``; images read from under ``read_roots``.
 
@@ -337,12 +345,8 @@ class LocalStore(ObjectStore):
     def _stat(path: Path, uri: str) -> int:
         try:
             st = path.stat()
-        except FileNotFoundError:
-            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
-        except PermissionError:
-            raise StorageError(ACCESS_DENIED, f"{uri}: permission denied") from None
         except OSError as exc:
-            raise StorageError(STORAGE_ERROR, f"{uri}: {exc}") from exc
+            raise _file_error(exc, uri) from None
         if not path.is_file():
             raise StorageError(NOT_FOUND, f"{uri}: not a regular file")
         return st.st_size
@@ -353,12 +357,8 @@ class LocalStore(ObjectStore):
         try:
             with open(path, "rb") as fh:
                 data = fh.read(-1 if max_bytes is None else max_bytes + 1)
-        except FileNotFoundError:
-            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
-        except PermissionError:
-            raise StorageError(ACCESS_DENIED, f"{uri}: permission denied") from None
         except OSError as exc:
-            raise StorageError(STORAGE_ERROR, f"{uri}: {exc}") from exc
+            raise _file_error(exc, uri) from None
         _check_size(uri, len(data), max_bytes)
         return data
 

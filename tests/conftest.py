@@ -139,6 +139,19 @@ def pg_url():
     admin.dispose()
 
 
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'poundcam.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str:
+    """An empty database on each backend: a SQLite file and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis

@@ -14,16 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..transform import CropGeometry
-from .stats import compute_stats
-
-
-def _centres(grid: int, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(grid, dtype=np.float64)
-    cell = geometry.crop_size / grid
-    sx, sy = geometry.scale
-    xs = ((idx + 0.5) * cell + geometry.crop_left) / sx
-    ys = ((idx + 0.5) * cell + geometry.crop_top) / sy
-    return xs, ys
+from .stats import cell_centre_axes as _centres, compute_stats
 
 
 def _class_stats(a: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[dict]:

@@ -35,13 +35,18 @@ def _as_array(m) -> np.ndarray:
     return a
 
 
-def _cell_centres(grid: int, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray]:
+def cell_centre_axes(grid: int, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the grid's columns (x) and rows (y) in original image pixels."""
     idx = np.arange(grid, dtype=np.float64)
     cell = geometry.crop_size / grid
     sx, sy = geometry.scale
     xs = ((idx + 0.5) * cell + geometry.crop_left) / sx
     ys = ((idx + 0.5) * cell + geometry.crop_top) / sy
-    return np.meshgrid(xs, ys)  # X[row, col], Y[row, col]
+    return xs, ys
+
+
+def _cell_centres(grid: int, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray]:
+    return np.meshgrid(*cell_centre_axes(grid, geometry))  # X[row, col], Y[row, col]
 
 
 def class_stats(m, geometry: CropGeometry) -> dict:
