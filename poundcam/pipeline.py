@@ -4,7 +4,9 @@ Used by the Celery task (S3 + PostgreSQL) and by the embedded ``poundcam analyze
 folder + SQLite) alike. Every step is safe to repeat: items already done are skipped, an image
 already analysed with the same model and CAM configuration is linked rather than recomputed,
 heatmap keys are deterministic and the analysis row is an idempotent upsert. Heatmaps are
-uploaded before the row that points to them is written.
+uploaded before the row that points to them is written. Database work is batched (one lookup
+per chunk of fetched images, one transaction per batch of finished items) so that a message
+costs a few round trips, not several per image.
 
 Permanent per-image problems (a corrupt file, a disallowed URI) fail that item with an error
 code and the rest go on. Transient problems (S3 or the database unreachable) leave the affected
@@ -16,15 +18,16 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import socket
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .analysis import Analyzer, ItemOutcome
-from .db import (find_analysis, is_transient_db_error, mark_done, mark_failed, mark_running,
-                 session_scope, upsert_analysis)
+from .db import (find_analysis_ids, is_transient_db_error, mark_done_many, mark_failed_many,
+                 mark_running, session_scope, upsert_analyses)
 from .errors import PoundcamError
 from .storage import ObjectStore, StorageError, heatmap_key
 
@@ -102,13 +105,43 @@ def _observe(ctx, outcome: str, code: str | None = None):
         ctx.observer.item(outcome, code)
 
 
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    it = iter(iterable)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+@dataclasses.dataclass
+class _Ledger:
+    """Item outcomes waiting for the database, written together in one transaction."""
+    rows: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (item, analysis)
+    failures: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.failures)
+
+    def write(self, ctx: PipelineContext) -> None:
+        rows, failures = list(self.rows), list(self.failures)
+
+        def write(s):
+            ids = upsert_analyses(s, [record for _, record in rows])
+            mark_done_many(s, [(item_id, a) for (item_id, _), a in zip(rows, ids)])
+            mark_failed_many(s, failures)
+
+        if rows or failures:
+            _db(ctx, write)
+        self.rows.clear()
+        self.failures.clear()
+
+
 def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
                   progress: Callable[[ItemOutcome | None], None] | None = None) -> MessageReport:
     """Process ``(item_id, uri)`` pairs of one message.
 
-    Fetches run ahead in the I/O pool and are handed to the analyzer as they arrive; results
-    are stored (heatmap uploads, then the row) by the store pool while the device computes
-    the next batch.
+    Fetches run ahead in the I/O pool and are handed to the analyzer as they arrive (after one
+    lookup per chunk for images analysed before); heatmaps are uploaded by the store pool while
+    the device computes the next batch, and finished items are written to the database a
+    batch at a time, each row only after its heatmaps are stored.
     """
     items = list(items)
     report = MessageReport()
@@ -118,60 +151,78 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     fetched = ctx._io.map(lambda iu: (iu[0], _fetch(ctx, iu[1])), todo)  # all submitted now
     n_analyzed = 0
     stores: collections.deque = collections.deque()  # (outcome, future), in order
+    ledger = _Ledger()
+    settled: list[ItemOutcome | None] = []  # written with the ledger, then counted
 
     def fail(item_id: int, code: str, message: str):
-        _db(ctx, lambda s: mark_failed(s, item_id, code, message))
+        ledger.failures.append((item_id, code, message))
+        settled.append(ItemOutcome(item_id, error_code=code, error_message=message))
         report.failed += 1
         _observe(ctx, "failed", code)
 
+    def commit():
+        ledger.write(ctx)
+        if progress:
+            for outcome in settled:
+                progress(outcome)
+        settled.clear()
+
     def to_analyze():
         nonlocal n_analyzed
-        for item_id, data in fetched:
-            if isinstance(data, StorageError):
-                if data.transient:
+        for chunk in _chunks(fetched, max(1, ctx.analyzer.options.batch_size)):
+            fresh = []
+            for item_id, data in chunk:
+                if not isinstance(data, StorageError):
+                    fresh.append((item_id, data, hashlib.sha256(data).hexdigest()))
+                elif data.transient:
                     log.warning("item %s: %s; will retry", item_id, data,
                                 extra={"item_id": item_id, "error_code": data.code})
                     report.retry.append(item_id)
                 else:
                     fail(item_id, data.code, str(data))
+            known = _db(ctx, lambda s: find_analysis_ids(
+                s, [sha for _, _, sha in fresh], ctx.analyzer.model_id,
+                ctx.analyzer.cam_config_id)) if fresh else {}
+            reused = [(item_id, known[sha]) for item_id, _, sha in fresh if sha in known]
+            if reused:
+                _db(ctx, lambda s: mark_done_many(s, reused))
+                report.reused += len(reused)
+                for _ in reused:
+                    _observe(ctx, "done")
                     if progress:
                         progress(None)
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if _db(ctx, lambda s: _link_existing(ctx, s, item_id, sha)):
-                report.reused += 1
-                _observe(ctx, "done")
-                if progress:
-                    progress(None)
-                continue
-            n_analyzed += 1
-            yield item_id, data
+            for item_id, data, sha in fresh:
+                if sha not in known:
+                    n_analyzed += 1
+                    yield item_id, data
 
     def settle(block: bool):
-        """Account for finished stores (and failures queued behind them), in order."""
+        """Account for finished uploads (and failures queued behind them), in order; write
+        them to the database once a batch has gathered (or at the end)."""
         while stores and (block or stores[0][1] is None or stores[0][1].done()):
             outcome, future = stores.popleft()
             if future is None:
                 fail(outcome.key, outcome.error_code or "analysis_failed",
                      outcome.error_message or "")
-            else:
-                try:
-                    future.result()
-                    report.done += 1
-                    _observe(ctx, "done")
-                except StorageError as exc:
-                    if not exc.transient:
-                        raise
-                    log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
-                                extra={"item_id": outcome.key, "error_code": exc.code})
-                    report.retry.append(outcome.key)
-            if progress:
-                progress(outcome)
+                continue
+            try:
+                ledger.rows.append((outcome.key, future.result()))
+                settled.append(outcome)
+                report.done += 1
+                _observe(ctx, "done")
+            except StorageError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
+                            extra={"item_id": outcome.key, "error_code": exc.code})
+                report.retry.append(outcome.key)
+        if block or len(ledger) >= ctx.analyzer.options.batch_size:
+            commit()
 
     t0 = time.perf_counter()
     try:
         for outcome in ctx.analyzer.analyze(to_analyze()):
-            future = ctx._store_pool.submit(_store, ctx, outcome) if outcome.ok else None
+            future = ctx._store_pool.submit(_upload, ctx, outcome) if outcome.ok else None
             stores.append((outcome, future))
             if len(stores) > ctx.max_pending_stores and stores[0][1] is not None:
                 cf.wait([stores[0][1]])
@@ -187,15 +238,8 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     return report
 
 
-def _link_existing(ctx: PipelineContext, session, item_id: int, sha: str) -> bool:
-    a = find_analysis(session, sha, ctx.analyzer.model_id, ctx.analyzer.cam_config_id)
-    if a is None:
-        return False
-    mark_done(session, item_id, a.id)
-    return True
-
-
-def _store(ctx: PipelineContext, outcome: ItemOutcome) -> None:
+def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:
+    """Store an outcome's heatmaps; returns the analysis record that points to them."""
     r = outcome.result
     keys = {name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
             for name in r.heatmaps}
@@ -204,9 +248,4 @@ def _store(ctx: PipelineContext, outcome: ItemOutcome) -> None:
         f.result()
     record = {**r.record(), "heatmap_keys": keys, "worker": ctx.worker}
     record["geometry"] = {**record["geometry"], "mode": record.pop("original_mode")}
-
-    def write(s):
-        analysis_id = upsert_analysis(s, record)
-        mark_done(s, outcome.key, analysis_id)
-
-    _db(ctx, write)
+    return record

@@ -49,26 +49,47 @@ def upsert_analysis(session: Session, record: Mapping[str, Any]) -> int:
     """Insert the analysis unless one with the same (sha256, model_id, cam_config_id) exists;
     return the id of the row that holds it. Concurrent calls for the same triple (two workers,
     a redelivered message) end with one row, and both get its id."""
-    values = _analysis_values(record)
+    return upsert_analyses(session, [record])[0]
+
+
+UPSERT_CHUNK = 100  # rows per INSERT statement (well under SQLite's bound-parameter limit)
+
+
+def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> list[int]:
+    """:func:`upsert_analysis` for many records in few statements: the ids, in order."""
+    rows = [_analysis_values(r) for r in records]
+    if not rows:
+        return []
     table = Analysis.__table__
     dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table).values(**values).on_conflict_do_nothing(
-            index_elements=list(_IDENTITY))
-        session.execute(stmt)
-    else:  # any other backend: a savepoint absorbs the duplicate
-        try:
-            with session.begin_nested():
-                session.execute(sa.insert(table).values(**values))
-        except sa.exc.IntegrityError:
-            pass
-    return session.execute(
-        sa.select(table.c.id).where(*(table.c[k] == values[k] for k in _IDENTITY))
-    ).scalar_one()
+    for start in range(0, len(rows), UPSERT_CHUNK):
+        chunk = rows[start:start + UPSERT_CHUNK]
+        if dialect in ("postgresql", "sqlite"):
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            # A multi-row VALUES needs one column set: one statement per set present.
+            by_columns: dict[tuple, list] = {}
+            for row in chunk:
+                by_columns.setdefault(tuple(sorted(row)), []).append(row)
+            for group in by_columns.values():
+                session.execute(insert(table).values(group).on_conflict_do_nothing(
+                    index_elements=list(_IDENTITY)))
+        else:  # any other backend: a savepoint per row absorbs the duplicate
+            for row in chunk:
+                try:
+                    with session.begin_nested():
+                        session.execute(sa.insert(table).values(**row))
+                except sa.exc.IntegrityError:
+                    pass
+    ids: dict[tuple, int] = {}
+    for model_id, cam_config_id in {(r["model_id"], r["cam_config_id"]) for r in rows}:
+        shas = [r["sha256"] for r in rows
+                if (r["model_id"], r["cam_config_id"]) == (model_id, cam_config_id)]
+        for sha, analysis_id in find_analysis_ids(session, shas, model_id, cam_config_id).items():
+            ids[(sha, model_id, cam_config_id)] = analysis_id
+    return [ids[(r["sha256"], r["model_id"], r["cam_config_id"])] for r in rows]
 
 
 def find_analysis(session: Session, sha256: str, model_id: str,
@@ -76,6 +97,21 @@ def find_analysis(session: Session, sha256: str, model_id: str,
     return session.execute(sa.select(Analysis).where(
         Analysis.sha256 == sha256, Analysis.model_id == model_id,
         Analysis.cam_config_id == cam_config_id)).scalar_one_or_none()
+
+
+def find_analysis_ids(session: Session, sha256s: Iterable[str], model_id: str,
+                      cam_config_id: str) -> dict[str, int]:
+    """``{sha256: analysis id}`` for those of ``sha256s`` already analysed with this model and
+    CAM configuration, in one query per 500 hashes."""
+    shas = sorted(set(sha256s))
+    t = Analysis.__table__
+    found: dict[str, int] = {}
+    for start in range(0, len(shas), 500):
+        rows = session.execute(sa.select(t.c.sha256, t.c.id).where(
+            t.c.sha256.in_(shas[start:start + 500]), t.c.model_id == model_id,
+            t.c.cam_config_id == cam_config_id))
+        found.update((sha, analysis_id) for sha, analysis_id in rows)
+    return found
 
 
 # --- jobs and items ------------------------------------------------------------------------
@@ -130,12 +166,31 @@ def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
         updated_at=utcnow()))
 
 
+def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
+    """:func:`mark_done` for ``(item_id, analysis_id)`` pairs, in one statement."""
+    rows = [{"b_id": int(i), "b_analysis": int(a)} for i, a in done]
+    if rows:
+        t = JobItem.__table__
+        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id")).values(
+            status="done", analysis_id=sa.bindparam("b_analysis"), error_code=None,
+            error_message=None, updated_at=utcnow()), rows)
+
+
 def mark_failed(session: Session, item_id: int, code: str, message: str) -> None:
     """Record a permanent failure with its error code; an item already done stays done."""
-    t = JobItem.__table__
-    session.execute(sa.update(t).where(t.c.id == int(item_id), t.c.status != "done").values(
-        status="failed", error_code=str(code)[:64],
-        error_message=str(message)[:MAX_ERROR_MESSAGE], updated_at=utcnow()))
+    mark_failed_many(session, [(item_id, code, message)])
+
+
+def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]]) -> None:
+    """:func:`mark_failed` for ``(item_id, code, message)`` triples, in one statement."""
+    rows = [{"b_id": int(i), "b_code": str(c)[:64], "b_message": str(m)[:MAX_ERROR_MESSAGE]}
+            for i, c, m in failures]
+    if rows:
+        t = JobItem.__table__
+        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != "done")
+                        .values(status="failed", error_code=sa.bindparam("b_code"),
+                                error_message=sa.bindparam("b_message"), updated_at=utcnow()),
+                        rows)
 
 
 def requeue(session: Session, item_ids: int | Iterable[int]) -> None:

@@ -6,9 +6,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from poundcam.db import (Analysis, JobNotFoundError, create_job, find_analysis, item_refs,
-                         job_results, job_status, mark_done, mark_failed, mark_running, requeue,
-                         session_scope, upsert_analysis)
+from poundcam.db import (Analysis, JobItem, JobNotFoundError, create_job, find_analysis,
+                         find_analysis_ids, item_refs, job_results, job_status, mark_done,
+                         mark_done_many, mark_failed, mark_failed_many, mark_running, requeue,
+                         session_scope, upsert_analyses, upsert_analysis)
 
 
 def record(data=b"img", model_id="pn-aaaaaaaaaaaaaaaa", cam="cam1", p_fake=0.9, **extra):
@@ -46,6 +47,46 @@ def test_upsert_is_idempotent(db):
         assert row.id == first and row.p_fake == 0.9 and row.worker == "w1"
         assert row.stats == {"fake": {"max": 1.0, "top_cells": [[0, 1]]}}
         assert row.created_at is not None
+
+
+def test_batched_upserts_match_single_ones(db):
+    with session_scope(db) as s:
+        first = upsert_analysis(s, record(b"a"))
+    sparse = {k: v for k, v in record(b"c").items() if k not in ("timings", "worker")}
+    with session_scope(db) as s:  # one already stored, a duplicate in the batch, sparse columns
+        ids = upsert_analyses(s, [record(b"b"), record(b"a", p_fake=0.1), sparse, record(b"b"),
+                                  record(b"d", cam="cam2")])
+    assert ids[1] == first and ids[0] == ids[3] and len(set(ids)) == 4
+    assert count_analyses(db) == 4
+    with db() as s:
+        row = s.get(Analysis, ids[2])
+        assert row.timings is None and row.worker is None  # absent fields stay NULL
+        assert s.get(Analysis, first).p_fake == 0.9  # the stored analysis wins
+        sha = {d: hashlib.sha256(d).hexdigest() for d in (b"a", b"b", b"c", b"d", b"x")}
+        found = find_analysis_ids(s, list(sha.values()), "pn-aaaaaaaaaaaaaaaa", "cam1")
+        assert found == {sha[b"a"]: ids[1], sha[b"b"]: ids[0], sha[b"c"]: ids[2]}
+        assert find_analysis_ids(s, [], "pn-aaaaaaaaaaaaaaaa", "cam1") == {}
+        assert upsert_analyses(s, []) == []
+
+
+def test_batched_item_updates(db):
+    with session_scope(db) as s:
+        job = create_job(s, ["s3://b/0", "s3://b/1", "s3://b/2", "s3://b/3"])
+        ids = [r["item_id"] for r in item_refs(s, job)]
+        a = upsert_analysis(s, record())
+    with session_scope(db) as s:
+        mark_running(s, ids)
+        mark_done_many(s, [(ids[0], a), (ids[1], a)])
+        mark_failed_many(s, [(ids[1], "corrupt", "late failure"), (ids[2], "empty", "0 bytes"),
+                             (ids[3], "x" * 100, "m" * 5000)])
+        mark_done_many(s, [])
+        mark_failed_many(s, [])
+    with db() as s:
+        rows = {r.id: r for r in s.execute(sa.select(JobItem)).scalars()}
+    assert [rows[i].status for i in ids] == ["done", "done", "failed", "failed"]
+    assert rows[ids[1]].error_code is None and rows[ids[1]].analysis_id == a  # done stays done
+    assert rows[ids[2]].error_code == "empty" and rows[ids[2]].error_message == "0 bytes"
+    assert len(rows[ids[3]].error_code) == 64 and len(rows[ids[3]].error_message) == 2000
 
 
 def test_upsert_rejects_incomplete_records(db):
