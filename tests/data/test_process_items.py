@@ -1,0 +1,117 @@
+"""One message through ``process_items`` in this process: a local folder and both databases.
+
+The worker-process and real-server versions live in tests/integration; these pin down the
+bookkeeping of a message: counts, progress, batched writes, reuse, redelivery and retries.
+"""
+import hashlib
+import io
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from poundcam.analysis import AnalysisOptions, Analyzer
+from poundcam.db import (Analysis, JobItem, create_job, item_refs, make_session_factory,
+                         session_scope)
+from poundcam.db.migrate import upgrade
+from poundcam.pipeline import PipelineContext, RetryLater, process_items
+from poundcam.storage import STORAGE_UNAVAILABLE, LocalStore, StorageError
+
+
+def png(seed: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class FlakyStore(LocalStore):
+    """Heatmap uploads for keys containing ``fail_on`` raise a transient error."""
+
+    fail_on: str | None = None
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        if self.fail_on and self.fail_on in key:
+            raise StorageError(STORAGE_UNAVAILABLE, "store unreachable", transient=True)
+        return super().put(key, data, content_type)
+
+
+@pytest.fixture
+def setup(tmp_path, db_url, tiny_model_factory):
+    images = tmp_path / "images"
+    images.mkdir()
+    files = {"a.png": png(1), "b.png": png(2), "c.png": png(3), "a-again.png": png(1),
+             "d.png": png(4, (64, 20)), "e.png": png(5), "empty.png": b"",
+             "notes.png": b"plain text, not an image\n"}
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    store = FlakyStore(tmp_path / "out", read_roots=[images])
+    analyzer = Analyzer(tiny_model_factory(), AnalysisOptions(batch_size=3))
+    ctx = PipelineContext(analyzer=analyzer, source=store, sink=store, sessions=sessions,
+                          max_image_bytes=1 << 20, io_threads=4, store_threads=2)
+    yield ctx, store, sessions, [str(images / n) for n in files]
+    ctx.close()
+    analyzer.close()
+    sessions.kw["bind"].dispose()
+
+
+def new_job(sessions, uris):
+    with session_scope(sessions) as s:
+        job = create_job(s, uris)
+        return [(r["item_id"], r["uri"]) for r in item_refs(s, job)]
+
+
+def states(sessions, items):
+    with sessions() as s:
+        rows = {r.id: r for r in s.execute(sa.select(JobItem)).scalars()}
+    return [(rows[i].status, rows[i].error_code) for i, _ in items]
+
+
+def n_analyses(sessions):
+    with sessions() as s:
+        return s.execute(sa.select(sa.func.count()).select_from(Analysis)).scalar_one()
+
+
+def test_a_message_is_accounted_for_item_by_item(setup):
+    ctx, _, sessions, uris = setup
+    items = new_job(sessions, uris)
+    seen = []
+    report = process_items(ctx, items, progress=seen.append)
+    assert (report.done, report.failed, report.reused, report.skipped) == (6, 2, 0, 0)
+    assert states(sessions, items) == [("done", None)] * 6 + [
+        ("failed", "empty"), ("failed", "not_an_image")]
+    assert n_analyses(sessions) == 5  # a.png and a-again.png are one image
+    assert len(seen) == 8 and sum(not o.ok for o in seen) == 2
+    with sessions() as s:
+        rows = s.execute(sa.select(JobItem.analysis_id).where(JobItem.status == "done")).all()
+        analysis_of = [r.analysis_id for r in rows]
+    assert len(set(analysis_of)) == 5
+
+    # A redelivered message skips what is finished; a new job with the same images reuses.
+    again = process_items(ctx, items)
+    assert (again.done, again.failed, again.skipped) == (0, 0, 8)
+    second = new_job(sessions, uris)
+    report = process_items(ctx, second, progress=seen.append)
+    assert (report.done, report.failed, report.reused) == (0, 2, 6)
+    assert n_analyses(sessions) == 5 and len(seen) == 16
+
+
+def test_transient_upload_failure_retries_only_its_items(setup):
+    ctx, store, sessions, uris = setup
+    items = new_job(sessions, uris)
+    store.fail_on = hashlib.sha256(png(3)).hexdigest()  # c.png's heatmaps cannot be stored
+    with pytest.raises(RetryLater) as info:
+        process_items(ctx, items)
+    c_item = items[2][0]
+    assert info.value.item_ids == [c_item]
+    got = states(sessions, items)
+    assert got[2] == ("running", None)
+    assert got[:2] + got[3:] == [("done", None)] * 5 + [("failed", "empty"),
+                                                         ("failed", "not_an_image")]
+    store.fail_on = None
+    report = process_items(ctx, [items[2]])
+    assert report.done == 1 and states(sessions, items)[2] == ("done", None)
+    assert n_analyses(sessions) == 5
