@@ -4,6 +4,7 @@ machine load affects all of them alike; the ratios are what counts."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -99,12 +100,26 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _release_free_memory() -> None:
+    """Give memory that the allocator holds but nothing uses back to the system, so that the
+    next peak is measured from what is really in use."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def peak_memory(fn, device: torch.device) -> tuple[int, int]:
     """(peak bytes above what was resident before the call, peak bytes in total).
 
-    CUDA: torch.cuda.max_memory_allocated (tensors only). CPU: the peak resident set (VmHWM,
-    reset through /proc/self/clear_refs) of a forked child that runs ``fn`` once, so memory the
-    parent's allocator already holds from other methods does not hide this one's peak."""
+    CUDA: torch.cuda.max_memory_allocated (tensors only). CPU: the peak resident set of this
+    process during one call (VmHWM, reset through /proc/self/clear_refs), after the allocator
+    has returned its free memory, so memory held from other methods does not hide this one's
+    peak. (Not in a forked child: a child forked after OpenMP has run hangs in its first
+    parallel region.)"""
     if device.type == "cuda":
         sync(device)
         torch.cuda.empty_cache()
@@ -114,31 +129,18 @@ def peak_memory(fn, device: torch.device) -> tuple[int, int]:
         sync(device)
         peak = torch.cuda.max_memory_allocated(device)
         return peak - base, peak
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: measure one call, report, exit without cleanup
-        try:
-            os.close(read_fd)
-            Path("/proc/self/clear_refs").write_text("5")
-            base = _rss_kib("VmRSS")
-            fn()
-            peak = _rss_kib("VmHWM")
-            os.write(write_fd, f"{(peak - base) * 1024} {peak * 1024}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    if not data:
-        raise RuntimeError("memory measurement failed in the child process")
-    above, total = map(int, data.split())
-    return above, total
+    _release_free_memory()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kib("VmRSS")
+    fn()
+    peak = _rss_kib("VmHWM")
+    _release_free_memory()
+    return (peak - base) * 1024, peak * 1024
 
 
 def memory_method(device: torch.device) -> str:
     return ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-            else "peak RSS of a forked child running the method once (VmHWM after clear_refs)")
+            else "peak RSS during one call of the method (VmHWM after clear_refs and malloc_trim)")
 
 
 def device_name(device: torch.device) -> str:
