@@ -37,7 +37,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,11 +50,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import SIZES, random_poundnet  # noqa: E402
+from benchmarks.local_servers import (AWS_ENV, RedisDatabases, fresh_database,  # noqa: E402
+                                      free_port, poundcam_cmd, wait_for_port)
 SHARED = Path(os.environ.get("POUNDCAM_SHARED", ROOT.parent / "shared"))
 DEFAULT_WEIGHTS = SHARED / "fixtures" / "poundnet-official-tiny" / "last.ckpt"
 RESULTS = ROOT / "benchmarks" / "results"
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET, HEAT = "load-images", "load-heatmaps"
 CLAIM_KEY = "poundcam-bench:claim"
 TARGET_RATIO = 0.75
@@ -123,21 +122,6 @@ def make_corpus(n: int, bad_fraction: float, side: int) -> list[tuple[str, bytes
 
 # --- servers ------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
 @contextlib.contextmanager
 def moto_server(workdir: Path):
     """Yields (endpoint URL, pid)."""
@@ -160,50 +144,18 @@ def moto_server(workdir: Path):
 
 
 @contextlib.contextmanager
-def fresh_database(admin_url: str):
-    import sqlalchemy as sa
-
-    name = f"poundcam_load_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :n"), {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-
-@contextlib.contextmanager
 def redis_database(base: str, number: int | None):
     """An empty Redis database number (the one given, or the highest empty one), flushed
     before and after; never FLUSHALL."""
-    import redis
-
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    candidates = [number] if number is not None else list(range(15, 0, -1))
-    for n in candidates:
-        r = redis.Redis.from_url(f"{base}/{n}")
-        if number is None and r.dbsize() != 0:
-            continue
-        if not r.set(CLAIM_KEY, token, nx=True, ex=3 * 3600):
-            continue
-        if number is None and r.dbsize() != 1:  # someone started using it meanwhile
-            r.delete(CLAIM_KEY)
-            continue
-        r.flushdb()
-        r.set(CLAIM_KEY, token, ex=3 * 3600)
-        break
-    else:
-        raise SystemExit("no empty Redis database number to use (pass --redis-db)")
+    claims = RedisDatabases(base, CLAIM_KEY, hold_s=3 * 3600)
     try:
-        yield f"{base}/{n}"
+        url = claims.claim(number)
+    except RuntimeError as exc:
+        raise SystemExit(f"{exc} (pass --redis-db)") from None
+    try:
+        yield url
     finally:
-        if r.get(CLAIM_KEY) == token.encode():
-            r.flushdb()
+        claims.release()
 
 
 class Worker:
@@ -213,8 +165,7 @@ class Worker:
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **AWS_ENV, **env, "POUNDCAM_READY_FILE": str(self.ready),
                     "POUNDCAM_METRICS_PORT": str(free_port())}
-        exe = shutil.which("poundcam", path=str(Path(sys.executable).parent))
-        cmd = ([exe] if exe else [sys.executable, "-m", "poundcam.cli"]) + [
+        cmd = poundcam_cmd() + [
             "worker", "--name", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log,
@@ -412,7 +363,7 @@ def main(argv=None) -> int:
     from poundcam.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="poundcam-load-") as tmp, \
-            moto_server(Path(tmp)) as (s3_url, moto_pid), fresh_database(args.pg_admin) as db_url, \
+            moto_server(Path(tmp)) as (s3_url, moto_pid), fresh_database(args.pg_admin, "poundcam_load_") as db_url, \
             redis_database(args.redis, args.redis_db) as broker:
         work = Path(tmp)
         s3 = make_s3_client(endpoint_url=s3_url)

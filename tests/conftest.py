@@ -3,12 +3,13 @@ localhost (an S3 server in moto's server mode, PostgreSQL and Redis from the mac
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
+
+from benchmarks.local_servers import AWS_ENV, free_port, fresh_database
 
 # Two cores shared by the suite's own worker processes: one intra-op thread per process avoids
 # oversubscription that slows small models by an order of magnitude.
@@ -72,12 +73,6 @@ def tiny_model_factory():
     return make_tiny_model
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3 server (moto's server mode) on localhost; yields its endpoint URL.
@@ -88,10 +83,8 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    old = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
     yield f"http://127.0.0.1:{port}"
     server.stop()
     for k, v in old.items():
@@ -123,20 +116,11 @@ def pg_url():
     """A fresh PostgreSQL database created for one test and dropped after it."""
     import sqlalchemy as sa
 
-    name = f"poundcam_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        with fresh_database(PG_ADMIN_URL, "poundcam_test_") as url:
+            yield url
     except sa.exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -27,70 +27,29 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import local_servers
+from benchmarks.local_servers import (AWS_ENV, RedisDatabases, free_port, poundcam_cmd,
+                                      wait_for_port)
+
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG",
                               "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
 CLAIM_KEY = "poundcam-test:claim"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f}s")
-
-
-def poundcam_cmd() -> list[str]:
-    exe = shutil.which("poundcam", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "poundcam.cli"]
 
 
 # --- Redis -----------------------------------------------------------------------------------
 
-class RedisClaim:
-    """Claims empty Redis databases (highest numbers first) for this test session."""
+class RedisClaim(RedisDatabases):
+    """Empty Redis databases (highest numbers first) for this test session."""
 
     def __init__(self, base_url: str):
-        import redis
+        super().__init__(base_url, CLAIM_KEY)
 
-        self.redis = redis
-        self.base = base_url.rsplit("/", 1)[0] if base_url.count("/") > 2 else base_url
-        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.claimed: list[int] = []
-
-    def claim(self) -> str:
-        for n in range(15, 0, -1):
-            if n in self.claimed:
-                continue
-            r = self.redis.Redis.from_url(f"{self.base}/{n}")
-            if r.dbsize() != 0:
-                continue
-            if not r.set(CLAIM_KEY, self.token, nx=True, ex=6 * 3600):
-                continue
-            if r.dbsize() != 1:  # someone started using it meanwhile
-                r.delete(CLAIM_KEY)
-                continue
-            r.flushdb()
-            r.set(CLAIM_KEY, self.token, ex=6 * 3600)
-            self.claimed.append(n)
-            return f"{self.base}/{n}"
-        pytest.fail("no empty Redis database (1-15) to claim for the integration tests")
-
-    def release(self) -> None:
-        for n in self.claimed:
-            r = self.redis.Redis.from_url(f"{self.base}/{n}")
-            if r.get(CLAIM_KEY) == self.token.encode():
-                r.flushdb()
+    def claim(self, number: int | None = None) -> str:
+        try:
+            return super().claim(number)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc} for the integration tests")
 
 
 @pytest.fixture(scope="session")
@@ -102,23 +61,9 @@ def redis_claims(redis_url):
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
 def fresh_database():
     """A new PostgreSQL database (dropped at the end); yields its URL."""
-    import sqlalchemy as sa
-
-    name = f"poundcam_it_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :n"), {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    return local_servers.fresh_database(PG_ADMIN_URL, "poundcam_it_")
 
 
 def with_port(url: str, port: int) -> str:
