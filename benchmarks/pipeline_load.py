@@ -363,7 +363,8 @@ def main(argv=None) -> int:
     from poundcam.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="poundcam-load-") as tmp, \
-            moto_server(Path(tmp)) as (s3_url, moto_pid), fresh_database(args.pg_admin, "poundcam_load_") as db_url, \
+            moto_server(Path(tmp)) as (s3_url, moto_pid), \
+            fresh_database(args.pg_admin, "poundcam_load_") as db_url, \
             redis_database(args.redis, args.redis_db) as broker:
         work = Path(tmp)
         s3 = make_s3_client(endpoint_url=s3_url)

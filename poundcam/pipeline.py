@@ -113,25 +113,26 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 
 @dataclasses.dataclass
 class _Ledger:
-    """Item outcomes waiting for the database, written together in one transaction."""
+    """Settled items waiting for the database, written together in one transaction."""
     rows: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (item, analysis)
     failures: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    outcomes: list[ItemOutcome] = dataclasses.field(default_factory=list)  # both, in order
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.failures)
+        return len(self.outcomes)
 
-    def write(self, ctx: PipelineContext) -> None:
-        rows, failures = list(self.rows), list(self.failures)
-
+    def write(self, ctx: PipelineContext) -> list[ItemOutcome]:
+        """Write what has gathered; returns the outcomes written, in the order settled."""
         def write(s):
-            ids = upsert_analyses(s, [record for _, record in rows])
-            mark_done_many(s, [(item_id, a) for (item_id, _), a in zip(rows, ids)])
-            mark_failed_many(s, failures)
+            ids = upsert_analyses(s, [record for _, record in self.rows])
+            mark_done_many(s, [(item_id, a) for (item_id, _), a in zip(self.rows, ids)])
+            mark_failed_many(s, self.failures)
 
-        if rows or failures:
+        if self.outcomes:
             _db(ctx, write)
-        self.rows.clear()
-        self.failures.clear()
+        written = self.outcomes
+        self.rows, self.failures, self.outcomes = [], [], []
+        return written
 
 
 def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
@@ -152,20 +153,17 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     n_analyzed = 0
     stores: collections.deque = collections.deque()  # (outcome, future), in order
     ledger = _Ledger()
-    settled: list[ItemOutcome | None] = []  # written with the ledger, then counted
 
     def fail(item_id: int, code: str, message: str):
         ledger.failures.append((item_id, code, message))
-        settled.append(ItemOutcome(item_id, error_code=code, error_message=message))
+        ledger.outcomes.append(ItemOutcome(item_id, error_code=code, error_message=message))
         report.failed += 1
         _observe(ctx, "failed", code)
 
     def commit():
-        ledger.write(ctx)
-        if progress:
-            for outcome in settled:
+        for outcome in ledger.write(ctx):
+            if progress:
                 progress(outcome)
-        settled.clear()
 
     def to_analyze():
         nonlocal n_analyzed
@@ -180,17 +178,13 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
                     report.retry.append(item_id)
                 else:
                     fail(item_id, data.code, str(data))
-            known = _db(ctx, lambda s: find_analysis_ids(
-                s, [sha for _, _, sha in fresh], ctx.analyzer.model_id,
-                ctx.analyzer.cam_config_id)) if fresh else {}
-            reused = [(item_id, known[sha]) for item_id, _, sha in fresh if sha in known]
-            if reused:
-                _db(ctx, lambda s: mark_done_many(s, reused))
-                report.reused += len(reused)
-                for _ in reused:
-                    _observe(ctx, "done")
-                    if progress:
-                        progress(None)
+            known = _db(ctx, lambda s: _link_known(ctx, s, fresh)) if fresh else {}
+            n_reused = sum(sha in known for _, _, sha in fresh)
+            report.reused += n_reused
+            for _ in range(n_reused):
+                _observe(ctx, "done")
+                if progress:
+                    progress(None)
             for item_id, data, sha in fresh:
                 if sha not in known:
                     n_analyzed += 1
@@ -207,7 +201,7 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
                 continue
             try:
                 ledger.rows.append((outcome.key, future.result()))
-                settled.append(outcome)
+                ledger.outcomes.append(outcome)
                 report.done += 1
                 _observe(ctx, "done")
             except StorageError as exc:
@@ -236,6 +230,15 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     if report.retry:
         raise RetryLater(f"{len(report.retry)} item(s) hit a transient storage failure", report.retry)
     return report
+
+
+def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str]]) -> dict:
+    """Mark done the items whose image was analysed before (same model and CAM configuration),
+    linked to that analysis; returns ``{sha256: analysis id}`` of those images."""
+    known = find_analysis_ids(session, [sha for _, _, sha in fresh], ctx.analyzer.model_id,
+                              ctx.analyzer.cam_config_id)
+    mark_done_many(session, [(item_id, known[sha]) for item_id, _, sha in fresh if sha in known])
+    return known
 
 
 def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:
