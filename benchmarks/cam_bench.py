@@ -7,6 +7,10 @@ peak memory <= 2x the forward's (peak above the resident weights and input).
 
     python benchmarks/cam_bench.py                                  # CPU, small ViT
     python benchmarks/cam_bench.py --device cuda --size L14 --batch 128
+    python benchmarks/cam_bench.py --device cuda --size L14 --batch 128 --compile
+
+--compile adds ComparativeCAM(compile=True) rows (its no-autograd part through torch.compile;
+compilation happens in the warm-up, outside the timed rounds).
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ def main() -> None:
 
     from poundcam import ComparativeCAM
 
-    args = common.parse_args(__doc__.splitlines()[0], default_batch_cpu=4)
+    args = common.parse_args(__doc__.splitlines()[0], default_batch_cpu=4,
+                             extra=[("--compile", dict(action="store_true",
+                                                       help="also ComparativeCAM(compile=True)"))])
     device = args.device
     model = common.random_poundnet(args.size, device)
     cfg = model.config
@@ -41,7 +47,7 @@ def main() -> None:
         t = t[:, sl].float()
         return t.reshape(t.shape[0], *g, t.shape[-1]).permute(0, 3, 1, 2)
 
-    library = GradCAM(model, [model.visual.transformer.resblocks[-1].ln_1], reshape_transform=to_grid)
+    library_layer = [model.visual.transformer.resblocks[-1].ln_1]
     contrastive = ComparativeCAM(model, target="contrastive")
     logit = ComparativeCAM(model, target="logit")
     with torch.inference_mode():
@@ -59,12 +65,19 @@ def main() -> None:
 
     def grad_cam_library():
         xg = x.clone().requires_grad_(True)  # its graph must start at the input: weights are frozen
-        real = library(xg, targets=[ClassifierOutputTarget(0)] * args.batch)
-        fake = library(xg, targets=[ClassifierOutputTarget(1)] * args.batch)
+        # its hooks stay on the layer while it exists (copying every activation to the host):
+        # they must not slow the other methods down
+        with GradCAM(model, library_layer, reshape_transform=to_grid) as library:
+            real = library(xg, targets=[ClassifierOutputTarget(0)] * args.batch)
+            fake = library(xg, targets=[ClassifierOutputTarget(1)] * args.batch)
         return real, fake
 
-    methods = {"forward": forward, "cam_contrastive": cam_contrastive, "cam_logit": cam_logit,
-               "pytorch_grad_cam": grad_cam_library}
+    methods = {"forward": forward, "cam_contrastive": cam_contrastive, "cam_logit": cam_logit}
+    if args.compile:
+        compiled = {t: ComparativeCAM(model, target=t, compile=True) for t in ("contrastive", "logit")}
+        methods["cam_contrastive_compiled"] = lambda: compiled["contrastive"].attribute(x)
+        methods["cam_logit_compiled"] = lambda: compiled["logit"].attribute(x)
+    methods["pytorch_grad_cam"] = grad_cam_library
     for fn in methods.values():  # one-time allocations (kernels, caches) are not a method's peak
         fn()
     memory = {k: common.peak_memory(fn, device) for k, fn in methods.items()}
@@ -80,13 +93,13 @@ def main() -> None:
         rows.append([k, f"{ips[k]:.2f}", f"{r['vs_forward']:.3f}", f"{r['vs_pytorch_grad_cam']:.2f}",
                      f"{memory[k][0] / 2**20:.0f}", f"{r['memory_vs_forward']:.2f}", f"{memory[k][1] / 2**20:.0f}"])
     checks = {}
-    for k in ("cam_contrastive", "cam_logit"):
+    for k in (k for k in methods if k.startswith("cam_")):
         checks[k] = {"speed_vs_forward": ratios[k]["vs_forward"] >= SPEED_VS_FORWARD,
                      "speed_vs_pytorch_grad_cam": ratios[k]["vs_pytorch_grad_cam"] >= SPEED_VS_LIBRARY,
                      "memory_vs_forward": ratios[k]["memory_vs_forward"] <= MEMORY_VS_FORWARD}
     payload = {
         "benchmark": "cam_bench", "device": device.type, "device_name": common.device_name(device),
-        "size": args.size, "batch": args.batch, "iters": args.iters,
+        "size": args.size, "batch": args.batch, "iters": args.iters, "compile": args.compile,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "memory_measure": common.memory_method(device),
         "images_per_s": ips, "seconds_per_batch": secs,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import statistics
 import time
@@ -27,8 +26,11 @@ SIZES = {
 }
 
 
-def parse_args(description: str, default_batch_cpu: int = 8) -> argparse.Namespace:
+def parse_args(description: str, default_batch_cpu: int = 8,
+               extra: list[tuple[str, dict]] = ()) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
+    for flag, kw in extra:
+        p.add_argument(flag, **kw)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--size", default="small", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=None, help=f"default {default_batch_cpu} on CPU, 128 on CUDA")
