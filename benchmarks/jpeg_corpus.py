@@ -8,7 +8,10 @@ that compresses about as a photograph does.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import functools
 import io
+import multiprocessing as mp
 
 import numpy as np
 from PIL import Image
@@ -88,6 +91,16 @@ def varied_jpegs(seed: int = 0, sizes=SIZES) -> list[tuple[str, bytes]]:
     return out
 
 
-def full_hd_jpegs(n: int, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """``n`` distinct 1920x1080 JPEGs (4:2:0)."""
-    return [jpeg_bytes(photo_like(1920, 1080, seed + i), quality) for i in range(n)]
+def full_hd_jpeg(seed: int, quality: int = 90) -> bytes:
+    return jpeg_bytes(photo_like(1920, 1080, seed), quality)
+
+
+def full_hd_jpegs(n: int, seed: int = 0, quality: int = 90, workers: int = 1) -> list[bytes]:
+    """``n`` distinct 1920x1080 JPEGs (4:2:0), made in ``workers`` processes (~0.4 s each)."""
+    seeds = range(seed, seed + n)
+    if workers <= 1 or n < 2 * workers:
+        return [full_hd_jpeg(s, quality) for s in seeds]
+    ctx = mp.get_context("spawn")  # the caller may already have started OpenMP threads
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(functools.partial(full_hd_jpeg, quality=quality), seeds,
+                             chunksize=max(1, n // (workers * 4))))

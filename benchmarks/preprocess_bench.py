@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     device = args.device
 
     t0 = time.perf_counter()
-    datas = jpeg_corpus.full_hd_jpegs(args.n, seed=0, quality=args.quality)
+    datas = jpeg_corpus.full_hd_jpegs(args.n, seed=0, quality=args.quality, workers=args.threads)
     print(f"{args.n} generated 1920x1080 JPEGs, mean {np.mean([len(d) for d in datas]) / 1e3:.0f} KB "
           f"({time.perf_counter() - t0:.1f} s to generate)", flush=True)
 
