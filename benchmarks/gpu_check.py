@@ -4,7 +4,8 @@
 
 Checks: logits on CUDA (bf16 autocast) against fp32 CPU (and expected.json when given); the
 CAM maps on CUDA against CPU (Pearson correlation and peak agreement); the whole Analyzer on
-CUDA (device preprocessing path) against the CPU Pillow path: P(fake), geometry, labels.
+CUDA (device preprocessing path) against the CPU Pillow path: P(fake), geometry, labels;
+ComparativeCAM(compile=True) on CUDA against the eager engine there.
 Prints a table and exits non-zero when a check fails.
 """
 from __future__ import annotations
@@ -62,6 +63,17 @@ def main() -> int:
             nz = sum(int(a[i].max() > 0) for i in range(len(files)))
             print(f"CAM {target:11s} {cls}: correlation CUDA vs CPU min {min(cs):.4f}; "
                   f"same peak {peaks}/{nz}")
+    for target in ("contrastive", "logit"):
+        eager = ComparativeCAM(gpu, target=target).attribute(x.cuda())
+        comp = ComparativeCAM(gpu, target=target, compile=True, compile_batch=len(files) + 1).attribute(x.cuda())
+        for cls in ("real", "fake"):
+            a, b = getattr(eager, cls).cpu(), getattr(comp, cls).cpu()
+            rel = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
+            peaks = sum(int(a[i].argmax() == b[i].argmax()) for i in range(len(files)) if a[i].max() > 0)
+            nz = sum(int(a[i].max() > 0) for i in range(len(files)))
+            print(f"CAM {target:11s} {cls}: compiled vs eager on CUDA: max |d| / peak {rel:.2e}; "
+                  f"same peak {peaks}/{nz}")
+        ok &= (eager.probs - comp.probs).abs().max().item() < 0.01
     outs = {}
     for name, dev, path in (("cpu-pillow", "cpu", "pillow"), ("cuda-device", "cuda", "device"),
                             ("cuda-pillow", "cuda", "pillow")):

@@ -28,7 +28,6 @@ import threading
 import time
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import torch
 
 from .cam import ComparativeCAM
@@ -60,6 +59,7 @@ class AnalysisOptions:
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
     preprocess: str = "auto"        # "auto" | "device" | "pillow" (device_transform.choose_path)
     prefetch: int = 1               # batches preprocessed ahead of the device
+    compile: bool = False           # torch.compile the CAM's no-autograd part (docs/cam.md)
 
 
 @dataclasses.dataclass
@@ -166,7 +166,9 @@ class Analyzer:
         self.preprocess_path = choose_path(self.device, self.options.preprocess)
         self.model = model.to(self.device).eval()
         self.cam = ComparativeCAM(self.model, layer=self.options.cam_layer,
-                                 target=self.options.cam_target, method=self.options.cam_method)
+                                 target=self.options.cam_target, method=self.options.cam_method,
+                                 compile=self.options.compile,
+                                 compile_batch=self.options.batch_size)
         threads = self.options.decode_threads
         self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
                                        limits=self.options.limits,

@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PREPROCESS_PATHS = ("auto", "device", "pillow")
 CAM_TARGETS = ("contrastive", "logit")
 CAM_METHODS = ("gradcam", "hirescam")
+COMPILE_MODES = ("off", "on")
 
 
 class SettingsError(PoundcamError):
@@ -75,6 +76,8 @@ class Settings:
     # HiResCAM localizes at the last block where GradCAM's channel means do not
     # (docs/faithfulness.md); the library class itself keeps GradCAM as its default.
     cam_method: str = field(default="hirescam", metadata={"parse": _str})
+    # torch.compile for the CAM's no-autograd part (ComparativeCAM(compile=True)); docs/cam.md
+    compile: str = field(default="off", metadata={"parse": _str})
     max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={"parse": _int})
     max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
     task_batch_size: int = field(default=64, metadata={"parse": _int})
@@ -139,6 +142,8 @@ class Settings:
             self._fail("preprocess", f"must be one of {', '.join(PREPROCESS_PATHS)}")
         if self.cam_method not in CAM_METHODS:
             self._fail("cam_method", f"must be one of {', '.join(CAM_METHODS)}")
+        if self.compile not in COMPILE_MODES:
+            self._fail("compile", f"must be one of {', '.join(COMPILE_MODES)}")
         if self.cam_target not in CAM_TARGETS:
             self._fail("cam_target", f"must be one of {', '.join(CAM_TARGETS)}")
         if not 0.0 <= self.threshold <= 1.0:

@@ -9,6 +9,11 @@ Cost: blocks before the explained one run without autograd (bf16 under CUDA auto
 graph starts at the explained activation as a fresh leaf, so the CAM works with every parameter
 frozen and a plain input tensor. When the explained block is the last one, only the CLS query
 of its attention and MLP is computed: the other tokens' outputs never reach the logits.
+
+``compile=True`` runs that no-autograd part through ``torch.compile`` (one graph, fixed shapes:
+the first batch of each size pays the compilation; ``compile_batch=N`` pads smaller batches to N
+rows there, so one compilation serves them all). The graph from the explained activation on
+stays eager, so the gradients are computed as without it.
 """
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ class ComparativeCAM:
     """
 
     def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1",
-                 method: str = "gradcam"):
+                 method: str = "gradcam", compile: bool = False, compile_batch: int | None = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if target not in TARGETS:
@@ -89,6 +94,10 @@ class ComparativeCAM:
         self.target = target
         self.point = point
         self.method = method
+        self.compiled = compile
+        self.compile_batch = compile_batch if compile else None
+        # fixed shapes: a batch of a new size compiles once more instead of a slower dynamic graph
+        self._prefix = torch.compile(self._run_prefix, dynamic=False) if compile else self._run_prefix
 
     @property
     def config_id(self) -> str:
@@ -97,17 +106,26 @@ class ComparativeCAM:
 
     def _explained_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run up to the explained point without autograd: (residual stream, activation)."""
+        with torch.no_grad():
+            n = x.shape[0]
+            if self.compile_batch is None or n >= self.compile_batch:
+                return self._prefix(x)
+            # zero rows up to the compiled shape; images are independent, the extra rows are dropped
+            pad = x.new_zeros((self.compile_batch - n, *x.shape[1:]))
+            h, act = self._prefix(torch.cat([x, pad]))
+            return h[:n], act[:n]
+
+    def _run_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.visual
         blocks = visual.transformer.resblocks
-        with torch.no_grad():
-            h = visual.embed(x)
-            for block in blocks[: self.layer]:
-                h = block(h)
-            block = blocks[self.layer]
-            if self.point == "output":
-                return h, block(h)
-            h = block.insert_prompt(h)
-            return h, block.ln_1(h)
+        h = visual.embed(x)
+        for block in blocks[: self.layer]:
+            h = block(h)
+        block = blocks[self.layer]
+        if self.point == "output":
+            return h, block(h)
+        h = block.insert_prompt(h)
+        return h, block.ln_1(h)
 
     def _finish(self, h: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """From the explained activation (a graph leaf) to image features."""

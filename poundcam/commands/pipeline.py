@@ -61,6 +61,8 @@ def register(sub) -> None:
     p.add_argument("--target", choices=("contrastive", "logit"), default=None, help="CAM target")
     p.add_argument("--method", choices=("gradcam", "hirescam"), default=None,
                    help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)")
+    p.add_argument("--compile", choices=("off", "on"), default=None,
+                   help="torch.compile the CAM's no-autograd part (default POUNDCAM_COMPILE or off)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
 
@@ -238,7 +240,8 @@ def _analyze(args) -> int:
         overrides["database_url"] = "sqlite:///./poundcam.db"
     for field, value in (("weights", args.weights), ("device", args.device),
                          ("batch_size", args.batch_size), ("threshold", args.threshold),
-                         ("cam_target", args.target), ("cam_method", args.method)):
+                         ("cam_target", args.target), ("cam_method", args.method),
+                         ("compile", args.compile)):
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)

@@ -281,6 +281,32 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
         analyzer.close()
 
 
+def test_compiled_cam_setting_reaches_the_engine_and_keeps_the_results(official_model, outcomes,
+                                                                         inputs):
+    """POUNDCAM_COMPILE=on: the CAM's no-autograd part is compiled for the configured batch size
+    (the last, smaller batch is padded to it) and the results are those of the eager engine."""
+    from poundcam.runtime import make_analyzer
+    from poundcam.settings import Settings
+
+    settings = Settings.from_env(environ={"POUNDCAM_COMPILE": "on"}, batch_size=4,
+                                 preprocess="pillow")
+    analyzer = make_analyzer(settings, model=official_model, device=torch.device("cpu"))
+    try:
+        assert analyzer.cam.compiled and analyzer.cam.compile_batch == 4
+        out = list(analyzer.analyze(inputs))
+    finally:
+        analyzer.close()
+    ref = {o.key: o for o in outcomes["pillow"]}
+    assert [o.key for o in out] == [k for k, _ in inputs]
+    for o in out:
+        assert o.ok == ref[o.key].ok and o.error_code == ref[o.key].error_code
+        if o.ok:
+            assert o.result.p_fake == pytest.approx(ref[o.key].result.p_fake, abs=1e-4)
+            for label in ("real", "fake"):
+                got, want = o.result.stats[label], ref[o.key].result.stats[label]
+                assert got["max"] == pytest.approx(want["max"], rel=1e-3, abs=1e-6)
+
+
 def test_items_are_read_in_the_calling_thread(tiny_model, inputs):
     """Callers feed analyze() from generators that touch their own state (the pipeline's
     fetches and database look-ups): they run in the caller's thread only."""

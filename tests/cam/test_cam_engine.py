@@ -204,3 +204,25 @@ def test_after_a_forward_in_inference_mode(make_model):
     with torch.inference_mode():
         res2 = ComparativeCAM(model).attribute(x)
     torch.testing.assert_close(res2.fake, res.fake)
+
+
+def test_compiled_prefix_gives_the_eager_maps_and_pads_to_one_shape(make_model):
+    """compile=True (torch.compile of the no-autograd part, as on a GPU worker): the maps and
+    logits of the eager engine, also for a smaller batch padded to the compiled shape. Inductor
+    fuses and reorders float operations, so equal within 1e-4 of the map's peak, not 1e-5."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = make_model(seed=6).requires_grad_(False)
+    x = torch.randn(3, 3, 224, 224)
+    eager = ComparativeCAM(model, target="contrastive")
+    compiled = ComparativeCAM(model, target="contrastive", compile=True, compile_batch=3)
+    for batch in (x, x[:2]):  # the second is padded to 3 rows: no new compilation
+        want, got = eager.attribute(batch), compiled.attribute(batch)
+        assert got.real.shape == want.real.shape
+        for name in ("real", "fake"):
+            w = getattr(want, name)
+            torch.testing.assert_close(getattr(got, name), w, rtol=0, atol=1e-4 * float(w.abs().max()))
+        torch.testing.assert_close(got.logits, want.logits, rtol=1e-3, atol=1e-3)  # x logit scale 100
+        torch.testing.assert_close(got.probs, want.probs, rtol=0, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
