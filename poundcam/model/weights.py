@@ -6,7 +6,6 @@ matches (a partial write, a disk fault) is fetched again. ``expected_sha256`` pi
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil

@@ -1,7 +1,6 @@
 """compute_stats_batch equals compute_stats image by image."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,9 +3,7 @@ a checkpoint that would run code is refused before anything runs."""
 from __future__ import annotations
 
 import builtins
-import io
 import os
-import pickle
 import shutil
 import sys
 import types
@@ -123,7 +121,7 @@ def test_code_executing_pickle_is_refused_and_nothing_runs(how, source, official
     p = tmp_path / "evil.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": payload}, p)
     assert not marker.exists()
-    msg = refused(p, "refusing to load", name)
+    refused(p, "refusing to load", name)
     assert not marker.exists()
     with pytest.raises(CheckpointError):
         load_checkpoint_dict(p)
