@@ -60,6 +60,7 @@ class AnalysisOptions:
     preprocess: str = "auto"        # "auto" | "device" | "pillow" (device_transform.choose_path)
     prefetch: int = 1               # batches preprocessed ahead of the device
     compile: bool = False           # torch.compile the CAM's no-autograd part (docs/cam.md)
+    jpeg_roundtrip: str = "codec"   # device path's quality-90 re-encode: "codec" | "tensor"
 
 
 @dataclasses.dataclass
@@ -172,7 +173,8 @@ class Analyzer:
         threads = self.options.decode_threads
         self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
                                        limits=self.options.limits,
-                                       keep_originals=self.options.render)
+                                       keep_originals=self.options.render,
+                                       roundtrip=self.options.jpeg_roundtrip)
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="poundcam-io")
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._stage_lock = threading.Lock()

@@ -10,7 +10,9 @@ Two paths compute the same transform (poundcam.transform; docs/preprocessing.md)
 - "device": torchvision.io on the preprocessor's device (nvJPEG on CUDA, libjpeg-turbo on the
   CPU): JPEG decode -> EXIF orientation -> JPEG encode at quality 90 -> decode -> antialiased
   bilinear resize of the shorter side to 256 -> center crop 224 -> normalization. Decode and
-  encode calls take the whole batch as one list. Only plain JPEGs are sent this way: the header
+  encode calls take the whole batch as one list. With ``roundtrip="tensor"`` the quality-90
+  encode and decode are computed as tensor math instead (poundcam.jpeg_roundtrip: libjpeg's
+  integer arithmetic, equal to Pillow's round trip bit for bit; no bitstream leaves the device). Only plain JPEGs are sent this way: the header
   (poundcam.jpeg_header) must be readable, complete (ends with EOI), 8-bit, 1 or 3 components,
   Huffman-coded, with an EXIF orientation this module applies itself and within the limits.
 - "pillow": poundcam.imaging.decode_image + poundcam.transform.preprocess_with_geometry, in a
@@ -42,6 +44,7 @@ from PIL import Image
 
 from .imaging import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
 from .jpeg_header import JpegHeader, read_jpeg_header
+from .jpeg_roundtrip import jpeg_roundtrip
 from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, \
     preprocess_with_geometry
 
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
 SETTINGS = ("auto", "device", "pillow")
 PATHS = ("device", "pillow")
+ROUNDTRIPS = ("codec", "tensor")  # how the device path re-encodes at quality 90
 DECODE_FAILED = "decode_failed"  # an unexpected exception while preprocessing one input
 
 
@@ -303,10 +307,11 @@ def _each(fn, inputs: list, **kw) -> list:
 
 
 def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], device: torch.device,
-                     keep_originals: bool = False) -> list[tuple | Exception]:
+                     keep_originals: bool = False, roundtrip: str = "codec") -> list[tuple | Exception]:
     """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
     on the device, geometry, the upright decoded original or None) or the exception that
-    stopped it."""
+    stopped it. ``roundtrip``: "codec" (the JPEG encoder and decoder) or "tensor"
+    (poundcam.jpeg_roundtrip) for the quality-90 re-encode."""
     out: list[Any] = [None] * len(datas)
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     first = _each(decode_jpegs, raw, device=device)
@@ -320,17 +325,12 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
             live.append(i)
     upright = [orient(first[i], headers[i].orientation) for i in live]
     del first
-    encoded = _each(encode_jpegs, upright)
     originals = dict(zip(live, upright)) if keep_originals else {}
+    if roundtrip == "tensor":
+        live2, second = live, _each(jpeg_roundtrip, upright)
+    else:
+        live2, second = _codec_roundtrip(live, upright, out, device)
     del upright
-    live2, enc_cpu = [], []
-    for i, enc in zip(live, encoded):
-        if isinstance(enc, Exception):
-            out[i] = enc
-        else:
-            live2.append(i)
-            enc_cpu.append(enc.cpu())
-    second = _each(decode_jpegs, enc_cpu, device=device)
     for i, img in zip(live2, second):
         if isinstance(img, Exception):
             out[i] = img
@@ -338,6 +338,21 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
         geom = geometry_for(*headers[i].oriented_size)
         out[i] = (resize_crop(img, geom), geom, originals.get(i))
     return out
+
+
+def _codec_roundtrip(live: list[int], upright: list[torch.Tensor], out: list,
+                     device: torch.device) -> tuple[list[int], list]:
+    """Encode at quality 90 and decode again (the decoder reads host bytes); failures go to
+    ``out``. Returns the inputs still alive and their decoded images (or exceptions)."""
+    encoded = _each(encode_jpegs, upright)
+    live2, enc_cpu = [], []
+    for i, enc in zip(live, encoded):
+        if isinstance(enc, Exception):
+            out[i] = enc
+        else:
+            live2.append(i)
+            enc_cpu.append(enc.cpu())
+    return live2, _each(decode_jpegs, enc_cpu, device=device)
 
 
 def _pillow_one(data: bytes, limits: DecodeLimits):
@@ -362,12 +377,17 @@ class DevicePreprocessor:
     default: the machine's CPU count. force: None/"auto" (see ``choose_path``), "device" or
     "pillow". limits: poundcam.imaging.DecodeLimits for both paths. keep_originals: device-path
     items keep their decoded upright original on the device for ``original_image()`` (memory:
-    3 bytes per pixel per image, until the batch is dropped).
+    3 bytes per pixel per image, until the batch is dropped). roundtrip: how the device path
+    re-encodes at quality 90, "codec" (the JPEG encoder and decoder; default) or "tensor"
+    (poundcam.jpeg_roundtrip, the same result as Pillow's, computed on the device).
     """
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
                  force: str | None = None, limits: DecodeLimits | None = None,
-                 keep_originals: bool = False):
+                 keep_originals: bool = False, roundtrip: str = "codec"):
+        if roundtrip not in ROUNDTRIPS:
+            raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIPS)}, got {roundtrip!r}")
+        self.roundtrip = roundtrip
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -426,14 +446,15 @@ class DevicePreprocessor:
             return []
         if self._stream is not None:  # CUDA: one batched call per stage, on a side stream
             with torch.cuda.device(self.device), self._on_stream():
-                out = device_transform(datas, headers, self.device, self.keep_originals)
+                out = device_transform(datas, headers, self.device, self.keep_originals,
+                                       self.roundtrip)
             self._stream.synchronize()
             return out
         # CPU: the same stages, the batch split in chunks over the thread pool
         n = min(self.threads, len(datas))
         bounds = [len(datas) * k // n for k in range(n + 1)]
         futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device,
-                                     self.keep_originals)
+                                     self.keep_originals, self.roundtrip)
                    for a, b in zip(bounds, bounds[1:])]
         return [res for f in futures for res in f.result()]
 

@@ -44,6 +44,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
                               cam_target=settings.cam_target, cam_method=settings.cam_method,
                               batch_size=settings.batch_size,
                               preprocess=settings.preprocess, compile=settings.compile == "on",
+                              jpeg_roundtrip=settings.jpeg_roundtrip,
                               limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                                   max_pixels=settings.max_image_pixels))
     return Analyzer(model, options, device=device)

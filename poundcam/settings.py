@@ -19,6 +19,7 @@ PREPROCESS_PATHS = ("auto", "device", "pillow")
 CAM_TARGETS = ("contrastive", "logit")
 CAM_METHODS = ("gradcam", "hirescam")
 COMPILE_MODES = ("off", "on")
+JPEG_ROUNDTRIPS = ("codec", "tensor")
 
 
 class SettingsError(PoundcamError):
@@ -69,6 +70,8 @@ class Settings:
     cache_dir: str | None = field(default=None, metadata={"parse": _opt_str})
     device: str = field(default="auto", metadata={"parse": _str})
     preprocess: str = field(default="auto", metadata={"parse": _str})
+    # the device path's quality-90 re-encode: the codec, or tensor math (poundcam.jpeg_roundtrip)
+    jpeg_roundtrip: str = field(default="codec", metadata={"parse": _str})
     batch_size: int = field(default=32, metadata={"parse": _int})
     threshold: float = field(default=0.5, metadata={"parse": _float})
     cam_layer: int = field(default=-1, metadata={"parse": _int})
@@ -142,6 +145,8 @@ class Settings:
             self._fail("preprocess", f"must be one of {', '.join(PREPROCESS_PATHS)}")
         if self.cam_method not in CAM_METHODS:
             self._fail("cam_method", f"must be one of {', '.join(CAM_METHODS)}")
+        if self.jpeg_roundtrip not in JPEG_ROUNDTRIPS:
+            self._fail("jpeg_roundtrip", f"must be one of {', '.join(JPEG_ROUNDTRIPS)}")
         if self.compile not in COMPILE_MODES:
             self._fail("compile", f"must be one of {', '.join(COMPILE_MODES)}")
         if self.cam_target not in CAM_TARGETS:

@@ -272,10 +272,12 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
     from poundcam.runtime import make_analyzer
     from poundcam.settings import Settings
 
-    settings = Settings.from_env(environ={}, preprocess="device", batch_size=5)
+    settings = Settings.from_env(environ={"POUNDCAM_JPEG_ROUNDTRIP": "tensor"},
+                                 preprocess="device", batch_size=5)
     analyzer = make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
     try:
         assert analyzer.options.preprocess == "device" and analyzer.preprocess_path == "device"
+        assert analyzer._pre.roundtrip == "tensor"
         assert analyzer.options.batch_size == 5
     finally:
         analyzer.close()

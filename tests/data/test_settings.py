@@ -50,7 +50,7 @@ def test_every_field_has_a_documented_variable():
     ("POUNDCAM_MAX_IMAGE_BYTES", "-1"), ("POUNDCAM_METRICS_PORT", "70000"),
     ("POUNDCAM_WEIGHTS_SHA256", "abc"), ("POUNDCAM_HEATMAP_PREFIX", "/abs/"),
     ("POUNDCAM_HEATMAP_PREFIX", "a/../b/"), ("POUNDCAM_ALLOWED_BUCKETS", "a/b"),
-    ("POUNDCAM_COMPILE", "yes"),
+    ("POUNDCAM_COMPILE", "yes"), ("POUNDCAM_JPEG_ROUNDTRIP", "nvjpeg"),
 ])
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var) as info:
