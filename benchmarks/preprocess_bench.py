@@ -7,19 +7,26 @@ Rows (images/s on the same generated 1080p JPEGs):
   pillow-processes   the Pillow path (poundcam.imaging + poundcam.transform) on all cores, one
                      process per core (results not sent back: an upper bound for that path)
   pillow-threads     the Pillow path as DevicePreprocessor(force="pillow") runs it (threads)
-  device             DevicePreprocessor(force="device"): the batched device path
+  device             DevicePreprocessor(force="device"): the batched device path, its quality-90
+                     re-encode by the JPEG codec (nvJPEG on CUDA, libjpeg-turbo on the CPU)
+  device-tensor      the same with roundtrip="tensor" (poundcam.jpeg_roundtrip: the re-encode as
+                     tensor math); device-tensor-compiled (--compiled-roundtrip): that function
+                     through torch.compile(dynamic=True), compiled in the warm-up
   model+cam          ComparativeCAM.attribute on already preprocessed batches (no I/O)
   analysis           poundcam.analysis.Analyzer.analyze end to end: preprocess (--preprocess,
                      default auto: device on CUDA, Pillow on the CPU) + model + both CAMs +
-                     overlays + statistics + PNG files; with its time per image by stage
+                     overlays + statistics + PNG files; with its time per image by stage;
+                     analysis-tensor: the same with roundtrip="tensor", measured when the
+                     device-tensor row beat the device row
   analysis-no-render the same without heatmaps (what rendering costs)
 Ratios: device / pillow-processes, analysis / model+cam (target on an H200 with ViT-L: 0.8).
 
 Parity (--parity, on by default): the device path against the Pillow path on the official
 fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
-grayscale, progressive, EXIF orientation) and on the 1080p set: largest absolute difference
-of the normalized tensor, share of crop pixels that differ, geometry mismatches, and the
-largest |delta P(fake)| of the fixture model and of a random tiny model.
+grayscale, progressive, EXIF orientation) and on the 1080p set, for both re-encodes (codec,
+tensor): largest absolute difference of the normalized tensor, share of crop pixels that
+differ, geometry mismatches, and the largest |delta P(fake)| of the fixture model and of a
+random tiny model.
 
 Writes JSON to benchmarks/results/ (ignored by git).
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -76,9 +84,22 @@ def bench_pillow_processes(datas: list[bytes], workers: int) -> float:
         return len(datas) / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def compiled_roundtrip():
+    """poundcam.jpeg_roundtrip's batch function through torch.compile while the block runs."""
+    import poundcam.jpeg_roundtrip as jr
+
+    original = jr.jpeg_roundtrip_batch
+    jr.jpeg_roundtrip_batch = torch.compile(original, dynamic=True)
+    try:
+        yield
+    finally:
+        jr.jpeg_roundtrip_batch = original
+
+
 def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int,
-                       batch_size: int) -> float:
-    with DevicePreprocessor(device, threads=threads, force=force) as pre:
+                       batch_size: int, roundtrip: str = "codec") -> float:
+    with DevicePreprocessor(device, threads=threads, force=force, roundtrip=roundtrip) as pre:
         pre.preprocess_batch(datas[:batch_size])  # warm-up (CUDA contexts, codec handles)
         t0 = time.perf_counter()
         for i in range(0, len(datas), batch_size):
@@ -154,7 +175,7 @@ def bench_model_cam(model, datas, device, batch_size) -> float:
 
 
 def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
-                   render=True) -> tuple[float | str, dict]:
+                   render=True, roundtrip="codec") -> tuple[float | str, dict]:
     """Analyzer.analyze end to end (preprocess + model + both CAMs + statistics + PNG files):
     (images/s, seconds per stage per image from Analyzer.stage_times())."""
     try:
@@ -162,7 +183,7 @@ def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
     except ImportError as exc:  # the analysis module is not part of this checkout
         return f"not measured: poundcam.analysis unavailable ({exc})", {}
     opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
-                           render=render)
+                           render=render, jpeg_roundtrip=roundtrip)
     with Analyzer(model, opts, device=device) as analyzer:
         list(analyzer.analyze((i, d) for i, d in enumerate(datas[:batch_size])))  # warm-up
         _sync(device)
@@ -201,9 +222,9 @@ def fixture_jpegs() -> list[tuple[str, bytes]]:
     return out
 
 
-def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict:
+def parity(named: list[tuple[str, bytes]], device: str, models: dict, roundtrip: str) -> dict:
     datas = [d for _, d in named]
-    with DevicePreprocessor(device, force="device") as dev, \
+    with DevicePreprocessor(device, force="device", roundtrip=roundtrip) as dev, \
             DevicePreprocessor(device, force="pillow") as pil:
         rows = {"paths": {}, "tensor_max_abs": 0.0, "tensor_max_levels": 0.0,
                 "pixels_differing": 0.0, "geometry_mismatches": 0, "p_fake_max_abs": {}}
@@ -251,6 +272,8 @@ def main(argv=None) -> int:
                     help="preprocessing path of the analysis rows (default auto: device on CUDA, "
                          "Pillow on the CPU)")
     ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--compiled-roundtrip", action="store_true",
+                    help="add the device-tensor-compiled row (torch.compile of the re-encode)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     device = args.device
@@ -265,6 +288,13 @@ def main(argv=None) -> int:
     rates["pillow-processes"] = bench_pillow_processes(datas, args.threads)
     rates["pillow-threads"] = bench_preprocessor(datas, device, "pillow", args.threads, args.batch_size)
     rates["device"] = bench_preprocessor(datas, device, "device", args.threads, args.batch_size)
+    rates["device-tensor"] = bench_preprocessor(datas, device, "device", args.threads,
+                                                args.batch_size, roundtrip="tensor")
+    if args.compiled_roundtrip:
+        with compiled_roundtrip():
+            rates["device-tensor-compiled"] = bench_preprocessor(
+                datas, device, "device", args.threads, args.batch_size, roundtrip="tensor")
+    tensor_wins = rates["device-tensor"] > rates["device"]
     if not args.no_analysis:
         model = load_model(args.model, device)
         rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
@@ -273,12 +303,19 @@ def main(argv=None) -> int:
         if not args.no_render_row:
             rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess, render=False)
+        if tensor_wins:
+            rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
+                model, datas, device, args.batch_size, args.threads, args.preprocess,
+                roundtrip="tensor")
 
     ratios = {}
     if isinstance(rates.get("device"), float):
         ratios["device / pillow-processes"] = rates["device"] / rates["pillow-processes"]
         ratios["device / pillow-threads"] = rates["device"] / rates["pillow-threads"]
-    for name in ("analysis", "analysis-no-render"):
+        for name in ("device-tensor", "device-tensor-compiled"):
+            if name in rates:
+                ratios[f"{name} / device"] = rates[name] / rates["device"]
+    for name in ("analysis", "analysis-no-render", "analysis-tensor"):
         if isinstance(rates.get(name), float) and isinstance(rates.get("model+cam"), float):
             ratios[f"{name} / model+cam"] = rates[name] / rates["model+cam"]
 
@@ -301,11 +338,13 @@ def main(argv=None) -> int:
         models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
         sets = {"fixture": fixture_jpegs(), "varied": jpeg_corpus.varied_jpegs(seed=0),
                 "1080p": list(zip(map(str, range(len(datas))), datas))}
-        print(f"\n{'parity set':<10}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
+        print(f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
               f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths")
-        for name, named in sets.items():
-            r = parity_rows[name] = parity(named, device, models)
-            print(f"{name:<10}{r['images']:>7}{r['tensor_max_abs']:>10.4f}{r['tensor_max_levels']:>8.2f}"
+        for (name, named), roundtrip in ((item, rt) for item in sets.items()
+                                         for rt in ("codec", "tensor")):
+            key = f"{name}/{roundtrip}"
+            r = parity_rows[key] = parity(named, device, models, roundtrip)
+            print(f"{key:<16}{r['images']:>7}{r['tensor_max_abs']:>10.4f}{r['tensor_max_levels']:>8.2f}"
                   f"{r['pixels_differing']:>11.2e}{r['geometry_mismatches']:>8}"
                   f"{r['p_fake_max_abs']['fixture']:>12.2e}{r['p_fake_max_abs']['random-tiny']:>11.2e}"
                   f"  {r['paths']}")
