@@ -321,9 +321,9 @@ def main(argv=None) -> int:
 
     print(f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
           f"batch {args.batch_size}, model {args.model}")
-    print(f"{'path':<20}{'images/s':>12}")
+    print(f"{'path':<24}{'images/s':>12}")
     for name, rate in rates.items():
-        print(f"{name:<20}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<20}  {rate}")
+        print(f"{name:<24}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<24}  {rate}")
     for name, value in ratios.items():
         print(f"{name:<36}{value:>8.2f}x")
     for name, per_image in stages.items():

@@ -138,7 +138,7 @@ _PASSES = [(m, *_rounding(sh)) for m, sh in (
 
 def _apply_pass(flat: torch.Tensor, m: torch.Tensor, scale: torch.Tensor,
                 offset: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(offset, flat @ m, scale).floor_()
+    return (flat @ m).mul_(scale).add_(offset).floor_()  # exact: scale is a power of two
 
 
 def _reciprocals(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,10 +229,12 @@ def _lossy(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
     q = table.to(device=dev, dtype=torch.float64).flatten()
     flat = plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4).reshape(-1, 64)
-    flat = flat.to(torch.float64) - 128
+    flat = flat.to(torch.float64).sub_(128)
     coef = _apply_pass(_apply_pass(flat, *fdct_rows), *fdct_cols)
-    levels = ((coef.abs() + corr) * factor).floor_()  # libjpeg-turbo's reciprocal division
-    x = torch.copysign(levels, coef).mul_(q)  # dequantized
+    del flat
+    x = coef.abs().add_(corr).mul_(factor).floor_()  # libjpeg-turbo's reciprocal division
+    x = torch.copysign(x, coef, out=x).mul_(q)  # dequantized
+    del coef
     x = _apply_pass(_apply_pass(x, *idct_cols), *idct_rows)
     x = x.add_(128).clamp_(0, 255).to(torch.int32)
     return x.view(n, h // 8, w // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(n, h, w)
@@ -260,10 +262,10 @@ def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torc
 
 
 def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
-                   max_pixels: int = 64 * 1024 * 1024) -> list[torch.Tensor]:
+                   max_pixels: int = 8 * 1024 * 1024) -> list[torch.Tensor]:
     """uint8 [3, H, W] images (any sizes, one device) -> their JPEG round trips. Images of the
     same size go through ``jpeg_roundtrip_batch`` together, at most ``max_pixels`` at a time
-    (the float intermediates take about 40 bytes per pixel)."""
+    (its intermediates peak at about 100 bytes per pixel: 0.8 GiB for the default)."""
     out: list[torch.Tensor | None] = [None] * len(images)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
