@@ -20,6 +20,8 @@ Rows (images/s on the same generated 1080p JPEGs):
                      device-tensor row beat the device row
   analysis-no-render the same without heatmaps (what rendering costs)
 Ratios: device / pillow-processes, analysis / model+cam (target on an H200 with ViT-L: 0.8).
+Also the device path's stages one by one (decode, encode, copy to the host, decode again, the
+tensor re-encode instead, resize + crop), in ms per image.
 
 Parity (--parity, on by default): the device path against the Pillow path on the official
 fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
@@ -106,6 +108,42 @@ def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int
             batch = pre.preprocess_batch(datas[i:i + batch_size])
             assert all(it.ok for it in batch), [it for it in batch if not it.ok]
         return len(datas) / (time.perf_counter() - t0)
+
+
+def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict[str, float]:
+    """ms per image of each stage of the device path, run one after another on whole batches
+    with the device synchronized between them (the preprocessor overlaps nothing either)."""
+    from poundcam import device_transform as dt
+    from poundcam.jpeg_roundtrip import jpeg_roundtrip
+    from poundcam.transform import geometry_for
+
+    dev = torch.device(device)
+    times = dict.fromkeys(("decode", "encode", "to_host", "decode_again", "tensor_roundtrip",
+                           "resize_crop"), 0.0)
+
+    def timed(name, fn, *a, **kw):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        _sync(device)
+        times[name] += time.perf_counter() - t0
+        return out
+
+    for rounds, i in enumerate(range(0, len(datas), batch_size)):
+        if rounds == 0:  # warm-up batch, not counted
+            saved = dict(times)
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas[i:i + batch_size]]
+        first = timed("decode", dt.decode_jpegs, raw, device=dev)
+        encoded = timed("encode", dt.encode_jpegs, first)
+        host = timed("to_host", lambda: [e.cpu() for e in encoded])
+        second = timed("decode_again", dt.decode_jpegs, host, device=dev)
+        timed("tensor_roundtrip", jpeg_roundtrip, first)
+        timed("resize_crop", lambda: [dt.resize_crop(im, geometry_for(im.shape[2], im.shape[1]))
+                                      for im in second])
+        if rounds == 0:
+            times = saved
+    n = max(len(datas) - batch_size, 1)
+    return {k: v / n * 1e3 for k, v in times.items()}
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -295,6 +333,7 @@ def main(argv=None) -> int:
             rates["device-tensor-compiled"] = bench_preprocessor(
                 datas, device, "device", args.threads, args.batch_size, roundtrip="tensor")
     tensor_wins = rates["device-tensor"] > rates["device"]
+    device_stages = device_stage_times(datas, device, args.batch_size)
     if not args.no_analysis:
         model = load_model(args.model, device)
         rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
@@ -326,6 +365,8 @@ def main(argv=None) -> int:
         print(f"{name:<24}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<24}  {rate}")
     for name, value in ratios.items():
         print(f"{name:<36}{value:>8.2f}x")
+    print("\ndevice path, ms per image by stage (batches run stage after stage, synchronized): "
+          + "  ".join(f"{k} {v:.3f}" for k, v in device_stages.items()))
     for name, per_image in stages.items():
         if per_image:
             print(f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
@@ -358,6 +399,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "model": args.model, "quality": args.quality,
         "mean_bytes": float(np.mean([len(d) for d in datas])),
         "torch": torch.__version__, "images_per_s": rates, "ratios": ratios,
+        "device_path_stages_ms_per_image": device_stages,
         "analysis_stages_s_per_image": stages, "parity": parity_rows,
     }, indent=2))
     print(f"\nwrote {path}")
