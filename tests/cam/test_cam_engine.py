@@ -213,6 +213,7 @@ def test_compiled_prefix_gives_the_eager_maps_and_pads_to_one_shape(make_model):
     import torch._dynamo
 
     torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # process-wide count
     model = make_model(seed=6).requires_grad_(False)
     x = torch.randn(3, 3, 224, 224)
     eager = ComparativeCAM(model, target="contrastive")
@@ -225,4 +226,4 @@ def test_compiled_prefix_gives_the_eager_maps_and_pads_to_one_shape(make_model):
             torch.testing.assert_close(getattr(got, name), w, rtol=0, atol=1e-4 * float(w.abs().max()))
         torch.testing.assert_close(got.logits, want.logits, rtol=1e-3, atol=1e-3)  # x logit scale 100
         torch.testing.assert_close(got.probs, want.probs, rtol=0, atol=1e-4)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
