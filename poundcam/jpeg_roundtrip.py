@@ -16,8 +16,8 @@ libjpeg-turbo (Pillow's codec) performs them for ``Image.save(format="JPEG", qua
 Every step is libjpeg's integer arithmetic: the DCTs are its 13-bit fixed-point "islow"
 butterflies (its default method for both directions; before each rounding shift a pass is an
 integer 8x8 matrix, applied here in float64 where those integers are exact) and the
-quantization its reciprocal multiplication, over all 8x8 blocks of the batch at once. On the same pixels
-the result equals Pillow's bit for bit (tests/transform/test_jpeg_roundtrip.py).
+quantization its reciprocal multiplication, over all 8x8 blocks of the batch at once. On the
+same pixels the result equals Pillow's bit for bit (tests/transform/test_jpeg_roundtrip.py).
 """
 from __future__ import annotations
 
@@ -214,7 +214,8 @@ def _pad_edges(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     ph, pw = -h % rows, -w % cols
     if not ph and not pw:
         return plane
-    return F.pad(plane.unsqueeze(1).float(), (0, pw, 0, ph), mode="replicate").squeeze(1).to(plane.dtype)
+    padded = F.pad(plane.unsqueeze(1).float(), (0, pw, 0, ph), mode="replicate")  # exact: <= 255
+    return padded.squeeze(1).to(plane.dtype)
 
 
 def _lossy(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,8 @@ def _lossy(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     dev = plane.device
     fdct_rows, fdct_cols, idct_cols, idct_rows = (
         tuple(t.to(dev) for t in p) for p in _PASSES)
-    recip, corr, shift = (t.to(device=dev, dtype=torch.float64).flatten() for t in _reciprocals(table))
+    recip, corr, shift = (t.to(device=dev, dtype=torch.float64).flatten()
+                          for t in _reciprocals(table))
     factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
     q = table.to(device=dev, dtype=torch.float64).flatten()
     flat = plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4).reshape(-1, 64)

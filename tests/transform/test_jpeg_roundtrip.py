@@ -50,9 +50,11 @@ def test_gray_content_and_flat_and_extreme_images(corpus):
     gray = corpus.photo_like(90, 70, seed=3).convert("L").convert("RGB")
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), "RGB")
-    checker = Image.fromarray((np.indices((32, 48)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
-    for image in (gray, noise, checker, Image.new("RGB", (33, 21), (0, 0, 0)),
-                  Image.new("RGB", (33, 21), (255, 255, 255)), Image.new("RGB", (8, 8), (255, 0, 0))):
+    checker = np.indices((32, 48)).sum(0) % 2 * 255
+    checker = Image.fromarray(checker.astype(np.uint8)).convert("RGB")
+    flats = [Image.new("RGB", size, color) for size, color in
+             (((33, 21), (0, 0, 0)), ((33, 21), (255, 255, 255)), ((8, 8), (255, 0, 0)))]
+    for image in (gray, noise, checker, *flats):
         got = jpeg_roundtrip([as_tensor(image)])[0]
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(image, 90))
 
