@@ -129,10 +129,8 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
         times[name] += time.perf_counter() - t0
         return out
 
-    for rounds, i in enumerate(range(0, len(datas), batch_size)):
-        if rounds == 0:  # warm-up batch, not counted
-            saved = dict(times)
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas[i:i + batch_size]]
+    def run_batch(batch):
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in batch]
         first = timed("decode", dt.decode_jpegs, raw, device=dev)
         encoded = timed("encode", dt.encode_jpegs, first)
         host = timed("to_host", lambda: [e.cpu() for e in encoded])
@@ -140,9 +138,12 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
         timed("tensor_roundtrip", jpeg_roundtrip, first)
         timed("resize_crop", lambda: [dt.resize_crop(im, geometry_for(im.shape[2], im.shape[1]))
                                       for im in second])
-        if rounds == 0:
-            times = saved
-    n = max(len(datas) - batch_size, 1)
+
+    run_batch(datas[:batch_size])  # warm-up (codec handles, kernels), not counted
+    times = dict.fromkeys(times, 0.0)
+    for i in range(0, len(datas), batch_size):
+        run_batch(datas[i:i + batch_size])
+    n = len(datas)
     return {k: v / n * 1e3 for k, v in times.items()}
 
 
