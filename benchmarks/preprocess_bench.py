@@ -371,8 +371,8 @@ def main(argv=None) -> int:
     for name, per_image in stages.items():
         if per_image:
             print(f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
-                  "(preprocess: the background thread; encode: summed over the pool's threads; "
-                  "the others: the device thread)")
+                  "(preprocess: the background thread; encode, wait_encode: summed over the "
+                  "pool's threads; the others: the device thread)")
             print("  " + "  ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items() if k != "path"))
 
     parity_rows = {}

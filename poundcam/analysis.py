@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 LABELS = ("real", "fake")
 DISPLAY_REDUCING_GAP = 1.5  # Pillow-path originals: box-reduce, then bilinear (display only)
 STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
-          "wait_results")
+          "wait_encode", "wait_results")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +204,9 @@ class Analyzer:
         """Seconds by stage since the last reset: ``preprocess`` (background thread, wall),
         ``wait_preprocess`` (this thread waiting for a batch), ``model_cam``, ``render_device``
         (this thread), ``encode`` (statistics + PNG files, summed over the pool's threads),
-        ``wait_results`` (this thread waiting for the pool); ``items``: outcomes produced."""
+        ``wait_encode`` (the pool's threads waiting for a batch's copy to the host, its
+        statistics or an input's hash, summed), ``wait_results`` (this thread waiting for the
+        pool); ``items``: outcomes produced."""
         with self._stage_lock:
             return dict(self._stages)
 
@@ -416,17 +418,21 @@ class Analyzer:
     # -- statistics + PNG files (thread pool) ----------------------------------------------------
     def _piece_stats(self, piece: _Piece, geometries: list[CropGeometry]) -> list:
         t0 = time.perf_counter()
+        piece.wait()
+        t1 = time.perf_counter()
+        self._add("wait_encode", t1 - t0)
         try:
-            piece.wait()
             return compute_stats_batch(piece.real, piece.fake, geometries)
         finally:
-            self._add("encode", time.perf_counter() - t0)
+            self._add("encode", time.perf_counter() - t1)
 
     def _finish(self, piece: _Piece, r: int, meta: _Meta, stats_future: cf.Future) -> ItemOutcome:
         t0 = time.perf_counter()
         sha = meta.sha256.result()
+        waited = 0.0
         try:
             piece.wait()
+            waited = time.perf_counter() - t0
             if r in piece.invalid:
                 return ItemOutcome(meta.key, error_code="cam_unavailable",
                                    error_message=piece.invalid[r], sha256=sha)
@@ -436,7 +442,9 @@ class Analyzer:
             if self.options.render:
                 originals = piece.original_rows[r] if piece.original_rows is not None else None
                 heatmaps = encode_heatmaps(piece.crop_rows[r], originals, real, fake)
+            t_stats = time.perf_counter()
             stats = stats_future.result()[r]
+            waited += time.perf_counter() - t_stats
             if isinstance(stats, Exception):
                 raise stats
             result = AnalysisResult(
@@ -456,7 +464,8 @@ class Analyzer:
             return ItemOutcome(meta.key, error_code="render_failed",
                                error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
         finally:
-            self._add("encode", time.perf_counter() - t0)
+            self._add("wait_encode", waited)
+            self._add("encode", time.perf_counter() - t0 - waited)
 
 
 _END = object()

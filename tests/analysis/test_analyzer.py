@@ -266,6 +266,7 @@ def test_stage_times(tiny_model, inputs):
         assert analyzer.stage_times()["items"] == 0
     assert stages["items"] == len(inputs)
     assert stages["model_cam"] > 0 and stages["preprocess"] > 0 and stages["encode"] > 0
+    assert stages["wait_encode"] >= 0
 
 
 def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
