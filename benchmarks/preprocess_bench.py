@@ -88,15 +88,16 @@ def bench_pillow_processes(datas: list[bytes], workers: int) -> float:
 
 @contextlib.contextmanager
 def compiled_roundtrip():
-    """poundcam.jpeg_roundtrip's batch function through torch.compile while the block runs."""
+    """poundcam.jpeg_roundtrip's arithmetic (lossy_roundtrip, one graph) through
+    torch.compile(dynamic=True) while the block runs."""
     import poundcam.jpeg_roundtrip as jr
 
-    original = jr.jpeg_roundtrip_batch
-    jr.jpeg_roundtrip_batch = torch.compile(original, dynamic=True)
+    original = jr.lossy_roundtrip
+    jr.lossy_roundtrip = torch.compile(original, dynamic=True)
     try:
         yield
     finally:
-        jr.jpeg_roundtrip_batch = original
+        jr.lossy_roundtrip = original
 
 
 def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int,

@@ -21,6 +21,9 @@ same pixels the result equals Pillow's bit for bit (tests/transform/test_jpeg_ro
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -187,8 +190,7 @@ def _downsample_2x2(plane: torch.Tensor) -> torch.Tensor:
     alternates 1, 2, 1, 2, ... along each output row."""
     n, h, w = plane.shape
     s = plane.view(n, h // 2, 2, w // 2, 2).sum(dim=(2, 4))
-    bias = torch.ones(w // 2, dtype=plane.dtype, device=plane.device)
-    bias[1::2] = 2
+    bias = torch.arange(w // 2, device=plane.device).remainder(2).add(1).to(plane.dtype)
     return (s + bias) >> 2
 
 
@@ -211,25 +213,40 @@ def _upsample_fancy(plane: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor
 def _pad_edges(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Replicate the last row and column up to multiples of ``rows`` and ``cols``."""
     h, w = plane.shape[-2:]
-    ph, pw = -h % rows, -w % cols
-    if not ph and not pw:
-        return plane
+    ph, pw = -h % rows, -w % cols  # no branch on them: one compiled graph serves every size
     padded = F.pad(plane.unsqueeze(1).float(), (0, pw, 0, ph), mode="replicate")  # exact: <= 255
     return padded.squeeze(1).to(plane.dtype)
 
 
-def _lossy(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+class RoundtripConstants(NamedTuple):
+    """What the arithmetic needs besides the pixels, on the images' device (float64): the four
+    DCT passes as (matrix, scale, offset), and per component (luma, chroma) the flattened
+    quantization table with libjpeg-turbo's reciprocal factor and rounding correction."""
+
+    passes: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
+    luma: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    chroma: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@functools.lru_cache(maxsize=16)
+def roundtrip_constants(quality: int = JPEG_QUALITY, device: str = "cpu") -> RoundtripConstants:
+    def component(base):
+        table = quant_table(base, quality)
+        recip, corr, shift = (t.to(torch.float64).flatten() for t in _reciprocals(table))
+        factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
+        return tuple(t.to(device) for t in (table.flatten().to(torch.float64), factor, corr))
+
+    passes = tuple(tuple(t.to(device) for t in p) for p in _PASSES)
+    return RoundtripConstants(passes, component(STD_LUMINANCE), component(STD_CHROMINANCE))
+
+
+def _lossy(plane: torch.Tensor, passes, table) -> torch.Tensor:
     """[N, H, W] samples (H, W multiples of 8) -> the decoder's samples: islow forward DCT,
     quantization, dequantization, islow inverse DCT, level shift and clamping. Integers held
     in float64, so every step is exact; each DCT pass is one product and one rounding."""
     n, h, w = plane.shape
-    dev = plane.device
-    fdct_rows, fdct_cols, idct_cols, idct_rows = (
-        tuple(t.to(dev) for t in p) for p in _PASSES)
-    recip, corr, shift = (t.to(device=dev, dtype=torch.float64).flatten()
-                          for t in _reciprocals(table))
-    factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
-    q = table.to(device=dev, dtype=torch.float64).flatten()
+    fdct_rows, fdct_cols, idct_cols, idct_rows = passes
+    q, factor, corr = table
     flat = plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4).reshape(-1, 64)
     flat = flat.to(torch.float64).sub_(128)
     coef = _apply_pass(_apply_pass(flat, *fdct_rows), *fdct_cols)
@@ -242,32 +259,40 @@ def _lossy(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return x.view(n, h // 8, w // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(n, h, w)
 
 
-def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
-    """uint8 [N, 3, H, W] RGB -> uint8 [N, 3, H, W]: the images after a 4:2:0 JPEG encode at
-    ``quality`` and a decode, as Pillow (libjpeg-turbo) does them (see the module docstring)."""
-    if rgb.dim() != 4 or rgb.shape[1] != 3 or rgb.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 [N, 3, H, W], got {rgb.dtype} {tuple(rgb.shape)}")
+def lossy_roundtrip(rgb: torch.Tensor, consts: RoundtripConstants) -> torch.Tensor:
+    """The arithmetic of ``jpeg_roundtrip_batch`` with its constants given: plain tensor code
+    with no branch on sizes or values, so torch.compile traces it as one graph (with dynamic
+    shapes it still recompiles for some size classes: padding or none, square or not)."""
     n, _, h, w = rgb.shape
     ycc = _rgb_to_ycc(rgb.to(torch.int32))
-    luma_q = quant_table(STD_LUMINANCE, quality)
-    chroma_q = quant_table(STD_CHROMINANCE, quality)
-    y = _lossy(_pad_edges(ycc[:, 0], 16, 16), luma_q)[:, :h, :w]
+    y = _lossy(_pad_edges(ycc[:, 0], 16, 16), consts.passes, consts.luma)[:, :h, :w]
     ch, cw = (h + 1) // 2, (w + 1) // 2  # the chroma planes' real size
     chroma = []
     for c in (1, 2):
         # as libjpeg: the rows to an even count and the columns to whole MCUs before the 2x2
         # averaging, then the averaged rows (not the full-size ones) to whole blocks
         small = _downsample_2x2(_pad_edges(ycc[:, c], 2, 16))
-        small = _lossy(_pad_edges(small, 8, 8), chroma_q)[:, :ch, :cw]
+        small = _lossy(_pad_edges(small, 8, 8), consts.passes, consts.chroma)[:, :ch, :cw]
         chroma.append(_upsample_fancy(small, h, w))
     return _ycc_to_rgb(y, *chroma)
 
 
+def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY,
+                         core=None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] RGB -> uint8 [N, 3, H, W]: the images after a 4:2:0 JPEG encode at
+    ``quality`` and a decode, as Pillow (libjpeg-turbo) does them (see the module docstring).
+    ``core``: default ``lossy_roundtrip`` (looked up when called), or a compiled form of it."""
+    if rgb.dim() != 4 or rgb.shape[1] != 3 or rgb.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 [N, 3, H, W], got {rgb.dtype} {tuple(rgb.shape)}")
+    return (core or lossy_roundtrip)(rgb, roundtrip_constants(quality, str(rgb.device)))
+
+
 def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
-                   max_pixels: int = 8 * 1024 * 1024) -> list[torch.Tensor]:
+                   max_pixels: int = 8 * 1024 * 1024, core=None) -> list[torch.Tensor]:
     """uint8 [3, H, W] images (any sizes, one device) -> their JPEG round trips. Images of the
     same size go through ``jpeg_roundtrip_batch`` together, at most ``max_pixels`` at a time
-    (its intermediates peak at about 100 bytes per pixel: 0.8 GiB for the default)."""
+    (its intermediates peak at about 100 bytes per pixel: 0.8 GiB for the default); ``core``
+    as there."""
     out: list[torch.Tensor | None] = [None] * len(images)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
@@ -276,7 +301,7 @@ def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
         step = max(1, max_pixels // max(h * w, 1))
         for k in range(0, len(idx), step):
             chunk = idx[k:k + step]
-            done = jpeg_roundtrip_batch(torch.stack([images[i] for i in chunk]), quality)
+            done = jpeg_roundtrip_batch(torch.stack([images[i] for i in chunk]), quality, core)
             for i, im in zip(chunk, done):
                 out[i] = im
     return out  # type: ignore[return-value]
