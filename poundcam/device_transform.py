@@ -12,9 +12,10 @@ Two paths compute the same transform (poundcam.transform; docs/preprocessing.md)
   bilinear resize of the shorter side to 256 -> center crop 224 -> normalization. Decode and
   encode calls take the whole batch as one list. With ``roundtrip="tensor"`` the quality-90
   encode and decode are computed as tensor math instead (poundcam.jpeg_roundtrip: libjpeg's
-  integer arithmetic, equal to Pillow's round trip bit for bit; no bitstream leaves the device). Only plain JPEGs are sent this way: the header
-  (poundcam.jpeg_header) must be readable, complete (ends with EOI), 8-bit, 1 or 3 components,
-  Huffman-coded, with an EXIF orientation this module applies itself and within the limits.
+  integer arithmetic, equal to Pillow's round trip bit for bit; no bitstream leaves the
+  device). Only plain JPEGs are sent this way: the header (poundcam.jpeg_header) must be
+  readable, complete (ends with EOI), 8-bit, 1 or 3 components, Huffman-coded, with an EXIF
+  orientation this module applies itself and within the limits.
 - "pillow": poundcam.imaging.decode_image + poundcam.transform.preprocess_with_geometry, in a
   thread pool, for everything else (PNG, WebP, GIF, CMYK, odd or damaged JPEGs, inputs the
   device decoder refuses). Its results join the same batch; it is also the only source of error

@@ -213,7 +213,7 @@ def _upsample_fancy(plane: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor
 def _pad_edges(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Replicate the last row and column up to multiples of ``rows`` and ``cols``."""
     h, w = plane.shape[-2:]
-    ph, pw = -h % rows, -w % cols  # no branch on them: one compiled graph serves every size
+    ph, pw = -h % rows, -w % cols  # padded even when zero: no branch on sizes when traced
     padded = F.pad(plane.unsqueeze(1).float(), (0, pw, 0, ph), mode="replicate")  # exact: <= 255
     return padded.squeeze(1).to(plane.dtype)
 
@@ -277,22 +277,19 @@ def lossy_roundtrip(rgb: torch.Tensor, consts: RoundtripConstants) -> torch.Tens
     return _ycc_to_rgb(y, *chroma)
 
 
-def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY,
-                         core=None) -> torch.Tensor:
+def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
     """uint8 [N, 3, H, W] RGB -> uint8 [N, 3, H, W]: the images after a 4:2:0 JPEG encode at
-    ``quality`` and a decode, as Pillow (libjpeg-turbo) does them (see the module docstring).
-    ``core``: default ``lossy_roundtrip`` (looked up when called), or a compiled form of it."""
+    ``quality`` and a decode, as Pillow (libjpeg-turbo) does them (see the module docstring)."""
     if rgb.dim() != 4 or rgb.shape[1] != 3 or rgb.dtype != torch.uint8:
         raise ValueError(f"expected uint8 [N, 3, H, W], got {rgb.dtype} {tuple(rgb.shape)}")
-    return (core or lossy_roundtrip)(rgb, roundtrip_constants(quality, str(rgb.device)))
+    return lossy_roundtrip(rgb, roundtrip_constants(quality, str(rgb.device)))
 
 
 def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
-                   max_pixels: int = 8 * 1024 * 1024, core=None) -> list[torch.Tensor]:
+                   max_pixels: int = 8 * 1024 * 1024) -> list[torch.Tensor]:
     """uint8 [3, H, W] images (any sizes, one device) -> their JPEG round trips. Images of the
     same size go through ``jpeg_roundtrip_batch`` together, at most ``max_pixels`` at a time
-    (its intermediates peak at about 100 bytes per pixel: 0.8 GiB for the default); ``core``
-    as there."""
+    (its intermediates peak at about 100 bytes per pixel: 0.8 GiB for the default)."""
     out: list[torch.Tensor | None] = [None] * len(images)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
@@ -301,7 +298,7 @@ def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
         step = max(1, max_pixels // max(h * w, 1))
         for k in range(0, len(idx), step):
             chunk = idx[k:k + step]
-            done = jpeg_roundtrip_batch(torch.stack([images[i] for i in chunk]), quality, core)
+            done = jpeg_roundtrip_batch(torch.stack([images[i] for i in chunk]), quality)
             for i, im in zip(chunk, done):
                 out[i] = im
     return out  # type: ignore[return-value]
