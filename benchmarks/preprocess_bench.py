@@ -141,7 +141,8 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
                                       for im in second])
 
     run_batch(datas[:batch_size])  # warm-up (codec handles, kernels), not counted
-    times = dict.fromkeys(times, 0.0)
+    for k in times:
+        times[k] = 0.0
     for i in range(0, len(datas), batch_size):
         run_batch(datas[i:i + batch_size])
     n = len(datas)
@@ -262,33 +263,47 @@ def fixture_jpegs() -> list[tuple[str, bytes]]:
     return out
 
 
-def parity(named: list[tuple[str, bytes]], device: str, models: dict, roundtrip: str) -> dict:
+ROUNDTRIPS = ("codec", "tensor")
+
+
+def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[str, dict]:
+    """Per re-encode (codec, tensor): the device path against the Pillow path, which runs once
+    for both."""
     datas = [d for _, d in named]
-    with DevicePreprocessor(device, force="device", roundtrip=roundtrip) as dev, \
-            DevicePreprocessor(device, force="pillow") as pil:
-        rows = {"paths": {}, "tensor_max_abs": 0.0, "tensor_max_levels": 0.0,
-                "pixels_differing": 0.0, "geometry_mismatches": 0, "p_fake_max_abs": {}}
-        n_pix = n_diff = 0
+    rows = {rt: {"paths": {}, "tensor_max_abs": 0.0, "tensor_max_levels": 0.0,
+                 "pixels_differing": 0.0, "geometry_mismatches": 0, "p_fake_max_abs": {},
+                 "images": len(datas)} for rt in ROUNDTRIPS}
+    counts = {rt: [0, 0] for rt in ROUNDTRIPS}  # values differing, values
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+
+    def p_fake(model, tensor):
+        return model(tensor.to(device)).float().softmax(-1)[:, 1]
+
+    with contextlib.ExitStack() as stack:
+        pil = stack.enter_context(DevicePreprocessor(device, force="pillow"))
+        devs = {rt: stack.enter_context(DevicePreprocessor(device, force="device", roundtrip=rt))
+                for rt in ROUNDTRIPS}
         for i in range(0, len(datas), 32):
-            a = dev.preprocess_batch(datas[i:i + 32])
             b = pil.preprocess_batch(datas[i:i + 32])
-            for x in a:
-                rows["paths"][x.path] = rows["paths"].get(x.path, 0) + 1
-            rows["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b))
-            diff = (a.tensor - b.tensor).abs()
-            rows["tensor_max_abs"] = max(rows["tensor_max_abs"], diff.max().item())
-            levels = diff * torch.tensor(CLIP_STD, device=diff.device).view(1, 3, 1, 1) * 255
-            rows["tensor_max_levels"] = max(rows["tensor_max_levels"], round(levels.max().item(), 3))
-            n_diff += int((levels > 0.5).sum())
-            n_pix += levels.numel()
             with torch.no_grad():
-                for name, model in models.items():
-                    pa = model(a.tensor.to(device)).float().softmax(-1)[:, 1]
-                    pb = model(b.tensor.to(device)).float().softmax(-1)[:, 1]
-                    d = (pa - pb).abs().max().item()
-                    rows["p_fake_max_abs"][name] = max(rows["p_fake_max_abs"].get(name, 0.0), d)
-        rows["pixels_differing"] = n_diff / max(n_pix, 1)
-        rows["images"] = len(datas)
+                pb = {name: p_fake(model, b.tensor) for name, model in models.items()}
+            for rt, dev in devs.items():
+                r, a = rows[rt], dev.preprocess_batch(datas[i:i + 32])
+                for x in a:
+                    r["paths"][x.path] = r["paths"].get(x.path, 0) + 1
+                r["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b))
+                diff = (a.tensor - b.tensor).abs()
+                r["tensor_max_abs"] = max(r["tensor_max_abs"], diff.max().item())
+                levels = diff * std * 255
+                r["tensor_max_levels"] = max(r["tensor_max_levels"], round(levels.max().item(), 3))
+                counts[rt][0] += int((levels > 0.5).sum())
+                counts[rt][1] += levels.numel()
+                with torch.no_grad():
+                    for name, model in models.items():
+                        d = (p_fake(model, a.tensor) - pb[name]).abs().max().item()
+                        r["p_fake_max_abs"][name] = max(r["p_fake_max_abs"].get(name, 0.0), d)
+    for rt, (n_diff, n_pix) in counts.items():
+        rows[rt]["pixels_differing"] = n_diff / max(n_pix, 1)
     return rows
 
 
@@ -380,18 +395,18 @@ def main(argv=None) -> int:
     if not args.no_parity:
         models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
         sets = {"fixture": fixture_jpegs(), "varied": jpeg_corpus.varied_jpegs(seed=0),
-                # at most 256 of them: the Pillow side of each comparison runs at ~30 images/s
+                # at most 256 of them: the Pillow side of the comparison runs at ~30 images/s
                 "1080p": list(zip(map(str, range(len(datas))), datas))[:256]}
         print(f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
               f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths")
-        for (name, named), roundtrip in ((item, rt) for item in sets.items()
-                                         for rt in ("codec", "tensor")):
-            key = f"{name}/{roundtrip}"
-            r = parity_rows[key] = parity(named, device, models, roundtrip)
-            print(f"{key:<16}{r['images']:>7}{r['tensor_max_abs']:>10.4f}{r['tensor_max_levels']:>8.2f}"
-                  f"{r['pixels_differing']:>11.2e}{r['geometry_mismatches']:>8}"
-                  f"{r['p_fake_max_abs']['fixture']:>12.2e}{r['p_fake_max_abs']['random-tiny']:>11.2e}"
-                  f"  {r['paths']}")
+        for name, named in sets.items():
+            for roundtrip, r in parity(named, device, models).items():
+                key = f"{name}/{roundtrip}"
+                parity_rows[key] = r
+                print(f"{key:<16}{r['images']:>7}{r['tensor_max_abs']:>10.4f}"
+                      f"{r['tensor_max_levels']:>8.2f}{r['pixels_differing']:>11.2e}"
+                      f"{r['geometry_mismatches']:>8}{r['p_fake_max_abs']['fixture']:>12.2e}"
+                      f"{r['p_fake_max_abs']['random-tiny']:>11.2e}  {r['paths']}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
