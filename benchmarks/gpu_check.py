@@ -31,6 +31,12 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
+def same_peaks(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """(images whose maps peak in the same cell, images whose reference map a is not all zero)."""
+    nonzero = [i for i in range(a.shape[0]) if a[i].max() > 0]
+    return sum(int(a[i].argmax() == b[i].argmax()) for i in nonzero), len(nonzero)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
@@ -59,8 +65,7 @@ def main() -> int:
         for cls in ("real", "fake"):
             a, b = getattr(rc, cls), getattr(rg, cls).cpu()
             cs = [corr(a[i], b[i]) for i in range(len(files))]
-            peaks = sum(int(a[i].argmax() == b[i].argmax()) for i in range(len(files)) if a[i].max() > 0)
-            nz = sum(int(a[i].max() > 0) for i in range(len(files)))
+            peaks, nz = same_peaks(a, b)
             print(f"CAM {target:11s} {cls}: correlation CUDA vs CPU min {min(cs):.4f}; "
                   f"same peak {peaks}/{nz}")
     for target in ("contrastive", "logit"):
@@ -69,8 +74,7 @@ def main() -> int:
         for cls in ("real", "fake"):
             a, b = getattr(eager, cls).cpu(), getattr(comp, cls).cpu()
             rel = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
-            peaks = sum(int(a[i].argmax() == b[i].argmax()) for i in range(len(files)) if a[i].max() > 0)
-            nz = sum(int(a[i].max() > 0) for i in range(len(files)))
+            peaks, nz = same_peaks(a, b)
             print(f"CAM {target:11s} {cls}: compiled vs eager on CUDA: max |d| / peak {rel:.2e}; "
                   f"same peak {peaks}/{nz}")
         ok &= (eager.probs - comp.probs).abs().max().item() < 0.01
