@@ -110,8 +110,8 @@ def _idct_pass(c: list[int], first: bool) -> tuple[list[int], list[int]]:
 
 def _pass_matrix(one_pass, first: bool, along_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass before its rounding is an integer linear map of each row (or column) of a block:
-    as a 64x64 matrix on row-major flattened blocks (float64, exact: every product and sum
-    stays far below 2**53), transposed for ``flat @ m``; and the per-element shifts [64]."""
+    as a 64x64 matrix on row-major flattened blocks (float64), transposed for ``flat @ m``; and
+    the per-element shifts [64]."""
     cols, shifts = [], None
     for j in range(8):
         pre, shifts = one_pass([int(i == j) for i in range(8)], first)
@@ -124,24 +124,20 @@ def _pass_matrix(one_pass, first: bool, along_rows: bool) -> tuple[torch.Tensor,
     return torch.kron(a, eye).T.contiguous(), shifts.repeat_interleave(8)
 
 
-def _rounding(shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """libjpeg's DESCALE, (x + 2**(n-1)) >> n, as floor(x * 2**-n + offset) on exact integers
-    (n = 0 keeps x): the (scale, offset) vectors for torch.addcmul."""
-    scale = torch.exp2(-shifts)
-    return scale, torch.where(shifts > 0, torch.full_like(shifts, 0.5), torch.zeros_like(shifts))
-
-
-# (matrix, scale, offset) of the four passes, in the order libjpeg runs them
-_PASSES = [(m, *_rounding(sh)) for m, sh in (
-    _pass_matrix(_fdct_pass, True, along_rows=True),
-    _pass_matrix(_fdct_pass, False, along_rows=False),
-    _pass_matrix(_idct_pass, True, along_rows=False),
-    _pass_matrix(_idct_pass, False, along_rows=True))]
-
-
-def _apply_pass(flat: torch.Tensor, m: torch.Tensor, scale: torch.Tensor,
-                offset: torch.Tensor) -> torch.Tensor:
-    return (flat @ m).mul_(scale).add_(offset).floor_()  # exact: scale is a power of two
+def _rounded_pass(one_pass, first: bool, along_rows: bool, input_scale: torch.Tensor | None = None,
+                  input_offset: float = 0.0, output_offset: float = 0.0):
+    """A pass with its rounding as ``floor(flat @ m + bias)``: libjpeg's DESCALE,
+    (x + 2**(n-1)) >> n, is floor(x * 2**-n + 1/2) (n = 0 keeps x), so the power-of-two scale
+    goes into the matrix and the half into the bias. Also folded in, all exactly: a per-input
+    scale (the dequantization), a shift of the inputs (the -128 level shift) and one of the
+    outputs (the +128). Every product and partial sum is an integer times a power of two far
+    below 2**53, so float64 holds each step exactly, in any summation order."""
+    m, shifts = _pass_matrix(one_pass, first, along_rows)
+    m = m * torch.exp2(-shifts)
+    if input_scale is not None:
+        m = input_scale.view(64, 1) * m
+    bias = torch.where(shifts > 0, 0.5, 0.0) + input_offset * m.sum(0) + output_offset
+    return m, bias
 
 
 def _reciprocals(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,115 +162,156 @@ def _reciprocals(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return tuple(torch.tensor(v, dtype=torch.int64).view(8, 8) for v in (recip, corr, shift))
 
 
-def _rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
-    """int32 [N, 3, H, W] RGB -> int32 YCbCr, as libjpeg's rgb_ycc_convert."""
-    r, g, b = rgb.unbind(1)
-    y = (_fix(0.29900) * r + _fix(0.58700) * g + _fix(0.11400) * b + _ONE_HALF) >> _SCALEBITS
-    offset = (128 << _SCALEBITS) + _ONE_HALF - 1
-    cb = (-_fix(0.16874) * r - _fix(0.33126) * g + _fix(0.5) * b + offset) >> _SCALEBITS
-    cr = (_fix(0.5) * r - _fix(0.41869) * g - _fix(0.08131) * b + offset) >> _SCALEBITS
-    return torch.stack([y, cb, cr], 1)
+def _colour_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """libjpeg's fixed-point colour conversions as ``floor(m @ channels + bias)`` (float64,
+    exact: 16-bit constants times 8-bit samples, scaled by 2**-16).
+    rgb_ycc_convert: Y = (0.299 R + 0.587 G + 0.114 B + 1/2) >> 16, Cb and Cr with the centre
+    128 and a rounding of 1/2 - 2**-16. ycc_rgb_convert: R = Y + ((1.402 (Cr-128) + 1/2) >> 16)
+    and so on, where Y + floor(t) = floor(Y + t) since Y is an integer."""
+    s = 2.0 ** -_SCALEBITS
+    to_ycc = torch.tensor([[_fix(0.29900), _fix(0.58700), _fix(0.11400)],
+                           [-_fix(0.16874), -_fix(0.33126), _fix(0.5)],
+                           [_fix(0.5), -_fix(0.41869), -_fix(0.08131)]], dtype=torch.float64) * s
+    centre = ((128 << _SCALEBITS) + _ONE_HALF - 1) * s
+    ycc_bias = torch.tensor([_ONE_HALF * s, centre, centre], dtype=torch.float64)
+    cb_g, cr_g = _fix(0.34414), _fix(0.71414)
+    to_rgb = torch.tensor([[1 / s, 0, _fix(1.40200)],
+                           [1 / s, -cb_g, -cr_g],
+                           [1 / s, _fix(1.77200), 0]], dtype=torch.float64) * s
+    rgb_bias = torch.tensor([_ONE_HALF - 128 * _fix(1.40200),
+                             _ONE_HALF + 128 * (cb_g + cr_g),
+                             _ONE_HALF - 128 * _fix(1.77200)], dtype=torch.float64) * s
+    return to_ycc, ycc_bias, to_rgb, rgb_bias
 
 
-def _ycc_to_rgb(y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor) -> torch.Tensor:
-    """int32 planes -> uint8 [N, 3, H, W] RGB, as libjpeg's ycc_rgb_convert (range-limited)."""
-    cb, cr = cb - 128, cr - 128
-    r = y + ((_fix(1.40200) * cr + _ONE_HALF) >> _SCALEBITS)
-    g = y + ((-_fix(0.34414) * cb + _ONE_HALF - _fix(0.71414) * cr) >> _SCALEBITS)
-    b = y + ((_fix(1.77200) * cb + _ONE_HALF) >> _SCALEBITS)
-    return torch.stack([r, g, b], 1).clamp_(0, 255).to(torch.uint8)
+def _colour(matrix: torch.Tensor, bias: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """float64 [N, 3, H, W] -> ``matrix @ channels + bias`` per pixel (before the floor)."""
+    n, c, h, w = planes.shape
+    out = torch.matmul(matrix, planes.reshape(n, c, h * w))
+    return out.add_(bias.view(3, 1)).view(n, 3, h, w)
 
 
-def _downsample_2x2(plane: torch.Tensor) -> torch.Tensor:
-    """[N, H, W] (H, W even) -> [N, H/2, W/2]: libjpeg's h2v2_downsample, whose rounding bias
-    alternates 1, 2, 1, 2, ... along each output row."""
-    n, h, w = plane.shape
-    s = plane.view(n, h // 2, 2, w // 2, 2).sum(dim=(2, 4))
-    bias = torch.arange(w // 2, device=plane.device).remainder(2).add(1).to(plane.dtype)
-    return (s + bias) >> 2
+def _pad_edges(planes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[N, C, H, W]: the last row and column replicated up to multiples of ``rows`` and ``cols``."""
+    h, w = planes.shape[-2:]
+    ph, pw = -h % rows, -w % cols
+    if ph == 0 and pw == 0:
+        return planes
+    return F.pad(planes, (0, pw, 0, ph), mode="replicate")
 
 
-def _upsample_fancy(plane: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """[N, h, w] -> [N, out_h, out_w]: libjpeg's h2v2_fancy_upsample (3/4, 1/4 triangle filter
-    in both directions, rounding biases 8 and 7, the edge rows and columns replicated)."""
-    # vertical: each input row makes two column sums, 3 x itself + the row above / below
-    up = torch.cat([plane[:, :1], plane[:, :-1]], 1)
-    down = torch.cat([plane[:, 1:], plane[:, -1:]], 1)
-    sums = torch.stack([3 * plane + up, 3 * plane + down], 2).flatten(1, 2)  # [N, 2h, w]
-    left = torch.cat([sums[..., :1], sums[..., :-1]], -1)
-    right = torch.cat([sums[..., 1:], sums[..., -1:]], -1)
-    # at the first and last column the neighbour is the column itself: 4 x its sum
-    even = (3 * sums + left + 8) >> 4
-    odd = (3 * sums + right + 7) >> 4
-    out = torch.stack([even, odd], -1).flatten(-2)  # [N, 2h, 2w]
-    return out[:, :out_h, :out_w]
+def _to_blocks(planes: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] (H, W multiples of 8) -> [N*C*H*W/64, 64] row-major 8x8 blocks (a copy)."""
+    n, c, h, w = planes.shape
+    return planes.reshape(n * c, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
 
 
-def _pad_edges(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Replicate the last row and column up to multiples of ``rows`` and ``cols``."""
-    h, w = plane.shape[-2:]
-    ph, pw = -h % rows, -w % cols  # padded even when zero: no branch on sizes when traced
-    padded = F.pad(plane.unsqueeze(1).float(), (0, pw, 0, ph), mode="replicate")  # exact: <= 255
-    return padded.squeeze(1).to(plane.dtype)
+def _block_view(blocks: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
+    """The inverse of ``_to_blocks`` as a [N, C, H/8, 8, W/8, 8] view (copied where consumed)."""
+    return blocks.view(n, c, h // 8, w // 8, 8, 8).transpose(3, 4)
+
+
+def _downsample_2x2(planes: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] (H, W even) -> [N, C, H/2, W/2]: libjpeg's h2v2_downsample, the mean of each
+    2x2 square with a rounding bias alternating 1, 2, 1, 2, ... along each output row."""
+    rows = planes[..., 0::2, :] + planes[..., 1::2, :]
+    s = rows[..., 0::2] + rows[..., 1::2]
+    bias = torch.arange(s.shape[-1], device=planes.device).remainder(2).add(1).to(s.dtype)
+    return s.add_(bias).mul_(0.25).floor_()
+
+
+def _upsample_fancy(planes: torch.Tensor, out: torch.Tensor) -> None:
+    """[N, C, h, w] -> ``out`` [N, C, 2h, 2w] (or its top-left part): libjpeg's
+    h2v2_fancy_upsample, a 3/4, 1/4 triangle filter in both directions with the edge rows and
+    columns replicated: column sums 3 x a row + the row above (even output rows) or below (odd),
+    then 3 x a column sum + its left (even output columns, + 8) or right neighbour (odd, + 7),
+    >> 4. Integers below 2**12, computed in int16."""
+    n, c, h, w = planes.shape
+    p = F.pad(planes, (1, 1, 1, 1), mode="replicate").to(torch.int16)
+    sums = torch.empty((n, c, h, 2, w + 2), dtype=torch.int16, device=planes.device)
+    torch.add(p[:, :, :-2], p[:, :, 1:-1], alpha=3, out=sums[:, :, :, 0])
+    torch.add(p[:, :, 2:], p[:, :, 1:-1], alpha=3, out=sums[:, :, :, 1])
+    sums = sums.view(n, c, 2 * h, w + 2)
+    up = torch.empty((n, c, 2 * h, w, 2), dtype=torch.int16, device=planes.device)
+    torch.add(sums[..., :-2], sums[..., 1:-1], alpha=3, out=up[..., 0])
+    torch.add(sums[..., 2:], sums[..., 1:-1], alpha=3, out=up[..., 1])
+    up = up.add_(torch.tensor([8, 7], dtype=torch.int16, device=planes.device))
+    up = up.bitwise_right_shift_(4).view(n, c, 2 * h, 2 * w)
+    oh, ow = out.shape[-2:]
+    out.copy_(up[..., :oh, :ow])
 
 
 class RoundtripConstants(NamedTuple):
-    """What the arithmetic needs besides the pixels, on the images' device (float64): the four
-    DCT passes as (matrix, scale, offset), and per component (luma, chroma) the flattened
-    quantization table with libjpeg-turbo's reciprocal factor and rounding correction."""
+    """What the arithmetic needs besides the pixels, on the images' device (float64): the colour
+    conversions as (matrix, bias), and per component (luma, chroma) the four DCT passes as
+    (matrix, bias) with the quantization between them (libjpeg-turbo's rounding correction and
+    reciprocal factor)."""
 
-    passes: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
-    luma: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    chroma: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    to_ycc: tuple[torch.Tensor, torch.Tensor]
+    to_rgb: tuple[torch.Tensor, torch.Tensor]
+    luma: tuple
+    chroma: tuple
 
 
 @functools.lru_cache(maxsize=16)
 def roundtrip_constants(quality: int = JPEG_QUALITY, device: str = "cpu") -> RoundtripConstants:
     def component(base):
-        table = quant_table(base, quality)
-        recip, corr, shift = (t.to(torch.float64).flatten() for t in _reciprocals(table))
+        table = quant_table(base, quality).flatten().to(torch.float64)
+        recip, corr, shift = (t.to(torch.float64).flatten() for t in _reciprocals(table.view(8, 8)))
         factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
-        return tuple(t.to(device) for t in (table.flatten().to(torch.float64), factor, corr))
+        passes = (_rounded_pass(_fdct_pass, True, along_rows=True, input_offset=-128.0),
+                  _rounded_pass(_fdct_pass, False, along_rows=False),
+                  _rounded_pass(_idct_pass, True, along_rows=False, input_scale=table),
+                  _rounded_pass(_idct_pass, False, along_rows=True, output_offset=128.0))
+        (m1, b1), (m2, b2), (m3, b3), (m4, b4) = passes
+        return tuple(t.to(device) for t in (m1, b1, m2, b2, corr, factor, m3, b3, m4, b4))
 
-    passes = tuple(tuple(t.to(device) for t in p) for p in _PASSES)
-    return RoundtripConstants(passes, component(STD_LUMINANCE), component(STD_CHROMINANCE))
+    to_ycc, ycc_bias, to_rgb, rgb_bias = (t.to(device) for t in _colour_matrices())
+    return RoundtripConstants((to_ycc, ycc_bias), (to_rgb, rgb_bias),
+                              component(STD_LUMINANCE), component(STD_CHROMINANCE))
 
 
-def _lossy(plane: torch.Tensor, passes, table) -> torch.Tensor:
-    """[N, H, W] samples (H, W multiples of 8) -> the decoder's samples: islow forward DCT,
-    quantization, dequantization, islow inverse DCT, level shift and clamping. Integers held
-    in float64, so every step is exact; each DCT pass is one product and one rounding."""
-    n, h, w = plane.shape
-    fdct_rows, fdct_cols, idct_cols, idct_rows = passes
-    q, factor, corr = table
-    flat = plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4).reshape(-1, 64)
-    flat = flat.to(torch.float64).sub_(128)
-    coef = _apply_pass(_apply_pass(flat, *fdct_rows), *fdct_cols)
-    del flat
-    x = coef.abs().add_(corr).mul_(factor).floor_()  # libjpeg-turbo's reciprocal division
-    x = torch.copysign(x, coef, out=x).mul_(q)  # dequantized
-    del coef
-    x = _apply_pass(_apply_pass(x, *idct_cols), *idct_rows)
-    x = x.add_(128).clamp_(0, 255).to(torch.int32)
-    return x.view(n, h // 8, w // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(n, h, w)
+def _lossy(blocks: torch.Tensor, stages) -> torch.Tensor:
+    """[B, 64] float64 samples (0..255) -> the decoder's samples: islow forward DCT (two
+    rounded passes, the level shift folded in), libjpeg-turbo's quantization by reciprocal,
+    islow inverse DCT (dequantization and level shift folded in), clamping to 0..255."""
+    m1, b1, m2, b2, corr, factor, m3, b3, m4, b4 = stages
+    x = torch.addmm(b1, blocks, m1).floor_()
+    x = torch.addmm(b2, x, m2).floor_()  # the coefficients, scaled by 8 as libjpeg leaves them
+    # sign(c) * floor((|c| + corr) * factor), as trunc((c + sign(c) * corr) * factor)
+    x = x.addcmul_(torch.sign(x), corr).mul_(factor).trunc_()
+    x = torch.addmm(b3, x, m3).floor_()
+    return torch.addmm(b4, x, m4).floor_().clamp_(0, 255)
 
 
 def lossy_roundtrip(rgb: torch.Tensor, consts: RoundtripConstants) -> torch.Tensor:
-    """The arithmetic of ``jpeg_roundtrip_batch`` with its constants given: plain tensor code
-    with no branch on sizes or values, so torch.compile traces it as one graph (with dynamic
-    shapes it still recompiles for some size classes: padding or none, square or not)."""
+    """The arithmetic of ``jpeg_roundtrip_batch`` with its constants given. Whole planes and
+    all 8x8 blocks of the batch go through each step at once, so the number of operations does
+    not grow with the batch (about 40 per call)."""
     n, _, h, w = rgb.shape
-    ycc = _rgb_to_ycc(rgb.to(torch.int32))
-    y = _lossy(_pad_edges(ycc[:, 0], 16, 16), consts.passes, consts.luma)[:, :h, :w]
+    ycc = _colour(*consts.to_ycc, rgb.to(torch.float64)).floor_()
+    luma = _pad_edges(ycc[:, :1], 8, 8)
+    hp, wp = luma.shape[-2:]
+    # the decoded planes, luma padded to whole blocks: the inverse conversion reads all three
+    planes = torch.empty((n, 3, hp, wp), dtype=torch.float64, device=rgb.device)
+    planes[:, :1].view(n, 1, hp // 8, 8, wp // 8, 8).copy_(
+        _block_view(_lossy(_to_blocks(luma), consts.luma), n, 1, hp, wp))
+    del luma
+    # chroma, as libjpeg: the rows to an even count and the columns to whole MCUs before the
+    # 2x2 averaging, then the averaged rows (not the full-size ones) to whole blocks
+    small = _pad_edges(_downsample_2x2(_pad_edges(ycc[:, 1:], 2, 16)), 8, 8)
+    del ycc
+    sh, sw = small.shape[-2:]
+    decoded = _block_view(_lossy(_to_blocks(small), consts.chroma), n, 2, sh, sw)
     ch, cw = (h + 1) // 2, (w + 1) // 2  # the chroma planes' real size
-    chroma = []
-    for c in (1, 2):
-        # as libjpeg: the rows to an even count and the columns to whole MCUs before the 2x2
-        # averaging, then the averaged rows (not the full-size ones) to whole blocks
-        small = _downsample_2x2(_pad_edges(ycc[:, c], 2, 16))
-        small = _lossy(_pad_edges(small, 8, 8), consts.passes, consts.chroma)[:, :ch, :cw]
-        chroma.append(_upsample_fancy(small, h, w))
-    return _ycc_to_rgb(y, *chroma)
+    decoded = decoded.reshape(n, 2, sh, sw)[..., :ch, :cw]
+    _upsample_fancy(decoded, planes[:, 1:, :h, :w])
+    if hp > h or wp > w:  # the padding of the chroma planes is never shown; keep it finite
+        planes[:, 1:, h:].zero_()
+        planes[:, 1:, :, w:].zero_()
+    rgb_out = _colour(*consts.to_rgb, planes)[..., :h, :w]
+    # clamped to 0..255, the float -> uint8 conversion truncates: the floor of the conversion
+    return rgb_out.clamp_(0, 255).to(torch.uint8)
 
 
 def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
