@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -162,3 +164,29 @@ def write_result(name: str, payload: dict) -> Path:
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor operations run in its ``with`` block (this thread) and the bytes they
+    read and write (inputs + outputs above 4 KiB; views, which move nothing, not counted). On a
+    GPU every operation is a kernel launch and eager elementwise work is bound by memory
+    traffic, so these two figures, exact on any device, say what a stage will cost there."""
+
+    _VIEWS = {"view", "_unsafe_view", "reshape", "permute", "slice", "select", "unbind",
+              "unsqueeze", "squeeze", "expand", "t", "transpose", "detach", "alias", "as_strided",
+              "split", "split_with_sizes", "unflatten", "flatten", "narrow", "empty", "lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.name().split("::")[-1].split(".")[0]
+        if name in self._VIEWS or name.startswith("empty"):
+            return out
+        self.ops += 1
+        self.bytes += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
+                          if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > 4096)
+        return out

@@ -53,6 +53,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import jpeg_corpus  # noqa: E402
+from common import OpCounter  # noqa: E402
 
 from poundcam.device_transform import DevicePreprocessor  # noqa: E402
 from poundcam.transform import CLIP_STD  # noqa: E402
@@ -111,21 +112,26 @@ def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int
         return len(datas) / (time.perf_counter() - t0)
 
 
-def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict[str, float]:
-    """ms per image of each stage of the device path, run one after another on whole batches
-    with the device synchronized between them (the preprocessor overlaps nothing either)."""
+def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict[str, dict]:
+    """Each stage of the device path run one after another on whole batches, the device
+    synchronized between them (the preprocessor overlaps nothing either): ms per image, and,
+    counted on one batch, tensor operations (kernel launches on a GPU) and MB read + written
+    per image (common.OpCounter)."""
     from poundcam import device_transform as dt
     from poundcam.jpeg_roundtrip import jpeg_roundtrip
     from poundcam.transform import geometry_for
 
     dev = torch.device(device)
-    times = dict.fromkeys(("decode", "encode", "to_host", "decode_again", "tensor_roundtrip",
-                           "resize_crop"), 0.0)
+    names = ("decode", "encode", "to_host", "decode_again", "tensor_roundtrip", "resize_crop")
+    times = dict.fromkeys(names, 0.0)
+    counts = {k: OpCounter() for k in names}
+    counting = [False]
 
     def timed(name, fn, *a, **kw):
         _sync(device)
         t0 = time.perf_counter()
-        out = fn(*a, **kw)
+        with counts[name] if counting[0] else contextlib.nullcontext():
+            out = fn(*a, **kw)
         _sync(device)
         times[name] += time.perf_counter() - t0
         return out
@@ -134,19 +140,23 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in batch]
         first = timed("decode", dt.decode_jpegs, raw, device=dev)
         encoded = timed("encode", dt.encode_jpegs, first)
-        host = timed("to_host", lambda: [e.cpu() for e in encoded])
+        host = timed("to_host", dt.to_host, encoded)
         second = timed("decode_again", dt.decode_jpegs, host, device=dev)
         timed("tensor_roundtrip", jpeg_roundtrip, first)
-        timed("resize_crop", lambda: [dt.resize_crop(im, geometry_for(im.shape[2], im.shape[1]))
-                                      for im in second])
+        geoms = [geometry_for(im.shape[2], im.shape[1]) for im in second]
+        timed("resize_crop", dt.resize_crops, second, geoms)
 
-    run_batch(datas[:batch_size])  # warm-up (codec handles, kernels), not counted
+    counted = datas[:batch_size]
+    counting[0] = True
+    run_batch(counted)  # warm-up (codec handles, kernels) and the operation counts, not timed
+    counting[0] = False
     for k in times:
         times[k] = 0.0
     for i in range(0, len(datas), batch_size):
         run_batch(datas[i:i + batch_size])
-    n = len(datas)
-    return {k: v / n * 1e3 for k, v in times.items()}
+    n, m = len(datas), len(counted)
+    return {k: {"ms": times[k] / n * 1e3, "ops": counts[k].ops / m, "mb": counts[k].bytes / m / 1e6}
+            for k in names}
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -382,8 +392,11 @@ def main(argv=None) -> int:
         print(f"{name:<24}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<24}  {rate}")
     for name, value in ratios.items():
         print(f"{name:<36}{value:>8.2f}x")
-    print("\ndevice path, ms per image by stage (batches run stage after stage, synchronized): "
-          + "  ".join(f"{k} {v:.3f}" for k, v in device_stages.items()))
+    print("\ndevice path by stage, per image (batches run stage after stage, synchronized; "
+          "operations = kernel launches on a GPU, MB = bytes read + written)")
+    print(f"  {'stage':<18}{'ms':>9}{'ops':>8}{'MB':>9}")
+    for k, v in device_stages.items():
+        print(f"  {k:<18}{v['ms']:>9.3f}{v['ops']:>8.2f}{v['mb']:>9.1f}")
     for name, per_image in stages.items():
         if per_image:
             print(f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
@@ -417,7 +430,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "model": args.model, "quality": args.quality,
         "mean_bytes": float(np.mean([len(d) for d in datas])),
         "torch": torch.__version__, "images_per_s": rates, "ratios": ratios,
-        "device_path_stages_ms_per_image": device_stages,
+        "device_path_stages_per_image": device_stages,
         "analysis_stages_s_per_image": stages, "parity": parity_rows,
     }, indent=2))
     print(f"\nwrote {path}")

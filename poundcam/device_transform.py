@@ -251,22 +251,54 @@ def resize_crop(image: torch.Tensor, geom: CropGeometry, exact_uint8: bool | Non
     vertical pass). ``exact_uint8`` (default: on the CPU) uses torch's uint8 kernel, which
     follows Pillow's integer arithmetic; otherwise two float passes with rounding between them
     (CUDA). Either agrees with Pillow to within one level on a small fraction of pixels."""
-    rw, rh = geom.resized
-    left, top = geom.crop_left, geom.crop_top
     if exact_uint8 is None:
         exact_uint8 = image.device.type == "cpu"
-    x = image.unsqueeze(0)
     if exact_uint8:
-        out = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True)
-        return out[0, :, top:top + CROP, left:left + CROP]
-    h, w = image.shape[-2:]
-    x = x.float()
+        rw, rh = geom.resized
+        out = F.interpolate(image.unsqueeze(0), size=(rh, rw), mode="bilinear", antialias=True)
+        return out[0, :, geom.crop_top:geom.crop_top + CROP, geom.crop_left:geom.crop_left + CROP]
+    return _resize_crop_float(image.unsqueeze(0), geom)[0]
+
+
+def _resize_crop_float(images: torch.Tensor, geom: CropGeometry) -> torch.Tensor:
+    """uint8 [N, 3, H, W] of one size -> uint8 [N, 3, 224, 224]: the float form of resize_crop."""
+    rw, rh = geom.resized
+    left, top = geom.crop_left, geom.crop_top
+    h, w = images.shape[-2:]
+    x = images.float()
     if rw != w:
         x = F.interpolate(x, size=(h, rw), mode="bilinear", antialias=True).round_().clamp_(0, 255)
     x = x[..., left:left + CROP]  # the vertical pass works column by column
     if rh != h:
         x = F.interpolate(x, size=(rh, CROP), mode="bilinear", antialias=True).round_().clamp_(0, 255)
-    return x[0, :, top:top + CROP].to(torch.uint8)
+    return x[..., top:top + CROP, :].to(torch.uint8)
+
+
+def resize_crops(images: Sequence[torch.Tensor], geoms: Sequence[CropGeometry],
+                 exact_uint8: bool | None = None,
+                 max_pixels: int = 32 * 1024 * 1024) -> list[torch.Tensor]:
+    """``resize_crop`` for many images. The float form (CUDA) runs images of the same size as
+    one batch, at most ``max_pixels`` at a time (16 bytes per pixel at the peak), so its number
+    of operations does not grow with the batch; the uint8 form (CPU) runs image by image, on
+    each decoder output's own layout, which its kernel is fastest on."""
+    if not images:
+        return []
+    if exact_uint8 is None:
+        exact_uint8 = images[0].device.type == "cpu"
+    if exact_uint8:
+        return [resize_crop(im, g, True) for im, g in zip(images, geoms)]
+    out: list[Any] = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, (im, g) in enumerate(zip(images, geoms)):
+        groups.setdefault((tuple(im.shape), g), []).append(i)
+    for (shape, geom), idx in groups.items():
+        step = max(1, max_pixels // max(shape[-1] * shape[-2], 1))
+        for k in range(0, len(idx), step):
+            chunk = idx[k:k + step]
+            done = _resize_crop_float(torch.stack([images[i] for i in chunk]), geom)
+            for i, crop in zip(chunk, done):
+                out[i] = crop
+    return out
 
 
 # The operators behind torchvision.io.decode_jpeg / encode_jpeg, called directly: the Python
@@ -332,12 +364,17 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     else:
         live2, second = _codec_roundtrip(live, upright, out, device)
     del upright
+    done, images, geoms = [], [], []
     for i, img in zip(live2, second):
         if isinstance(img, Exception):
             out[i] = img
-            continue
-        geom = geometry_for(*headers[i].oriented_size)
-        out[i] = (resize_crop(img, geom), geom, originals.get(i))
+        else:
+            done.append(i)
+            images.append(img)
+            geoms.append(geometry_for(*headers[i].oriented_size))
+    del second
+    for i, crop, geom in zip(done, resize_crops(images, geoms), geoms):
+        out[i] = (crop, geom, originals.get(i))
     return out
 
 
@@ -346,14 +383,23 @@ def _codec_roundtrip(live: list[int], upright: list[torch.Tensor], out: list,
     """Encode at quality 90 and decode again (the decoder reads host bytes); failures go to
     ``out``. Returns the inputs still alive and their decoded images (or exceptions)."""
     encoded = _each(encode_jpegs, upright)
-    live2, enc_cpu = [], []
-    for i, enc in zip(live, encoded):
-        if isinstance(enc, Exception):
-            out[i] = enc
+    live2, enc = [], []
+    for i, e in zip(live, encoded):
+        if isinstance(e, Exception):
+            out[i] = e
         else:
             live2.append(i)
-            enc_cpu.append(enc.cpu())
-    return live2, _each(decode_jpegs, enc_cpu, device=device)
+            enc.append(e)
+    return live2, _each(decode_jpegs, to_host(enc), device=device)
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """1-D tensors (one device) -> on the CPU, joined for one transfer (from a GPU: one
+    synchronization, not one per tensor) and split on the host."""
+    if not tensors:
+        return []
+    joined = torch.cat(tensors).cpu()
+    return list(joined.split([t.numel() for t in tensors]))
 
 
 def _pillow_one(data: bytes, limits: DecodeLimits):

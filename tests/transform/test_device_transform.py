@@ -23,6 +23,7 @@ from poundcam.device_transform import (
     orient,
     preprocess_setting,
     resize_crop,
+    resize_crops,
 )
 from poundcam.imaging import DecodeLimits, decode_image
 from poundcam.transform import CLIP_STD, geometry_for, preprocess_with_geometry
@@ -113,6 +114,30 @@ def test_resize_crop_matches_pillow(corpus, size, exact_uint8):
     diff = np.abs(got - ref)
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.01
+
+
+def test_resize_crops_batches_equal_single_images(corpus):
+    """The float form batches images of one size (CUDA's path): the same crops as one by one,
+    across sizes, orientations and chunk boundaries, in input order."""
+    sizes = [(640, 360), (360, 640), (640, 360), (257, 256), (640, 360), (360, 640)]
+    images = [torch.from_numpy(np.array(corpus.photo_like(w, h, seed=i))).permute(2, 0, 1)
+              for i, (w, h) in enumerate(sizes)]
+    geoms = [geometry_for(w, h) for w, h in sizes]
+    single = [resize_crop(im, g, exact_uint8=False) for im, g in zip(images, geoms)]
+    batched = resize_crops(images, geoms, exact_uint8=False, max_pixels=2 * 640 * 360)
+    assert len(batched) == len(single)
+    for a, b in zip(single, batched):
+        assert torch.equal(a, b)
+    exact = resize_crops(images, geoms)  # the CPU default: the uint8 form, image by image
+    assert all(torch.equal(a, resize_crop(im, g)) for a, im, g in zip(exact, images, geoms))
+    assert resize_crops([], []) == []
+
+
+def test_to_host_splits_what_it_joined():
+    parts = [torch.arange(n, dtype=torch.uint8) for n in (5, 1, 300)]
+    back = dt.to_host(parts)
+    assert [t.tolist() for t in back] == [t.tolist() for t in parts]
+    assert all(t.is_contiguous() for t in back) and dt.to_host([]) == []
 
 
 # --- batches ----------------------------------------------------------------------------------
