@@ -22,7 +22,7 @@ for step in $STEPS; do
     check) [ -n "${CHECK_CKPT:-}" ] && run 120 python3 benchmarks/gpu_check.py --ckpt "$CHECK_CKPT" \
                --images "$CHECK_IMAGES" ${CHECK_EXPECTED:+--expected "$CHECK_EXPECTED"} ;;
     preprocess) run 360 python3 benchmarks/preprocess_bench.py --device cuda --n "${N_IMAGES:-1024}" \
-               --batch-size 128 --threads "$(nproc)" --model vit-l --compiled-roundtrip --out "$OUT" ;;
+               --batch-size 128 --threads "$(nproc)" --model vit-l --compiled-roundtrip --profile --out "$OUT" ;;
     cam) run 120 python3 benchmarks/cam_bench.py --device cuda --size L14 --batch 128 ;;
     cam-compile) run 300 python3 benchmarks/cam_bench.py --device cuda --size L14 --batch 128 --compile ;;
     model) run 120 python3 benchmarks/model_bench.py --device cuda --size L14 --batch 128 ;;

@@ -21,7 +21,10 @@ Rows (images/s on the same generated 1080p JPEGs):
   analysis-no-render the same without heatmaps (what rendering costs)
 Ratios: device / pillow-processes, analysis / model+cam (target on an H200 with ViT-L: 0.8).
 Also the device path's stages one by one (decode, encode, copy to the host, decode again, the
-tensor re-encode instead, resize + crop), in ms per image.
+tensor re-encode instead, resize + crop): ms per image, and the tensor operations (kernel
+launches on a GPU) and bytes read + written per image, which are exact on any device.
+--profile: torch.profiler over the analysis on 4 batches (top operations by device and CPU
+time, Chrome trace next to the results).
 
 Parity (--parity, on by default): the device path against the Pillow path on the official
 fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
@@ -253,6 +256,43 @@ def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
     return rate, per_image
 
 
+def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, preprocess="auto",
+                     roundtrip="codec", rows: int = 15) -> Path:
+    """torch.profiler over Analyzer.analyze on a few batches (threads started inside, so their
+    operations are recorded too): the operations that took the most device time (on a GPU) and
+    the most CPU time, and a Chrome trace (gzip) in ``out_dir``."""
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from poundcam.analysis import AnalysisOptions, Analyzer
+
+    on_cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
+                           jpeg_roundtrip=roundtrip)
+    sample = datas[:4 * batch_size]
+    with profile(activities=activities) as prof:
+        with Analyzer(model, opts, device=device) as analyzer:
+            outcomes = list(analyzer.analyze(enumerate(sample)))
+        _sync(device)
+    print(f"\nprofile of the analysis ({len(sample)} images, {roundtrip} re-encode, "
+          f"{sum(o.ok for o in outcomes)} ok)")
+    averages = prof.key_averages()
+    if on_cuda:
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=rows))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    raw, path = out_dir / f"trace-{stamp}.json", out_dir / f"trace-{stamp}.json.gz"
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(path, "wb") as dst:
+        dst.write(src.read())
+    raw.unlink()
+    print(f"trace: {path}")
+    return path
+
+
 # --- parity -----------------------------------------------------------------------------------
 
 def fixture_jpegs() -> list[tuple[str, bytes]]:
@@ -339,6 +379,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--compiled-roundtrip", action="store_true",
                     help="add the device-tensor-compiled row (torch.compile of the re-encode)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the analysis on 4 batches: top operations by device and "
+                         "CPU time, and a Chrome trace next to the results")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     device = args.device
@@ -373,6 +416,9 @@ def main(argv=None) -> int:
             rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess,
                 roundtrip="tensor")
+        if args.profile:
+            profile_analysis(model, datas, device, args.batch_size, args.threads, args.out,
+                             args.preprocess, roundtrip="tensor" if tensor_wins else "codec")
 
     ratios = {}
     if isinstance(rates.get("device"), float):
