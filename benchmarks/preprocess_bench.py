@@ -140,7 +140,7 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
         return out
 
     def run_batch(batch):
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in batch]
+        raw = [dt.byte_tensor(d) for d in batch]
         first = timed("decode", dt.decode_jpegs, raw, device=dev)
         encoded = timed("encode", dt.encode_jpegs, first)
         host = timed("to_host", dt.to_host, encoded)
