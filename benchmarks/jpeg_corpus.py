@@ -104,3 +104,25 @@ def full_hd_jpegs(n: int, seed: int = 0, quality: int = 90, workers: int = 1) ->
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         return list(pool.map(functools.partial(full_hd_jpeg, quality=quality), seeds,
                              chunksize=max(1, n // (workers * 4))))
+
+
+def fixture_jpegs(folder) -> list[tuple[str, bytes]]:
+    """The PNGs in ``folder`` (the official fixture's images: grayscale, RGBA, odd sizes),
+    decoded as the Pillow path decodes them and saved as JPEG at quality 95 (grayscale ones as
+    1-component JPEGs): (name, bytes), sorted by name."""
+    from pathlib import Path
+
+    from poundcam.imaging import decode_image
+
+    out = []
+    for path in sorted(Path(folder).glob("*.png")):
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            gray = im.mode in ("L", "LA", "I;16", "I")
+        image = decode_image(data).image
+        if gray:
+            image = image.convert("L")
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=95)
+        out.append((path.stem, buf.getvalue()))
+    return out

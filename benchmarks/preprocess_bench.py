@@ -41,7 +41,6 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import datetime as _dt
-import io
 import json
 import multiprocessing as mp
 import os
@@ -59,6 +58,7 @@ import jpeg_corpus  # noqa: E402
 from common import OpCounter  # noqa: E402
 
 from poundcam.device_transform import DevicePreprocessor  # noqa: E402
+from poundcam.model.random_weights import TINY_CONFIG, random_poundnet  # noqa: E402
 from poundcam.transform import CLIP_STD  # noqa: E402
 
 SHARED = Path(os.environ.get("POUNDCAM_SHARED", HERE.parent.parent / "shared"))
@@ -70,7 +70,7 @@ FIXTURE = SHARED / "fixtures" / "poundnet-official-tiny"
 def _pool_init():
     torch.set_num_threads(1)
     import poundcam.imaging  # noqa: F401  (import cost outside the timed part)
-    import poundcam.transform  # noqa: F401
+    import poundcam.transform  # noqa: F401  (likewise)
 
 
 def _pillow_one(data: bytes) -> tuple[int, int]:
@@ -164,33 +164,6 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
 
 # --- models -----------------------------------------------------------------------------------
 
-def random_poundnet(seed: int = 0, **overrides):
-    """A random PoundNet whose logits are not flat (weights scaled as in tests/conftest.py)."""
-    from poundcam.model import PoundNet, PoundNetConfig
-    from poundcam.model.checkpoint import model_id
-
-    torch.manual_seed(seed)
-    model = PoundNet(PoundNetConfig(**overrides))
-    with torch.no_grad():
-        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-            if name.endswith("attn_mask"):
-                continue
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                              "ln_final.weight")):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name == "logit_scale":
-                p.fill_(torch.log(torch.tensor(100.0)))
-            else:
-                p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1))
-    model.model_id = model_id(model.state_dict())
-    return model.eval()
-
-
-TINY = dict(vision_width=64, vision_layers=4, patch_size=32, grid_size=7, embed_dim=32,
-            text_width=64, text_layers=2, n_ctx_vision=4, n_ctx_text=4, prompt_depth_vision=3,
-            prompt_depth_text=2, prompt_num_text=1, class_names=("cat", "dog", "pottedplant"))
-
-
 def load_model(spec: str, device: str):
     from poundcam import PoundNet
 
@@ -199,7 +172,7 @@ def load_model(spec: str, device: str):
     elif spec == "vit-l":
         model = random_poundnet(0)  # the released architecture, random weights
     elif spec == "tiny":
-        model = random_poundnet(0, **TINY)
+        model = random_poundnet(0, **TINY_CONFIG)
     else:
         model = PoundNet.from_checkpoint(spec)
     return model.to(device).eval()
@@ -294,24 +267,6 @@ def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, p
 
 
 # --- parity -----------------------------------------------------------------------------------
-
-def fixture_jpegs() -> list[tuple[str, bytes]]:
-    from PIL import Image
-
-    from poundcam.imaging import decode_image
-
-    out = []
-    for path in sorted((FIXTURE / "images").glob("*.png")):
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            gray = im.mode in ("L", "LA", "I;16", "I")
-        image = decode_image(data).image
-        image = image.convert("L") if gray else image
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=95)
-        out.append((path.stem, buf.getvalue()))
-    return out
-
 
 ROUNDTRIPS = ("codec", "tensor")
 
@@ -453,7 +408,8 @@ def main(argv=None) -> int:
     parity_rows = {}
     if not args.no_parity:
         models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
-        sets = {"fixture": fixture_jpegs(), "varied": jpeg_corpus.varied_jpegs(seed=0),
+        sets = {"fixture": jpeg_corpus.fixture_jpegs(FIXTURE / "images"),
+                "varied": jpeg_corpus.varied_jpegs(seed=0),
                 # at most 256 of them: the Pillow side of the comparison runs at ~30 images/s
                 "1080p": list(zip(map(str, range(len(datas))), datas))[:256]}
         print(f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"

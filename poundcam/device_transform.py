@@ -375,15 +375,9 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     else:
         live2, second = _codec_roundtrip(live, upright, out, device)
     del upright
-    done, images, geoms = [], [], []
-    for i, img in zip(live2, second):
-        if isinstance(img, Exception):
-            out[i] = img
-        else:
-            done.append(i)
-            images.append(img)
-            geoms.append(geometry_for(*headers[i].oriented_size))
+    done, images = _set_aside_failures(live2, second, out)
     del second
+    geoms = [geometry_for(*headers[i].oriented_size) for i in done]
     for i, crop, geom in zip(done, resize_crops(images, geoms), geoms):
         out[i] = (crop, geom, originals.get(i))
     return out
@@ -393,15 +387,21 @@ def _codec_roundtrip(live: list[int], upright: list[torch.Tensor], out: list,
                      device: torch.device) -> tuple[list[int], list]:
     """Encode at quality 90 and decode again (the decoder reads host bytes); failures go to
     ``out``. Returns the inputs still alive and their decoded images (or exceptions)."""
-    encoded = _each(encode_jpegs, upright)
-    live2, enc = [], []
-    for i, e in zip(live, encoded):
-        if isinstance(e, Exception):
-            out[i] = e
+    live2, encoded = _set_aside_failures(live, _each(encode_jpegs, upright), out)
+    return live2, _each(decode_jpegs, to_host(encoded), device=device)
+
+
+def _set_aside_failures(indices: list[int], results: list, out: list) -> tuple[list[int], list]:
+    """The exceptions among ``results`` go to ``out`` at their inputs' indices; returns the
+    indices and results of the others."""
+    kept, values = [], []
+    for i, r in zip(indices, results):
+        if isinstance(r, Exception):
+            out[i] = r
         else:
-            live2.append(i)
-            enc.append(e)
-    return live2, _each(decode_jpegs, to_host(enc), device=device)
+            kept.append(i)
+            values.append(r)
+    return kept, values
 
 
 def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

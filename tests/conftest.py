@@ -37,29 +37,9 @@ def official_model(official_dir):
 
 def make_tiny_model(seed: int = 0, **overrides):
     """A random PoundNet of small widths; ``overrides`` are PoundNetConfig fields."""
-    from poundcam.model.checkpoint import model_id
-    from poundcam.model import PoundNet, PoundNetConfig
+    from poundcam.model.random_weights import TINY_CONFIG, random_poundnet
 
-    base = dict(vision_width=64, vision_layers=4, patch_size=32, grid_size=7, embed_dim=32,
-                text_width=64, text_layers=2, n_ctx_vision=4, n_ctx_text=4,
-                prompt_depth_vision=3, prompt_depth_text=2, prompt_num_text=1,
-                class_names=("cat", "dog", "pottedplant"))
-    base.update(overrides)
-    torch.manual_seed(seed)
-    model = PoundNet(PoundNetConfig(**base))
-    with torch.no_grad():
-        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-            if name.endswith("attn_mask"):
-                continue
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                              "ln_final.weight")):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name == "logit_scale":
-                p.fill_(torch.log(torch.tensor(100.0)))
-            else:
-                p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1))
-    model.model_id = model_id(model.state_dict())
-    return model.eval()
+    return random_poundnet(seed, **{**TINY_CONFIG, **overrides})
 
 
 @pytest.fixture

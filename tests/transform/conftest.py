@@ -3,7 +3,6 @@ the preprocessing benchmark) and the official fixture's PNGs as JPEG bytes."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import sys
 from pathlib import Path
 
@@ -40,22 +39,6 @@ def varied_jpegs(corpus) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="session")
-def fixture_jpegs(official_dir) -> list[tuple[str, bytes]]:
-    """The fixture's PNGs (grayscale, RGBA, odd sizes), decoded as the Pillow path decodes
-    them and saved as JPEG (grayscale ones as 1-component JPEGs)."""
-    from PIL import Image
-
-    from poundcam.imaging import decode_image
-
-    out = []
-    for path in sorted((official_dir / "images").glob("*.png")):
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            gray = im.mode in ("L", "LA", "I;16", "I")
-        image = decode_image(data).image
-        if gray:
-            image = image.convert("L")
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=95)
-        out.append((path.stem, buf.getvalue()))
-    return out
+def fixture_jpegs(corpus, official_dir) -> list[tuple[str, bytes]]:
+    """The fixture's PNGs as JPEGs (jpeg_corpus.fixture_jpegs)."""
+    return corpus.fixture_jpegs(official_dir / "images")
