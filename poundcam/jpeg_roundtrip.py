@@ -108,36 +108,29 @@ def _idct_pass(c: list[int], first: bool) -> tuple[list[int], list[int]]:
             [shift] * 8)
 
 
-def _pass_matrix(one_pass, first: bool, along_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass before its rounding is an integer linear map of each row (or column) of a block:
-    as a 64x64 matrix on row-major flattened blocks (float64), transposed for ``flat @ m``; and
-    the per-element shifts [64]."""
+def _pass_matrix(one_pass, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass before its rounding is an integer linear map of 8 samples (a row or a column of
+    a block): the 8x8 matrix ``a`` with outputs = a @ inputs (float64), and the shifts [8]."""
     cols, shifts = [], None
     for j in range(8):
         pre, shifts = one_pass([int(i == j) for i in range(8)], first)
         cols.append(pre)
-    a = torch.tensor(cols, dtype=torch.float64).T.contiguous()  # pre = a @ samples
-    eye = torch.eye(8, dtype=torch.float64)
-    shifts = torch.tensor(shifts, dtype=torch.float64)
-    if along_rows:  # element (r, c) <- row r
-        return torch.kron(eye, a).T.contiguous(), shifts.repeat(8)
-    return torch.kron(a, eye).T.contiguous(), shifts.repeat_interleave(8)
+    return (torch.tensor(cols, dtype=torch.float64).T.contiguous(),
+            torch.tensor(shifts, dtype=torch.float64))
 
 
-def _rounded_pass(one_pass, first: bool, along_rows: bool, input_scale: torch.Tensor | None = None,
-                  input_offset: float = 0.0, output_offset: float = 0.0):
-    """A pass with its rounding as ``floor(flat @ m + bias)``: libjpeg's DESCALE,
-    (x + 2**(n-1)) >> n, is floor(x * 2**-n + 1/2) (n = 0 keeps x), so the power-of-two scale
-    goes into the matrix and the half into the bias. Also folded in, all exactly: a per-input
-    scale (the dequantization), a shift of the inputs (the -128 level shift) and one of the
-    outputs (the +128). Every product and partial sum is an integer times a power of two far
-    below 2**53, so float64 holds each step exactly, in any summation order."""
-    m, shifts = _pass_matrix(one_pass, first, along_rows)
-    m = m * torch.exp2(-shifts)
-    if input_scale is not None:
-        m = input_scale.view(64, 1) * m
-    bias = torch.where(shifts > 0, 0.5, 0.0) + input_offset * m.sum(0) + output_offset
-    return m, bias
+def _rounded_pass(one_pass, first: bool, input_offset: float = 0.0,
+                  output_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pass with its rounding as ``floor(a @ x + bias)``: libjpeg's DESCALE,
+    (x + 2**(n-1)) >> n, is floor(x * 2**-n + 1/2) (n = 0 keeps x), so each output's
+    power-of-two scale goes into its row of the matrix and the half into its bias. Also folded
+    in: a shift of the inputs (the -128 level shift) and of the outputs (the +128). Every
+    product and partial sum is an integer times a power of two far below 2**53, so float64
+    holds each step exactly, in any summation order."""
+    a, shifts = _pass_matrix(one_pass, first)
+    a = a * torch.exp2(-shifts).view(8, 1)
+    bias = torch.where(shifts > 0, 0.5, 0.0) + input_offset * a.sum(1) + output_offset
+    return a, bias
 
 
 def _reciprocals(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,31 +177,14 @@ def _colour_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     return to_ycc, ycc_bias, to_rgb, rgb_bias
 
 
-def _colour(matrix: torch.Tensor, bias: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
-    """float64 [N, 3, H, W] -> ``matrix @ channels + bias`` per pixel (before the floor)."""
-    n, c, h, w = planes.shape
-    out = torch.matmul(matrix, planes.reshape(n, c, h * w))
-    return out.add_(bias.view(3, 1)).view(n, 3, h, w)
-
-
 def _pad_edges(planes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """[N, C, H, W]: the last row and column replicated up to multiples of ``rows`` and ``cols``."""
+    """[..., H, W] (3 or 4 dims): the last row and column replicated up to multiples of
+    ``rows`` and ``cols``."""
     h, w = planes.shape[-2:]
     ph, pw = -h % rows, -w % cols
     if ph == 0 and pw == 0:
         return planes
     return F.pad(planes, (0, pw, 0, ph), mode="replicate")
-
-
-def _to_blocks(planes: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] (H, W multiples of 8) -> [N*C*H*W/64, 64] row-major 8x8 blocks (a copy)."""
-    n, c, h, w = planes.shape
-    return planes.reshape(n * c, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
-
-
-def _block_view(blocks: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
-    """The inverse of ``_to_blocks`` as a [N, C, H/8, 8, W/8, 8] view (copied where consumed)."""
-    return blocks.view(n, c, h // 8, w // 8, 8, 8).transpose(3, 4)
 
 
 def _downsample_2x2(planes: torch.Tensor) -> torch.Tensor:
@@ -243,9 +219,10 @@ def _upsample_fancy(planes: torch.Tensor, out: torch.Tensor) -> None:
 
 class RoundtripConstants(NamedTuple):
     """What the arithmetic needs besides the pixels, on the images' device (float64): the colour
-    conversions as (matrix, bias), and per component (luma, chroma) the four DCT passes as
-    (matrix, bias) with the quantization between them (libjpeg-turbo's rounding correction and
-    reciprocal factor)."""
+    conversions as (matrix [3, 3], bias [3, 1]), and per component (luma, chroma) the four DCT
+    passes as (matrix [8, 8], bias [8]) with the quantization between them: libjpeg-turbo's
+    rounding correction and reciprocal factor and the table, each [8, 1, 8] (row, -, column of
+    a block) to broadcast over planes seen as [.., H/8, 8, W/8, 8]."""
 
     to_ycc: tuple[torch.Tensor, torch.Tensor]
     to_rgb: tuple[torch.Tensor, torch.Tensor]
@@ -256,62 +233,85 @@ class RoundtripConstants(NamedTuple):
 @functools.lru_cache(maxsize=16)
 def roundtrip_constants(quality: int = JPEG_QUALITY, device: str = "cpu") -> RoundtripConstants:
     def component(base):
-        table = quant_table(base, quality).flatten().to(torch.float64)
-        recip, corr, shift = (t.to(torch.float64).flatten() for t in _reciprocals(table.view(8, 8)))
+        table = quant_table(base, quality).to(torch.float64)
+        recip, corr, shift = (t.to(torch.float64) for t in _reciprocals(table))
         factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
-        passes = (_rounded_pass(_fdct_pass, True, along_rows=True, input_offset=-128.0),
-                  _rounded_pass(_fdct_pass, False, along_rows=False),
-                  _rounded_pass(_idct_pass, True, along_rows=False, input_scale=table),
-                  _rounded_pass(_idct_pass, False, along_rows=True, output_offset=128.0))
-        (m1, b1), (m2, b2), (m3, b3), (m4, b4) = passes
-        return tuple(t.to(device) for t in (m1, b1, m2, b2, corr, factor, m3, b3, m4, b4))
+        quant = tuple(t.view(8, 1, 8) for t in (corr, factor, table))
+        passes = (*_rounded_pass(_fdct_pass, True, input_offset=-128.0),
+                  *_rounded_pass(_fdct_pass, False),
+                  *_rounded_pass(_idct_pass, True),
+                  *_rounded_pass(_idct_pass, False, output_offset=128.0))
+        return tuple(t.to(device) for t in (*passes[:4], *quant, *passes[4:]))
 
     to_ycc, ycc_bias, to_rgb, rgb_bias = (t.to(device) for t in _colour_matrices())
-    return RoundtripConstants((to_ycc, ycc_bias), (to_rgb, rgb_bias),
+    return RoundtripConstants((to_ycc, ycc_bias.view(3, 1)), (to_rgb, rgb_bias.view(3, 1)),
                               component(STD_LUMINANCE), component(STD_CHROMINANCE))
 
 
-def _lossy(blocks: torch.Tensor, stages) -> torch.Tensor:
-    """[B, 64] float64 samples (0..255) -> the decoder's samples: islow forward DCT (two
-    rounded passes, the level shift folded in), libjpeg-turbo's quantization by reciprocal,
-    islow inverse DCT (dequantization and level shift folded in), clamping to 0..255."""
-    m1, b1, m2, b2, corr, factor, m3, b3, m4, b4 = stages
-    x = torch.addmm(b1, blocks, m1).floor_()
-    x = torch.addmm(b2, x, m2).floor_()  # the coefficients, scaled by 8 as libjpeg leaves them
-    # sign(c) * floor((|c| + corr) * factor), as trunc((c + sign(c) * corr) * factor)
-    x = x.addcmul_(torch.sign(x), corr).mul_(factor).trunc_()
-    x = torch.addmm(b3, x, m3).floor_()
-    return torch.addmm(b4, x, m4).floor_().clamp_(0, 255)
+def _rows_pass(planes: torch.Tensor, a: torch.Tensor, bias: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """The pass along the rows of every block: [M, H, W] (contiguous, W a multiple of 8) seen
+    as rows of 8 samples, one product for all of them, then the rounding."""
+    flat = torch.addmm(bias, planes.view(-1, 8), a.T,
+                       out=None if out is None else out.view(-1, 8))
+    return flat.floor_().view(planes.shape)
+
+
+def _columns_pass(planes: torch.Tensor, a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The pass along the columns of every block: [M, H, W] (H a multiple of 8) seen as bands
+    of 8 rows, the matrix applied to each band (a batched product), then the rounding."""
+    m, h, w = planes.shape
+    bands = torch.matmul(a, planes.view(m * h // 8, 8, w))
+    return bands.add_(bias.view(8, 1)).floor_().view(m, h, w)
+
+
+def _lossy(planes: torch.Tensor, stages, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[M, H, W] float64 samples 0..255 (H, W multiples of 8; contiguous) -> the decoder's
+    samples (into ``out`` if given, [M, H, W] contiguous): islow forward DCT (rows, then
+    columns; the level shift folded in), libjpeg-turbo's quantization by reciprocal, the
+    dequantization, islow inverse DCT (columns, then rows; the +128 folded in), clamping to
+    0..255. Planes stay in image layout: every block is its 8 rows and 8 columns in place."""
+    a1, b1, a2, b2, corr, factor, table, a3, b3, a4, b4 = stages
+    m, h, w = planes.shape
+    x = _columns_pass(_rows_pass(planes, a1, b1), a2, b2)  # coefficients, scaled by 8 as libjpeg
+    blocks = x.view(m, h // 8, 8, w // 8, 8)
+    # sign(c) * floor((|c| + corr) * factor), as trunc((c + sign(c) * corr) * factor), then * Q
+    blocks.addcmul_(torch.sign(blocks), corr).mul_(factor).trunc_().mul_(table)
+    return _rows_pass(_columns_pass(x, a3, b3), a4, b4, out=out).clamp_(0, 255)
 
 
 def lossy_roundtrip(rgb: torch.Tensor, consts: RoundtripConstants) -> torch.Tensor:
-    """The arithmetic of ``jpeg_roundtrip_batch`` with its constants given. Whole planes and
-    all 8x8 blocks of the batch go through each step at once, so the number of operations does
-    not grow with the batch (about 40 per call)."""
+    """The arithmetic of ``jpeg_roundtrip_batch`` with its constants given. Whole planes of the
+    batch go through each step at once (about 60 operations per call, whatever the batch); the
+    planes are kept channel-first, [3, N, H, W], so that each is one contiguous tensor."""
     n, _, h, w = rgb.shape
-    ycc = _colour(*consts.to_ycc, rgb.to(torch.float64)).floor_()
-    luma = _pad_edges(ycc[:, :1], 8, 8)
+    x = torch.empty((3, n, h, w), dtype=torch.float64, device=rgb.device)
+    x.copy_(rgb.transpose(0, 1))
+    to_ycc, ycc_bias = consts.to_ycc
+    ycc = torch.addmm(ycc_bias, to_ycc, x.view(3, -1)).floor_().view(3, n, h, w)
+    del x
+    luma = _pad_edges(ycc[0], 8, 8).contiguous()
     hp, wp = luma.shape[-2:]
     # the decoded planes, luma padded to whole blocks: the inverse conversion reads all three
-    planes = torch.empty((n, 3, hp, wp), dtype=torch.float64, device=rgb.device)
-    planes[:, :1].view(n, 1, hp // 8, 8, wp // 8, 8).copy_(
-        _block_view(_lossy(_to_blocks(luma), consts.luma), n, 1, hp, wp))
+    planes = torch.empty((3, n, hp, wp), dtype=torch.float64, device=rgb.device)
+    _lossy(luma, consts.luma, out=planes[0])
     del luma
     # chroma, as libjpeg: the rows to an even count and the columns to whole MCUs before the
     # 2x2 averaging, then the averaged rows (not the full-size ones) to whole blocks
-    small = _pad_edges(_downsample_2x2(_pad_edges(ycc[:, 1:], 2, 16)), 8, 8)
+    small = _pad_edges(_downsample_2x2(_pad_edges(ycc[1:], 2, 16)), 8, 8).contiguous()
     del ycc
     sh, sw = small.shape[-2:]
-    decoded = _block_view(_lossy(_to_blocks(small), consts.chroma), n, 2, sh, sw)
+    decoded = _lossy(small.view(2 * n, sh, sw), consts.chroma).view(2, n, sh, sw)
     ch, cw = (h + 1) // 2, (w + 1) // 2  # the chroma planes' real size
-    decoded = decoded.reshape(n, 2, sh, sw)[..., :ch, :cw]
-    _upsample_fancy(decoded, planes[:, 1:, :h, :w])
+    _upsample_fancy(decoded[..., :ch, :cw], planes[1:, :, :h, :w])
     if hp > h or wp > w:  # the padding of the chroma planes is never shown; keep it finite
-        planes[:, 1:, h:].zero_()
-        planes[:, 1:, :, w:].zero_()
-    rgb_out = _colour(*consts.to_rgb, planes)[..., :h, :w]
+        planes[1:, :, h:].zero_()
+        planes[1:, :, :, w:].zero_()
+    to_rgb, rgb_bias = consts.to_rgb
+    out = torch.addmm(rgb_bias, to_rgb, planes.view(3, -1)).view(3, n, hp, wp)
     # clamped to 0..255, the float -> uint8 conversion truncates: the floor of the conversion
-    return rgb_out.clamp_(0, 255).to(torch.uint8)
+    out = out[..., :h, :w].clamp_(0, 255)
+    return torch.empty((n, 3, h, w), dtype=torch.uint8, device=rgb.device).copy_(out.transpose(0, 1))
 
 
 def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
