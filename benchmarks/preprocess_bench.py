@@ -16,15 +16,15 @@ Rows (images/s on the same generated 1080p JPEGs):
   analysis           poundcam.analysis.Analyzer.analyze end to end: preprocess (--preprocess,
                      default auto: device on CUDA, Pillow on the CPU) + model + both CAMs +
                      overlays + statistics + PNG files; with its time per image by stage;
-                     analysis-tensor: the same with roundtrip="tensor", measured when the
-                     device-tensor row beat the device row
+                     analysis-tensor: the same with roundtrip="tensor", measured on a GPU
+                     and wherever the device-tensor row beat the device row
   analysis-no-render the same without heatmaps (what rendering costs)
 Ratios: device / pillow-processes, analysis / model+cam (target on an H200 with ViT-L: 0.8).
 Also the device path's stages one by one (decode, encode, copy to the host, decode again, the
 tensor re-encode instead, resize + crop): ms per image, and the tensor operations (kernel
 launches on a GPU) and bytes read + written per image, which are exact on any device.
---profile: torch.profiler over the analysis on 4 batches (top operations by device and CPU
-time, Chrome trace next to the results).
+--profile: torch.profiler over the analysis on 2 batches, on a GPU for both re-encodes (top
+operations by device and CPU time, Chrome traces next to the results).
 
 Parity (--parity, on by default): the device path against the Pillow path on the official
 fixture's images (as JPEGs), on a varied generated JPEG set (sizes, subsampling, quality,
@@ -231,7 +231,7 @@ def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
 
 def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, preprocess="auto",
                      roundtrip="codec", rows: int = 15) -> Path:
-    """torch.profiler over Analyzer.analyze on a few batches (threads started inside, so their
+    """torch.profiler over Analyzer.analyze on two batches (threads started inside, so their
     operations are recorded too): the operations that took the most device time (on a GPU) and
     the most CPU time, and a Chrome trace (gzip) in ``out_dir``."""
     import gzip
@@ -244,7 +244,7 @@ def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, p
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
                            jpeg_roundtrip=roundtrip)
-    sample = datas[:4 * batch_size]
+    sample = datas[:2 * batch_size]
     with profile(activities=activities) as prof:
         with Analyzer(model, opts, device=device) as analyzer:
             outcomes = list(analyzer.analyze(enumerate(sample)))
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compiled-roundtrip", action="store_true",
                     help="add the device-tensor-compiled row (torch.compile of the re-encode)")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile the analysis on 4 batches: top operations by device and "
+                    help="also profile the analysis on 2 batches: top operations by device and "
                          "CPU time, and a Chrome trace next to the results")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -367,13 +367,15 @@ def main(argv=None) -> int:
         if not args.no_render_row:
             rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess, render=False)
-        if tensor_wins:
+        on_cuda = torch.device(device).type == "cuda"
+        if tensor_wins or on_cuda:  # on a GPU the two re-encodes share it differently with the model
             rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess,
                 roundtrip="tensor")
         if args.profile:
-            profile_analysis(model, datas, device, args.batch_size, args.threads, args.out,
-                             args.preprocess, roundtrip="tensor" if tensor_wins else "codec")
+            for roundtrip in ("codec", "tensor") if on_cuda else ("codec",):
+                profile_analysis(model, datas, device, args.batch_size, args.threads, args.out,
+                                 args.preprocess, roundtrip=roundtrip)
 
     ratios = {}
     if isinstance(rates.get("device"), float):
