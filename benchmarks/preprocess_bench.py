@@ -108,10 +108,12 @@ def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int
                        batch_size: int, roundtrip: str = "codec") -> float:
     with DevicePreprocessor(device, threads=threads, force=force, roundtrip=roundtrip) as pre:
         pre.preprocess_batch(datas[:batch_size])  # warm-up (CUDA contexts, codec handles)
+        _sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(datas), batch_size):
             batch = pre.preprocess_batch(datas[i:i + batch_size])
             assert all(it.ok for it in batch), [it for it in batch if not it.ok]
+        _sync(device)  # on a GPU the last batches are still queued when the loop ends
         return len(datas) / (time.perf_counter() - t0)
 
 

@@ -148,9 +148,9 @@ class _TimedPreprocessor:
     def __init__(self, pre: DevicePreprocessor, add):
         self.pre, self._add = pre, add
 
-    def preprocess_batch(self, datas) -> PreprocessedBatch:
+    def preprocess_batch(self, datas, wait: bool = True) -> PreprocessedBatch:
         t0 = time.perf_counter()
-        batch = self.pre.preprocess_batch(datas)
+        batch = self.pre.preprocess_batch(datas, wait=wait)
         batch.preprocess_s = time.perf_counter() - t0
         self._add("preprocess", batch.preprocess_s)
         return batch

@@ -27,6 +27,7 @@ Two paths compute the same transform (poundcam.transform; docs/preprocessing.md)
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -59,6 +60,7 @@ ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
 SETTINGS = ("auto", "device", "pillow")
 PATHS = ("device", "pillow")
 ROUNDTRIPS = ("codec", "tensor")  # how the device path re-encodes at quality 90
+MAX_IN_FLIGHT = 2  # CUDA: batches queued on the device before preprocess_batch waits for one
 DECODE_FAILED = "decode_failed"  # an unexpected exception while preprocessing one input
 
 
@@ -156,6 +158,7 @@ class PreprocessedItem:
         item converts the image its device decoder produced (no second decode); otherwise
         this is ``decoded().image``."""
         if self._original is not None:
+            self._batch.host_wait()
             return Image.fromarray(self._original.permute(1, 2, 0).cpu().numpy(), "RGB")
         return self.decoded().image
 
@@ -163,12 +166,18 @@ class PreprocessedItem:
 @dataclasses.dataclass(eq=False)
 class PreprocessedBatch:
     """``tensor`` [n, 3, 224, 224] (normalized, on the device) for the n inputs that decoded;
-    ``items`` has one entry per input, in input order."""
+    ``items`` has one entry per input, in input order.
+
+    On CUDA the batch is computed on the preprocessor's own stream, without the host waiting
+    for it: ``ready`` is the event recorded after its last operation. ``wait()`` orders the
+    calling thread's current stream after it (``preprocess_batch`` does that by default); the
+    item methods that copy to the host wait for it themselves."""
 
     tensor: torch.Tensor
     items: list[PreprocessedItem | ImageDecodeFailure]
     limits: DecodeLimits
     keys: list[Any] | None = None
+    ready: Any = None  # torch.cuda.Event on CUDA, None on the CPU
     _crops: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # uint8, device rows
     _crop_rows: dict[int, int] = dataclasses.field(default_factory=dict, repr=False)
     _crops_cpu: np.ndarray | None = dataclasses.field(default=None, repr=False)
@@ -188,9 +197,21 @@ class PreprocessedBatch:
     def failures(self) -> list[ImageDecodeFailure]:
         return [it for it in self.items if not it.ok]
 
+    def wait(self) -> None:
+        """Work queued after this on the calling thread's current stream sees the batch's
+        tensors (a wait on the device; the host goes on). Nothing to do on the CPU."""
+        if self.ready is not None:
+            torch.cuda.current_stream(self.tensor.device).wait_event(self.ready)
+
+    def host_wait(self) -> None:
+        """Block until the batch's tensors are written (CUDA)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+
     def _device_crop(self, row: int) -> Image.Image:
         with self._lock:  # one transfer of all device-path crops, on first use
             if self._crops_cpu is None:
+                self.host_wait()
                 self._crops_cpu = self._crops.permute(0, 2, 3, 1).cpu().numpy()
         return Image.fromarray(self._crops_cpu[self._crop_rows[row]], "RGB")
 
@@ -455,6 +476,7 @@ class DevicePreprocessor:
         self.threads = max(1, threads or os.cpu_count() or 1)
         self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="poundcam-preprocess")
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._in_flight: collections.deque = collections.deque()  # CUDA: events of recent batches
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -472,7 +494,15 @@ class DevicePreprocessor:
         header, reason = plan_input(data, self.limits)
         return ("device", header, None) if header is not None else ("pillow", None, reason)
 
-    def preprocess_batch(self, items: Sequence[bytes]) -> PreprocessedBatch:
+    def preprocess_batch(self, items: Sequence[bytes], wait: bool = True) -> PreprocessedBatch:
+        """The batch for ``items`` (image bytes). On CUDA its work is queued on this
+        preprocessor's stream and the call returns without waiting for the device (it waits
+        only while ``MAX_IN_FLIGHT`` earlier batches are unfinished, which bounds the memory);
+        with ``wait`` the calling thread's current stream is ordered after the batch, so
+        anything it queues next sees the tensors. A consumer on another thread passes
+        wait=False and calls ``batch.wait()`` itself (``iter_batches`` does)."""
+        while len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._in_flight.popleft().synchronize()
         datas = [bytes(d) if isinstance(d, (bytearray, memoryview)) else d for d in items]
         for d in datas:
             if not isinstance(d, bytes):
@@ -492,7 +522,12 @@ class DevicePreprocessor:
                 dev_results[i] = res
         pillow_results = {i: f.result() for i, f in pillow_futures.items()}
         headers = {i: plans[i][1] for i in dev_results}
-        return self._assemble(datas, headers, dev_results, pillow_results, reasons)
+        batch = self._assemble(datas, headers, dev_results, pillow_results, reasons)
+        if batch.ready is not None:
+            self._in_flight.append(batch.ready)
+        if wait:
+            batch.wait()
+        return batch
 
     def _on_stream(self):
         if self._stream is None:
@@ -504,10 +539,8 @@ class DevicePreprocessor:
             return []
         if self._stream is not None:  # CUDA: one batched call per stage, on a side stream
             with torch.cuda.device(self.device), self._on_stream():
-                out = device_transform(datas, headers, self.device, self.keep_originals,
-                                       self.roundtrip)
-            self._stream.synchronize()
-            return out
+                return device_transform(datas, headers, self.device, self.keep_originals,
+                                        self.roundtrip)
         # CPU: the same stages, the batch split in chunks over the thread pool
         n = min(self.threads, len(datas))
         bounds = [len(datas) * k // n for k in range(n + 1)]
@@ -550,19 +583,29 @@ class DevicePreprocessor:
             if dev_crops:
                 crops = torch.stack(dev_crops)
                 batch._crops = crops
-                tensor[dev_rows] = normalize(crops.float().div_(255))
+                tensor.index_copy_(0, self._to_device(torch.tensor(dev_rows)),
+                                   normalize(crops.float().div_(255)))
             if pil_tensors:
-                tensor[pil_rows] = torch.stack(pil_tensors).to(self.device, non_blocking=True)
+                tensor.index_copy_(0, self._to_device(torch.tensor(pil_rows)),
+                                   self._to_device(torch.stack(pil_tensors)))
         if self._stream is not None:
-            self._stream.synchronize()
-            # the consumer frees these on its own stream: keep the allocator from reusing the
-            # memory for a later batch before that stream is done with it
+            batch.ready = torch.cuda.Event(blocking=True)  # host waits sleep, not spin
+            batch.ready.record(self._stream)
+            # the consumer uses (and frees) these on its own stream: keep the allocator from
+            # reusing their memory for a later batch before that stream is done with them
             consumer = torch.cuda.current_stream(self.device)
             kept = [tensor] + ([batch._crops] if batch._crops is not None else [])
             kept += [it._original for it in batch.items if it.ok and it._original is not None]
             for t in kept:
                 t.record_stream(consumer)
         return batch
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device without the host waiting for the stream: from pinned
+        memory, asynchronously (a copy from pageable memory would wait for the stream's queue)."""
+        if self._stream is None:
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
 
 # --- overlap: the next batch is preprocessed while the current one is used -------------------
@@ -599,13 +642,13 @@ def iter_batches(preprocessor: DevicePreprocessor, source: Iterable[tuple[Any, b
                 keys.append(key)
                 datas.append(data)
                 if len(datas) == batch_size:
-                    batch = preprocessor.preprocess_batch(datas)
+                    batch = preprocessor.preprocess_batch(datas, wait=False)
                     batch.keys = keys
                     if not put(batch):
                         return
                     keys, datas = [], []
             if datas:
-                batch = preprocessor.preprocess_batch(datas)
+                batch = preprocessor.preprocess_batch(datas, wait=False)
                 batch.keys = keys
                 if not put(batch):
                     return
@@ -622,6 +665,7 @@ def iter_batches(preprocessor: DevicePreprocessor, source: Iterable[tuple[Any, b
                 return
             if isinstance(item, BaseException):
                 raise item
+            item.wait()  # this thread's stream, not the producer's, waits for the device
             yield item
     finally:
         stop.set()

@@ -211,7 +211,7 @@ def _upsample_fancy(planes: torch.Tensor, out: torch.Tensor) -> None:
     up = torch.empty((n, c, 2 * h, w, 2), dtype=torch.int16, device=planes.device)
     torch.add(sums[..., :-2], sums[..., 1:-1], alpha=3, out=up[..., 0])
     torch.add(sums[..., 2:], sums[..., 1:-1], alpha=3, out=up[..., 1])
-    up = up.add_(torch.tensor([8, 7], dtype=torch.int16, device=planes.device))
+    up = up.add_(8 - torch.arange(2, dtype=torch.int16, device=planes.device))  # 8, 7
     up = up.bitwise_right_shift_(4).view(n, c, 2 * h, 2 * w)
     oh, ow = out.shape[-2:]
     out.copy_(up[..., :oh, :ow])

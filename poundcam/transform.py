@@ -7,6 +7,7 @@ RGB -> JPEG re-encode at quality 90 (optimize=True) and decode -> resize the sho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 
 import torch
@@ -100,9 +101,15 @@ def crop_image(image: Image.Image) -> tuple[Image.Image, CropGeometry]:
 
 def normalize(crop: torch.Tensor) -> torch.Tensor:
     """[.., 3, H, W] float in 0..1 -> CLIP-normalized."""
-    mean = torch.tensor(CLIP_MEAN, dtype=crop.dtype, device=crop.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=crop.dtype, device=crop.device).view(3, 1, 1)
+    mean, std = _clip_stats(crop.device, crop.dtype)
     return (crop - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std [3, 1, 1] on ``device``, made once: a copy to a GPU made per call
+    would wait for everything queued on the stream before it."""
+    return tuple(torch.tensor(v, dtype=dtype).view(3, 1, 1).to(device) for v in (CLIP_MEAN, CLIP_STD))
 
 
 def preprocess_with_geometry(image: Image.Image) -> tuple[torch.Tensor, CropGeometry, Image.Image]:

@@ -140,6 +140,38 @@ def test_to_host_splits_what_it_joined():
     assert all(t.is_contiguous() for t in back) and dt.to_host([]) == []
 
 
+def test_device_arithmetic_copies_no_host_data_per_batch(corpus):
+    """Once its constants exist, the device path's arithmetic (tensor re-encode, batched
+    resize, normalization) makes no tensor from host data: on a GPU each would be a copy that
+    makes the preprocessing thread wait for everything queued on its stream."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from poundcam.jpeg_roundtrip import jpeg_roundtrip
+    from poundcam.transform import normalize
+
+    class Made(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name() in ("aten::lift_fresh", "aten::lift_fresh_copy", "aten::lift"):
+                Made.count += 1
+            return func(*args, **(kwargs or {}))
+
+    images = [torch.from_numpy(np.array(corpus.photo_like(w, h, seed=w))).permute(2, 0, 1)
+              for w, h in ((97, 61), (64, 48))]
+
+    def arithmetic():
+        rt = jpeg_roundtrip(images)
+        crops = resize_crops(rt, [geometry_for(w, h) for w, h in ((97, 61), (64, 48))],
+                             exact_uint8=False)
+        return normalize(torch.stack(crops).float().div_(255))
+
+    arithmetic()  # constants made here, once per device
+    with Made():
+        arithmetic()
+    assert Made.count == 0
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 def test_mixed_format_batch(corpus, device_pre):
