@@ -159,7 +159,8 @@ class _TimedPreprocessor:
 class Analyzer:
     """Binds a loaded PoundNet and a CAM configuration; ``analyze()`` streams outcomes in input order."""
 
-    def __init__(self, model, options: AnalysisOptions | None = None, device: str | torch.device | None = None):
+    def __init__(self, model, options: AnalysisOptions | None = None,
+                 device: str | torch.device | None = None):
         self.options = options or AnalysisOptions()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.device.type == "cuda" and self.device.index is None:
@@ -253,8 +254,9 @@ class Analyzer:
                 if isinstance(data, (bytearray, memoryview)):
                     data = bytes(data)
                 if not isinstance(data, bytes):
-                    failures[idx] = ItemOutcome(key, error_code="decode_failed",
-                                                error_message=f"expected image bytes, got {type(data).__name__}")
+                    failures[idx] = ItemOutcome(
+                        key, error_code="decode_failed",
+                        error_message=f"expected image bytes, got {type(data).__name__}")
                     continue
                 feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
                 state["fed"] += 1

@@ -153,7 +153,8 @@ def _row(row: Mapping, sources: Mapping[str, Any]) -> str:
              f'<div class="uri">{_e(row.get("uri"))}</div>'
              f'<div class="status">{_e(status)}</div>')
     if row.get("sha256"):
-        ident += f'<div class="sha" title="{_e(row.get("sha256"))}">sha256 {_e(str(row["sha256"])[:12])}…</div>'
+        sha = _e(str(row["sha256"])[:12])
+        ident += f'<div class="sha" title="{_e(row.get("sha256"))}">sha256 {sha}…</div>'
     ident += "</td>"
     if status != "done":
         code = row.get("error_code")

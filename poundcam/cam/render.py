@@ -140,7 +140,8 @@ def display_original(image: torch.Tensor, geometry: CropGeometry) -> torch.Tenso
     return display_originals([image], [geometry])[0]
 
 
-def display_originals(images: Sequence[torch.Tensor], geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+def display_originals(images: Sequence[torch.Tensor],
+                      geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
     """Upright originals uint8 [3, H, W] (any device) -> uint8 [3, h, w] at ``display_size``,
     antialiased bilinear (torch's uint8 kernel on the CPU, float elsewhere); originals of one
     size are resized together, a bounded number at a time."""

@@ -101,7 +101,8 @@ def _download_s3(bucket: str, key: str, dest: Path, client=None) -> None:
         raise WeightsNotFoundError(f"s3://{bucket}/{key}: cannot download weights ({code}: {exc}). "
                                    f"{HOW_TO_PROVIDE}") from None
     except botocore.exceptions.BotoCoreError as exc:
-        raise WeightsNotFoundError(f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}") from None
+        raise WeightsNotFoundError(
+            f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}") from None
 
 
 def _download_hf(repo: str, filename: str, dest: Path) -> None:
