@@ -15,14 +15,18 @@ if [ -n "${CHECK_CKPT:-}" ] && [ -z "${POUNDCAM_SHARED:-}" ] && [ ! -d ../shared
     export POUNDCAM_SHARED="$shared"
 fi
 # STEPS: which benchmarks, in this order (default all); each has its own time limit in seconds
-STEPS="${STEPS:-check preprocess cam cam-compile model}"
+STEPS="${STEPS:-check preprocess roundtrip-compile cam cam-compile model}"
 run() { local limit=$1; shift; echo "=== $*"; timeout "$limit" "$@" 2>&1 | tee -a "$OUT/gpu_suite.log"; }
 for step in $STEPS; do
     case $step in
     check) [ -n "${CHECK_CKPT:-}" ] && run 120 python3 benchmarks/gpu_check.py --ckpt "$CHECK_CKPT" \
                --images "$CHECK_IMAGES" ${CHECK_EXPECTED:+--expected "$CHECK_EXPECTED"} ;;
     preprocess) run 360 python3 benchmarks/preprocess_bench.py --device cuda --n "${N_IMAGES:-1024}" \
-               --batch-size 128 --threads "$(nproc)" --model vit-l --compiled-roundtrip --profile --out "$OUT" ;;
+               --batch-size 128 --threads "$(nproc)" --model vit-l --profile --out "$OUT" ;;
+    # compiling the tensor re-encode can take minutes: a step of its own, so it cannot starve the rest
+    roundtrip-compile) run 300 python3 benchmarks/preprocess_bench.py --device cuda --n 512 \
+               --batch-size 128 --threads "$(nproc)" --no-analysis --no-parity --compiled-roundtrip \
+               --out "$OUT" ;;
     cam) run 120 python3 benchmarks/cam_bench.py --device cuda --size L14 --batch 128 ;;
     cam-compile) run 300 python3 benchmarks/cam_bench.py --device cuda --size L14 --batch 128 --compile ;;
     model) run 120 python3 benchmarks/model_bench.py --device cuda --size L14 --batch 128 ;;

@@ -204,13 +204,12 @@ def _upsample_fancy(planes: torch.Tensor, out: torch.Tensor) -> None:
     >> 4. Integers below 2**12, computed in int16."""
     n, c, h, w = planes.shape
     p = F.pad(planes, (1, 1, 1, 1), mode="replicate").to(torch.int16)
-    sums = torch.empty((n, c, h, 2, w + 2), dtype=torch.int16, device=planes.device)
-    torch.add(p[:, :, :-2], p[:, :, 1:-1], alpha=3, out=sums[:, :, :, 0])
-    torch.add(p[:, :, 2:], p[:, :, 1:-1], alpha=3, out=sums[:, :, :, 1])
-    sums = sums.view(n, c, 2 * h, w + 2)
-    up = torch.empty((n, c, 2 * h, w, 2), dtype=torch.int16, device=planes.device)
-    torch.add(sums[..., :-2], sums[..., 1:-1], alpha=3, out=up[..., 0])
-    torch.add(sums[..., 2:], sums[..., 1:-1], alpha=3, out=up[..., 1])
+    mid = p[:, :, 1:-1]
+    sums = torch.stack([torch.add(p[:, :, :-2], mid, alpha=3), torch.add(p[:, :, 2:], mid, alpha=3)],
+                       dim=3).view(n, c, 2 * h, w + 2)
+    mid = sums[..., 1:-1]
+    up = torch.stack([torch.add(sums[..., :-2], mid, alpha=3), torch.add(sums[..., 2:], mid, alpha=3)],
+                     dim=-1)
     up = up.add_(8 - torch.arange(2, dtype=torch.int16, device=planes.device))  # 8, 7
     up = up.bitwise_right_shift_(4).view(n, c, 2 * h, 2 * w)
     oh, ow = out.shape[-2:]
