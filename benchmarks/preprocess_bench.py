@@ -11,7 +11,8 @@ Rows (images/s on the same generated 1080p JPEGs):
                      re-encode by the JPEG codec (nvJPEG on CUDA, libjpeg-turbo on the CPU)
   device-tensor      the same with roundtrip="tensor" (poundcam.jpeg_roundtrip: the re-encode as
                      tensor math); device-tensor-compiled (--compiled-roundtrip): that function
-                     through torch.compile(dynamic=True), compiled in the warm-up
+                     through torch.compile(dynamic=False), compiled for the corpus's one
+                     size in the warm-up (dynamic shapes took over 10 minutes to compile)
   model+cam          ComparativeCAM.attribute on already preprocessed batches (no I/O)
   analysis           poundcam.analysis.Analyzer.analyze end to end: preprocess (--preprocess,
                      default auto: device on CUDA, Pillow on the CPU) + model + both CAMs +
@@ -93,11 +94,12 @@ def bench_pillow_processes(datas: list[bytes], workers: int) -> float:
 @contextlib.contextmanager
 def compiled_roundtrip():
     """poundcam.jpeg_roundtrip's arithmetic (lossy_roundtrip, one graph) through
-    torch.compile(dynamic=True) while the block runs."""
+    torch.compile while the block runs, static shapes: one compilation per input size (with
+    dynamic shapes its compilation took over 10 minutes on a CPU, against 6 s static)."""
     import poundcam.jpeg_roundtrip as jr
 
     original = jr.lossy_roundtrip
-    jr.lossy_roundtrip = torch.compile(original, dynamic=True)
+    jr.lossy_roundtrip = torch.compile(original, dynamic=False)
     try:
         yield
     finally:
