@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .batching import map_in_groups
 from .imaging import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
 from .jpeg_header import JpegHeader, read_jpeg_header
 from .jpeg_roundtrip import jpeg_roundtrip
@@ -308,18 +309,8 @@ def resize_crops(images: Sequence[torch.Tensor], geoms: Sequence[CropGeometry],
         exact_uint8 = images[0].device.type == "cpu"
     if exact_uint8:
         return [resize_crop(im, g, True) for im, g in zip(images, geoms)]
-    out: list[Any] = [None] * len(images)
-    groups: dict[tuple, list[int]] = {}
-    for i, (im, g) in enumerate(zip(images, geoms)):
-        groups.setdefault((tuple(im.shape), g), []).append(i)
-    for (shape, geom), idx in groups.items():
-        step = max(1, max_pixels // max(shape[-1] * shape[-2], 1))
-        for k in range(0, len(idx), step):
-            chunk = idx[k:k + step]
-            done = _resize_crop_float(torch.stack([images[i] for i in chunk]), geom)
-            for i, crop in zip(chunk, done):
-                out[i] = crop
-    return out
+    return map_in_groups(images, [(im.shape, g) for im, g in zip(images, geoms)],
+                         lambda stack, key: _resize_crop_float(stack, key[1]), 3 * max_pixels)
 
 
 # The operators behind torchvision.io.decode_jpeg / encode_jpeg, called directly: the Python

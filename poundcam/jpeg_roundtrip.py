@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .batching import map_in_groups
 from .transform import JPEG_QUALITY
 
 # The example tables of the JPEG standard (Annex K), row-major, as libjpeg's jcparam.c has them.
@@ -331,15 +332,5 @@ def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
     if max_pixels is None:
         on_cpu = not images or images[0].device.type == "cpu"
         max_pixels = (8 if on_cpu else 32) * 1024 * 1024
-    out: list[torch.Tensor | None] = [None] * len(images)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        by_size.setdefault(tuple(im.shape[-2:]), []).append(i)
-    for (h, w), idx in by_size.items():
-        step = max(1, max_pixels // max(h * w, 1))
-        for k in range(0, len(idx), step):
-            chunk = idx[k:k + step]
-            done = jpeg_roundtrip_batch(torch.stack([images[i] for i in chunk]), quality)
-            for i, im in zip(chunk, done):
-                out[i] = im
-    return out  # type: ignore[return-value]
+    return map_in_groups(images, [im.shape for im in images],
+                         lambda stack, _: jpeg_roundtrip_batch(stack, quality), 3 * max_pixels)

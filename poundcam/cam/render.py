@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..batching import map_in_groups
 from ..transform import CLIP_MEAN, CLIP_STD, CropGeometry
 
 try:  # ISA-L's deflate: several times faster than zlib's at the fast levels, same format
@@ -145,27 +146,23 @@ def display_originals(images: Sequence[torch.Tensor],
     """Upright originals uint8 [3, H, W] (any device) -> uint8 [3, h, w] at ``display_size``,
     antialiased bilinear (torch's uint8 kernel on the CPU, float elsewhere); originals of one
     size are resized together, a bounded number at a time."""
-    out: list[torch.Tensor | None] = [None] * len(images)
-    groups: dict[tuple, list[int]] = {}
-    for i, (im, g) in enumerate(zip(images, geometries)):
-        w, h = display_size(g)
-        if tuple(im.shape[-2:]) == (h, w):
-            out[i] = im
-        else:
-            groups.setdefault((tuple(im.shape), im.device, (h, w)), []).append(i)
-    for (shape, device, size), idx in groups.items():
-        step = max(1, _CHUNK_VALUES // (shape[0] * shape[1] * shape[2]))
-        for a in range(0, len(idx), step):
-            part = idx[a:a + step]
-            x = torch.stack([images[i] for i in part])
-            if device.type == "cpu":
-                y = F.interpolate(x, size=size, mode="bilinear", antialias=True)
-            else:
-                y = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
-                y = y.round_().clamp_(0, 255).to(torch.uint8)
-            for j, i in enumerate(part):
-                out[i] = y[j]
-    return out  # type: ignore[return-value]
+    out = list(images)
+    sizes = [display_size(g)[::-1] for g in geometries]  # (h, w)
+    todo = [i for i, (im, size) in enumerate(zip(images, sizes)) if tuple(im.shape[-2:]) != size]
+
+    def resize(x: torch.Tensor, key) -> torch.Tensor:
+        size = key[2]
+        if x.device.type == "cpu":
+            return F.interpolate(x, size=size, mode="bilinear", antialias=True)
+        y = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+
+    resized = map_in_groups([images[i] for i in todo],
+                            [(images[i].shape, images[i].device, sizes[i]) for i in todo],
+                            resize, _CHUNK_VALUES)
+    for i, y in zip(todo, resized):
+        out[i] = y
+    return out
 
 
 def display_original_pil(image: Image.Image, geometry: CropGeometry,
