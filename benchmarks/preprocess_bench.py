@@ -132,31 +132,28 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
     names = ("decode", "encode", "to_host", "decode_again", "tensor_roundtrip", "resize_crop")
     times = dict.fromkeys(names, 0.0)
     counts = {k: OpCounter() for k in names}
-    counting = [False]
 
-    def timed(name, fn, *a, **kw):
+    def timed(counters, name, fn, *a, **kw):
         _sync(device)
         t0 = time.perf_counter()
-        with counts[name] if counting[0] else contextlib.nullcontext():
+        with counters[name] if counters else contextlib.nullcontext():
             out = fn(*a, **kw)
         _sync(device)
         times[name] += time.perf_counter() - t0
         return out
 
-    def run_batch(batch):
+    def run_batch(batch, counters=None):
         raw = [dt.byte_tensor(d) for d in batch]
-        first = timed("decode", dt.decode_jpegs, raw, device=dev)
-        encoded = timed("encode", dt.encode_jpegs, first)
-        host = timed("to_host", dt.to_host, encoded)
-        second = timed("decode_again", dt.decode_jpegs, host, device=dev)
-        timed("tensor_roundtrip", jpeg_roundtrip, first)
+        first = timed(counters, "decode", dt.decode_jpegs, raw, device=dev)
+        encoded = timed(counters, "encode", dt.encode_jpegs, first)
+        host = timed(counters, "to_host", dt.to_host, encoded)
+        second = timed(counters, "decode_again", dt.decode_jpegs, host, device=dev)
+        timed(counters, "tensor_roundtrip", jpeg_roundtrip, first)
         geoms = [geometry_for(im.shape[2], im.shape[1]) for im in second]
-        timed("resize_crop", dt.resize_crops, second, geoms)
+        timed(counters, "resize_crop", dt.resize_crops, second, geoms)
 
     counted = datas[:batch_size]
-    counting[0] = True
-    run_batch(counted)  # warm-up (codec handles, kernels) and the operation counts, not timed
-    counting[0] = False
+    run_batch(counted, counts)  # warm-up (codec handles, kernels) and the operation counts
     for k in times:
         times[k] = 0.0
     for i in range(0, len(datas), batch_size):
