@@ -174,7 +174,7 @@ class OpCounter(TorchDispatchMode):
 
     _VIEWS = {"view", "_unsafe_view", "reshape", "permute", "slice", "select", "unbind",
               "unsqueeze", "squeeze", "expand", "t", "transpose", "detach", "alias", "as_strided",
-              "split", "split_with_sizes", "unflatten", "flatten", "narrow", "empty", "lift_fresh"}
+              "split", "split_with_sizes", "unflatten", "flatten", "narrow", "lift_fresh"}
 
     def __init__(self):
         super().__init__()
@@ -184,7 +184,7 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.name().split("::")[-1].split(".")[0]
-        if name in self._VIEWS or name.startswith("empty"):
+        if name in self._VIEWS or name.startswith("empty"):  # allocations move nothing either
             return out
         self.ops += 1
         self.bytes += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
