@@ -1,25 +1,22 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one run (CUDA check, CAM, preprocessing + whole analysis, model), for a
 # CUDA machine with PyTorch installed. Results land in $OUT (or benchmarks/results/).
-# CHECK_CKPT / CHECK_IMAGES / CHECK_EXPECTED: the official fixture (gpu_wheels.sh copies it to
-# .gpu/); its folder also serves as the fixture of preprocess_bench's parity rows.
+# CHECK_CKPT / CHECK_IMAGES / CHECK_EXPECTED: the official fixture, by default the copy in
+# tests/fixtures/ (preprocess_bench's parity rows read the same folder).
 set -u
 OUT="${OUT:-benchmarks/results}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-if [ -n "${CHECK_CKPT:-}" ] && [ -z "${POUNDCAM_SHARED:-}" ] && [ ! -d ../shared/fixtures ]; then
-    # the benchmarks find the fixture under $POUNDCAM_SHARED/fixtures/poundnet-official-tiny
-    shared="$(mktemp -d)"; mkdir -p "$shared/fixtures"
-    ln -s "$(cd "$(dirname "$CHECK_CKPT")" && pwd)" "$shared/fixtures/poundnet-official-tiny"
-    export POUNDCAM_SHARED="$shared"
-fi
+FIXTURE=tests/fixtures/poundnet-official-tiny
+CHECK_CKPT="${CHECK_CKPT:-$FIXTURE/last.ckpt}" CHECK_IMAGES="${CHECK_IMAGES:-$FIXTURE/images}"
+CHECK_EXPECTED="${CHECK_EXPECTED:-$FIXTURE/expected.json}"
 # STEPS: which benchmarks, in this order (default all); each has its own time limit in seconds
 STEPS="${STEPS:-check preprocess roundtrip-compile cam cam-compile model}"
 run() { local limit=$1; shift; echo "=== $*"; timeout "$limit" "$@" 2>&1 | tee -a "$OUT/gpu_suite.log"; }
 for step in $STEPS; do
     case $step in
-    check) [ -n "${CHECK_CKPT:-}" ] && run 120 python3 benchmarks/gpu_check.py --ckpt "$CHECK_CKPT" \
+    check) run 120 python3 benchmarks/gpu_check.py --ckpt "$CHECK_CKPT" \
                --images "$CHECK_IMAGES" ${CHECK_EXPECTED:+--expected "$CHECK_EXPECTED"} ;;
     preprocess) run 360 python3 benchmarks/preprocess_bench.py --device cuda --n "${N_IMAGES:-1024}" \
                --batch-size 128 --threads "$(nproc)" --model vit-l --profile --out "$OUT" ;;

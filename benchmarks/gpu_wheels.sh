@@ -3,9 +3,8 @@
 # downloads them into .whl/ here; on the GPU machine install them with
 #   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site
-# Usage: bash benchmarks/gpu_wheels.sh [python-version, default 3.12]; then, with .whl and .gpu
-# carried to the GPU machine: CHECK_CKPT=.gpu/last.ckpt CHECK_IMAGES=.gpu/images \
-#   CHECK_EXPECTED=.gpu/expected.json bash benchmarks/gpu_suite.sh
+# Usage: bash benchmarks/gpu_wheels.sh [python-version, default 3.12]; then, with .whl carried
+# to the GPU machine: bash benchmarks/gpu_suite.sh (the fixture is tests/fixtures/, tracked).
 set -euo pipefail
 PY="${1:-3.12}"
 DEST=.whl
@@ -24,9 +23,3 @@ fetch open_clip_torch==3.3.0 ftfy wcwidth ttach "sqlalchemy>=2.0,<2.2" greenlet 
 python3 -m pip wheel -q --no-deps -w "$DEST" grad-cam==1.5.7
 ls -1 "$DEST"
 du -sh "$DEST"
-# The official fixture for gpu_check.py (the GPU machine gets this checkout, not ../shared).
-FIXTURE="${POUNDCAM_SHARED:-../shared}/fixtures/poundnet-official-tiny"
-if [ -d "$FIXTURE" ]; then
-    mkdir -p .gpu && cp -r "$FIXTURE"/. .gpu/
-    echo "fixture copied to .gpu/ (CHECK_CKPT=.gpu/last.ckpt CHECK_IMAGES=.gpu/images)"
-fi

@@ -52,8 +52,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import SIZES, random_poundnet  # noqa: E402
 from benchmarks.local_servers import (AWS_ENV, RedisDatabases, fresh_database,  # noqa: E402
                                       free_port, poundcam_cmd, wait_for_port)
-SHARED = Path(os.environ.get("POUNDCAM_SHARED", ROOT.parent / "shared"))
-DEFAULT_WEIGHTS = SHARED / "fixtures" / "poundnet-official-tiny" / "last.ckpt"
+DEFAULT_WEIGHTS = ROOT / "tests" / "fixtures" / "poundnet-official-tiny" / "last.ckpt"
 RESULTS = ROOT / "benchmarks" / "results"
 BUCKET, HEAT = "load-images", "load-heatmaps"
 CLAIM_KEY = "poundcam-bench:claim"
@@ -321,7 +320,7 @@ def main(argv=None) -> int:
     ap.add_argument("--redis-db", type=int, default=None,
                     help="Redis database number (default: the highest empty one)")
     ap.add_argument("--pg-admin", default=os.environ.get(
-        "POUNDCAM_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
+        "POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)

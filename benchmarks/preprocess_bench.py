@@ -62,8 +62,7 @@ from poundcam.device_transform import DevicePreprocessor  # noqa: E402
 from poundcam.model.random_weights import TINY_CONFIG, random_poundnet  # noqa: E402
 from poundcam.transform import CLIP_STD  # noqa: E402
 
-SHARED = Path(os.environ.get("POUNDCAM_SHARED", HERE.parent.parent / "shared"))
-FIXTURE = SHARED / "fixtures" / "poundnet-official-tiny"
+FIXTURE = HERE.parent / "tests" / "fixtures" / "poundnet-official-tiny"
 
 
 # --- the Pillow path in worker processes ------------------------------------------------------

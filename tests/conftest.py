@@ -16,15 +16,15 @@ from benchmarks.local_servers import AWS_ENV, free_port, fresh_database
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POUNDCAM_SHARED", ROOT.parent / "shared"))
-OFFICIAL_TINY = SHARED / "fixtures" / "poundnet-official-tiny"
+# Made by the authors' implementation with tiny random weights: the parity reference (data).
+OFFICIAL_TINY = ROOT / "tests" / "fixtures" / "poundnet-official-tiny"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     if not (OFFICIAL_TINY / "last.ckpt").is_file():
-        pytest.fail(f"official fixture not found at {OFFICIAL_TINY} (set POUNDCAM_SHARED)")
+        pytest.fail(f"official fixture missing from the checkout: {OFFICIAL_TINY}")
     return OFFICIAL_TINY
 
 
@@ -88,7 +88,7 @@ def bucket(s3_client) -> str:
     return name
 
 
-PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture
