@@ -79,7 +79,7 @@ def test_worker_environment(compose_config):
     for name in ("worker", "worker-cpu"):
         env = compose_config["services"][name]["environment"]
         assert env["POUNDCAM_BROKER_URL"].startswith("redis://redis:6379/")
-        assert env["POUNDCAM_DATABASE_URL"].startswith("postgresql+psycopg2://poundcam:")
+        assert env["POUNDCAM_DATABASE_URL"].startswith("postgresql://poundcam:")
         assert env["POUNDCAM_DATABASE_URL"].endswith("@postgres:5432/poundcam")
         assert env["POUNDCAM_S3_ENDPOINT_URL"] == "http://s3:9000"
         assert env["POUNDCAM_METRICS_PORT"] == "9808"

@@ -33,7 +33,7 @@ from benchmarks.local_servers import (AWS_ENV, RedisDatabases, free_port, poundc
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG",
-                              "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
 CLAIM_KEY = "poundcam-test:claim"
 
 

@@ -72,7 +72,7 @@ def test_worker_app_speaks_json_only():
 
 
 @pytest.mark.parametrize("text, secret", [
-    ("postgresql+psycopg2://poundcam:s3cr3t-pw@db.internal:5432/poundcam", "s3cr3t-pw"),
+    ("postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam", "s3cr3t-pw"),
     ("connecting to postgresql://u:p%40ss@h/db failed", "p%40ss"),
     ("amqp://guest:hunter2@rabbit//", "hunter2"),
 ])
@@ -109,14 +109,14 @@ def test_worker_log_lines_redact_database_passwords():
     import subprocess
     import sys
 
-    url = "postgresql+psycopg2://poundcam:s3cr3t-pw@db.internal:5432/poundcam"
+    url = "postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam"
     proc = subprocess.run([sys.executable, "-c", WORKER_LOGGING, url], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "s3cr3t-pw" not in proc.stderr + proc.stdout
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert len(lines) == 2
-    assert lines[0]["message"] == ("database postgresql+psycopg2://poundcam:***@db.internal:5432"
+    assert lines[0]["message"] == ("database postgresql://poundcam:***@db.internal:5432"
                                    "/poundcam unreachable")
     assert lines[0]["job_id"] == "j1" and lines[0]["items"] == [1, 2]
     assert "poundcam:***@db.internal" in lines[1]["exc"]
