@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poundcam import ComparativeCAM, PoundNet, preprocess  # noqa: E402
+from poundcam import ComparativeCAM, PoundNet, preprocess_image as preprocess  # noqa: E402
 from poundcam.analysis import AnalysisOptions, Analyzer  # noqa: E402
 from PIL import Image  # noqa: E402
 

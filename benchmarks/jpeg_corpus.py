@@ -112,7 +112,7 @@ def fixture_jpegs(folder) -> list[tuple[str, bytes]]:
     1-component JPEGs): (name, bytes), sorted by name."""
     from pathlib import Path
 
-    from poundcam.imaging import decode_image
+    from poundcam.preprocess.decode import decode_image
 
     out = []
     for path in sorted(Path(folder).glob("*.png")):

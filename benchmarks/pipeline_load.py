@@ -358,7 +358,7 @@ def main(argv=None) -> int:
 
     from poundcam.db import make_session_factory
     from poundcam.db.migrate import upgrade
-    from poundcam.s3 import make_s3_client
+    from poundcam.storage.s3 import make_s3_client
     from poundcam.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="poundcam-load-") as tmp, \

@@ -4,12 +4,12 @@
     python benchmarks/preprocess_bench.py --device cuda --n 2048 --batch-size 128 --model vit-l
 
 Rows (images/s on the same generated 1080p JPEGs):
-  pillow-processes   the Pillow path (poundcam.imaging + poundcam.transform) on all cores, one
+  pillow-processes   the Pillow path (poundcam.preprocess.decode + poundcam.preprocess.transform) on all cores, one
                      process per core (results not sent back: an upper bound for that path)
   pillow-threads     the Pillow path as DevicePreprocessor(force="pillow") runs it (threads)
   device             DevicePreprocessor(force="device"): the batched device path, its quality-90
                      re-encode by the JPEG codec (nvJPEG on CUDA, libjpeg-turbo on the CPU)
-  device-tensor      the same with roundtrip="tensor" (poundcam.jpeg_roundtrip: the re-encode as
+  device-tensor      the same with roundtrip="tensor" (poundcam.preprocess.jpeg_tensor: the re-encode as
                      tensor math); device-tensor-compiled (--compiled-roundtrip): that function
                      through torch.compile(dynamic=False), compiled for the corpus's one
                      size in the warm-up (dynamic shapes took over 10 minutes to compile)
@@ -58,9 +58,9 @@ sys.path.insert(0, str(HERE))
 import jpeg_corpus  # noqa: E402
 from common import OpCounter  # noqa: E402
 
-from poundcam.device_transform import DevicePreprocessor  # noqa: E402
+from poundcam.preprocess.batched import DevicePreprocessor  # noqa: E402
 from poundcam.model.random_weights import TINY_CONFIG, random_poundnet  # noqa: E402
-from poundcam.transform import CLIP_STD  # noqa: E402
+from poundcam.preprocess.transform import CLIP_STD  # noqa: E402
 
 FIXTURE = HERE.parent / "tests" / "fixtures" / "poundnet-official-tiny"
 
@@ -69,13 +69,13 @@ FIXTURE = HERE.parent / "tests" / "fixtures" / "poundnet-official-tiny"
 
 def _pool_init():
     torch.set_num_threads(1)
-    import poundcam.imaging  # noqa: F401  (import cost outside the timed part)
-    import poundcam.transform  # noqa: F401  (likewise)
+    import poundcam.preprocess.decode  # noqa: F401  (import cost outside the timed part)
+    import poundcam.preprocess.transform  # noqa: F401  (likewise)
 
 
 def _pillow_one(data: bytes) -> tuple[int, int]:
-    from poundcam.imaging import decode_image
-    from poundcam.transform import preprocess_with_geometry
+    from poundcam.preprocess.decode import decode_image
+    from poundcam.preprocess.transform import preprocess_with_geometry
 
     tensor, geom, _ = preprocess_with_geometry(decode_image(data).image)
     return geom.crop_left, geom.crop_top
@@ -92,10 +92,10 @@ def bench_pillow_processes(datas: list[bytes], workers: int) -> float:
 
 @contextlib.contextmanager
 def compiled_roundtrip():
-    """poundcam.jpeg_roundtrip's arithmetic (lossy_roundtrip, one graph) through
+    """poundcam.preprocess.jpeg_tensor's arithmetic (lossy_roundtrip, one graph) through
     torch.compile while the block runs, static shapes: one compilation per input size (with
     dynamic shapes its compilation took over 10 minutes on a CPU, against 6 s static)."""
-    import poundcam.jpeg_roundtrip as jr
+    import poundcam.preprocess.jpeg_tensor as jr
 
     original = jr.lossy_roundtrip
     jr.lossy_roundtrip = torch.compile(original, dynamic=False)
@@ -123,9 +123,9 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
     synchronized between them (the preprocessor overlaps nothing either): ms per image, and,
     counted on one batch, tensor operations (kernel launches on a GPU) and MB read + written
     per image (common.OpCounter)."""
-    from poundcam import device_transform as dt
-    from poundcam.jpeg_roundtrip import jpeg_roundtrip
-    from poundcam.transform import geometry_for
+    from poundcam.preprocess import batched as dt
+    from poundcam.preprocess.jpeg_tensor import jpeg_roundtrip_tensors
+    from poundcam.preprocess.transform import geometry_for
 
     dev = torch.device(device)
     names = ("decode", "encode", "to_host", "decode_again", "tensor_roundtrip", "resize_crop")
@@ -147,7 +147,7 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
         encoded = timed(counters, "encode", dt.encode_jpegs, first)
         host = timed(counters, "to_host", dt.to_host, encoded)
         second = timed(counters, "decode_again", dt.decode_jpegs, host, device=dev)
-        timed(counters, "tensor_roundtrip", jpeg_roundtrip, first)
+        timed(counters, "tensor_roundtrip", jpeg_roundtrip_tensors, first)
         geoms = [geometry_for(im.shape[2], im.shape[1]) for im in second]
         timed(counters, "resize_crop", dt.resize_crops, second, geoms)
 

@@ -15,18 +15,21 @@ _LAZY = {
     "PoundNetGradCAM": "poundcam.cam",
     "PoundNet": "poundcam.model",
     "PoundNetConfig": "poundcam.model",
-    "preprocess": "poundcam.transform",
+    "preprocess_image": "poundcam.preprocess.transform",
 }
+
+# public name -> name in its module, where they differ (``poundcam.preprocess`` is the package)
+_ALIASES = {"preprocess_image": "preprocess"}
 
 __all__ = ["CAMError", "CAMResult", "CheckpointError", "ComparativeCAM", "PoundNet",
            "PoundNetConfig", "PoundNetGradCAM", "PoundcamError", "WeightsNotFoundError",
-           "preprocess"]
+           "preprocess_image"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), _ALIASES.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'poundcam' has no attribute {name!r}")

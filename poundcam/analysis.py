@@ -3,7 +3,7 @@
 Both the CLI's embedded mode and the Celery workers call ``Analyzer.analyze``. Work flows in
 three overlapping stages:
 
-    preprocess (poundcam.device_transform: the device path or Pillow, a background thread
+    preprocess (poundcam.preprocess.batched: the device path or Pillow, a background thread
     one batch ahead) -> model + CAM + overlay drawing on the device (this thread, in batches)
     -> statistics + PNG encoding (thread pool)
 
@@ -34,10 +34,10 @@ from .cam import ComparativeCAM
 from .cam.render import display_original_pil, display_originals, encode_heatmaps, \
     original_overlay_scanlines, overlay_scanlines
 from .cam.batch_stats import compute_stats_batch
-from .device_transform import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
+from .preprocess.batched import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
     choose_path, iter_batches
-from .imaging import DecodeLimits
-from .transform import CropGeometry
+from .preprocess.decode import DecodeLimits
+from .preprocess.geometry import CropGeometry
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class AnalysisOptions:
     render: bool = True             # produce heatmap PNGs
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
-    preprocess: str = "auto"        # "auto" | "device" | "pillow" (device_transform.choose_path)
+    preprocess: str = "auto"        # "auto" | "device" | "pillow" (preprocess.batched.choose_path)
     prefetch: int = 1               # batches preprocessed ahead of the device
     compile: bool = False           # torch.compile the CAM's no-autograd part (docs/cam.md)
     jpeg_roundtrip: str = "codec"   # device path's quality-90 re-encode: "codec" | "tensor"

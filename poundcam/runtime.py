@@ -8,7 +8,7 @@ import torch
 
 from .analysis import AnalysisOptions, Analyzer
 from .db import make_session_factory
-from .imaging import DecodeLimits
+from .preprocess.decode import DecodeLimits
 from .model import load_poundnet
 from .model.weights import resolve_weights
 from .pipeline import PipelineContext

@@ -70,7 +70,7 @@ class Settings:
     cache_dir: str | None = field(default=None, metadata={"parse": _opt_str})
     device: str = field(default="auto", metadata={"parse": _str})
     preprocess: str = field(default="auto", metadata={"parse": _str})
-    # the device path's quality-90 re-encode: the codec, or tensor math (poundcam.jpeg_roundtrip)
+    # the device path's quality-90 re-encode: the codec, or tensor math (poundcam.preprocess.jpeg_tensor)
     jpeg_roundtrip: str = field(default="codec", metadata={"parse": _str})
     batch_size: int = field(default=32, metadata={"parse": _int})
     threshold: float = field(default=0.5, metadata={"parse": _float})

@@ -76,7 +76,7 @@ def s3_server():
 
 @pytest.fixture
 def s3_client(s3_server):
-    from poundcam.s3 import make_s3_client
+    from poundcam.storage.s3 import make_s3_client
 
     return make_s3_client(endpoint_url=s3_server)
 

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from poundcam.transform import CLIP_MEAN, CLIP_STD
+from poundcam.preprocess.transform import CLIP_MEAN, CLIP_STD
 
 SPLITS = {"train": 0, "test": 1, "localize": 2, "select": 3}
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..transform import CropGeometry
+from ..preprocess.geometry import CropGeometry
 from .stats import cell_centre_axes as _centres, compute_stats
 
 

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..batching import map_in_groups
-from ..transform import CLIP_MEAN, CLIP_STD, CropGeometry
+from ..preprocess.batching import map_in_groups
+from ..preprocess.geometry import CropGeometry
+from ..preprocess.transform import CLIP_MEAN, CLIP_STD
 
 try:  # ISA-L's deflate: several times faster than zlib's at the fast levels, same format
     from isal import isal_zlib as _deflate

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ..transform import CropGeometry
+from ..preprocess.geometry import CropGeometry
 
 
 def _as_array(m) -> np.ndarray:

@@ -92,7 +92,7 @@ def _download_s3(bucket: str, key: str, dest: Path, client=None) -> None:
     import botocore.exceptions
 
     if client is None:
-        from ..s3 import make_s3_client
+        from ..storage.s3 import make_s3_client
         client = make_s3_client()
     try:
         client.download_file(bucket, key, str(dest))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from poundcam.analysis import AnalysisOptions, Analyzer
 from poundcam.cam.render import MAX_ORIGINAL_SIDE, display_size, read_raw16_png
-from poundcam.transform import geometry_for
+from poundcam.preprocess.transform import geometry_for
 
 HEATMAPS = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
             "real_raw16", "fake_raw16"}
@@ -126,8 +126,8 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
     """The Pillow-path results are the model's own numbers on the official transform."""
     from poundcam.cam import ComparativeCAM
     from poundcam.cam.stats import compute_stats
-    from poundcam.imaging import decode_image
-    from poundcam.transform import preprocess
+    from poundcam.preprocess.decode import decode_image
+    from poundcam.preprocess.transform import preprocess
 
     res = ComparativeCAM(official_model, method=AnalysisOptions().cam_method).attribute(
         torch.stack([preprocess(decode_image(d).image) for k, d in inputs if k in ("jpeg", "png")]))
@@ -160,8 +160,8 @@ def test_overlays_sizes_and_modes(outcomes):
 def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inputs):
     """Where a map is zero the crop overlay shows the model's crop unchanged (the crop pixels
     are recovered from the normalized input)."""
-    from poundcam.imaging import decode_image
-    from poundcam.transform import preprocess_with_geometry
+    from poundcam.preprocess.decode import decode_image
+    from poundcam.preprocess.transform import preprocess_with_geometry
 
     data = dict(inputs)["png"]
     (o,) = _run(official_model, [("png", data)], preprocess="pillow")

@@ -6,7 +6,7 @@ import torch
 
 from poundcam.cam.batch_stats import compute_stats_batch
 from poundcam.cam.stats import compute_stats
-from poundcam.transform import geometry_for
+from poundcam.preprocess.transform import geometry_for
 
 
 def _close(a, b):

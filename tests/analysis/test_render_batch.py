@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from poundcam.cam import render
-from poundcam.transform import preprocess_with_geometry
+from poundcam.preprocess.transform import preprocess_with_geometry
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_batch_equals_one_by_one():
 
 def test_crop_pixels_recovered_exactly():
     crops = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
-    from poundcam.transform import normalize
+    from poundcam.preprocess.transform import normalize
 
     x = normalize(crops.float() / 255)
     assert torch.equal(render.crop_pixels(x), crops)
@@ -67,7 +67,7 @@ def test_png_rgb_round_trip(shape):
 
 
 def test_display_originals_batched_equals_single():
-    from poundcam.transform import geometry_for
+    from poundcam.preprocess.transform import geometry_for
 
     ims = [torch.randint(0, 256, (3, 600, 1000), dtype=torch.uint8) for _ in range(3)]
     ims.append(torch.randint(0, 256, (3, 100, 80), dtype=torch.uint8))

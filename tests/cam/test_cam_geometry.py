@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from poundcam.cam.stats import class_stats
-from poundcam.transform import geometry_for, preprocess_with_geometry
+from poundcam.preprocess.transform import geometry_for, preprocess_with_geometry
 
 GRID = 7
 CELL = 224 / GRID

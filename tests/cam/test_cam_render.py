@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from poundcam.cam.render import MAX_ORIGINAL_SIDE, display_size, read_raw16_png, render_heatmaps
-from poundcam.transform import preprocess_with_geometry
+from poundcam.preprocess.transform import preprocess_with_geometry
 
 KEYS = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
         "real_raw16", "fake_raw16"}

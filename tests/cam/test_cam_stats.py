@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from poundcam.cam.stats import class_stats, comparative_stats, compute_stats
-from poundcam.transform import geometry_for
+from poundcam.preprocess.transform import geometry_for
 
 SQUARE = geometry_for(224, 224)  # resized 256x256, crop at (16, 16), 8/7 resized px per original px
 

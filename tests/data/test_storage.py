@@ -121,7 +121,7 @@ def test_heatmap_bucket_is_not_implicitly_readable(s3_client, bucket):
 def test_s3_unreachable_is_transient(monkeypatch):
     import socket
 
-    from poundcam.s3 import make_s3_client
+    from poundcam.storage.s3 import make_s3_client
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(var, "testing")

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageFile, ImageOps, features
 
 from poundcam.errors import PoundcamError
-from poundcam.imaging import (
+from poundcam.preprocess.decode import (
     DEFAULT_ALLOWED_FORMATS,
     ERROR_CODES,
     DecodedImage,
@@ -29,7 +29,7 @@ from poundcam.imaging import (
     ImageDecodeError,
     decode_image,
 )
-from poundcam.transform import CROP, preprocess_with_geometry
+from poundcam.preprocess.transform import CROP, preprocess_with_geometry
 
 RED, GREEN, BLUE, YELLOW = (230, 20, 20), (20, 200, 20), (20, 20, 230), (230, 230, 20)
 

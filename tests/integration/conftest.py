@@ -92,7 +92,7 @@ class MotoServer:
         wait_for_port(self.port)
 
     def client(self):
-        from poundcam.s3 import make_s3_client
+        from poundcam.storage.s3 import make_s3_client
 
         with _aws_env():
             return make_s3_client(endpoint_url=self.url)

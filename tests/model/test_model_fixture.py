@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from poundcam import PoundNet, preprocess
+from poundcam import PoundNet, preprocess_image as preprocess
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_p
     """The page's script, driven through the URL fragment: P(fake) values and labels are set
     on copies of the job's records so that both labels and an order exist."""
     from poundcam import client
-    from poundcam.report import build_report
+    from poundcam.report.build import build_report
     from poundcam.settings import Settings
     from poundcam.storage import LocalStore
 

@@ -15,7 +15,7 @@ import pytest
 
 from poundcam import client
 from poundcam.cli import main
-from poundcam.report import _JS, build_report
+from poundcam.report.build import _JS, build_report
 from poundcam.settings import Settings
 from poundcam.storage import LocalStore, StorageError
 

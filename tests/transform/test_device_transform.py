@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from poundcam import device_transform as dt
-from poundcam.device_transform import (
+from poundcam.preprocess import batched as dt
+from poundcam.preprocess.batched import (
     DevicePreprocessor,
     ImageDecodeFailure,
     PreprocessedItem,
@@ -25,8 +25,8 @@ from poundcam.device_transform import (
     resize_crop,
     resize_crops,
 )
-from poundcam.imaging import DecodeLimits, decode_image
-from poundcam.transform import CLIP_STD, geometry_for, preprocess_with_geometry
+from poundcam.preprocess.decode import DecodeLimits, decode_image
+from poundcam.preprocess.transform import CLIP_STD, geometry_for, preprocess_with_geometry
 
 ONE_LEVEL = 1 / 255 / min(CLIP_STD) + 1e-6  # one 8-bit level, normalized
 
@@ -87,7 +87,7 @@ def test_cpu_default_is_pillow(corpus):
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_matches_pillow_transposes(orientation):
-    from poundcam.imaging import _UPRIGHT
+    from poundcam.preprocess.decode import _UPRIGHT
 
     rng = np.random.default_rng(orientation)
     arr = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -146,8 +146,8 @@ def test_device_arithmetic_copies_no_host_data_per_batch(corpus):
     makes the preprocessing thread wait for everything queued on its stream."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from poundcam.jpeg_roundtrip import jpeg_roundtrip
-    from poundcam.transform import normalize
+    from poundcam.preprocess.jpeg_tensor import jpeg_roundtrip_tensors
+    from poundcam.preprocess.transform import normalize
 
     class Made(TorchDispatchMode):
         count = 0
@@ -161,7 +161,7 @@ def test_device_arithmetic_copies_no_host_data_per_batch(corpus):
               for w, h in ((97, 61), (64, 48))]
 
     def arithmetic():
-        rt = jpeg_roundtrip(images)
+        rt = jpeg_roundtrip_tensors(images)
         crops = resize_crops(rt, [geometry_for(w, h) for w, h in ((97, 61), (64, 48))],
                              exact_uint8=False)
         return normalize(torch.stack(crops).float().div_(255))

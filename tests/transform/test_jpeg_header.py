@@ -7,7 +7,7 @@ import struct
 import pytest
 from PIL import Image
 
-from poundcam.jpeg_header import read_jpeg_header
+from poundcam.preprocess.jpeg_header import read_jpeg_header
 
 
 def jpeg(image: Image.Image, **options) -> bytes:

@@ -1,4 +1,4 @@
-"""poundcam.jpeg_roundtrip computes Pillow's JPEG re-encode and decode (libjpeg-turbo's integer
+"""poundcam.preprocess.jpeg_tensor computes Pillow's JPEG re-encode and decode (libjpeg-turbo's integer
 arithmetic) without a codec: equal bit for bit, for every size class, grayscale content and the
 qualities that scale the tables differently; the device path gives the same crops with it as
 with the codec."""
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from poundcam.device_transform import DevicePreprocessor
-from poundcam.jpeg_roundtrip import STD_LUMINANCE, jpeg_roundtrip, jpeg_roundtrip_batch, \
+from poundcam.preprocess.batched import DevicePreprocessor
+from poundcam.preprocess.jpeg_tensor import STD_LUMINANCE, jpeg_roundtrip_batch, jpeg_roundtrip_tensors, \
     quant_table
 
 
@@ -35,14 +35,14 @@ SIZES = [(64, 48), (97, 61), (37, 500), (257, 256), (64, 40), (40, 66), (1, 1), 
 @pytest.mark.parametrize("size", SIZES)
 def test_equals_pillow_bit_for_bit(corpus, size):
     image = corpus.photo_like(*size, seed=size[0] * 7 + size[1])
-    got = jpeg_roundtrip([as_tensor(image)])[0]
+    got = jpeg_roundtrip_tensors([as_tensor(image)])[0]
     np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(image, 90))
 
 
 @pytest.mark.parametrize("quality", [100, 75, 50, 20])
 def test_other_qualities(corpus, quality):
     image = corpus.photo_like(120, 88, seed=quality)
-    got = jpeg_roundtrip([as_tensor(image)], quality=quality)[0]
+    got = jpeg_roundtrip_tensors([as_tensor(image)], quality=quality)[0]
     np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(image, quality))
 
 
@@ -55,7 +55,7 @@ def test_gray_content_and_flat_and_extreme_images(corpus):
     flats = [Image.new("RGB", size, color) for size, color in
              (((33, 21), (0, 0, 0)), ((33, 21), (255, 255, 255)), ((8, 8), (255, 0, 0)))]
     for image in (gray, noise, checker, *flats):
-        got = jpeg_roundtrip([as_tensor(image)])[0]
+        got = jpeg_roundtrip_tensors([as_tensor(image)])[0]
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(image, 90))
 
 
@@ -63,7 +63,7 @@ def test_mixed_sizes_keep_their_order_and_batches_are_independent(corpus):
     images = [corpus.photo_like(w, h, seed=i) for i, (w, h) in
               enumerate([(64, 48), (40, 30), (64, 48), (40, 30), (64, 48)])]
     tensors = [as_tensor(im) for im in images]
-    out = jpeg_roundtrip(tensors, max_pixels=2 * 64 * 48)  # the 64x48 group in two chunks
+    out = jpeg_roundtrip_tensors(tensors, max_pixels=2 * 64 * 48)  # the 64x48 group in two chunks
     for im, got in zip(images, out):
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(im, 90))
     alone = jpeg_roundtrip_batch(tensors[0][None])[0]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import PoundcamError
+from ..errors import PoundcamError
 
 # Stable error codes (stored in job items; scripts match on them).
 INVALID_URI = "invalid_uri"

@@ -5,18 +5,18 @@ normalized tensor [n, 3, 224, 224] on the device for the n images that decoded, 
 order, a ``PreprocessedItem`` (row, crop geometry, path taken, lazy crop image) or an
 ``ImageDecodeFailure`` (index, code, message) per input.
 
-Two paths compute the same transform (poundcam.transform; docs/preprocessing.md):
+Two paths compute the same transform (poundcam.preprocess.transform; docs/preprocessing.md):
 
 - "device": torchvision.io on the preprocessor's device (nvJPEG on CUDA, libjpeg-turbo on the
   CPU): JPEG decode -> EXIF orientation -> JPEG encode at quality 90 -> decode -> antialiased
   bilinear resize of the shorter side to 256 -> center crop 224 -> normalization. Decode and
   encode calls take the whole batch as one list. With ``roundtrip="tensor"`` the quality-90
-  encode and decode are computed as tensor math instead (poundcam.jpeg_roundtrip: libjpeg's
+  encode and decode are computed as tensor math instead (poundcam.preprocess.jpeg_tensor: libjpeg's
   integer arithmetic, equal to Pillow's round trip bit for bit; no bitstream leaves the
-  device). Only plain JPEGs are sent this way: the header (poundcam.jpeg_header) must be
+  device). Only plain JPEGs are sent this way: the header (poundcam.preprocess.jpeg_header) must be
   readable, complete (ends with EOI), 8-bit, 1 or 3 components, Huffman-coded, with an EXIF
   orientation this module applies itself and within the limits.
-- "pillow": poundcam.imaging.decode_image + poundcam.transform.preprocess_with_geometry, in a
+- "pillow": poundcam.preprocess.decode.decode_image + poundcam.preprocess.transform.preprocess_with_geometry, in a
   thread pool, for everything else (PNG, WebP, GIF, CMYK, odd or damaged JPEGs, inputs the
   device decoder refuses). Its results join the same batch; it is also the only source of error
   codes, so an input fails with the same code whichever path was planned for it.
@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .batching import map_in_groups
-from .imaging import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
+from .decode import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
 from .jpeg_header import JpegHeader, read_jpeg_header
-from .jpeg_roundtrip import jpeg_roundtrip
+from .jpeg_tensor import jpeg_roundtrip_tensors
 from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, \
     preprocess_with_geometry
 
@@ -89,7 +89,7 @@ def choose_path(device: str | torch.device, setting: str | None = "auto") -> str
 
 @dataclasses.dataclass(frozen=True)
 class ImageDecodeFailure:
-    """An input that could not be preprocessed; ``code`` is poundcam.imaging's error code
+    """An input that could not be preprocessed; ``code`` is poundcam.preprocess.decode's error code
     (or "decode_failed" for an unexpected error)."""
 
     index: int
@@ -142,7 +142,7 @@ class PreprocessedItem:
         return self._crop
 
     def decoded(self) -> DecodedImage:
-        """The upright original as poundcam.imaging decodes it (for rendering on the original).
+        """The upright original as poundcam.preprocess.decode decodes it (for rendering on the original).
         Device-path items decode it here, on the CPU, on first use."""
         if self._decoded is None:
             self._decoded = decode_image(self._data, self._batch.limits)
@@ -367,7 +367,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
     on the device, geometry, the upright decoded original or None) or the exception that
     stopped it. ``roundtrip``: "codec" (the JPEG encoder and decoder) or "tensor"
-    (poundcam.jpeg_roundtrip) for the quality-90 re-encode."""
+    (poundcam.preprocess.jpeg_tensor) for the quality-90 re-encode."""
     out: list[Any] = [None] * len(datas)
     raw = [byte_tensor(d) for d in datas]
     first = _each(decode_jpegs, raw, device=device)
@@ -383,7 +383,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     del first
     originals = dict(zip(live, upright)) if keep_originals else {}
     if roundtrip == "tensor":
-        live2, second = live, _each(jpeg_roundtrip, upright)
+        live2, second = live, _each(jpeg_roundtrip_tensors, upright)
     else:
         live2, second = _codec_roundtrip(live, upright, out, device)
     del upright
@@ -445,11 +445,11 @@ class DevicePreprocessor:
 
     threads: worker threads for the Pillow path (and, on the CPU, for the device path's chunks);
     default: the machine's CPU count. force: None/"auto" (see ``choose_path``), "device" or
-    "pillow". limits: poundcam.imaging.DecodeLimits for both paths. keep_originals: device-path
+    "pillow". limits: poundcam.preprocess.decode.DecodeLimits for both paths. keep_originals: device-path
     items keep their decoded upright original on the device for ``original_image()`` (memory:
     3 bytes per pixel per image, until the batch is dropped). roundtrip: how the device path
     re-encodes at quality 90, "codec" (the JPEG encoder and decoder; default) or "tensor"
-    (poundcam.jpeg_roundtrip, the same result as Pillow's, computed on the device).
+    (poundcam.preprocess.jpeg_tensor, the same result as Pillow's, computed on the device).
     """
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,

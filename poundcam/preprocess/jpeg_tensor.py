@@ -1,7 +1,7 @@
 """The transform's JPEG quality-90 re-encode and decode, computed as tensor math on the device.
 
 A JPEG encoder followed by a decoder changes an image only in its lossy steps; the entropy
-coding in between is lossless. ``jpeg_roundtrip(images)`` computes those steps directly, as
+coding in between is lossless. ``jpeg_roundtrip_tensors(images)`` computes those steps directly, as
 libjpeg-turbo (Pillow's codec) performs them for ``Image.save(format="JPEG", quality=90)`` and
 ``Image.open``, so no bitstream is written, copied to the host or parsed again:
 
@@ -322,7 +322,7 @@ def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torc
     return lossy_roundtrip(rgb, roundtrip_constants(quality, str(rgb.device)))
 
 
-def jpeg_roundtrip(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
+def jpeg_roundtrip_tensors(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
                    max_pixels: int | None = None) -> list[torch.Tensor]:
     """uint8 [3, H, W] images (any sizes, one device) -> their JPEG round trips. Images of the
     same size go through ``jpeg_roundtrip_batch`` together, at most ``max_pixels`` at a time
