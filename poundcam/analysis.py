@@ -49,6 +49,9 @@ STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisOptions:
+    """How an Analyzer works; every field has the service's default (docs/configuration.md
+    names the setting behind each)."""
+
     threshold: float = 0.5          # label "fake" when P(fake) >= threshold
     cam_layer: int = -1
     cam_target: str = "contrastive"
@@ -65,6 +68,8 @@ class AnalysisOptions:
 
 @dataclasses.dataclass
 class AnalysisResult:
+    """One analysed image: probabilities, label, CAM statistics, geometry and rendered files."""
+
     sha256: str
     image_format: str
     width: int
@@ -91,6 +96,9 @@ class AnalysisResult:
 
 @dataclasses.dataclass
 class ItemOutcome:
+    """What became of one input: ``result`` when it was analysed, else an error code (stable,
+    documented) and message; ``sha256`` of its bytes whenever they were read."""
+
     key: Any
     result: AnalysisResult | None = None
     error_code: str | None = None
@@ -156,8 +164,115 @@ class _TimedPreprocessor:
         return batch
 
 
+class _InputReader:
+    """The input side of one ``analyze`` call: reads ``(key, bytes)`` pairs in the calling
+    thread and puts them on the queue the preprocessing thread drains, at most ``window``
+    inputs ahead of the batches taken. Items without usable bytes never reach that thread:
+    they are kept in ``failures`` by input position."""
+
+    def __init__(self, items: Iterable[tuple[Any, Any]], pool: cf.Executor, window: int):
+        self._items = iter(items)
+        self._pool = pool
+        self._window = window
+        self._feed: queue.SimpleQueue = queue.SimpleQueue()
+        self.failures: dict[int, ItemOutcome] = {}
+        self.read = 0          # inputs read so far (their positions are 0 .. read - 1)
+        self.fed = 0           # inputs put on the queue
+        self.batched = 0       # inputs the preprocessing thread has returned in batches
+        self.exhausted = False
+
+    def inputs(self) -> Iterator:
+        """What the preprocessing thread reads: ``((position, key, sha256 future), bytes)``."""
+        return _drain(self._feed)
+
+    def top_up(self) -> None:
+        """Read inputs until the preprocessing thread has what it needs for the batches it
+        may prepare ahead of the device, or the input is over."""
+        while not self.exhausted and self.fed - self.batched < self._window:
+            try:
+                key, data = next(self._items)
+            except StopIteration:
+                self.exhausted = True
+                self._feed.put(_END)
+                return
+            self._admit(self.read, key, data)
+            self.read += 1
+
+    def _admit(self, idx: int, key: Any, data: Any) -> None:
+        if isinstance(data, BaseException):
+            self.failures[idx] = ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
+                                             error_message=str(data))
+            return
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            self.failures[idx] = ItemOutcome(
+                key, error_code="decode_failed",
+                error_message=f"expected image bytes, got {type(data).__name__}")
+            return
+        self._feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
+        self.fed += 1
+
+    def close(self) -> None:
+        """End the preprocessing thread's input if the items were not read to the end."""
+        if not self.exhausted:
+            self.exhausted = True
+            self._feed.put(_END)
+
+
+class _OrderedOutcomes:
+    """Outcome futures in input order: the analysed items' futures, with the failures set
+    aside by the reader slotted in at their positions. At most ``backlog`` wait behind an
+    unfinished first one."""
+
+    def __init__(self, failures: dict[int, ItemOutcome], backlog: int):
+        self._failures = failures
+        self._backlog = backlog
+        self._pending: collections.deque[cf.Future] = collections.deque()
+        self._emitted = 0      # positions below this are in _pending or gone
+
+    def add(self, idx: int, future: cf.Future) -> None:
+        """The future of the input at position ``idx`` (positions arrive in increasing order)."""
+        self.add_failures(upto=idx)
+        self._pending.append(future)
+        self._emitted = idx + 1
+
+    def add_failures(self, upto: int) -> None:
+        """Queue the failures at positions below ``upto`` not queued yet."""
+        for i in range(self._emitted, upto):
+            if i in self._failures:
+                self._pending.append(_done(self._failures.pop(i)))
+        self._emitted = max(self._emitted, upto)
+
+    def ready(self) -> Iterator[cf.Future]:
+        """Take the futures that are done at the front, and more while the backlog is full."""
+        while self._pending and (self._pending[0].done() or len(self._pending) > self._backlog):
+            yield self._pending.popleft()
+
+    def rest(self) -> Iterator[cf.Future]:
+        """Take every future left, in order."""
+        while self._pending:
+            yield self._pending.popleft()
+
+
 class Analyzer:
-    """Binds a loaded PoundNet and a CAM configuration; ``analyze()`` streams outcomes in input order."""
+    """Binds a loaded PoundNet and a CAM configuration; ``analyze()`` streams outcomes in input order.
+
+    The analyzer owns a preprocessing thread and a pool of threads (decoding, hashing,
+    statistics, PNG encoding): close it, or use it as a context manager.
+
+    Args:
+        model: a PoundNet (or any module ComparativeCAM explains); moved to ``device`` and put
+            in eval mode.
+        options: thresholds, CAM configuration, batch size, rendering and decoding limits;
+            the defaults of AnalysisOptions when omitted.
+        device: where the model runs; the model's own device when omitted.
+
+    Example:
+        >>> with Analyzer(PoundNet.from_checkpoint("last.ckpt")) as analyzer:
+        ...     for outcome in analyzer.analyze([("a.jpg", open("a.jpg", "rb").read())]):
+        ...         print(outcome.key, outcome.result.p_fake if outcome.ok else outcome.error_code)
+    """
 
     def __init__(self, model, options: AnalysisOptions | None = None,
                  device: str | torch.device | None = None):
@@ -184,13 +299,16 @@ class Analyzer:
 
     @property
     def model_id(self) -> str:
+        """The model's id (checkpoint digest), ``unidentified`` when it has none."""
         return self.model.model_id or "unidentified"
 
     @property
     def cam_config_id(self) -> str:
+        """The CAM configuration's id (method, point, layer, target)."""
         return self.cam.config_id
 
     def close(self) -> None:
+        """Stop the preprocessing thread and the pool (waits for their work in progress)."""
         self._pre.close()
         self._pool.shutdown(wait=True)
 
@@ -202,16 +320,21 @@ class Analyzer:
 
     # -- where the time goes -------------------------------------------------------------------
     def stage_times(self) -> dict[str, float]:
-        """Seconds by stage since the last reset: ``preprocess`` (background thread, wall),
-        ``wait_preprocess`` (this thread waiting for a batch), ``model_cam``, ``render_device``
-        (this thread), ``encode`` (statistics + PNG files, summed over the pool's threads),
-        ``wait_encode`` (the pool's threads waiting for a batch's copy to the host, its
-        statistics or an input's hash, summed), ``wait_results`` (this thread waiting for the
-        pool); ``items``: outcomes produced."""
+        """Where the time went since the last reset (docs/analysis.md).
+
+        Returns:
+            Seconds by stage: ``preprocess`` (background thread, wall), ``wait_preprocess``
+            (this thread waiting for a batch), ``model_cam``, ``render_device`` (this thread),
+            ``encode`` (statistics + PNG files, summed over the pool's threads),
+            ``wait_encode`` (the pool's threads waiting for a batch's copy to the host, its
+            statistics or an input's hash, summed), ``wait_results`` (this thread waiting for
+            the pool); and ``items``: the outcomes produced.
+        """
         with self._stage_lock:
             return dict(self._stages)
 
     def reset_stage_times(self) -> None:
+        """Start the stage times from zero."""
         with self._stage_lock:
             self._stages = dict.fromkeys((*STAGES, "items"), 0.0)
 
@@ -221,78 +344,52 @@ class Analyzer:
 
     # -- the stream ------------------------------------------------------------------------------
     def analyze(self, items: Iterable[tuple[Any, bytes | BaseException]]) -> Iterator[ItemOutcome]:
-        """Analyze ``(key, image bytes)`` pairs; yields one ItemOutcome per item, in input order.
+        """Analyze image bytes; one outcome per item, in input order.
 
-        An item whose bytes could not be fetched may carry the exception instead of bytes: it
-        is reported with the exception's ``code`` (or "fetch_failed") and the others go on.
-        ``items`` is read in the calling thread, a few batches ahead of the device.
+        ``items`` is read in the calling thread, a few batches ahead of the device. An item
+        whose bytes could not be fetched may carry the exception instead of bytes: it is
+        reported with the exception's ``code`` (or ``fetch_failed``) and the others go on.
+
+        Args:
+            items: ``(key, image bytes or exception)`` pairs; the key is returned untouched.
+
+        Returns:
+            An iterator of ItemOutcome, one per item, in the order of ``items``: a result, or
+            an error code and message for an item that could not be analysed.
+
+        Raises:
+            torch.OutOfMemoryError: only when a single image does not fit on the device
+                (larger batches are halved and retried).
         """
         bs = self.options.batch_size
         prefetch = max(1, self.options.prefetch)
-        it = iter(items)
-        feed: queue.SimpleQueue = queue.SimpleQueue()  # inputs for the preprocessing thread
-        failures: dict[int, ItemOutcome] = {}
-        pending: collections.deque[cf.Future] = collections.deque()  # outcomes, input order
-        state = {"read": 0, "fed": 0, "batched": 0, "emitted": 0, "exhausted": False}
-
-        def top_up() -> None:
-            """Read inputs until the preprocessing thread has what it needs for the batches it
-            may prepare ahead of the device (or the input is over)."""
-            while not state["exhausted"] and state["fed"] - state["batched"] < (prefetch + 2) * bs:
-                try:
-                    key, data = next(it)
-                except StopIteration:
-                    state["exhausted"] = True
-                    feed.put(_END)
-                    return
-                idx = state["read"]
-                state["read"] += 1
-                if isinstance(data, BaseException):
-                    failures[idx] = ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
-                                                error_message=str(data))
-                    continue
-                if isinstance(data, (bytearray, memoryview)):
-                    data = bytes(data)
-                if not isinstance(data, bytes):
-                    failures[idx] = ItemOutcome(
-                        key, error_code="decode_failed",
-                        error_message=f"expected image bytes, got {type(data).__name__}")
-                    continue
-                feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
-                state["fed"] += 1
-
-        def take_failures(upto: int) -> None:
-            for i in range(state["emitted"], upto):
-                if i in failures:
-                    pending.append(_done(failures.pop(i)))
-            state["emitted"] = max(state["emitted"], upto)
-
-        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), _drain(feed), bs,
+        reader = _InputReader(items, self._pool, window=(prefetch + 2) * bs)
+        ordered = _OrderedOutcomes(reader.failures, backlog=2 * bs)
+        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), reader.inputs(), bs,
                                prefetch=prefetch)
         try:
-            while True:
-                top_up()
-                t0 = time.perf_counter()
-                batch = next(batches, None)
-                self._add("wait_preprocess", time.perf_counter() - t0)
-                if batch is None:
-                    break
-                state["batched"] += len(batch.items)
-                futures = self._run_batch(batch)
-                for (idx, _, _), fut in zip(batch.keys, futures):
-                    take_failures(idx)
-                    pending.append(fut)
-                    state["emitted"] = idx + 1
-                del batch, futures  # the batch's originals and inputs can go
-                while pending and (pending[0].done() or len(pending) > 2 * bs):
-                    yield self._result(pending.popleft())
-            take_failures(state["read"])
-            while pending:
-                yield self._result(pending.popleft())
+            while (batch := self._next_batch(reader, batches)) is not None:
+                reader.batched += len(batch.items)
+                for (idx, _, _), future in zip(batch.keys, self._run_batch(batch)):
+                    ordered.add(idx, future)
+                del batch  # the batch's originals and inputs can go
+                for future in ordered.ready():
+                    yield self._result(future)
+            ordered.add_failures(upto=reader.read)
+            for future in ordered.rest():
+                yield self._result(future)
         finally:
-            if not state["exhausted"]:
-                feed.put(_END)  # lets the preprocessing thread finish
+            reader.close()  # lets the preprocessing thread finish
             batches.close()
+
+    def _next_batch(self, reader: _InputReader, batches: Iterator[PreprocessedBatch]
+                    ) -> PreprocessedBatch | None:
+        """Tops up the preprocessing thread's input, then waits for its next batch."""
+        reader.top_up()
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        self._add("wait_preprocess", time.perf_counter() - t0)
+        return batch
 
     def _result(self, fut: cf.Future) -> ItemOutcome:
         t0 = time.perf_counter()
@@ -438,28 +535,18 @@ class Analyzer:
             if r in piece.invalid:
                 return ItemOutcome(meta.key, error_code="cam_unavailable",
                                    error_message=piece.invalid[r], sha256=sha)
-            real, fake = piece.real[r], piece.fake[r]
-            p_fake = float(piece.probs[r, 1])
             heatmaps = {}
             if self.options.render:
                 originals = piece.original_rows[r] if piece.original_rows is not None else None
-                heatmaps = encode_heatmaps(piece.crop_rows[r], originals, real, fake)
+                heatmaps = encode_heatmaps(piece.crop_rows[r], originals, piece.real[r],
+                                           piece.fake[r])
             t_stats = time.perf_counter()
             stats = stats_future.result()[r]
             waited += time.perf_counter() - t_stats
             if isinstance(stats, Exception):
                 raise stats
-            result = AnalysisResult(
-                sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
-                height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,
-                logit_real=float(piece.logits[r, 0]), logit_fake=float(piece.logits[r, 1]),
-                label=LABELS[1] if p_fake >= self.options.threshold else LABELS[0],
-                threshold=self.options.threshold, model_id=self.model_id,
-                cam_config_id=self.cam_config_id,
-                stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
-                geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
-                timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
-                         "render_s": piece.render_s + time.perf_counter() - t0})
+            result = self._make_result(piece, r, meta, sha, stats, heatmaps,
+                                       render_s=piece.render_s + time.perf_counter() - t0)
             return ItemOutcome(meta.key, result=result, sha256=sha)
         except Exception as exc:  # one image's rendering must never take its batch down
             log.exception("unexpected error rendering %s", meta.key)
@@ -468,6 +555,21 @@ class Analyzer:
         finally:
             self._add("wait_encode", waited)
             self._add("encode", time.perf_counter() - t0 - waited)
+
+    def _make_result(self, piece: _Piece, r: int, meta: _Meta, sha: str, stats: dict,
+                     heatmaps: dict[str, bytes], render_s: float) -> AnalysisResult:
+        p_fake = float(piece.probs[r, 1])
+        return AnalysisResult(
+            sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
+            height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,
+            logit_real=float(piece.logits[r, 0]), logit_fake=float(piece.logits[r, 1]),
+            label=LABELS[1] if p_fake >= self.options.threshold else LABELS[0],
+            threshold=self.options.threshold, model_id=self.model_id,
+            cam_config_id=self.cam_config_id,
+            stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
+            geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
+            timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
+                     "render_s": render_s})
 
 
 _END = object()
