@@ -123,16 +123,16 @@ class _Ledger:
 
     def write(self, ctx: PipelineContext) -> list[ItemOutcome]:
         """Write what has gathered; returns the outcomes written, in the order settled."""
-        def write(s):
-            ids = upsert_analyses(s, [record for _, record in self.rows])
-            mark_done_many(s, [(item_id, a) for (item_id, _), a in zip(self.rows, ids)])
-            mark_failed_many(s, self.failures)
-
         if self.outcomes:
-            _db(ctx, write)
+            _db(ctx, self._write_rows)
         written = self.outcomes
         self.rows, self.failures, self.outcomes = [], [], []
         return written
+
+    def _write_rows(self, session) -> None:
+        ids = upsert_analyses(session, [record for _, record in self.rows])
+        mark_done_many(session, [(item_id, a) for (item_id, _), a in zip(self.rows, ids)])
+        mark_failed_many(session, self.failures)
 
 
 def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
@@ -143,93 +143,137 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     lookup per chunk for images analysed before); heatmaps are uploaded by the store pool while
     the device computes the next batch, and finished items are written to the database a
     batch at a time, each row only after its heatmaps are stored.
+
+    Raises:
+        RetryLater: some items hit a transient storage failure; they are left "running".
     """
-    items = list(items)
-    report = MessageReport()
-    claimed = set(_db(ctx, lambda s: mark_running(s, [i for i, _ in items])))
-    todo = [(i, u) for i, u in items if i in claimed]
-    report.skipped = len(items) - len(todo)
-    fetched = ctx._io.map(lambda iu: (iu[0], _fetch(ctx, iu[1])), todo)  # all submitted now
-    n_analyzed = 0
-    stores: collections.deque = collections.deque()  # (outcome, future), in order
-    ledger = _Ledger()
+    return _MessageRun(ctx, progress).run(list(items))
 
-    def fail(item_id: int, code: str, message: str):
-        ledger.failures.append((item_id, code, message))
-        ledger.outcomes.append(ItemOutcome(item_id, error_code=code, error_message=message))
-        report.failed += 1
-        _observe(ctx, "failed", code)
 
-    def commit():
-        for outcome in ledger.write(ctx):
-            if progress:
-                progress(outcome)
+class _MessageRun:
+    """The bookkeeping of one message: what is claimed, fetched, analysed, stored and written.
 
-    def to_analyze():
-        nonlocal n_analyzed
-        for chunk in _chunks(fetched, max(1, ctx.analyzer.options.batch_size)):
-            fresh = []
-            for item_id, data in chunk:
-                if not isinstance(data, StorageError):
-                    fresh.append((item_id, data, hashlib.sha256(data).hexdigest()))
-                elif data.transient:
-                    log.warning("item %s: %s; will retry", item_id, data,
-                                extra={"item_id": item_id, "error_code": data.code})
-                    report.retry.append(item_id)
-                else:
-                    fail(item_id, data.code, str(data))
-            known = _db(ctx, lambda s: _link_known(ctx, s, fresh)) if fresh else {}
-            n_reused = sum(sha in known for _, _, sha in fresh)
-            report.reused += n_reused
-            for _ in range(n_reused):
-                _observe(ctx, "done")
-                if progress:
-                    progress(None)
+    The stages pass items along in order: :meth:`_to_analyze` turns fetched bytes into the
+    analyzer's input (settling failures and images analysed before), :meth:`_store` hands each
+    outcome to the store pool, and :meth:`_settle` accounts for finished uploads in order and
+    writes them to the database a batch at a time.
+    """
+
+    def __init__(self, ctx: PipelineContext,
+                 progress: Callable[[ItemOutcome | None], None] | None):
+        self.ctx = ctx
+        self.progress = progress
+        self.report = MessageReport()
+        self.ledger = _Ledger()
+        self.stores: collections.deque[tuple[ItemOutcome, cf.Future | None]] = collections.deque()
+        self.n_analyzed = 0
+
+    def run(self, items: list[tuple[int, str]]) -> MessageReport:
+        claimed = set(_db(self.ctx, lambda s: mark_running(s, [i for i, _ in items])))
+        todo = [(i, u) for i, u in items if i in claimed]
+        self.report.skipped = len(items) - len(todo)
+        fetched = self.ctx._io.map(lambda iu: (iu[0], _fetch(self.ctx, iu[1])), todo)
+        t0 = time.perf_counter()
+        try:
+            for outcome in self.ctx.analyzer.analyze(self._to_analyze(fetched)):
+                self._store(outcome)
+                self._settle(block=False)
+            self._settle(block=True)
+        except BaseException:
+            # nothing keeps running behind a retry
+            cf.wait([f for _, f in self.stores if f is not None])
+            raise
+        if self.ctx.observer is not None and self.n_analyzed:
+            self.ctx.observer.batch(time.perf_counter() - t0, self.n_analyzed)
+        if self.report.retry:
+            raise RetryLater(f"{len(self.report.retry)} item(s) hit a transient storage failure",
+                             self.report.retry)
+        return self.report
+
+    # --- stage 1: fetched bytes -> the analyzer's input -------------------------------------
+
+    def _to_analyze(self, fetched: Iterable[tuple[int, bytes | StorageError]]
+                    ) -> Iterator[tuple[int, bytes]]:
+        """Yield the fetched images not analysed before, a chunk at a time."""
+        for chunk in _chunks(fetched, max(1, self.ctx.analyzer.options.batch_size)):
+            fresh = [(item_id, data, hashlib.sha256(data).hexdigest())
+                     for item_id, data in chunk if self._fetched_ok(item_id, data)]
+            known = _db(self.ctx, lambda s: _link_known(self.ctx, s, fresh)) if fresh else {}
             for item_id, data, sha in fresh:
-                if sha not in known:
-                    n_analyzed += 1
+                if sha in known:
+                    self._reused()
+                else:
+                    self.n_analyzed += 1
                     yield item_id, data
 
-    def settle(block: bool):
+    def _fetched_ok(self, item_id: int, data: bytes | StorageError) -> bool:
+        """Whether the fetch succeeded; a failed one is settled here (failed, or retried)."""
+        if not isinstance(data, StorageError):
+            return True
+        if data.transient:
+            log.warning("item %s: %s; will retry", item_id, data,
+                        extra={"item_id": item_id, "error_code": data.code})
+            self.report.retry.append(item_id)
+        else:
+            self._fail(item_id, data.code, str(data))
+        return False
+
+    def _reused(self) -> None:
+        self.report.reused += 1
+        _observe(self.ctx, "done")
+        if self.progress:
+            self.progress(None)
+
+    # --- stage 2: outcomes -> heatmap uploads -------------------------------------------------
+
+    def _store(self, outcome: ItemOutcome) -> None:
+        """Queue an outcome behind the earlier ones; a success uploads its heatmaps."""
+        future = self.ctx._store_pool.submit(_upload, self.ctx, outcome) if outcome.ok else None
+        self.stores.append((outcome, future))
+        head = self.stores[0][1]
+        if len(self.stores) > self.ctx.max_pending_stores and head is not None:
+            cf.wait([head])  # bounds the results held in memory
+
+    # --- stage 3: stored outcomes -> the database ---------------------------------------------
+
+    def _settle(self, block: bool) -> None:
         """Account for finished uploads (and failures queued behind them), in order; write
         them to the database once a batch has gathered (or at the end)."""
-        while stores and (block or stores[0][1] is None or stores[0][1].done()):
-            outcome, future = stores.popleft()
+        while self.stores and (block or self.stores[0][1] is None or self.stores[0][1].done()):
+            outcome, future = self.stores.popleft()
             if future is None:
-                fail(outcome.key, outcome.error_code or "analysis_failed",
-                     outcome.error_message or "")
-                continue
-            try:
-                ledger.rows.append((outcome.key, future.result()))
-                ledger.outcomes.append(outcome)
-                report.done += 1
-                _observe(ctx, "done")
-            except StorageError as exc:
-                if not exc.transient:
-                    raise
-                log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
-                            extra={"item_id": outcome.key, "error_code": exc.code})
-                report.retry.append(outcome.key)
-        if block or len(ledger) >= ctx.analyzer.options.batch_size:
-            commit()
+                self._fail(outcome.key, outcome.error_code or "analysis_failed",
+                           outcome.error_message or "")
+            else:
+                self._settle_upload(outcome, future)
+        if block or len(self.ledger) >= self.ctx.analyzer.options.batch_size:
+            self._commit()
 
-    t0 = time.perf_counter()
-    try:
-        for outcome in ctx.analyzer.analyze(to_analyze()):
-            future = ctx._store_pool.submit(_upload, ctx, outcome) if outcome.ok else None
-            stores.append((outcome, future))
-            if len(stores) > ctx.max_pending_stores and stores[0][1] is not None:
-                cf.wait([stores[0][1]])
-            settle(block=False)
-        settle(block=True)
-    except BaseException:
-        cf.wait([f for _, f in stores if f is not None])  # nothing keeps running behind a retry
-        raise
-    if ctx.observer is not None and n_analyzed:
-        ctx.observer.batch(time.perf_counter() - t0, n_analyzed)
-    if report.retry:
-        raise RetryLater(f"{len(report.retry)} item(s) hit a transient storage failure", report.retry)
-    return report
+    def _settle_upload(self, outcome: ItemOutcome, future: cf.Future) -> None:
+        try:
+            record = future.result()
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
+                        extra={"item_id": outcome.key, "error_code": exc.code})
+            self.report.retry.append(outcome.key)
+            return
+        self.ledger.rows.append((outcome.key, record))
+        self.ledger.outcomes.append(outcome)
+        self.report.done += 1
+        _observe(self.ctx, "done")
+
+    def _fail(self, item_id: int, code: str, message: str) -> None:
+        self.ledger.failures.append((item_id, code, message))
+        self.ledger.outcomes.append(ItemOutcome(item_id, error_code=code, error_message=message))
+        self.report.failed += 1
+        _observe(self.ctx, "failed", code)
+
+    def _commit(self) -> None:
+        for outcome in self.ledger.write(self.ctx):
+            if self.progress:
+                self.progress(outcome)
 
 
 def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str]]) -> dict:
