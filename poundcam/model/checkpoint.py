@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .digest import digest_file
 from .config import PoundNetConfig, RunSettings, read_run_config
 from .poundnet import PoundNet
 from .safe_pickle import load_checkpoint_dict
@@ -26,14 +27,6 @@ OFFICIAL_PREFIXES = {"image_encoder.": "visual.", "text_encoder.": "text."}
 # Present in official checkpoints, unused by the two-class forward.
 UNUSED_OFFICIAL_KEYS = re.compile(r"^prompt_learner\.(positive|negative)_token_(prefix|suffix)$")
 SAFETENSORS_FORMAT = "poundcam-poundnet-1"
-
-
-def digest_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_id(state: dict[str, torch.Tensor]) -> str:

@@ -3,6 +3,11 @@
 
 The cache keeps ``<file>.sha256`` beside each download; a cached file whose digest no longer
 matches (a partial write, a disk fault) is fetched again. ``expected_sha256`` pins a digest.
+
+The cache is looked at before the network. An unreachable Hub fails within
+``HUB_TIMEOUT_S``: one metadata request without the Hub client's own retries (it would retry
+for about 30 s, logging each attempt) decides, and the Hub's log records go through the
+application's logging once instead of also through the library's own handler.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import WeightsNotFoundError
-from .checkpoint import digest_file
+from .digest import digest_file
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ HOW_TO_PROVIDE = (
     "access, copy the checkpoint there and give its path; `poundcam convert CKPT OUT.safetensors` "
     "makes a compact export."
 )
+HUB_TIMEOUT_S = 4.0  # one metadata request to the Hub; unreachable: fail, do not retry
 
 
 def default_cache_dir() -> Path:
@@ -36,8 +42,21 @@ def default_cache_dir() -> Path:
 
 
 def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str | None = None,
-                    cache_dir: str | Path | None = None, s3_client=None) -> Path:
-    """Return a local path holding verified weights for ``uri`` (default: the paper's run)."""
+                    cache_dir: str | Path | None = None, s3_client=None,
+                    hf_endpoint: str | None = None) -> Path:
+    """Return a local path holding verified weights for ``uri`` (default: the paper's run).
+
+    Args:
+        uri: a local path, ``s3://bucket/key`` or ``hf://owner/repo/path``.
+        expected_sha256: the digest the file must have.
+        cache_dir: where downloads are kept (default :func:`default_cache_dir`).
+        s3_client: the boto3 client for ``s3://`` (default: one from the environment).
+        hf_endpoint: the Hub's URL (default: the Hub client's, ``HF_ENDPOINT``).
+
+    Raises:
+        WeightsNotFoundError: the weights cannot be found, fetched or verified; the message
+            says how to provide them (``POUNDCAM_WEIGHTS``).
+    """
     uri = str(uri or os.environ.get("POUNDCAM_WEIGHTS") or DEFAULT_WEIGHTS)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     parsed = urlparse(uri)
@@ -51,7 +70,7 @@ def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str |
             raise WeightsNotFoundError(f"{uri}: expected hf://owner/repo/path/to/file")
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         return _cached(cache / "hf" / repo / filename, expected_sha256,
-                       lambda dest: _download_hf(repo, filename, dest), uri)
+                       lambda dest: _download_hf(repo, filename, dest, hf_endpoint), uri)
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
@@ -105,16 +124,39 @@ def _download_s3(bucket: str, key: str, dest: Path, client=None) -> None:
             f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}") from None
 
 
-def _download_hf(repo: str, filename: str, dest: Path) -> None:
+def _quiet_hub() -> None:
+    """The Hub client's records through the application's handlers only, warnings and up."""
+    hub_log = logging.getLogger("huggingface_hub")
+    hub_log.handlers.clear()
+    hub_log.propagate = True
+    hub_log.setLevel(logging.WARNING)
+
+
+def _download_hf(repo: str, filename: str, dest: Path, endpoint: str | None = None) -> None:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:  # pragma: no cover - a declared dependency
         raise WeightsNotFoundError(f"huggingface_hub is not installed. {HOW_TO_PROVIDE}") from None
-    try:
-        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-            got = hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp)
-            shutil.move(got, dest)
+    _quiet_hub()
+    where = f"hf://{repo}/{filename}"
+    try:  # one quick look, no retries: offline or unknown fails here, in seconds
+        get_hf_file_metadata(hf_hub_url(repo, filename, endpoint=endpoint),
+                             timeout=HUB_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
     except Exception as exc:  # offline, unknown repo, HTTP errors: all mean "not available"
         raise WeightsNotFoundError(
-            f"hf://{repo}/{filename}: cannot download weights ({type(exc).__name__}: {exc}). "
+            f"{where}: cannot reach the weights on the Hub ({type(exc).__name__}: "
+            f"{_short(exc)}). {HOW_TO_PROVIDE}") from None
+    try:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            got = hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp,
+                                  endpoint=endpoint, etag_timeout=HUB_TIMEOUT_S)
+            shutil.move(got, dest)
+    except Exception as exc:  # the connection dropped during the download
+        raise WeightsNotFoundError(
+            f"{where}: cannot download weights ({type(exc).__name__}: {_short(exc)}). "
             f"{HOW_TO_PROVIDE}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "no detail"
