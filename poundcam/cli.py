@@ -2,6 +2,13 @@
 
 Each command group lives in its own module under poundcam/commands/ and registers its
 sub-commands with ``register(subparsers)``; a handler returns the process exit code.
+
+Failures are handled here, once for every command: an expected failure (a
+:class:`~poundcam.errors.PoundcamError`, or one of the library exceptions in ``EXPLAIN`` such
+as an unreachable database or broker) is printed as one line, ``poundcam: error: ...``, and the
+process exits with the error's ``exit_code`` (2, or 75 when a service is unavailable and a
+later try may succeed). ``--debug`` prints the traceback before that line. Any other exception
+is a bug, and its traceback is printed as Python does.
 """
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+from collections.abc import Callable
 
-from .errors import PoundcamError
-from .logs import configure_logging
+from .errors import PoundcamError, UnavailableError
+from .logs import configure_logging, redact
 
 COMMAND_MODULES = (
     "poundcam.commands.model",
@@ -20,12 +29,70 @@ COMMAND_MODULES = (
     "poundcam.commands.review",
 )
 
+USAGE_EXIT = 2
+UNAVAILABLE_EXIT = UnavailableError.exit_code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _database(exc: BaseException) -> tuple[str, int]:
+    return (f"database: {_first_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
+            "`poundcam db upgrade` creates the tables)", UNAVAILABLE_EXIT)
+
+
+def _broker(exc: BaseException) -> tuple[str, int]:
+    return (f"cannot reach the broker: {_first_line(exc)} (check POUNDCAM_BROKER_URL)",
+            UNAVAILABLE_EXIT)
+
+
+def _s3(exc: BaseException) -> tuple[str, int]:
+    return (f"S3: {_first_line(exc)} (check POUNDCAM_S3_ENDPOINT_URL and the AWS_* credentials)",
+            UNAVAILABLE_EXIT)
+
+
+def _os_error(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}", USAGE_EXIT
+    return _first_line(exc), USAGE_EXIT
+
+
+# Library exceptions that are expected failures, by the qualified name of a class in their MRO
+# (names, so that the CLI imports none of these libraries to recognize them). The first class
+# of an exception's MRO found here explains it.
+EXPLAIN: dict[str, Callable[[BaseException], tuple[str, int]]] = {
+    "sqlalchemy.exc.OperationalError": _database,
+    "sqlalchemy.exc.InterfaceError": _database,
+    "sqlalchemy.exc.ProgrammingError": _database,
+    "kombu.exceptions.OperationalError": _broker,
+    "redis.exceptions.ConnectionError": _broker,
+    "redis.exceptions.TimeoutError": _broker,
+    "botocore.exceptions.NoCredentialsError": _s3,
+    "botocore.exceptions.EndpointConnectionError": _s3,
+    "builtins.OSError": _os_error,
+}
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """``(one-line message, exit code)`` for an expected failure; None for a bug."""
+    if isinstance(exc, PoundcamError):
+        return redact(str(exc)) or type(exc).__name__, exc.exit_code
+    for cls in type(exc).__mro__:
+        how = EXPLAIN.get(f"{cls.__module__}.{cls.__qualname__}")
+        if how is not None:
+            return how(exc)
+    return None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poundcam",
         description="PoundNet real/fake detection with faithful comparative CAMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a failure, not only its one-line reason")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -44,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.handler(args) or 0)
-    except PoundcamError as exc:
-        print(f"poundcam: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        explained = explain(exc)
+        if explained is None:
+            raise  # a bug: its traceback is what a report needs
+        message, code = explained
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"poundcam: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,75 +1,333 @@
 """The Python client for ingestion services and scripts.
 
-    from poundcam import client
-    job_id = client.submit(["s3://images/a.jpg", "s3://images/b.png"])
-    client.status(job_id)    # {"total": 2, "queued": .., "done": .., "failed": .., "finished": ..}
-    client.results(job_id)   # one record per item
+    from poundcam.client import Client
 
-Configuration comes from POUNDCAM_* variables (``Settings.from_env``) unless ``settings`` is
-given. The job row is written before any message is sent; if sending fails part-way,
-``resend(job_id)`` sends the items still queued.
+    with Client() as client:                       # settings from POUNDCAM_* variables
+        job_id = client.submit(["s3://images/a.jpg", "s3://images/b.png"], key="batch-0042")
+        client.wait(job_id, timeout=600)           # the status once finished
+        client.results(job_id)                     # one record per item
+
+A :class:`Client` holds one Celery app (made on the first submit) and one database engine
+(made on the first query) for its lifetime. The job row is written before any message is
+sent; if sending fails part-way, :meth:`Client.resend` sends the items still queued.
+
+The module-level functions (``submit``, ``status``, ``results``, ``resend``, ``jobs``)
+do the same through one client per settings, for scripts.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from .db import create_job, item_refs, job_results, job_status, make_session_factory, session_scope
+import sqlalchemy as sa
+
+from .db import (create_job, explain_db_error, find_job_by_key, item_refs, job_info,
+                 job_results, job_status, job_uris, list_jobs, make_engine,
+                 make_session_factory, require_database)
+from .errors import InvalidRequestError, PoundcamError
 from .messaging import QUEUE, TASK_NAME, make_message, make_producer
 from .settings import Settings
 
-_factories: dict[str, Any] = {}
+MAX_KEY_CHARS = 200  # the column's width
 
 
-def _sessions(settings: Settings):
-    if settings.database_url not in _factories:
-        _factories[settings.database_url] = make_session_factory(settings.database_url)
-    return _factories[settings.database_url]
+class WaitTimeout(PoundcamError, TimeoutError):
+    """A job did not finish within the time :meth:`Client.wait` was given."""
+
+    exit_code = 75  # not finished yet: a later look may succeed
 
 
-def _send(settings: Settings, job_id: str, refs: list[dict], batch_size: int) -> int:
-    producer = make_producer(settings)
-    sent = 0
-    with producer.connection_for_write() as conn:
-        for start in range(0, len(refs), batch_size):
-            chunk = [(r["item_id"], r["uri"]) for r in refs[start:start + batch_size]]
-            producer.send_task(TASK_NAME, kwargs={"message": make_message(job_id, chunk)},
-                               queue=QUEUE, connection=conn)
-            sent += 1
-    return sent
+class Client:
+    """Submit jobs and read their results, with one Celery app and one engine.
+
+    Args:
+        settings: configuration (default: ``Settings.from_env()``); the client reads
+            ``database_url``, ``broker_url``, ``task_batch_size``, ``allowed_buckets`` and
+            ``local_root`` from it.
+
+    The client is safe to keep for a process's lifetime; :meth:`close` (or leaving a
+    ``with`` block) releases its connections.
+    """
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self._engine = None
+        self._sessions = None
+        self._app = None
+
+    # --- resources ---------------------------------------------------------------------------
+
+    @property
+    def engine(self):
+        """The database engine (made on first use; an SQLite file must already exist)."""
+        if self._engine is None:
+            require_database(self.settings.database_url)
+            self._engine = make_engine(self.settings.database_url)
+            self._sessions = make_session_factory(self._engine)
+        return self._engine
+
+    @property
+    def app(self):
+        """The Celery app that sends the messages (made on first use)."""
+        if self._app is None:
+            self._app = make_producer(self.settings)
+        return self._app
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """A session committed on success; database failures become one-line errors.
+
+        Raises:
+            UnavailableError: the database is unreachable or has no poundcam tables.
+        """
+        self.engine  # noqa: B018 - makes the engine and the session factory
+        try:
+            with self._sessions() as s, s.begin():
+                yield s
+        except sa.exc.DBAPIError as exc:
+            explained = explain_db_error(self.settings.database_url, exc)
+            if explained is None:
+                raise
+            raise explained from exc
+
+    def close(self) -> None:
+        """Release the engine's connections and the broker connection pool."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = self._sessions = None
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- producing ---------------------------------------------------------------------------
+
+    def validate_uri(self, uri: str) -> str:
+        """Check that a worker may read ``uri``: an ``s3://bucket/key`` URI (bucket name and
+        key well formed; the bucket on ``POUNDCAM_ALLOWED_BUCKETS`` when that is set), or in
+        the embedded mode an absolute local path.
+
+        Returns:
+            The URI, unchanged.
+
+        Raises:
+            InvalidRequestError: naming the URI and what is wrong with it.
+        """
+        from .storage.stores import StorageError, parse_s3_uri
+
+        if not isinstance(uri, str):
+            raise InvalidRequestError(f"{uri!r} is not a string")
+        if self.settings.embedded and uri.startswith("/"):
+            return uri
+        try:
+            ref = parse_s3_uri(uri)
+        except StorageError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        allowed = self.settings.allowed_buckets
+        if allowed and ref.bucket not in allowed:
+            raise InvalidRequestError(f"{uri!r}: bucket {ref.bucket!r} is not in "
+                                      f"POUNDCAM_ALLOWED_BUCKETS ({', '.join(allowed)})")
+        return uri
+
+    def submit(self, uris: Iterable[str], key: str | None = None, batch_size: int | None = None,
+               options: dict | None = None) -> str:
+        """Create a job for ``uris`` and enqueue it in messages of ``batch_size`` items.
+
+        Args:
+            uris: ``s3://bucket/key`` of each image, in the order results are reported.
+            key: the caller's idempotency key. Submitting again with the same key returns the
+                job made the first time (and sends nothing); with other URIs it fails.
+            batch_size: items per message (default ``POUNDCAM_TASK_BATCH_SIZE``).
+            options: free-form options stored with the job.
+
+        Returns:
+            The job id.
+
+        Raises:
+            InvalidRequestError: no URIs, a URI a worker may not read (every bad one is
+                named), a key too long, or a key already used for other URIs.
+            UnavailableError: the database cannot be reached.
+        """
+        uris = [u if isinstance(u, str) else str(u) for u in uris]
+        if not uris:
+            raise InvalidRequestError("nothing to submit: no URIs given")
+        bad = []
+        for uri in uris:
+            try:
+                self.validate_uri(uri)
+            except InvalidRequestError as exc:
+                bad.append(str(exc))
+        if bad:
+            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise InvalidRequestError(f"{len(bad)} invalid URI(s): {'; '.join(bad[:3])}{more}")
+        if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
+            raise InvalidRequestError(f"idempotency key must be 1 to {MAX_KEY_CHARS} characters")
+        batch_size = batch_size or self.settings.task_batch_size
+        if key is not None:
+            existing = self._job_for_key(key, uris)
+            if existing is not None:
+                return existing
+        try:
+            with self.session() as s:
+                job_id = create_job(s, uris, options, key=key)
+                refs = item_refs(s, job_id)
+        except sa.exc.IntegrityError:  # a concurrent submit with the same key won the race
+            existing = self._job_for_key(key, uris) if key is not None else None
+            if existing is None:
+                raise
+            return existing
+        self._send(job_id, refs, batch_size)
+        return job_id
+
+    def _job_for_key(self, key: str, uris: list[str]) -> str | None:
+        with self.session() as s:
+            job_id = find_job_by_key(s, key)
+            if job_id is None:
+                return None
+            if job_uris(s, job_id) != uris:
+                raise InvalidRequestError(f"idempotency key {key!r} was used for job {job_id} "
+                                          "with other URIs")
+            return job_id
+
+    def _send(self, job_id: str, refs: list[dict], batch_size: int) -> int:
+        sent = 0
+        with self.app.connection_for_write() as conn:
+            for start in range(0, len(refs), batch_size):
+                chunk = [(r["item_id"], r["uri"]) for r in refs[start:start + batch_size]]
+                self.app.send_task(TASK_NAME, kwargs={"message": make_message(job_id, chunk)},
+                                   queue=QUEUE, connection=conn)
+                sent += 1
+        return sent
+
+    def resend(self, job_id: str, batch_size: int | None = None) -> int:
+        """Send messages again for the job's items still queued.
+
+        Returns:
+            The number of messages sent.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        with self.session() as s:
+            job_status(s, job_id)  # raises for an unknown job
+            refs = item_refs(s, job_id)
+        return self._send(job_id, refs, batch_size or self.settings.task_batch_size) if refs else 0
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> dict:
+        """Counts by state: ``{"job_id", "total", "queued", "running", "done", "failed",
+        "finished"}``.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        with self.session() as s:
+            return job_status(s, job_id)
+
+    def job(self, job_id: str) -> dict:
+        """``{"job_id", "created_at", "options", "idempotency_key", "total"}``.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        with self.session() as s:
+            return job_info(s, job_id)
+
+    def results(self, job_id: str, label: str | None = None,
+                min_prob: float | None = None) -> list[dict]:
+        """One record per item, in submission order (``poundcam.db.RESULT_FIELDS``).
+
+        Args:
+            job_id: the job.
+            label: keep only items labelled ``real`` or ``fake``.
+            min_prob: keep only items with P(fake) at least this.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        with self.session() as s:
+            return job_results(s, job_id, label=label, min_prob=min_prob)
+
+    def jobs(self, limit: int = 20) -> list[dict]:
+        """The most recent jobs, newest first, with their counts by state."""
+        with self.session() as s:
+            return list_jobs(s, limit=limit)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 1.0) -> dict:
+        """Block until no item of the job is queued or running.
+
+        Args:
+            job_id: the job.
+            timeout: seconds to wait at most (None: no limit).
+            poll_s: seconds between two looks at the database.
+
+        Returns:
+            The job's final status (see :meth:`status`).
+
+        Raises:
+            WaitTimeout: the job was not finished after ``timeout`` seconds.
+            JobNotFoundError: no such job.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.status(job_id)
+            if st["finished"]:
+                return st
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {job_id} not finished after {timeout:g} s: "
+                                  f"{st['queued']} queued, {st['running']} running")
+            left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
+            time.sleep(max(left, 0.0))
+
+
+# --- module-level convenience: one client per settings ----------------------------------------
+
+_clients: dict[Settings, Client] = {}
+
+
+def client_for(settings: Settings | None = None) -> Client:
+    """The shared :class:`Client` for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    if settings not in _clients:
+        _clients[settings] = Client(settings)
+    return _clients[settings]
 
 
 def submit(uris: Iterable[str], batch_size: int | None = None, options: dict | None = None,
-           settings: Settings | None = None) -> str:
-    """Create a job for ``uris`` and enqueue it in messages of up to ``batch_size`` items."""
-    settings = settings or Settings.from_env()
-    uris = [str(u) for u in uris]
-    if not uris:
-        raise ValueError("nothing to submit: no URIs given")
-    batch_size = batch_size or settings.task_batch_size
-    with session_scope(_sessions(settings)) as s:
-        job_id = create_job(s, uris, options)
-        refs = item_refs(s, job_id)
-    _send(settings, job_id, refs, batch_size)
-    return job_id
+           settings: Settings | None = None, key: str | None = None) -> str:
+    """:meth:`Client.submit` with the shared client for ``settings``."""
+    return client_for(settings).submit(uris, key=key, batch_size=batch_size, options=options)
 
 
 def resend(job_id: str, batch_size: int | None = None, settings: Settings | None = None) -> int:
-    """Send messages again for the job's items still queued; returns the number of messages."""
-    settings = settings or Settings.from_env()
-    with session_scope(_sessions(settings)) as s:
-        job_status(s, job_id)  # raises for an unknown job
-        refs = item_refs(s, job_id)
-    return _send(settings, job_id, refs, batch_size or settings.task_batch_size) if refs else 0
+    """:meth:`Client.resend` with the shared client for ``settings``."""
+    return client_for(settings).resend(job_id, batch_size=batch_size)
 
 
 def status(job_id: str, settings: Settings | None = None) -> dict:
-    settings = settings or Settings.from_env()
-    with session_scope(_sessions(settings)) as s:
-        return job_status(s, job_id)
+    """:meth:`Client.status` with the shared client for ``settings``."""
+    return client_for(settings).status(job_id)
 
 
 def results(job_id: str, label: str | None = None, min_prob: float | None = None,
             settings: Settings | None = None) -> list[dict]:
-    settings = settings or Settings.from_env()
-    with session_scope(_sessions(settings)) as s:
-        return job_results(s, job_id, label=label, min_prob=min_prob)
+    """:meth:`Client.results` with the shared client for ``settings``."""
+    return client_for(settings).results(job_id, label=label, min_prob=min_prob)
+
+
+def jobs(limit: int = 20, settings: Settings | None = None) -> list[dict]:
+    """:meth:`Client.jobs` with the shared client for ``settings``."""
+    return client_for(settings).jobs(limit=limit)
+
+
+def wait(job_id: str, timeout: float | None = None, settings: Settings | None = None) -> dict:
+    """:meth:`Client.wait` with the shared client for ``settings``."""
+    return client_for(settings).wait(job_id, timeout=timeout)

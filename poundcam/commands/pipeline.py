@@ -1,17 +1,16 @@
 """Pipeline commands: worker, submit, status, results, resend, analyze (embedded)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
+from .common import add_db_option, client_for
+from .output import format_results, results_document, table
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-RESULT_COLUMNS = ("uri", "status", "error_code", "sha256", "p_fake", "label", "model_id")
 
 
 def register(sub) -> None:
@@ -29,24 +28,39 @@ def register(sub) -> None:
     p.add_argument("--from-file", metavar="FILE", help="read URIs from FILE, one per line ('-': stdin)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="items per message (default POUNDCAM_TASK_BATCH_SIZE)")
-    p.add_argument("--json", action="store_true", help='print {"job_id": ...}')
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help="idempotency key: submitting again with KEY returns the same job")
+    p.add_argument("--json", action="store_true", help='print {"job_id": ..., "items": ...}')
+    add_db_option(p)
     p.set_defaults(handler=_submit)
 
     p = sub.add_parser("resend", help="enqueue a job's items that are still queued again")
     p.add_argument("job_id")
+    add_db_option(p)
     p.set_defaults(handler=_resend)
 
     p = sub.add_parser("status", help="totals by state and whether a job is finished")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="first wait up to SECONDS for the job to finish (exit 75 if it does not)")
+    add_db_option(p)
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("results", help="one record per item of a job")
     p.add_argument("job_id")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help='json: {"job_id", "results": [...]}, the shape of `analyze --json`')
     p.add_argument("--label", choices=("real", "fake"))
     p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
+    add_db_option(p)
     p.set_defaults(handler=_results)
+
+    p = sub.add_parser("jobs", help="the most recent jobs with their counts by state")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default 20)")
+    p.add_argument("--json", action="store_true")
+    add_db_option(p)
+    p.set_defaults(handler=_jobs)
 
     p = sub.add_parser("analyze", help="analyze local images embedded: SQLite + a local folder",
                        description="Analyze image files or folders on this machine, without "
@@ -86,28 +100,28 @@ def _read_uris(args) -> list[str]:
 
 
 def _submit(args) -> int:
-    from .. import client
+    from ..errors import InvalidRequestError
 
     uris = _read_uris(args)
     if not uris:
-        print("poundcam submit: no URIs given (arguments or --from-file)", file=sys.stderr)
-        return 2
-    job_id = client.submit(uris, batch_size=args.batch_size)
+        raise InvalidRequestError("no URIs given (arguments or --from-file)")
+    with client_for(args) as client:
+        job_id = client.submit(uris, key=args.key, batch_size=args.batch_size)
     print(json.dumps({"job_id": job_id, "items": len(uris)}) if args.json else job_id)
     return 0
 
 
 def _resend(args) -> int:
-    from .. import client
-
-    print(f"sent {client.resend(args.job_id)} message(s)")
+    with client_for(args) as client:
+        print(f"sent {client.resend(args.job_id)} message(s)")
     return 0
 
 
 def _status(args) -> int:
-    from .. import client
-
-    st = client.status(args.job_id)
+    with client_for(args) as client:
+        if args.wait is not None:
+            client.wait(args.job_id, timeout=args.wait)  # WaitTimeout: exit 75
+        st = client.status(args.job_id)
     if args.json:
         print(json.dumps(st))
     else:
@@ -118,65 +132,21 @@ def _status(args) -> int:
 
 
 def _results(args) -> int:
-    from .. import client
-
-    rows = client.results(args.job_id, label=args.label, min_prob=args.min_prob)
-    print(format_results(rows, args.format), end="")
+    with client_for(args) as client:
+        rows = client.results(args.job_id, label=args.label, min_prob=args.min_prob)
+    print(format_results(rows, args.format, job_id=args.job_id), end="")
     return 0
 
 
-def _flat(row: dict) -> dict:
-    stats = row.get("stats") or {}
-    out = {k: row.get(k) for k in RESULT_COLUMNS}
-    out["cam_config_id"] = row.get("cam_config_id")
-    for cls in ("real", "fake"):
-        s = stats.get(cls) or {}
-        out[f"{cls}_max"] = s.get("max")
-        out[f"{cls}_area_half_max"] = s.get("area_half_max")
-        out[f"{cls}_peak"] = s.get("peak")
-    comp = stats.get("comparative") or {}
-    out["fake_share"] = comp.get("fake_share")
-    out["correlation"] = comp.get("correlation")
-    for name, key in sorted((row.get("heatmap_keys") or {}).items()):
-        out[f"heatmap_{name}"] = key
-    return out
-
-
-def format_results(rows: list[dict], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(rows, indent=2, default=str) + "\n"
-    flat = [_flat(r) for r in rows]
-    if fmt == "csv":
-        buf = io.StringIO()
-        fields = list(dict.fromkeys(k for r in flat for k in r)) or list(RESULT_COLUMNS)
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        for r in flat:
-            w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
-        return buf.getvalue()
-    return _table(flat)
-
-
-def _table(flat: list[dict]) -> str:
-    cols = ("uri", "status", "label", "p_fake", "fake_share", "fake_peak", "error_code")
-    cells = [[_cell(r.get(c)) for c in cols] for r in flat]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    widths[0] = min(widths[0], 60)
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    for row in cells:
-        row[0] = row[0] if len(row[0]) <= 60 else "…" + row[0][-59:]
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    return "\n".join(lines) + "\n"
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, list):
-        return "(" + ", ".join(f"{x:.0f}" for x in v) + ")"
-    return str(v)
+def _jobs(args) -> int:
+    with client_for(args) as client:
+        rows = client.jobs(limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(table(rows, ("job_id", "created_at", "mode", "total", "done", "failed",
+                           "running", "queued", "finished"), first_width=36), end="")
+    return 0
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -192,39 +162,38 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """Per-image progress on stderr (tqdm): count, rate, ETA and failures. Log records are
+    written above the bar while it runs (tqdm's logging redirect), not through it. Off a
+    terminal the bar is redrawn at most every 10 s."""
 
     def __init__(self, total: int, stream=None):
+        from tqdm import tqdm
+
         stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
-        self.total, self.n, self.failed, self.stream = total, 0, 0, stream
-        self.t0 = time.perf_counter()
-        self.tty = stream.isatty()
-        self._last = 0.0
+        tty = stream.isatty()
+        self.failed = 0
+        self.bar = tqdm(total=total, file=stream, unit="img", dynamic_ncols=True,
+                        mininterval=0.1 if tty else 10.0, smoothing=0.1,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self.bar.set_postfix_str("0 failed", refresh=False)
 
     def __call__(self, outcome) -> None:
-        self.n += 1
         if outcome is not None and not outcome.ok:
             self.failed += 1
-        now = time.perf_counter()
-        if self.tty or now - self._last > 5 or self.n == self.total:
-            self._last = now
-            rate = self.n / max(now - self.t0, 1e-9)
-            filled = int(30 * self.n / max(self.total, 1))
-            line = (f"[{'#' * filled}{'.' * (30 - filled)}] {self.n}/{self.total} "
-                    f"{rate:.1f} img/s, {self.failed} failed")
-            self.stream.write(("\r" + line) if self.tty else line + "\n")
-            self.stream.flush()
+            self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        self.bar.close()
 
 
 def _analyze(args) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from ..db import create_job, item_refs, job_results, session_scope
     from ..db.migrate import upgrade
-    from ..pipeline import RetryLater, process_items
-    from ..runtime import make_analyzer, make_context
+    from ..model.weights import resolve_weights
     from ..settings import Settings
 
     files = expand_paths(args.paths)
@@ -245,26 +214,36 @@ def _analyze(args) -> int:
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)
+    # The weights first, before PyTorch is imported and before a database or a folder is
+    # created: missing or unreachable weights fail in seconds and leave nothing behind.
+    weights = resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
+                              cache_dir=settings.cache_dir)
+    settings = settings.replace(weights=str(weights), weights_sha256=None)  # verified above
+    from ..pipeline import RetryLater, process_items
+    from ..runtime import make_analyzer, make_context
+
+    print(f"loading model ({weights})", file=sys.stderr)
+    analyzer = make_analyzer(settings)
     out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     upgrade(settings.database_url)
-    print(f"loading model ({settings.weights or 'default weights'})", file=sys.stderr)
-    analyzer = make_analyzer(settings)
     ctx = make_context(settings, analyzer)
     with session_scope(ctx.sessions) as s:
         job_id = create_job(s, [str(f.resolve()) if f.exists() else str(f) for f in files],
                             {"mode": "embedded", "model_id": analyzer.model_id,
-                             "cam_config_id": analyzer.cam_config_id})
+                             "cam_config_id": analyzer.cam_config_id,
+                             "heatmap_root": str(out)})
         refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)
     try:
-        for start in range(0, len(refs), chunk):
-            try:
-                process_items(ctx, refs[start:start + chunk], progress=progress)
-            except RetryLater as exc:  # a local disk hiccup: one more try
-                process_items(ctx, [r for r in refs[start:start + chunk] if r[0] in exc.item_ids],
-                              progress=progress)
+        with logging_redirect_tqdm():
+            for start in range(0, len(refs), chunk):
+                try:
+                    process_items(ctx, refs[start:start + chunk], progress=progress)
+                except RetryLater as exc:  # a local disk hiccup: one more try
+                    process_items(ctx, [r for r in refs[start:start + chunk]
+                                        if r[0] in exc.item_ids], progress=progress)
     finally:
         progress.close()
         analyzer.close()
@@ -272,9 +251,9 @@ def _analyze(args) -> int:
     with session_scope(ctx.sessions) as s:
         rows = job_results(s, job_id)
     if args.json:
-        print(json.dumps({"job_id": job_id, "results": rows}, indent=2, default=str))
+        print(results_document(job_id, rows), end="")
     else:
-        print(_table([_flat(r) for r in rows]), end="")
+        print(format_results(rows, "table"), end="")
         done = sum(r["status"] == "done" for r in rows)
         fake = sum(r.get("label") == "fake" for r in rows)
         print(f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "

@@ -28,8 +28,8 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, metavar="URL",
                    help="database URL (default POUNDCAM_DATABASE_URL)")
     p.add_argument("--heatmaps", default=None, metavar="DIR",
-                   help="local heatmap folder, as given to `poundcam analyze --out` "
-                        "(default POUNDCAM_LOCAL_ROOT; unset: S3)")
+                   help="local heatmap folder (default: the folder `poundcam analyze` "
+                        "recorded with the job, else POUNDCAM_LOCAL_ROOT; unset: S3)")
     p.set_defaults(handler=_report)
 
 
@@ -62,7 +62,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _report(args) -> int:
-    from .. import client
+    from ..client import Client
     from ..report import build_report
     from ..settings import Settings
 
@@ -76,8 +76,13 @@ def _report(args) -> int:
     if args.heatmaps:
         overrides["local_root"] = str(Path(args.heatmaps).resolve())
     settings = Settings.from_env(**overrides)
-    status = client.status(args.job_id, settings=settings)  # unknown job: an error, exit 2
-    rows = client.results(args.job_id, settings=settings)
+    with Client(settings) as client:
+        status = client.status(args.job_id)  # unknown job: an error, exit 2
+        job = client.job(args.job_id)
+        rows = client.results(args.job_id)
+    if not settings.embedded and not settings.heatmap_bucket and job["options"].get("heatmap_root"):
+        # `poundcam analyze` recorded where it wrote the heatmaps
+        settings = settings.replace(local_root=str(job["options"]["heatmap_root"]))
     store = heatmap_store(settings)
     if args.images == "embed":
         def fetch_png(key: str) -> bytes:

@@ -77,3 +77,53 @@ def is_transient_db_error(exc: BaseException) -> bool:
         pgcode = getattr(getattr(exc, "orig", None), "pgcode", None)
         return pgcode in ("40001", "40P01")  # serialization failure, deadlock
     return False
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file an SQLite URL names; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("uri") in ("true", "1") or parsed.database.startswith("file:"):
+        return parsed.database.removeprefix("file:").split("?", 1)[0]
+    return parsed.database
+
+
+def require_database(url: str) -> None:
+    """Fail, creating nothing, when ``url`` names an SQLite file that does not exist (SQLite
+    would create an empty one on connecting). Other databases are checked on connecting.
+
+    Raises:
+        UnavailableError: naming the URL and POUNDCAM_DATABASE_URL.
+    """
+    from pathlib import Path
+
+    from ..errors import UnavailableError
+    from ..logs import redact
+
+    path = sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        raise UnavailableError(
+            f"no database at {redact(url)} ({Path(path).resolve()} does not exist); set "
+            "POUNDCAM_DATABASE_URL or --db to the job's database, or create one with "
+            "`poundcam db upgrade`")
+
+
+def explain_db_error(url: str, exc: BaseException):
+    """An :class:`UnavailableError` naming ``url`` for a database error that means the
+    database is unreachable or has no poundcam schema; None for other errors."""
+    from ..errors import UnavailableError
+    from ..logs import redact
+
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError,
+                            sa.exc.ProgrammingError)):
+        return None
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = redact(text[0] if text else type(exc).__name__)
+    lowered = reason.lower()
+    if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
+        return UnavailableError(
+            f"database {redact(url)} has no poundcam tables ({reason}); run `poundcam db "
+            "upgrade`, or set POUNDCAM_DATABASE_URL or --db to the job's database")
+    return UnavailableError(f"database {redact(url)}: {reason} (check POUNDCAM_DATABASE_URL "
+                            "or --db)")

@@ -53,8 +53,10 @@ class Job(Base):
         sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now())
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     total_items: Mapped[int | None] = mapped_column(sa.Integer)
+    # the caller's key: submitting again with it returns this job (unique where set)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
 
-    __table_args__ = (sa.Index(None, "created_at"),)
+    __table_args__ = (sa.Index(None, "created_at"), sa.Index(None, "idempotency_key", unique=True))
 
 
 class Analysis(Base):

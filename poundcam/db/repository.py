@@ -21,6 +21,10 @@ ANALYSIS_REQUIRED = ("sha256", "model_id", "cam_config_id", "p_fake", "logit_rea
                      "logit_fake", "label", "threshold", "stats", "heatmap_keys")
 ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker")
 _IDENTITY = ("sha256", "model_id", "cam_config_id")
+# The keys of a job_results record, in order: the one record shape of every output.
+RESULT_FIELDS = ("item_id", "position", "uri", "status", "error_code", "error_message",
+                 "attempts", "analysis_id", "sha256", "p_fake", "threshold", "label", "model_id",
+                 "cam_config_id", "width", "height", "stats", "heatmap_keys")
 
 
 class JobNotFoundError(PoundcamError):
@@ -117,11 +121,14 @@ def find_analysis_ids(session: Session, sha256s: Iterable[str], model_id: str,
 # --- jobs and items ------------------------------------------------------------------------
 
 def create_job(session: Session, uris: Iterable[str], options: Mapping[str, Any] | None = None,
-               job_id: str | None = None) -> str:
-    """A job with one queued item per URI (in order); returns the job id."""
+               job_id: str | None = None, key: str | None = None) -> str:
+    """A job with one queued item per URI (in order); returns the job id. ``key`` is the
+    caller's idempotency key (unique: a second job with it fails with an IntegrityError; see
+    :func:`find_job_by_key`)."""
     uris = [str(u) for u in uris]
     job_id = job_id or new_job_id()
-    session.add(Job(id=job_id, options=dict(options or {}), total_items=len(uris)))
+    session.add(Job(id=job_id, options=dict(options or {}), total_items=len(uris),
+                    idempotency_key=key))
     session.flush()
     if uris:
         now = utcnow()
@@ -202,7 +209,50 @@ def requeue(session: Session, item_ids: int | Iterable[int]) -> None:
                         .values(status="queued", updated_at=utcnow()))
 
 
+def find_job_by_key(session: Session, key: str) -> str | None:
+    """The id of the job submitted with idempotency key ``key``, if any."""
+    return session.execute(sa.select(Job.id).where(Job.idempotency_key == key)).scalar()
+
+
+def job_uris(session: Session, job_id: str) -> list[str]:
+    """The URIs of a job's items, in submission order."""
+    return list(session.execute(sa.select(JobItem.uri).where(JobItem.job_id == job_id)
+                                .order_by(JobItem.position)).scalars())
+
+
 # --- what reviewers ask ---------------------------------------------------------------------
+
+def job_info(session: Session, job_id: str) -> dict[str, Any]:
+    """``{"job_id", "created_at", "options", "idempotency_key", "total"}`` of one job."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id!r}")
+    return {"job_id": job.id, "created_at": job.created_at, "options": dict(job.options or {}),
+            "idempotency_key": job.idempotency_key, "total": job.total_items}
+
+
+def list_jobs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
+    """The ``limit`` most recent jobs, newest first, each with its counts by state:
+    ``{"job_id", "created_at", "mode", "total", "queued", "running", "done", "failed",
+    "finished"}``."""
+    jobs = session.execute(sa.select(Job.id, Job.created_at, Job.options, Job.total_items)
+                           .order_by(Job.created_at.desc(), Job.id).limit(int(limit))).all()
+    counts: dict[str, dict[str, int]] = {j.id: dict.fromkeys(ITEM_STATES, 0) for j in jobs}
+    if jobs:
+        rows = session.execute(sa.select(JobItem.job_id, JobItem.status, sa.func.count())
+                               .where(JobItem.job_id.in_(list(counts)))
+                               .group_by(JobItem.job_id, JobItem.status))
+        for job_id, status, n in rows:
+            counts[job_id][status] = int(n)
+    out = []
+    for j in jobs:
+        c = counts[j.id]
+        out.append({"job_id": j.id, "created_at": j.created_at,
+                    "mode": (j.options or {}).get("mode", "distributed"),
+                    "total": sum(c.values()), **c,
+                    "finished": c["queued"] == 0 and c["running"] == 0})
+    return out
+
 
 def job_status(session: Session, job_id: str) -> dict[str, Any]:
     """``{"job_id", "total", "queued", "running", "done", "failed", "finished"}``."""
@@ -221,7 +271,8 @@ def job_status(session: Session, job_id: str) -> dict[str, Any]:
 def job_results(session: Session, job_id: str, label: str | None = None,
                 min_prob: float | None = None) -> list[dict[str, Any]]:
     """One record per item, in submission order. ``label`` / ``min_prob`` (on P(fake)) keep
-    only analysed items that match."""
+    only analysed items that match. Every record has the same keys (RESULT_FIELDS); those of
+    the analysis are None for an item not analysed."""
     if session.get(Job, job_id) is None:
         raise JobNotFoundError(f"no job {job_id!r}")
     if label is not None and label not in LABELS:
@@ -229,8 +280,8 @@ def job_results(session: Session, job_id: str, label: str | None = None,
     a = Analysis
     q = (sa.select(JobItem.id, JobItem.position, JobItem.uri, JobItem.status,
                    JobItem.error_code, JobItem.error_message, JobItem.attempts,
-                   a.id.label("analysis_id"), a.sha256, a.p_fake, a.label, a.model_id,
-                   a.cam_config_id, a.stats, a.heatmap_keys)
+                   a.id.label("analysis_id"), a.sha256, a.p_fake, a.threshold, a.label,
+                   a.model_id, a.cam_config_id, a.width, a.height, a.stats, a.heatmap_keys)
          .select_from(JobItem).outerjoin(a, JobItem.analysis_id == a.id)
          .where(JobItem.job_id == job_id))
     if label is not None:
@@ -242,7 +293,8 @@ def job_results(session: Session, job_id: str, label: str | None = None,
         out.append({"item_id": r.id, "position": r.position, "uri": r.uri, "status": r.status,
                     "error_code": r.error_code, "error_message": r.error_message,
                     "attempts": r.attempts, "analysis_id": r.analysis_id, "sha256": r.sha256,
-                    "p_fake": r.p_fake, "label": r.label, "model_id": r.model_id,
-                    "cam_config_id": r.cam_config_id, "stats": r.stats,
+                    "p_fake": r.p_fake, "threshold": r.threshold, "label": r.label,
+                    "model_id": r.model_id, "cam_config_id": r.cam_config_id,
+                    "width": r.width, "height": r.height, "stats": r.stats,
                     "heatmap_keys": r.heatmap_keys})
     return out

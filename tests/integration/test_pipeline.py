@@ -267,7 +267,9 @@ def test_status_and_results_commands(stack, e2e):
     assert (st["total"], st["done"], st["failed"], st["queued"], st["running"]) == (
         n, n_done, n - n_done, 0, 0)
 
-    rows = json.loads(out["json"])
+    doc = json.loads(out["json"])
+    assert doc["job_id"] == e2e.job_id
+    rows = doc["results"]
     assert [r["uri"] for r in rows] == list(e2e.expected)
     by_uri = {r["uri"]: r for r in rows}
     for uri, code in e2e.expected.items():
@@ -277,18 +279,18 @@ def test_status_and_results_commands(stack, e2e):
 
     table = list(csv.DictReader(io.StringIO(out["csv"])))
     assert [r["uri"] for r in table] == list(e2e.expected)
-    assert {"status", "error_code", "sha256", "p_fake", "label", "model_id",
-            "heatmap_fake_overlay", "fake_share"} <= set(table[0])
+    assert {"status", "error_code", "error_message", "sha256", "p_fake", "threshold", "label",
+            "model_id", "heatmap_fake_overlay", "fake_share"} <= set(table[0])
     for r in table:
         assert r["status"] == ("done" if e2e.expected[r["uri"]] is None else "failed")
 
-    fake = {r["uri"] for r in json.loads(out["fake"])}
+    fake = {r["uri"] for r in json.loads(out["fake"])["results"]}
     assert fake == {r["uri"] for r in rows if r["label"] == "fake"}
     real = {r["uri"] for r in client.results(e2e.job_id, label="real", settings=stack.settings)}
     assert real == {r["uri"] for r in rows if r["label"] == "real"}
     assert real | fake == {u for u, c in e2e.expected.items() if c is None} and not real & fake
 
-    above = {r["uri"] for r in json.loads(out["min_prob"])}
+    above = {r["uri"] for r in json.loads(out["min_prob"])["results"]}
     assert above == {r["uri"] for r in rows if r["p_fake"] is not None and r["p_fake"] >= cut}
     assert 0 < len(above) < n_done
     lines = out["table"].splitlines()

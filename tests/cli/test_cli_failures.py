@@ -1,0 +1,102 @@
+"""Expected failures of the CLI are one line on stderr and a non-zero exit; ``--debug`` adds
+the traceback; nothing is created on the way to such a failure. Run as a user runs them: the
+``poundcam`` command in a subprocess, in an empty folder, without POUNDCAM_* variables."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.local_servers import poundcam_cmd
+
+
+def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("POUNDCAM_", "HF_"))}
+    return subprocess.run(poundcam_cmd() + list(args), cwd=cwd, env={**base, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("poundcam: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("results", "JOB"), ("status", "JOB"), ("jobs",),
+                                     ("report", "JOB", "--out", "r.html")])
+def test_missing_database_names_url_and_variable_and_creates_nothing(tmp_path, command):
+    proc = run(*command, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr
+    line = one_error_line(proc)
+    assert "sqlite:///./poundcam.db" in line and "POUNDCAM_DATABASE_URL" in line
+    assert list(tmp_path.iterdir()) == []  # no empty poundcam.db, no report
+
+
+def test_database_without_tables_says_how_to_create_them(tmp_path):
+    (tmp_path / "empty.db").write_bytes(b"")
+    proc = run("results", "JOB", "--db", f"sqlite:///{tmp_path / 'empty.db'}", cwd=tmp_path)
+    assert proc.returncode == 75
+    line = one_error_line(proc)
+    assert "poundcam db upgrade" in line and "empty.db" in line
+
+
+def test_unknown_job_is_one_line_and_debug_adds_the_traceback(tmp_path):
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run("db", "--db", db, "upgrade", cwd=tmp_path).returncode == 0
+    proc = run("status", "nope", "--db", db, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no job 'nope'" in one_error_line(proc)
+    debug = run("--debug", "status", "nope", "--db", db, cwd=tmp_path)
+    assert debug.returncode == 2
+    assert "Traceback" in debug.stderr and "JobNotFoundError" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1] == one_error_line(proc)
+
+
+def test_unreachable_database_server_is_one_line(tmp_path):
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/poundcam"
+    proc = run("jobs", "--db", url, cwd=tmp_path)
+    assert proc.returncode == 75
+    line = one_error_line(proc)
+    assert "127.0.0.1" in line and "POUNDCAM_DATABASE_URL" in line
+
+
+def test_unreadable_uri_file_is_one_line(tmp_path):
+    proc = run("submit", "--from-file", "absent.txt", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "absent.txt" in one_error_line(proc)
+
+
+@pytest.mark.slow
+def test_unreachable_weights_fail_fast_before_creating_anything(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    work = tmp_path / "work"
+    work.mkdir()
+    t0 = time.monotonic()
+    proc = run("analyze", str(images), cwd=work, POUNDCAM_CACHE_DIR=str(tmp_path / "cache"),
+               HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"))
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("poundcam: error: ") and "POUNDCAM_WEIGHTS" in lines[-1]
+    assert "Traceback" not in proc.stderr and "Retrying" not in proc.stderr
+    # at most "loading model (...)", the download attempt and the error, each once
+    assert len(lines) <= 3 and len(set(lines)) == len(lines), proc.stderr
+    assert elapsed < 5.0, elapsed
+    assert list(work.iterdir()) == []  # no poundcam.db, no poundcam-out/
+
