@@ -48,8 +48,9 @@ def main() -> None:
         return t.reshape(t.shape[0], *g, t.shape[-1]).permute(0, 3, 1, 2)
 
     library_layer = [model.visual.transformer.resblocks[-1].ln_1]
-    contrastive = ComparativeCAM(model, target="contrastive")
-    logit = ComparativeCAM(model, target="logit")
+    # GradCAM: what pytorch-grad-cam computes below (HiResCAM, the default, costs the same)
+    contrastive = ComparativeCAM(model, target="contrastive", method="gradcam")
+    logit = ComparativeCAM(model, target="logit", method="gradcam")
     with torch.inference_mode():
         model.text_features()  # computed once per model, as in service
 
@@ -74,7 +75,8 @@ def main() -> None:
 
     methods = {"forward": forward, "cam_contrastive": cam_contrastive, "cam_logit": cam_logit}
     if args.compile:
-        compiled = {t: ComparativeCAM(model, target=t, compile=True) for t in ("contrastive", "logit")}
+        compiled = {t: ComparativeCAM(model, target=t, method="gradcam", compile=True)
+                    for t in ("contrastive", "logit")}
         methods["cam_contrastive_compiled"] = lambda: compiled["contrastive"].attribute(x)
         methods["cam_logit_compiled"] = lambda: compiled["logit"].attribute(x)
     methods["pytorch_grad_cam"] = grad_cam_library

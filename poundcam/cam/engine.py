@@ -1,203 +1,124 @@
-"""ComparativeCAM: GradCAM for PoundNet that explains both classes from one forward pass.
+"""ComparativeCAM: class activation maps for PoundNet that explain both classes from one forward.
 
-The map is computed over the patch tokens of the activation after ``ln_1`` of one vision
-block (default: the last). That point lies before the block's attention, so every patch token
-still reaches the CLS token and its gradient is the model's own; after the last attention only
-CLS reaches the head and the patch gradients are exactly zero (such a choice raises CAMError).
-
-Cost: blocks before the explained one run without autograd (bf16 under CUDA autocast); the
-graph starts at the explained activation as a fresh leaf, so the CAM works with every parameter
-frozen and a plain input tensor. When the explained block is the last one, only the CLS query
-of its attention and MLP is computed: the other tokens' outputs never reach the logits.
-
-``compile=True`` runs that no-autograd part through ``torch.compile`` (one graph, fixed shapes:
-the first batch of each size pays the compilation; ``compile_batch=N`` pads smaller batches to N
-rows there, so one compilation serves them all). The graph from the explained activation on
-stays eager, so the gradients are computed as without it.
+The methods live one per file on a shared base (base.py): ``hirescam`` (the default) and
+``gradcam`` weight the activation of one block by its gradient (activation.py). Each uses only
+the model's public entry points (protocol.py), never its blocks.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
 from ..errors import CAMError
-from .targets import TARGETS, class_gradients
+from .base import CAMMethod, CAMResult
+from .gradcam import GradCAM
+from .hirescam import HiResCAM
 
-POINTS = ("ln_1", "output")
-METHODS = ("gradcam", "hirescam")
+METHODS: dict[str, type[CAMMethod]] = {"hirescam": HiResCAM, "gradcam": GradCAM}
+DEFAULT_METHOD = "hirescam"
+ON_INVALID = ("raise", "report")
 
-
-@dataclasses.dataclass
-class CAMResult:
-    """Maps for a batch. ``real``/``fake``: [B, grid, grid] float32, raw and non-negative.
-
-    ``invalid`` maps batch index -> reason for images whose map could not be computed
-    (only filled when ``attribute(..., on_invalid="report")``); their maps are all zero and
-    must not be shown.
-    """
-
-    real: torch.Tensor
-    fake: torch.Tensor
-    logits: torch.Tensor
-    probs: torch.Tensor
-    layer: int
-    target: str
-    point: str = "ln_1"
-    invalid: dict[int, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def grid(self) -> int:
-        return self.real.shape[-1]
-
-    def signed(self) -> torch.Tensor:
-        """fake - real: for the contrastive target, the one signed map both parts come from."""
-        return self.fake - self.real
-
-    def item(self, i: int) -> "CAMResult":
-        return CAMResult(self.real[i:i + 1], self.fake[i:i + 1], self.logits[i:i + 1],
-                         self.probs[i:i + 1], self.layer, self.target, self.point,
-                         {0: self.invalid[i]} if i in self.invalid else {})
+__all__ = ["CAMResult", "ComparativeCAM", "DEFAULT_METHOD", "METHODS"]
 
 
 class ComparativeCAM:
-    """``ComparativeCAM(model, layer=-1, target="contrastive").attribute(x)``.
+    """Both class maps of a batch, bound to a model and a configuration (like Captum's
+    attribution classes): ``ComparativeCAM(model).attribute(x)``.
 
-    layer:  index of the vision block whose activation is explained (negative from the end).
-    target: ``"contrastive"`` (each class's logit minus the other's: evidence for it against
-            the other; the two maps are the positive and negative parts of one signed map) or
-            ``"logit"`` (each class's own logit: what matches that class's prompt).
-    point:  ``"ln_1"`` (default; the block's normalized input, before its attention) or
+    Args:
+        model: A PoundNet, or any model implementing ``poundcam.cam.protocol.ExplainableModel``.
+        layer: Index of the vision block whose activation is explained (negative counts from
+            the end). Default: the last block.
+        target: ``"contrastive"`` (default; each class's logit minus the other's: evidence for
+            it against the other; with the gradient methods the two maps are the positive and
+            negative parts of one signed map) or ``"logit"`` (each class's own logit: what
+            matches that class's prompt).
+        point: ``"ln_1"`` (default; the block's normalized input, before its attention) or
             ``"output"`` (the block's output; for the last block that is after the last
-            attention, where patch gradients vanish, and attribute() raises CAMError).
-    method: how gradients weight the activation A of a patch token, map = relu(sum_c w_c A_c):
-            ``"gradcam"`` (default): w_c is the gradient of channel c averaged over all patch
-            tokens (Selvaraju et al.); ``"hirescam"``: w_c is the token's own gradient
-            (Draelos & Carin), so the map is the gradient x activation of each token. Both are
-            the model's own gradients; the faithfulness evaluation compares them.
+            attention, where patch gradients vanish, and attribute() reports it invalid).
+        method: How gradients weight the activation A of a patch token, map = relu(sum_c w_c A_c):
+            ``"hirescam"`` (default; Draelos and Carin): w is the token's own gradient, so the
+            map is each token's gradient x activation; ``"gradcam"`` (Selvaraju et al.): w_c is
+            the gradient of channel c averaged over all patch tokens. docs/cam.md compares them.
+        compile: Run the no-autograd part (up to the explained point) through ``torch.compile``.
+        compile_batch: With ``compile``, pad smaller batches to this many rows there, so one
+            compilation serves every batch.
+
+    Raises:
+        ValueError: For an unknown method, target or point, or a layer out of range.
     """
 
     def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1",
-                 method: str = "gradcam", compile: bool = False, compile_batch: int | None = None):
+                 method: str = DEFAULT_METHOD, compile: bool = False,
+                 compile_batch: int | None = None):
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
-        if point not in POINTS:
-            raise ValueError(f"point must be one of {POINTS}, not {point!r}")
-        blocks = model.visual.transformer.resblocks
-        n = len(blocks)
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} out of range for a ViT with {n} blocks")
+            raise ValueError(f"method must be one of {tuple(METHODS)}, not {method!r}")
         self.model = model
-        self.layer = layer % n
-        self.target = target
-        self.point = point
         self.method = method
-        self.compiled = compile
-        self.compile_batch = compile_batch if compile else None
-        # fixed shapes: a batch of a new size compiles once more instead of a slower dynamic graph
-        self._prefix = torch.compile(self._run_prefix, dynamic=False) if compile else self._run_prefix
+        self.explainer = METHODS[method](model, layer=layer, target=target, point=point,
+                                         compile=compile, compile_batch=compile_batch)
+
+    @property
+    def layer(self) -> int:
+        """The explained block, as a non-negative index."""
+        return self.explainer.layer
+
+    @property
+    def target(self) -> str:
+        return self.explainer.target
+
+    @property
+    def point(self) -> str:
+        return self.explainer.point
+
+    @property
+    def compiled(self) -> bool:
+        return getattr(self.explainer, "compiled", False)
+
+    @property
+    def compile_batch(self) -> int | None:
+        return getattr(self.explainer, "compile_batch", None)
 
     @property
     def config_id(self) -> str:
-        """Identifies the CAM configuration in result keys and database rows."""
-        return f"{self.method}-{self.point}-L{self.layer}-{self.target}"
-
-    def _explained_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run up to the explained point without autograd: (residual stream, activation)."""
-        with torch.no_grad():
-            n = x.shape[0]
-            if self.compile_batch is None or n >= self.compile_batch:
-                return self._prefix(x)
-            # zero rows up to the compiled shape; images are independent, the extra rows are dropped
-            pad = x.new_zeros((self.compile_batch - n, *x.shape[1:]))
-            h, act = self._prefix(torch.cat([x, pad]))
-            return h[:n], act[:n]
-
-    def _run_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        visual = self.model.visual
-        blocks = visual.transformer.resblocks
-        h = visual.embed(x)
-        for block in blocks[: self.layer]:
-            h = block(h)
-        block = blocks[self.layer]
-        if self.point == "output":
-            return h, block(h)
-        h = block.insert_prompt(h)
-        return h, block.ln_1(h)
-
-    def _finish(self, h: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """From the explained activation (a graph leaf) to image features."""
-        visual = self.model.visual
-        blocks = visual.transformer.resblocks
-        last = len(blocks) - 1
-        if self.point == "output":
-            out, start = act, self.layer + 1
-        else:
-            block = blocks[self.layer]
-            if self.layer == last:
-                out = block.forward_cls(h, act)
-            else:
-                out = block.forward_attention(h, act)
-            start = self.layer + 1
-        for i in range(start, len(blocks)):
-            if i == last:
-                b = blocks[i]
-                out = b.insert_prompt(out)
-                out = b.forward_cls(out, b.ln_1(out))
-            else:
-                out = blocks[i](out)
-        return visual.head(out)
+        """Identifies the CAM configuration in result keys and database rows, e.g.
+        ``hirescam-ln_1-L23-contrastive``."""
+        return self.explainer.config_id
 
     def attribute(self, x: torch.Tensor, on_invalid: str = "raise") -> CAMResult:
-        """Maps for a normalized batch [B, 3, H, W]. ``on_invalid``: ``"raise"`` (CAMError) or
-        ``"report"`` (record the reason in ``result.invalid`` and go on with the others)."""
-        model = self.model
+        """Both class maps, the logits and the probabilities of a batch, from one forward pass.
+
+        Works with every parameter frozen, on a plain input, and inside ``torch.no_grad()`` or
+        ``torch.inference_mode()``; leaves no ``.grad`` on the model.
+
+        Args:
+            x: Normalized images [B, 3, H, W].
+            on_invalid: ``"raise"`` (default) or ``"report"``: for images whose map cannot be
+                computed (non-finite or vanishing gradients), record the reason in
+                ``result.invalid`` and set their maps to zero instead of raising.
+
+        Returns:
+            A CAMResult: ``real`` and ``fake`` [B, grid, grid] float32, raw and non-negative;
+            ``logits`` and ``probs`` [B, 2] (column 0 real, 1 fake).
+
+        Raises:
+            CAMError: With ``on_invalid="raise"``, if any image's map cannot be computed; the
+                message names each image and its reason.
+            ValueError: For an unknown ``on_invalid``.
+        """
+        if on_invalid not in ON_INVALID:
+            raise ValueError(f"on_invalid must be one of {ON_INVALID}, not {on_invalid!r}")
         # Gradients are needed even when the caller runs under torch.inference_mode().
-        with torch.inference_mode(False), model.autocast(x.device):
-            h, act = self._explained_activation(x)
-            leaf = act.detach().requires_grad_(True)
-            with torch.enable_grad():
-                feats = self._finish(h.detach(), leaf)
-                logits = model.logits_from_features(feats)
-                grads = class_gradients(logits, leaf, self.target)
-        patches = self.model.visual.patch_token_slice()
-        g = self.model.visual.grid_size
-        acts = leaf.detach()[:, patches].float()
-        maps = {}
-        invalid: dict[int, str] = {}
-        for name, grad in grads.items():
-            grad = grad[:, patches].float()
-            for i, reason in _gradient_problems(grad, self.layer, self.point, name).items():
-                invalid.setdefault(i, reason)
-            # GradCAM: channel weights = mean gradient over tokens; HiResCAM: each token's own
-            weights = grad.mean(dim=1, keepdim=True) if self.method == "gradcam" else grad
-            maps[name] = (acts * weights).sum(dim=-1).reshape(-1, *g)
-        if "signed" in maps:
-            real, fake = (-maps["signed"]).clamp_min(0), maps["signed"].clamp_min(0)
-        else:
-            real, fake = maps["real"].clamp_min(0), maps["fake"].clamp_min(0)
+        with torch.inference_mode(False):
+            maps = self.explainer.class_maps(x)
+        real, fake, invalid = maps.real, maps.fake, maps.invalid
         if invalid:
             if on_invalid == "raise":
                 raise CAMError("; ".join(f"image {i}: {r}" for i, r in sorted(invalid.items())))
             for i in invalid:
                 real[i] = 0
                 fake[i] = 0
-        logits = logits.detach().float()
-        return CAMResult(real=real.contiguous(), fake=fake.contiguous(), logits=logits,
-                         probs=logits.softmax(dim=-1), layer=self.layer, target=self.target,
-                         point=self.point, invalid=invalid)
-
-
-def _gradient_problems(grad: torch.Tensor, layer: int, point: str, name: str) -> dict[int, str]:
-    problems: dict[int, str] = {}
-    finite = torch.isfinite(grad).flatten(1).all(dim=1)
-    nonzero = grad.flatten(1).abs().amax(dim=1) > 0
-    for i in torch.nonzero(~finite).flatten().tolist():
-        problems[i] = f"non-finite gradients at block {layer} ({point}) for the {name} target"
-    for i in torch.nonzero(finite & ~nonzero).flatten().tolist():
-        problems[i] = (f"all patch-token gradients are zero at block {layer} ({point}) for the "
-                       f"{name} target: the explained point does not reach the logits through the "
-                       "patch tokens (a point after the last attention?)")
-    return problems
+        logits = maps.logits.detach().float()
+        return CAMResult(real=real.detach().contiguous(), fake=fake.detach().contiguous(),
+                         logits=logits, probs=logits.softmax(dim=-1), layer=self.layer,
+                         target=self.target, point=self.point, invalid=invalid,
+                         method=self.method)

@@ -15,6 +15,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import nn
 
 from .config import PoundNetConfig
+from .intermediates import POINTS, BlockActivation, BlockAttention
 
 
 def fp16_round(t: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,14 @@ class PromptedBlock(ResidualAttentionBlock):
         if n_prompt:
             self.VPT_shallow = nn.Parameter(torch.zeros(n_prompt, width))
 
+    def replaced_tokens(self, n_tokens: int) -> slice | None:
+        """Positions of a sequence of ``n_tokens`` whose tokens ``insert_prompt`` replaces."""
+        if not self.n_prompt:
+            return None
+        if self.prompt_at_end:
+            return slice(n_tokens - self.n_prompt, n_tokens)
+        return slice(self.prompt_offset, self.prompt_offset + self.n_prompt)
+
     def insert_prompt(self, x: torch.Tensor) -> torch.Tensor:
         if not self.n_prompt:
             return x
@@ -49,7 +58,7 @@ class PromptedBlock(ResidualAttentionBlock):
 
     def forward_attention(self, x: torch.Tensor, normed: torch.Tensor,
                           attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Finish the block from its ``ln_1`` activation ``normed`` (the CAM engine starts here)."""
+        """Finish the block from its ``ln_1`` activation ``normed`` (an explanation starts here)."""
         x = x + self.ls_1(self.attention(q_x=normed, attn_mask=attn_mask))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
@@ -59,6 +68,32 @@ class PromptedBlock(ResidualAttentionBlock):
         this gives the same features for 1/L of the block's token work."""
         cls = x[:, :1] + self.ls_1(self.attention(q_x=normed[:, :1], k_x=normed, v_x=normed))
         return cls + self.ls_2(self.mlp(self.ln_2(cls)))
+
+    def attention_probs(self, q_x: torch.Tensor, kv_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's multi-head attention written out (the fused kernel does not return its
+        probabilities): (output [B, queries, width], probabilities [B, heads, queries, tokens]).
+        Same weights and arithmetic as ``self.attention`` up to float rounding."""
+        attn = self.attn
+        b, nq, c = q_x.shape
+        h = attn.num_heads
+        d = c // h
+        w_q, w_kv = attn.in_proj_weight.split([c, 2 * c])
+        b_q, b_kv = attn.in_proj_bias.split([c, 2 * c])
+        q = F.linear(q_x, w_q, b_q).reshape(b, nq, h, d).transpose(1, 2)
+        k, v = (t.reshape(b, -1, h, d).transpose(1, 2)
+                for t in F.linear(kv_x, w_kv, b_kv).split(c, dim=-1))
+        probs = torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), dim=-1)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, nq, c)
+        return attn.out_proj(out), probs
+
+    def forward_attending(self, x: torch.Tensor, normed: torch.Tensor,
+                          cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_attention`` (or ``forward_cls`` with ``cls_only``) that also returns the
+        attention probabilities, in the graph."""
+        q_x, x = (normed[:, :1], x[:, :1]) if cls_only else (normed, x)
+        out, probs = self.attention_probs(q_x, normed)
+        x = x + self.ls_1(out)
+        return x + self.ls_2(self.mlp(self.ln_2(x))), probs
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.insert_prompt(x)
@@ -134,6 +169,58 @@ class PromptedVisionTransformer(nn.Module):
         x = last.insert_prompt(x)
         return self.head(last.forward_cls(x, last.ln_1(x)))
 
+    # -- explaining a block: see PoundNet.forward_to / forward_from / attention_from ----------
+    def forward_to(self, x: torch.Tensor, layer: int, point: str) -> BlockActivation:
+        blocks = self.transformer.resblocks
+        h = self.embed(x)
+        for block in blocks[:layer]:
+            h = block(h)
+        block = blocks[layer]
+        if point == "output":
+            return BlockActivation(layer, point, block(h))
+        h = block.insert_prompt(h)
+        return BlockActivation(layer, point, block.ln_1(h), residual=h)
+
+    def forward_from(self, start: BlockActivation) -> torch.Tensor:
+        """Image features from ``start``. After the last attention only CLS reaches the head,
+        so the last block computes the CLS token only."""
+        blocks = self.transformer.resblocks
+        last = len(blocks) - 1
+        out = start.activation
+        if start.point == "ln_1":
+            block = blocks[start.layer]
+            finish = block.forward_cls if start.layer == last else block.forward_attention
+            out = finish(start.residual, start.activation)
+        for i in range(start.layer + 1, len(blocks)):
+            block = blocks[i]
+            if i == last:
+                out = block.insert_prompt(out)
+                out = block.forward_cls(out, block.ln_1(out))
+            else:
+                out = block(out)
+        return self.head(out)
+
+    def attention_from(self, start: BlockActivation) -> tuple[torch.Tensor, list[BlockAttention]]:
+        """``forward_from`` with every block's attention written out: (image features, the
+        attention of each block from ``start`` on, in order)."""
+        blocks = self.transformer.resblocks
+        last = len(blocks) - 1
+        out, first = start.activation, start.layer + 1
+        records = []
+        if start.point == "ln_1":
+            first = start.layer
+        for i in range(first, len(blocks)):
+            block = blocks[i]
+            if i == start.layer:  # its prompt is inserted and its ln_1 taken already
+                out, normed = start.residual, start.activation
+            else:
+                out = block.insert_prompt(out)
+                normed = block.ln_1(out)
+            replaced = block.replaced_tokens(normed.shape[1])
+            out, probs = block.forward_attending(out, normed, cls_only=i == last)
+            records.append(BlockAttention(i, probs, replaced))
+        return self.head(out), records
+
 
 class PromptedTextEncoder(nn.Module):
     """CLIP text transformer fed with prompt embeddings (no token table needed)."""
@@ -203,7 +290,16 @@ def eot_index(cfg: PoundNetConfig) -> int:
 
 class PoundNet(nn.Module):
     """Real/fake detector: ``model(x)`` maps a normalized batch [B, 3, H, W] to logits [B, 2]
-    (column 0 = real, column 1 = fake)."""
+    (column 0 = real, column 1 = fake).
+
+    Besides ``forward``, it exposes the entry points an explainer needs (``forward_to``,
+    ``forward_from``, ``attention_from``, ``num_blocks``, ``patch_grid``, ``patch_tokens``),
+    so that nothing outside the model depends on its blocks.
+
+    Args:
+        cfg: The architecture; default: the released ViT-L/14 configuration. Usually built by
+            ``PoundNet.from_checkpoint``, which reads it from the checkpoint's shapes.
+    """
 
     CLASSES = ("real", "fake")
 
@@ -224,11 +320,14 @@ class PoundNet(nn.Module):
         return [*self.text.parameters(), *self.prompt_learner.parameters(), *self.prompt_learner.buffers()]
 
     def text_features(self) -> torch.Tensor:
-        """Normalized [real, fake] text features [2, E] in fp32.
+        """The normalized text features of the two prompts.
 
         Cached; the cache key holds every text tensor's version counter and storage, so an
         optimizer step or a load_state_dict invalidates it. While the prompts are being
         trained (grad enabled and required) they are recomputed so gradients flow.
+
+        Returns:
+            [2, E] fp32, rows ordered [real, fake].
         """
         params = self._text_params()
         training = torch.is_grad_enabled() and any(p.requires_grad for p in params)
@@ -247,7 +346,14 @@ class PoundNet(nn.Module):
 
     # -- vision side ------------------------------------------------------------------------
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA (LayerNorm and logits stay fp32); nothing on CPU."""
+        """bf16 autocast on CUDA (LayerNorm and logits stay fp32); nothing on CPU.
+
+        Args:
+            device: Where the batch is.
+
+        Returns:
+            A context manager (``self.autocast_dtype = None`` turns autocast off).
+        """
         if device.type == "cuda" and self.autocast_dtype is not None:
             return torch.autocast("cuda", dtype=self.autocast_dtype)
         return contextlib.nullcontext()
@@ -259,21 +365,139 @@ class PoundNet(nn.Module):
         return contextlib.nullcontext()
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """CLIP's scaled cosine similarity of image features with the two prompts.
+
+        Args:
+            image_features: [B, E], any float dtype.
+
+        Returns:
+            Logits [B, 2] fp32 (column 0 real, 1 fake), computed with autocast off.
+        """
         with self.autocast_off():
             img = F.normalize(image_features.float(), dim=-1)
             return self.logit_scale.float().exp() * img @ self.text_features().t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch (bf16 autocast on CUDA, fp32 on the CPU).
+
+        Args:
+            x: Images preprocessed by the official transform, [B, 3, H, W].
+
+        Returns:
+            Logits [B, 2] fp32: column 0 real, column 1 fake; P(fake) = softmax(logits)[:, 1].
+        """
         with self.autocast(x.device):
             feats = self.visual(x)
         return self.logits_from_features(feats)
+
+    # -- public entry points for explaining a block ------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """Number of vision blocks."""
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch grid; the patch tokens are in row-major order."""
+        return self.visual.grid_size
+
+    @property
+    def patch_tokens(self) -> slice:
+        """Sequence positions of the patch tokens: 0 is CLS, the visual prompts come last."""
+        return self.visual.patch_token_slice()
+
+    def block_index(self, layer: int) -> int:
+        """``layer`` as a non-negative block index (negative counts from the end).
+
+        Args:
+            layer: A vision block index, ``-num_blocks <= layer < num_blocks``.
+
+        Returns:
+            The index in ``0 .. num_blocks - 1``.
+
+        Raises:
+            ValueError: If ``layer`` is out of range.
+        """
+        n = self.num_blocks
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} out of range for a ViT with {n} blocks")
+        return layer % n
+
+    def forward_to(self, x: torch.Tensor, layer: int, point: str = "ln_1") -> BlockActivation:
+        """Run the vision tower up to ``point`` of block ``layer`` and stop there.
+
+        Autograd is left as the caller has it: an explainer runs this under
+        ``torch.no_grad()`` and starts its graph at the returned activation. Under CUDA the
+        blocks run in bf16 autocast, as in ``forward``.
+
+        Args:
+            x: Normalized images [B, 3, H, W].
+            layer: Vision block index (negative counts from the end).
+            point: ``"ln_1"`` (the block's normalized input, before its attention) or
+                ``"output"`` (the block's output, all tokens).
+
+        Returns:
+            The BlockActivation at that point, with the residual stream the rest needs.
+
+        Raises:
+            ValueError: If ``layer`` or ``point`` is invalid.
+        """
+        if point not in POINTS:
+            raise ValueError(f"point must be one of {POINTS}, not {point!r}")
+        layer = self.block_index(layer)
+        with self.autocast(x.device):
+            return self.visual.forward_to(x, layer, point)
+
+    def forward_from(self, start: BlockActivation) -> torch.Tensor:
+        """Finish the forward from a BlockActivation: logits [B, 2] (column 0 real, 1 fake).
+
+        ``model.forward_from(model.forward_to(x, l, p))`` equals ``model(x)`` up to float
+        rounding. Gradients flow back to ``start.activation`` (not to ``start.residual``).
+
+        Args:
+            start: What ``forward_to`` returned, possibly ``with_activation(leaf)``.
+
+        Returns:
+            The logits, fp32.
+        """
+        with self.autocast(start.activation.device):
+            feats = self.visual.forward_from(start)
+        return self.logits_from_features(feats)
+
+    def attention_from(self, start: BlockActivation) -> tuple[torch.Tensor, list[BlockAttention]]:
+        """``forward_from`` that also returns each block's attention probabilities, in the graph.
+
+        The attention is computed unfused (the probabilities are materialized), which costs
+        memory [B, heads, tokens, tokens] per block; the logits equal ``forward_from``'s up to
+        float rounding.
+
+        Args:
+            start: What ``forward_to`` returned. Blocks from ``start.layer`` on are recorded
+                for ``point="ln_1"``, from ``start.layer + 1`` on for ``"output"``.
+
+        Returns:
+            (logits [B, 2], list of BlockAttention in block order).
+        """
+        with self.autocast(start.activation.device):
+            feats, attentions = self.visual.attention_from(start)
+        return self.logits_from_features(feats), attentions
 
     @classmethod
     def from_checkpoint(cls, path, config=None, device=None) -> "PoundNet":
         """Load an official Lightning ``.ckpt`` or a poundcam ``.safetensors`` export.
 
-        ``config``: the run's config.yaml; default: a ``config.yaml`` beside the checkpoint,
-        else the released settings. Architecture comes from the tensor shapes.
+        Args:
+            path: The checkpoint file. A ``.ckpt`` is read with ``weights_only=True``.
+            config: The run's config.yaml (path); default: a ``config.yaml`` beside the
+                checkpoint, else the released settings. The architecture itself comes from
+                the tensor shapes.
+            device: Where to put the model; default the CPU.
+
+        Returns:
+            The model in eval mode, its ``model_id`` set to the digest of its tensors.
+
+        Raises:
+            CheckpointError: If the file cannot be read safely or does not hold a PoundNet.
         """
         from .checkpoint import load_poundnet
 

@@ -1,4 +1,4 @@
-"""ComparativeCAM equals GradCAM computed from the full autograd graph of the input; it is
+"""ComparativeCAM (method="gradcam") equals GradCAM computed from the full autograd graph of the input; it is
 batch independent, works on a frozen model with a plain input, and refuses points whose
 gradients vanish."""
 from __future__ import annotations
@@ -80,7 +80,7 @@ def model_and_input(request, make_model, fixture_inputs):
 @pytest.mark.parametrize("layer", [-1, -2, 1])
 def test_logit_target_equals_full_graph_reference(model_and_input, layer):
     model, x = model_and_input
-    res = ComparativeCAM(model, layer=layer, target="logit").attribute(x)
+    res = ComparativeCAM(model, layer=layer, target="logit", method="gradcam").attribute(x)
     ref_real, logits = reference_gradcam(model, x, layer, real_logit)
     ref_fake, _ = reference_gradcam(model, x, layer, fake_logit)
     assert res.real.shape == res.fake.shape == (x.shape[0], *model.visual.grid_size)
@@ -96,7 +96,7 @@ def test_logit_target_equals_full_graph_reference(model_and_input, layer):
 @pytest.mark.parametrize("layer", [-1, 0])
 def test_contrastive_target_is_the_split_signed_map(model_and_input, layer):
     model, x = model_and_input
-    res = ComparativeCAM(model, layer=layer).attribute(x)
+    res = ComparativeCAM(model, layer=layer, method="gradcam").attribute(x)
     assert res.target == "contrastive"
     signed, _ = reference_gradcam(model, x, layer, fake_minus_real)
     assert_maps_close(res.fake, signed.clamp_min(0))
@@ -109,7 +109,8 @@ def test_contrastive_target_is_the_split_signed_map(model_and_input, layer):
 
 
 def test_logit_maps_of_the_two_classes_differ(official_model, fixture_inputs):
-    res = ComparativeCAM(official_model, target="logit").attribute(fixture_inputs)
+    # GradCAM: on this random tiny model HiResCAM's logit maps of an image can both be all zero
+    res = ComparativeCAM(official_model, target="logit", method="gradcam").attribute(fixture_inputs)
     for i in range(fixture_inputs.shape[0]):
         assert not torch.allclose(res.real[i], res.fake[i])
     assert res.real.max() > 0 and res.fake.max() > 0

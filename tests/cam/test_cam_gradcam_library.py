@@ -1,4 +1,4 @@
-"""ComparativeCAM gives pytorch-grad-cam's GradCAM at the same layer (ln_1 of a vision block,
+"""ComparativeCAM(method="gradcam") gives pytorch-grad-cam's GradCAM at the same layer (ln_1 of a vision block,
 patch tokens only), compared on the library's own un-scaled CAM and on its final scaled output."""
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def model_and_input(request, make_model, official_dir):
 def test_equal_to_pytorch_grad_cam_logit_targets(model_and_input, layer):
     model, x = model_and_input
     n = x.shape[0]
-    ours = ComparativeCAM(model, layer=layer, target="logit").attribute(x)
+    ours = ComparativeCAM(model, layer=layer, target="logit", method="gradcam").attribute(x)
     for cls, mine in ((0, ours.real), (1, ours.fake)):
         raw, scaled = library_maps(model, x, layer, [ClassifierOutputTarget(cls)] * n)
         torch.testing.assert_close(mine, raw, rtol=1e-5, atol=1e-5 * float(raw.max()))
@@ -86,7 +86,7 @@ def test_equal_to_pytorch_grad_cam_logit_targets(model_and_input, layer):
 def test_equal_to_pytorch_grad_cam_contrastive(model_and_input):
     model, x = model_and_input
     n = x.shape[0]
-    ours = ComparativeCAM(model, target="contrastive").attribute(x)
+    ours = ComparativeCAM(model, target="contrastive", method="gradcam").attribute(x)
     fake, _ = library_maps(model, x, -1, [ContrastiveTarget(+1)] * n)
     real, _ = library_maps(model, x, -1, [ContrastiveTarget(-1)] * n)
     torch.testing.assert_close(ours.fake, fake, rtol=1e-5, atol=1e-5 * float(fake.max()))
