@@ -77,7 +77,7 @@ class Settings:
     cam_layer: int = field(default=-1, metadata={"parse": _int})
     cam_target: str = field(default="contrastive", metadata={"parse": _str})
     # HiResCAM localizes at the last block where GradCAM's channel means do not
-    # (docs/faithfulness.md); the library class itself keeps GradCAM as its default.
+    # (docs/faithfulness.md); the library (ComparativeCAM) and the facade share this default.
     cam_method: str = field(default="hirescam", metadata={"parse": _str})
     # torch.compile for the CAM's no-autograd part (ComparativeCAM(compile=True)); docs/cam.md
     compile: str = field(default="off", metadata={"parse": _str})

@@ -1,16 +1,21 @@
-"""Statistics of one image's two CAMs, defined for reviewers and tools.
+"""Statistics of one image's two CAMs, defined for reviewers and tools (docs/cam.md).
 
 Per class (``real`` and ``fake``), over the raw grid map M (non-negative):
-- ``max``, ``mean``: raw values (units of the GradCAM score; comparable between the two maps
-  of one analysis and between images of one model and CAM configuration).
+- ``max``, ``mean``: raw values, in the units of the map (the configured method's weighted
+  activation, e.g. HiResCAM's gradient x activation): comparable between the two maps of one
+  analysis and between images of one model and CAM configuration.
 - ``area_half_max``: share of grid cells with M >= max/2 (0 when the map is all zero).
 - ``entropy``: Shannon entropy of M / sum(M), divided by log(cells): 0 = one cell holds all the
   evidence, 1 = evenly spread. None for an all-zero map.
 - ``peak``: [x, y] centre of the cell holding the maximum, in ORIGINAL image pixels (after
-  EXIF orientation), through the recorded crop/resize geometry. None for an all-zero map.
+  EXIF orientation), through the recorded crop/resize geometry; ``peak_cell``: its [row, col]
+  (only for a map that is not all zero). None for an all-zero map.
 - ``centroid``: [x, y] evidence-weighted mean of the cell centres, original pixels. None if zero.
 Comparative:
-- ``correlation``: Pearson correlation of the two maps (None if either is constant).
+- ``correlation``: Pearson correlation of the two maps (None if either is constant). For the
+  contrastive target of the gradient methods the maps are the two signs of one map, disjoint
+  cell by cell, so their covariance is -mean(real) * mean(fake) and the correlation is never
+  positive; for the logit target it measures how far both classes draw on the same cells.
 - ``fake_share``: sum(fake) / (sum(fake) + sum(real)), the share of all evidence that points to
   "fake" (None if both are zero). For the contrastive target the maps are disjoint parts of one
   signed map, so this is the balance of that map.

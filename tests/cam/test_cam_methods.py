@@ -51,3 +51,17 @@ def test_methods_differ_and_name_the_config(make_model):
 def test_unknown_method_is_refused(make_model):
     with pytest.raises(ValueError, match="method"):
         ComparativeCAM(make_model(), method="unknown")
+
+
+@pytest.mark.parametrize("method", ["hirescam", "gradcam"])
+def test_contrastive_maps_are_disjoint_so_their_correlation_is_never_positive(make_model, method):
+    """docs/cam.md, Statistics: the two signs of one map never overlap, so the covariance is
+    -mean(real) * mean(fake) <= 0."""
+    from poundcam.cam.batch_stats import _comparative
+
+    model = make_model(seed=8)
+    res = ComparativeCAM(model, method=method).attribute(torch.randn(6, 3, 224, 224))
+    assert not ((res.real > 0) & (res.fake > 0)).any()
+    corr = [c["correlation"] for c in _comparative(res.real.double().numpy(), res.fake.double().numpy())]
+    assert any(c is not None for c in corr)
+    assert all(c is None or c <= 1e-12 for c in corr)
