@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "poundcam.commands.db",
     "poundcam.commands.pipeline",
     "poundcam.commands.review",
+    "poundcam.commands.metrics",
 )
 
 USAGE_EXIT = 2

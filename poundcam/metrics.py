@@ -1,11 +1,24 @@
-"""Prometheus metrics of a worker, served on POUNDCAM_METRICS_PORT (0: off).
+"""Prometheus metrics: a worker's, served on POUNDCAM_METRICS_PORT (0: off), and the queue's,
+served by ``poundcam queue-exporter``.
+
+Worker (one series per worker process):
 
 poundcam_items_total{outcome,error_code}  items finished, by outcome (done/failed) and code
+poundcam_images_analyzed_total            images the model analysed (throughput: rate() of it)
 poundcam_batch_seconds                    wall time of one message's analysis
 poundcam_queue_wait_seconds               time from enqueue to the start of processing
-poundcam_images_per_second                rate of the last message
 poundcam_gpu_memory_bytes                 peak device memory allocated (CUDA only)
-poundcam_model_info{model_id,cam_config}  1 for the loaded model
+poundcam_model_info{model_id,cam_config}  1 for the loaded model (count(): the workers)
+
+Queue (one exporter; read from the broker at each scrape). It is not a worker metric because
+the fleet scales to zero: with no worker running, the queue is exactly what must be seen.
+
+poundcam_queue_messages                   messages waiting in the queue (each up to
+                                          POUNDCAM_TASK_BATCH_SIZE image references)
+poundcam_broker_up                        1 if the broker answered the last scrape, else 0
+
+``METRIC_TYPES`` lists every metric exported, by name and type; the dashboards name only these
+(a test checks).
 """
 from __future__ import annotations
 
@@ -15,6 +28,18 @@ from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Hist
                                disable_created_metrics, start_http_server)
 
 disable_created_metrics()  # the *_created series only clutter dashboards
+
+# Every metric poundcam exports (the name Prometheus shows, without _bucket/_sum/_count): type.
+METRIC_TYPES = {
+    "poundcam_items_total": "counter",
+    "poundcam_images_analyzed_total": "counter",
+    "poundcam_batch_seconds": "histogram",
+    "poundcam_queue_wait_seconds": "histogram",
+    "poundcam_gpu_memory_bytes": "gauge",
+    "poundcam_model_info": "gauge",
+    "poundcam_queue_messages": "gauge",
+    "poundcam_broker_up": "gauge",
+}
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +55,10 @@ class WorkerMetrics:
                                        buckets=BATCH_BUCKETS, registry=registry)
         self.queue_wait = Histogram("poundcam_queue_wait_seconds", "Time from enqueue to processing",
                                     buckets=WAIT_BUCKETS, registry=registry)
-        self.images_per_second = Gauge("poundcam_images_per_second", "Images/s of the last message",
-                                       registry=registry)
+        # A counter, so that rate() gives the throughput over any window and an idle fleet
+        # shows zero (a gauge of each worker's last rate kept showing the last busy value).
+        self.images = Counter("poundcam_images_analyzed", "Images the model analysed",
+                              registry=registry)
         self.gpu_memory = Gauge("poundcam_gpu_memory_bytes", "Peak device memory allocated",
                                 registry=registry)
         self.model_info = Gauge("poundcam_model_info", "The loaded model", ["model_id", "cam_config"],
@@ -43,8 +70,7 @@ class WorkerMetrics:
 
     def batch(self, seconds: float, n: int) -> None:
         self.batch_seconds.observe(seconds)
-        if seconds > 0:
-            self.images_per_second.set(n / seconds)
+        self.images.inc(n)
         try:
             import torch
             if torch.cuda.is_available():
@@ -56,3 +82,48 @@ class WorkerMetrics:
         if port:
             start_http_server(port)
             log.info("metrics on :%d/metrics", port)
+
+
+class QueueCollector:
+    """Reads the queue's length from the Redis broker at each scrape (``LLEN``, with a short
+    timeout). A broker that does not answer gives ``poundcam_broker_up 0`` and no length,
+    never a stale one.
+
+    Args:
+        broker_url: the ``redis://`` broker URL (POUNDCAM_BROKER_URL).
+        queue: the Celery queue, whose Redis list has the same name.
+        timeout_s: socket timeout of one scrape's request.
+    """
+
+    def __init__(self, broker_url: str, queue: str = "poundcam", timeout_s: float = 2.0):
+        import redis
+
+        self.queue = queue
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=timeout_s,
+                                           socket_connect_timeout=timeout_s)
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("poundcam_broker_up", "1 if the broker answered the last scrape")
+        try:
+            length = int(self.client.llen(self.queue))
+        except Exception as exc:  # noqa: BLE001 - an unreachable broker is a value, not a crash
+            log.warning("queue length unavailable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily("poundcam_queue_messages", "Messages waiting in the queue",
+                                value=length)
+
+
+def serve_queue_metrics(broker_url: str, port: int, queue: str = "poundcam",
+                        registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """Serve the queue's metrics on ``port`` (in a thread); returns the registry used."""
+    registry = registry or CollectorRegistry()
+    registry.register(QueueCollector(broker_url, queue))
+    start_http_server(port, registry=registry)
+    log.info("queue metrics on :%d/metrics", port)
+    return registry

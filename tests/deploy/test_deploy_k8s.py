@@ -139,7 +139,7 @@ def test_kustomize_build_validates():
     proc = subprocess.run([kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    assert len(docs) == 6
+    assert len(docs) == 7
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "poundcam", doc["kind"]
