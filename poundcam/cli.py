@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "poundcam.commands.model",
     "poundcam.commands.db",
     "poundcam.commands.pipeline",
+    "poundcam.commands.queue",
     "poundcam.commands.review",
     "poundcam.commands.metrics",
 )

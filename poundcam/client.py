@@ -9,7 +9,9 @@
 
 A :class:`Client` holds one Celery app (made on the first submit) and one database engine
 (made on the first query) for its lifetime. The job row is written before any message is
-sent; if sending fails part-way, :meth:`Client.resend` sends the items still queued.
+sent; if sending fails, :meth:`Client.submit` raises :class:`EnqueueError`, which carries the
+job id, and :meth:`Client.resend` later sends messages for the job's queued items that no
+message in the broker names.
 
 The module-level functions (``submit``, ``status``, ``results``, ``resend``, ``jobs``)
 do the same through one client per settings, for scripts.
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from .db import (create_job, explain_db_error, find_job_by_key, item_refs, job_info,
                  job_results, job_status, job_uris, list_jobs, make_engine,
                  make_session_factory, require_database)
-from .errors import InvalidRequestError, PoundcamError
+from .errors import InvalidRequestError, PoundcamError, UnavailableError
 from .messaging import QUEUE, TASK_NAME, make_message, make_producer
 from .settings import Settings
 
@@ -37,6 +39,21 @@ class WaitTimeout(PoundcamError, TimeoutError):
     """A job did not finish within the time :meth:`Client.wait` was given."""
 
     exit_code = 75  # not finished yet: a later look may succeed
+
+
+class EnqueueError(UnavailableError):
+    """The job exists but not every message could be sent; ``job_id`` says which job."""
+
+    def __init__(self, job_id: str, reason: str):
+        super().__init__(f"job {job_id} was created but not enqueued: {reason}; "
+                         f"run `poundcam resend {job_id}` once the broker is back "
+                         "(check POUNDCAM_BROKER_URL)")
+        self.job_id = job_id
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
 
 
 class Client:
@@ -183,7 +200,7 @@ class Client:
             if existing is None:
                 raise
             return existing
-        self._send(job_id, refs, batch_size)
+        self.enqueue(job_id, refs, batch_size)
         return job_id
 
     def _job_for_key(self, key: str, uris: list[str]) -> str | None:
@@ -196,29 +213,51 @@ class Client:
                                           "with other URIs")
             return job_id
 
-    def _send(self, job_id: str, refs: list[dict], batch_size: int) -> int:
+    def enqueue(self, job_id: str, refs: list[dict], batch_size: int | None = None) -> int:
+        """Send ``refs`` (``{"item_id", "uri"}`` of one job) in messages of ``batch_size``.
+
+        Returns:
+            The number of messages sent.
+
+        Raises:
+            EnqueueError: the broker refused or could not be reached.
+        """
+        batch_size = batch_size or self.settings.task_batch_size
         sent = 0
-        with self.app.connection_for_write() as conn:
-            for start in range(0, len(refs), batch_size):
-                chunk = [(r["item_id"], r["uri"]) for r in refs[start:start + batch_size]]
-                self.app.send_task(TASK_NAME, kwargs={"message": make_message(job_id, chunk)},
-                                   queue=QUEUE, connection=conn)
-                sent += 1
+        try:
+            with self.app.connection_for_write() as conn:
+                for start in range(0, len(refs), batch_size):
+                    chunk = [(r["item_id"], r["uri"]) for r in refs[start:start + batch_size]]
+                    self.app.send_task(TASK_NAME,
+                                       kwargs={"message": make_message(job_id, chunk)},
+                                       queue=QUEUE, connection=conn)
+                    sent += 1
+        except PoundcamError:
+            raise
+        except Exception as exc:  # kombu and redis-py raise many types for one broker outage
+            raise EnqueueError(job_id, f"{type(exc).__name__}: {_one_line(exc)}") from exc
         return sent
 
     def resend(self, job_id: str, batch_size: int | None = None) -> int:
-        """Send messages again for the job's items still queued.
+        """Send messages for the job's queued items that no message in the broker names (a
+        failed submit, messages lost with the broker); items already named are not doubled.
 
         Returns:
             The number of messages sent.
 
         Raises:
             JobNotFoundError: no such job.
+            EnqueueError: the broker refused or could not be reached.
         """
+        from .broker.inflight import queued_item_ids
+
         with self.session() as s:
             job_status(s, job_id)  # raises for an unknown job
             refs = item_refs(s, job_id)
-        return self._send(job_id, refs, batch_size or self.settings.task_batch_size) if refs else 0
+        if refs:
+            waiting = queued_item_ids(self.settings, job_id)
+            refs = [r for r in refs if r["item_id"] not in waiting]
+        return self.enqueue(job_id, refs, batch_size) if refs else 0
 
     # --- reading -----------------------------------------------------------------------------
 

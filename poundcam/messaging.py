@@ -3,14 +3,19 @@
 A message is the JSON payload ``{"job_id": str, "items": [{"item_id": int, "uri": str}, ...]}``
 sent as the keyword argument ``message`` of the Celery task ``poundcam.analyze`` on the queue
 ``poundcam``. Messages carry references, never image bytes; JSON only, never pickle.
+
+A message is a pointer, not an authority: a worker processes only the items the database
+holds for the message's job, read from the URIs the database records for them.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 QUEUE = "poundcam"
 TASK_NAME = "poundcam.analyze"
+MAX_JOB_ID_CHARS = 36  # the jobs.id column
 
 
 class MessageError(ValueError):
@@ -23,21 +28,39 @@ def make_message(job_id: str, items: list[tuple[int, str]]) -> dict[str, Any]:
             "enqueued_at": time.time()}
 
 
-def parse_message(message: Any) -> tuple[str, list[tuple[int, str]]]:
+@dataclasses.dataclass(frozen=True)
+class ParsedMessage:
+    """A message as a worker reads it: the job, the ``(item_id, uri)`` pairs it names, and a
+    description of each entry of ``items`` too malformed to name an item."""
+
+    job_id: str
+    items: list[tuple[int, str]]
+    invalid: list[str]
+
+
+def parse_message(message: Any) -> ParsedMessage:
+    """Read a message; a malformed item entry is set aside, not a reason to refuse the rest.
+
+    Raises:
+        MessageError: the message itself does not follow the contract (no job id, no list).
+    """
     if not isinstance(message, dict):
         raise MessageError("message must be a JSON object")
     job_id, items = message.get("job_id"), message.get("items")
-    if not isinstance(job_id, str) or not job_id:
-        raise MessageError("message.job_id must be a non-empty string")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_CHARS:
+        raise MessageError("message.job_id must be a non-empty string of at most "
+                           f"{MAX_JOB_ID_CHARS} characters")
     if not isinstance(items, list):
         raise MessageError("message.items must be a list")
-    out = []
+    out, invalid = [], []
     for n, item in enumerate(items):
-        if (not isinstance(item, dict) or not isinstance(item.get("item_id"), int)
-                or not isinstance(item.get("uri"), str)):
-            raise MessageError(f"message.items[{n}] must be {{item_id: int, uri: str}}")
-        out.append((item["item_id"], item["uri"]))
-    return job_id, out
+        item_id = item.get("item_id") if isinstance(item, dict) else None
+        if type(item_id) is not int or item_id < 1:
+            invalid.append(f"items[{n}]: no positive integer item_id")
+            continue
+        uri = item.get("uri")
+        out.append((item_id, uri if isinstance(uri, str) else ""))
+    return ParsedMessage(job_id, out, invalid)
 
 
 def celery_config(settings) -> dict[str, Any]:

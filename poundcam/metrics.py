@@ -9,6 +9,9 @@ poundcam_batch_seconds                    wall time of one message's analysis
 poundcam_queue_wait_seconds               time from enqueue to the start of processing
 poundcam_gpu_memory_bytes                 peak device memory allocated (CUDA only)
 poundcam_model_info{model_id,cam_config}  1 for the loaded model (count(): the workers)
+poundcam_dead_letters_total{reason}       queue entries refused and dead-lettered, by reason
+poundcam_unbacked_items_total             item ids in messages that the database does not back
+poundcam_swept_items_total{outcome}       abandoned items the sweeper requeued or failed
 
 Queue (one exporter; read from the broker at each scrape). It is not a worker metric because
 the fleet scales to zero: with no worker running, the queue is exactly what must be seen.
@@ -37,6 +40,9 @@ METRIC_TYPES = {
     "poundcam_queue_wait_seconds": "histogram",
     "poundcam_gpu_memory_bytes": "gauge",
     "poundcam_model_info": "gauge",
+    "poundcam_dead_letters_total": "counter",
+    "poundcam_unbacked_items_total": "counter",
+    "poundcam_swept_items_total": "counter",
     "poundcam_queue_messages": "gauge",
     "poundcam_broker_up": "gauge",
 }
@@ -63,10 +69,25 @@ class WorkerMetrics:
                                 registry=registry)
         self.model_info = Gauge("poundcam_model_info", "The loaded model", ["model_id", "cam_config"],
                                 registry=registry)
+        self.dead_letters = Counter("poundcam_dead_letters_total",
+                                    "Queue entries refused and dead-lettered, by reason",
+                                    ["reason"], registry=registry)
+        self.unbacked_items = Counter("poundcam_unbacked_items_total",
+                                      "Item ids in messages that the database does not back",
+                                      registry=registry)
+        self.swept_items = Counter("poundcam_swept_items_total",
+                                   "Abandoned items the sweeper requeued or failed",
+                                   ["outcome"], registry=registry)
 
     # the pipeline's observer interface
     def item(self, outcome: str, code: str | None = None) -> None:
         self.items.labels(outcome=outcome, error_code=code or "").inc()
+
+    def dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason=reason).inc()
+
+    def unbacked(self, n: int) -> None:
+        self.unbacked_items.inc(n)
 
     def batch(self, seconds: float, n: int) -> None:
         self.batch_seconds.observe(seconds)

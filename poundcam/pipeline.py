@@ -8,8 +8,9 @@ uploaded before the row that points to them is written. Database work is batched
 per chunk of fetched images, one transaction per batch of finished items) so that a message
 costs a few round trips, not several per image.
 
-Permanent per-image problems (a corrupt file, a disallowed URI) fail that item with an error
-code and the rest go on. Transient problems (S3 or the database unreachable) leave the affected
+The database, not the message, says which items a message may touch and where their images
+are. Permanent per-image problems (a corrupt file, a disallowed URI, heatmaps the store refuses
+for good) fail that item with an error code and the rest go on. Transient problems (S3 or the database unreachable) leave the affected
 items "running" and raise RetryLater once the rest of the message is done.
 """
 from __future__ import annotations
@@ -26,14 +27,16 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from .analysis import Analyzer, ItemOutcome
-from .db import (find_analysis_ids, is_transient_db_error, mark_done_many, mark_failed_many,
-                 mark_running, session_scope, upsert_analyses)
+from .db import (claim_items, find_analysis_ids, is_transient_db_error, mark_done_many,
+                 mark_failed_many, session_scope, upsert_analyses)
 from .errors import PoundcamError
 from .storage import ObjectStore, StorageError, heatmap_key
 
 log = logging.getLogger(__name__)
 
 DB_ATTEMPTS = 5
+# An item whose heatmaps the store refused for good (a missing bucket, access denied).
+HEATMAP_NOT_STORED = "heatmap_not_stored"
 
 
 class RetryLater(PoundcamError):
@@ -71,11 +74,21 @@ class PipelineContext:
 
 @dataclasses.dataclass
 class MessageReport:
+    """What became of a message's items. ``skipped``: already finished; ``unbacked``: ids the
+    database does not hold for the message's job (ignored); ``retry``: left running after a
+    transient failure."""
+
     done: int = 0
     failed: int = 0
     reused: int = 0
     skipped: int = 0
     retry: list[int] = dataclasses.field(default_factory=list)
+    unbacked: list[int] = dataclasses.field(default_factory=list)
+
+
+def _few(ids: list[int], n: int = 20) -> str:
+    """At most ``n`` ids for a log line."""
+    return ", ".join(map(str, ids[:n])) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
 def _db(ctx: PipelineContext, fn):
@@ -136,8 +149,13 @@ class _Ledger:
 
 
 def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
-                  progress: Callable[[ItemOutcome | None], None] | None = None) -> MessageReport:
+                  progress: Callable[[ItemOutcome | None], None] | None = None,
+                  job_id: str | None = None) -> MessageReport:
     """Process ``(item_id, uri)`` pairs of one message.
+
+    The database is the authority, the message only a pointer: only items of ``job_id`` (if
+    given) are claimed, each is read from the URI the database holds for it, and ids the
+    database does not back change nothing and are reported (``MessageReport.unbacked``).
 
     Fetches run ahead in the I/O pool and are handed to the analyzer as they arrive (after one
     lookup per chunk for images analysed before); heatmaps are uploaded by the store pool while
@@ -147,7 +165,7 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     Raises:
         RetryLater: some items hit a transient storage failure; they are left "running".
     """
-    return _MessageRun(ctx, progress).run(list(items))
+    return _MessageRun(ctx, progress).run(list(items), job_id)
 
 
 class _MessageRun:
@@ -168,10 +186,8 @@ class _MessageRun:
         self.stores: collections.deque[tuple[ItemOutcome, cf.Future | None]] = collections.deque()
         self.n_analyzed = 0
 
-    def run(self, items: list[tuple[int, str]]) -> MessageReport:
-        claimed = set(_db(self.ctx, lambda s: mark_running(s, [i for i, _ in items])))
-        todo = [(i, u) for i, u in items if i in claimed]
-        self.report.skipped = len(items) - len(todo)
+    def run(self, items: list[tuple[int, str]], job_id: str | None) -> MessageReport:
+        todo = self._claim(items, job_id)
         fetched = self.ctx._io.map(lambda iu: (iu[0], _fetch(self.ctx, iu[1])), todo)
         t0 = time.perf_counter()
         try:
@@ -189,6 +205,25 @@ class _MessageRun:
             raise RetryLater(f"{len(self.report.retry)} item(s) hit a transient storage failure",
                              self.report.retry)
         return self.report
+
+    def _claim(self, items: list[tuple[int, str]], job_id: str | None) -> list[tuple[int, str]]:
+        """Claim the items the database backs; returns them with the database's URIs."""
+        ids = list(dict.fromkeys(i for i, _ in items))
+        claim = _db(self.ctx, lambda s: claim_items(s, ids, job_id))
+        self.report.unbacked = [i for i in ids if i not in claim.backed]
+        self.report.skipped = len(claim.backed) - len(claim.uris)
+        if self.report.unbacked:
+            log.warning("job %s: %d item id(s) the database does not back, ignored: %s",
+                        job_id, len(self.report.unbacked), _few(self.report.unbacked),
+                        extra={"job_id": job_id})
+            if self.ctx.observer is not None:
+                self.ctx.observer.unbacked(len(self.report.unbacked))
+        moved = sorted({i for i, u in items if i in claim.uris and u != claim.uris[i]})
+        if moved:
+            log.warning("job %s: %d item(s) named with another URI than the database's; "
+                        "the database's is used: %s", job_id, len(moved), _few(moved),
+                        extra={"job_id": job_id})
+        return [(i, claim.uris[i]) for i in ids if i in claim.uris]
 
     # --- stage 1: fetched bytes -> the analyzer's input -------------------------------------
 
@@ -254,7 +289,8 @@ class _MessageRun:
             record = future.result()
         except StorageError as exc:
             if not exc.transient:
-                raise
+                self._fail(outcome.key, HEATMAP_NOT_STORED, f"{exc.code}: {exc}")
+                return
             log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
                         extra={"item_id": outcome.key, "error_code": exc.code})
             self.report.retry.append(outcome.key)

@@ -85,6 +85,15 @@ class Settings:
     max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
     task_batch_size: int = field(default=64, metadata={"parse": _int})
     visibility_timeout_s: int = field(default=3600, metadata={"parse": _int})
+    # a queue entry larger than this is refused (dead-lettered) before it is parsed
+    max_message_bytes: int = field(default=1024 * 1024, metadata={"parse": _int})
+    dead_letter_max: int = field(default=10000, metadata={"parse": _int})
+    # claims of one item before it fails with retries_exhausted (the sweeper's cap)
+    max_attempts: int = field(default=5, metadata={"parse": _int})
+    # how often each worker runs the sweeper (0: never; `poundcam sweep` still works)
+    sweep_interval_s: int = field(default=300, metadata={"parse": _int})
+    # touched by the worker's consumer loop; the liveness probe checks its age
+    heartbeat_file: str = field(default="/tmp/poundcam-heartbeat", metadata={"parse": _str})
     metrics_port: int = field(default=9808, metadata={"parse": _int})
     local_root: str | None = field(default=None, metadata={"parse": _opt_str})
     allowed_roots: tuple[str, ...] = field(default=(), metadata={"parse": _paths})
@@ -154,9 +163,12 @@ class Settings:
         if not 0.0 <= self.threshold <= 1.0:
             self._fail("threshold", "must be between 0 and 1")
         for name in ("batch_size", "max_image_bytes", "max_image_pixels", "task_batch_size",
-                     "visibility_timeout_s"):
+                     "visibility_timeout_s", "max_message_bytes", "dead_letter_max",
+                     "max_attempts"):
             if getattr(self, name) < 1:
                 self._fail(name, "must be at least 1")
+        if self.sweep_interval_s < 0:
+            self._fail("sweep_interval_s", "must be 0 (off) or more")
         if not 0 <= self.metrics_port <= 65535:
             self._fail("metrics_port", "must be a port number between 0 and 65535")
         if self.weights_sha256 is not None and not _is_sha256(self.weights_sha256):

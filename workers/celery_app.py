@@ -1,7 +1,9 @@
 """The Celery application of the workers.
 
-Broker: Redis. JSON only; acks late and rejects on worker loss, so a message whose worker dies
-is delivered again (analyses are idempotent); prefetch 1, so a busy worker holds one message.
+Broker: Redis, through a transport that dead-letters entries a worker cannot run
+(workers/transport.py). JSON only; acks late and rejects on worker loss, so a message whose
+worker dies is delivered again (analyses are idempotent); prefetch 1, so a busy worker holds
+one message. The consumer loop also keeps a heartbeat and runs the sweeper (workers/loop.py).
 """
 from __future__ import annotations
 
@@ -10,10 +12,15 @@ from celery import Celery
 from poundcam.messaging import QUEUE, TASK_NAME, celery_config
 from poundcam.settings import Settings
 
+from .loop import LoopDuties
+
 app = Celery("poundcam")
 app.conf.update(celery_config(Settings.from_env()))
 app.conf.update(worker_concurrency=1, worker_pool="solo", worker_send_task_events=True,
-                task_send_sent_event=True)
+                task_send_sent_event=True,
+                # every queue entry is checked before kombu parses it (workers/transport.py)
+                broker_transport="workers.transport:GuardedTransport")
 app.conf.imports = ("workers.tasks", "workers.signals")
+app.steps["consumer"].add(LoopDuties)
 
 __all__ = ["QUEUE", "TASK_NAME", "app"]

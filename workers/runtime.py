@@ -1,4 +1,5 @@
-"""Per-process state of a worker: the model, analyzer, stores and sessions, loaded once."""
+"""Per-process state of a worker: the model, analyzer, stores and sessions, loaded once, and
+checked before the worker takes any message."""
 from __future__ import annotations
 
 import logging
@@ -6,17 +7,23 @@ import os
 import threading
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from poundcam.metrics import WorkerMetrics
 from poundcam.runtime import make_analyzer, make_context
 from poundcam.settings import Settings
 
+from .loop import Heartbeat
+
 log = logging.getLogger(__name__)
 
 READY_FILE = Path(os.environ.get("POUNDCAM_READY_FILE", "/tmp/poundcam-ready"))
+PROBE_KEY = ".poundcam-write-check"  # under the heatmap prefix
 
 _lock = threading.Lock()
 _context = None
 _metrics: WorkerMetrics | None = None
+_heartbeat: Heartbeat | None = None
 
 
 def metrics() -> WorkerMetrics:
@@ -26,19 +33,78 @@ def metrics() -> WorkerMetrics:
     return _metrics
 
 
+def heartbeat() -> Heartbeat:
+    global _heartbeat
+    if _heartbeat is None:
+        _heartbeat = Heartbeat(Settings.from_env().heartbeat_file)
+    return _heartbeat
+
+
+class _Observer:
+    """The pipeline's observer: metrics, and a heartbeat as items finish (a long message runs
+    inside the consumer loop, whose own timer waits meanwhile)."""
+
+    def __init__(self, worker_metrics: WorkerMetrics, beat: Heartbeat):
+        self.metrics, self.heartbeat = worker_metrics, beat
+
+    def item(self, outcome: str, code: str | None = None) -> None:
+        self.metrics.item(outcome, code)
+        self.heartbeat.beat()
+
+    def batch(self, seconds: float, n: int) -> None:
+        self.metrics.batch(seconds, n)
+        self.heartbeat.beat()
+
+    def unbacked(self, n: int) -> None:
+        self.metrics.unbacked(n)
+
+
 def context():
-    """The pipeline context of this process; the model is loaded on first call."""
+    """The pipeline context of this process; the model is loaded and the stores and database
+    checked on first call (any failure raises: the worker must not take messages)."""
     global _context
     with _lock:
         if _context is None:
             settings = Settings.from_env()
             analyzer = make_analyzer(settings)
-            _context = make_context(settings, analyzer, observer=metrics())
+            ctx = make_context(settings, analyzer, observer=_Observer(metrics(), heartbeat()))
+            try:
+                check_ready(ctx)
+            except BaseException:
+                ctx.close()
+                analyzer.close()
+                raise
+            _context = ctx
             metrics().model_info.labels(model_id=analyzer.model_id,
                                         cam_config=analyzer.cam_config_id).set(1)
             READY_FILE.write_text(f"{analyzer.model_id}\n")
             log.info("worker ready: model %s, CAM %s", analyzer.model_id, analyzer.cam_config_id)
         return _context
+
+
+def check_ready(ctx) -> None:
+    """The database answers and the stores can be read and written, or raise."""
+    with ctx.sessions() as s:
+        s.execute(sa.text("SELECT 1"))
+    ctx.source.check(ctx.heatmap_prefix + PROBE_KEY)
+    if ctx.sink is not ctx.source:
+        ctx.sink.check(ctx.heatmap_prefix + PROBE_KEY)
+
+
+def sweep_once() -> None:
+    """The periodic sweep (a consumer timer): logs instead of raising."""
+    from poundcam.broker.sweeper import sweep
+
+    if _context is None:
+        return
+    try:
+        swept = sweep(Settings.from_env(), _context.sessions)
+    except Exception as exc:  # noqa: BLE001 - an outage; the next sweep tries again
+        log.warning("sweep failed: %s", exc)
+        return
+    metrics().swept_items.labels(outcome="requeued").inc(
+        sum(len(v) for v in swept.requeued.values()))
+    metrics().swept_items.labels(outcome="failed").inc(len(swept.failed))
 
 
 def shutdown():
@@ -49,3 +115,4 @@ def shutdown():
             _context.close()
             _context = None
         READY_FILE.unlink(missing_ok=True)
+        heartbeat().stop()

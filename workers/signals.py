@@ -10,6 +10,7 @@ from poundcam.logs import configure_logging
 from poundcam.settings import Settings
 
 from . import runtime
+from .transport import EntryGuard, install_guard
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,9 @@ def _setup_logging(**_):
 
 @signals.worker_init.connect
 def _serve_metrics(**_):
-    runtime.metrics().serve(Settings.from_env().metrics_port)
+    settings = Settings.from_env()
+    install_guard(EntryGuard(settings, on_refused=runtime.metrics().dead_letter))
+    runtime.metrics().serve(settings.metrics_port)
 
 
 @signals.worker_ready.connect

@@ -2,15 +2,17 @@
 
 Idempotent: a redelivered message (worker lost, visibility timeout) skips items already done and
 never creates a second analysis. Transient S3 or database failures retry the message's
-unfinished items with exponential backoff; once retries are exhausted those items fail with
-the code ``retries_exhausted``.
+unfinished items after a randomised backoff (full jitter, so that workers do not all retry at
+the same moment after an outage); once retries are exhausted those items fail with the code
+``retries_exhausted``.
 """
 from __future__ import annotations
 
 import logging
+import random
 import time
 
-from poundcam.db import is_transient_db_error, mark_failed, session_scope
+from poundcam.db import RETRIES_EXHAUSTED, is_transient_db_error, mark_failed_many, session_scope
 from poundcam.messaging import TASK_NAME, MessageError, make_message, parse_message
 from poundcam.pipeline import RetryLater, process_items
 
@@ -20,20 +22,30 @@ from .celery_app import app
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+DATABASE_UNAVAILABLE = "database_unavailable"
 
 
-def backoff(retries: int) -> float:
-    return min(2.0 ** retries, 300.0)
+def backoff(retries: int, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**retries)] (AWS Architecture Blog,
+    "Exponential Backoff And Jitter")."""
+    return (rng or random).uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** retries))
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=MAX_RETRIES)
 def analyze(self, message):
     try:
-        job_id, items = parse_message(message)
-    except MessageError as exc:
+        parsed = parse_message(message)
+    except MessageError as exc:  # the transport refuses these before they get here
         log.error("dropping malformed message: %s", exc)
         return {"error": str(exc)}
+    job_id, items = parsed.job_id, parsed.items
+    if parsed.invalid:
+        log.warning("job %s: %d malformed item entr(ies) ignored: %s", job_id,
+                    len(parsed.invalid), "; ".join(parsed.invalid[:5]), extra={"job_id": job_id})
+        runtime.metrics().unbacked(len(parsed.invalid))
     ctx = runtime.context()
     enqueued = message.get("enqueued_at")
     if isinstance(enqueued, (int, float)) and self.request.retries == 0:
@@ -42,26 +54,25 @@ def analyze(self, message):
              extra={"job_id": job_id, "items": [i for i, _ in items]})
     pending = items
     try:
-        report = process_items(ctx, items)
+        report = process_items(ctx, items, job_id=job_id)
     except RetryLater as exc:
         pending = [(i, u) for i, u in items if i in set(exc.item_ids)]
-        reason = "retries_exhausted"
-        error = exc
+        reason, error = RETRIES_EXHAUSTED, exc
     except Exception as exc:
         if not is_transient_db_error(exc):
             raise
-        reason, error = "database_unavailable", exc
+        reason, error = DATABASE_UNAVAILABLE, exc
     else:
-        log.info("job %s: %d done, %d reused, %d failed, %d already finished", job_id,
-                 report.done, report.reused, report.failed, report.skipped,
-                 extra={"job_id": job_id})
-        return {"done": report.done, "reused": report.reused, "failed": report.failed}
+        log.info("job %s: %d done, %d reused, %d failed, %d already finished, %d not backed",
+                 job_id, report.done, report.reused, report.failed, report.skipped,
+                 len(report.unbacked), extra={"job_id": job_id})
+        return {"done": report.done, "reused": report.reused, "failed": report.failed,
+                "unbacked": report.unbacked}
     if self.request.retries >= MAX_RETRIES:
         log.error("job %s: giving up on %d items: %s", job_id, len(pending), error,
                   extra={"job_id": job_id})
         with session_scope(ctx.sessions) as s:
-            for item_id, _ in pending:
-                mark_failed(s, item_id, reason, str(error))
+            mark_failed_many(s, [(i, reason, str(error)) for i, _ in pending], job_id=job_id)
         return {"failed": len(pending)}
     countdown = backoff(self.request.retries)
     log.warning("job %s: retrying %d items in %.0fs: %s", job_id, len(pending), countdown, error,

@@ -1,6 +1,7 @@
 """Pipeline commands: worker, submit, status, results, resend, analyze (embedded)."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ def register(sub) -> None:
     add_db_option(p)
     p.set_defaults(handler=_submit)
 
-    p = sub.add_parser("resend", help="enqueue a job's items that are still queued again")
+    p = sub.add_parser("resend", help="enqueue a job's queued items that no message names")
     p.add_argument("job_id")
     add_db_option(p)
     p.set_defaults(handler=_resend)
@@ -52,7 +53,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help='json: {"job_id", "results": [...]}, the shape of `analyze --json`')
     p.add_argument("--label", choices=("real", "fake"))
-    p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
+    p.add_argument("--min-prob", type=probability, metavar="P",
+                   help="only items with P(fake) >= P (0 to 1)")
     add_db_option(p)
     p.set_defaults(handler=_results)
 
@@ -81,6 +83,17 @@ def register(sub) -> None:
     p.set_defaults(handler=_analyze)
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (``nan`` and ``inf`` are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 to 1")
+    return value
+
+
 def _worker(args) -> int:
     # The worker lives in workers/ (Celery); poundcam itself never imports it.
     argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
@@ -105,8 +118,15 @@ def _submit(args) -> int:
     uris = _read_uris(args)
     if not uris:
         raise InvalidRequestError("no URIs given (arguments or --from-file)")
+    from ..client import EnqueueError
+
     with client_for(args) as client:
-        job_id = client.submit(uris, key=args.key, batch_size=args.batch_size)
+        try:
+            job_id = client.submit(uris, key=args.key, batch_size=args.batch_size)
+        except EnqueueError as exc:  # the job exists: print its id, so it can be resent
+            print(json.dumps({"job_id": exc.job_id, "items": len(uris), "enqueued": False})
+                  if args.json else exc.job_id)
+            raise
     print(json.dumps({"job_id": job_id, "items": len(uris)}) if args.json else job_id)
     return 0
 

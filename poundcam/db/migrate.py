@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import PoundcamError
+
+
+class MigrationError(PoundcamError):
+    """A migration could not run: an unknown revision, or a database at an unknown one."""
+
 
 def migrations_dir() -> Path:
     """The folder of the ``migrations`` package (a regular or a namespace package)."""
@@ -32,15 +38,23 @@ def alembic_config(url: str | None = None, connection=None):
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Migrate ``url`` (default: POUNDCAM_DATABASE_URL) up to ``revision``."""
     from alembic import command
+    from alembic.util import CommandError
 
-    command.upgrade(alembic_config(url or _env_url()), revision)
+    try:
+        command.upgrade(alembic_config(url or _env_url()), revision)
+    except CommandError as exc:
+        raise MigrationError(f"cannot upgrade to {revision!r}: {exc}") from exc
 
 
 def downgrade(url: str | None, revision: str) -> None:
     """Migrate ``url`` (None: POUNDCAM_DATABASE_URL) down to ``revision`` ("base": empty)."""
     from alembic import command
+    from alembic.util import CommandError
 
-    command.downgrade(alembic_config(url or _env_url()), revision)
+    try:
+        command.downgrade(alembic_config(url or _env_url()), revision)
+    except CommandError as exc:
+        raise MigrationError(f"cannot downgrade to {revision!r}: {exc}") from exc
 
 
 def current(url: str | None = None) -> tuple[str, ...]:

@@ -6,7 +6,9 @@ batch leaves the same rows behind.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -165,6 +167,29 @@ def mark_running(session: Session, item_ids: int | Iterable[int]) -> list[int]:
         sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == "running")).scalars())
 
 
+@dataclasses.dataclass
+class Claim:
+    """What :func:`claim_items` found: the items claimed, with the URI the database holds for
+    each, and the ids that belong to the job at all (claimed or already finished)."""
+
+    uris: dict[int, str]
+    backed: set[int]
+
+
+def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = None) -> Claim:
+    """:func:`mark_running` for the items of ``job_id`` among ``item_ids`` (any job's if
+    ``job_id`` is None). Ids of another job, or of no item, are neither claimed nor backed."""
+    ids = sorted(set(_ids(item_ids)))
+    t = JobItem.__table__
+    scope = [t.c.id.in_(ids)] + ([t.c.job_id == job_id] if job_id is not None else [])
+    if not ids:
+        return Claim({}, set())
+    session.execute(sa.update(t).where(*scope, t.c.status.in_(("queued", "running")))
+                    .values(status="running", attempts=t.c.attempts + 1, updated_at=utcnow()))
+    rows = session.execute(sa.select(t.c.id, t.c.uri, t.c.status).where(*scope)).all()
+    return Claim({r.id: r.uri for r in rows if r.status == "running"}, {r.id for r in rows})
+
+
 def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
     """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
     t = JobItem.__table__
@@ -188,16 +213,59 @@ def mark_failed(session: Session, item_id: int, code: str, message: str) -> None
     mark_failed_many(session, [(item_id, code, message)])
 
 
-def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]]) -> None:
-    """:func:`mark_failed` for ``(item_id, code, message)`` triples, in one statement."""
+def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]],
+                     job_id: str | None = None) -> None:
+    """:func:`mark_failed` for ``(item_id, code, message)`` triples, in one statement; with
+    ``job_id``, only items of that job change."""
     rows = [{"b_id": int(i), "b_code": str(c)[:64], "b_message": str(m)[:MAX_ERROR_MESSAGE]}
             for i, c, m in failures]
     if rows:
         t = JobItem.__table__
-        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != "done")
+        scope = [t.c.job_id == job_id] if job_id is not None else []
+        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != "done",
+                                           *scope)
                         .values(status="failed", error_code=sa.bindparam("b_code"),
                                 error_message=sa.bindparam("b_message"), updated_at=utcnow()),
                         rows)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """Items :func:`sweep_abandoned` gave back: ``{job_id: [(item_id, uri)]}`` requeued, and
+    the ids failed for having been claimed too often."""
+
+    requeued: dict[str, list[tuple[int, str]]]
+    failed: list[int]
+
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
+                    now: datetime | None = None, limit: int = 10000) -> Sweep:
+    """Give back items left "running" for more than ``older_than_s`` seconds (their worker is
+    gone): back to queued, or failed with ``retries_exhausted`` once claimed ``max_attempts``
+    times. Each row changes only if it is still running and stale when updated, so sweepers
+    running at once never give back the same item twice."""
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+    t = JobItem.__table__
+    stale = (t.c.status == "running", t.c.updated_at < cutoff)
+    rows = session.execute(sa.select(t.c.id, t.c.attempts).where(*stale)
+                           .order_by(t.c.id).limit(limit)).all()
+    exhausted = [r.id for r in rows if r.attempts >= max_attempts]
+    back = [r.id for r in rows if r.attempts < max_attempts]
+    failed = list(session.execute(
+        sa.update(t).where(t.c.id.in_(exhausted), *stale).values(
+            status="failed", error_code=RETRIES_EXHAUSTED, updated_at=utcnow(),
+            error_message=f"abandoned while running, {max_attempts} attempts used")
+        .returning(t.c.id)).scalars()) if exhausted else []
+    requeued: dict[str, list[tuple[int, str]]] = {}
+    if back:
+        for r in session.execute(sa.update(t).where(t.c.id.in_(back), *stale)
+                                 .values(status="queued", updated_at=utcnow())
+                                 .returning(t.c.id, t.c.job_id, t.c.uri)):
+            requeued.setdefault(r.job_id, []).append((r.id, r.uri))
+    return Sweep(requeued, sorted(failed))
 
 
 def requeue(session: Session, item_ids: int | Iterable[int]) -> None:

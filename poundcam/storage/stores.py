@@ -135,6 +135,15 @@ class ObjectStore(ABC):
     def uri_for(self, key: str) -> str:
         """The URI of ``key`` in the store's own space."""
 
+    @abstractmethod
+    def check(self, probe_key: str) -> None:
+        """Check at start that images can be read and heatmaps written (by writing a small
+        object at ``probe_key``).
+
+        Raises:
+            StorageError: a source is unreachable or missing, or the write failed.
+        """
+
 
 def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
@@ -269,6 +278,14 @@ class S3Store(ObjectStore):
     def uri_for(self, key: str) -> str:
         return self._own(key).uri
 
+    def check(self, probe_key: str) -> None:
+        for bucket in sorted(self.allowed_buckets):
+            try:
+                self.client.head_bucket(Bucket=bucket)
+            except Exception as exc:  # noqa: BLE001
+                raise _from_boto(exc, f"s3://{bucket} (POUNDCAM_ALLOWED_BUCKETS)") from exc
+        self.put(probe_key, b"poundcam write check\n", "text/plain")
+
 
 def _total_from_content_range(value: str | None) -> int | None:
     # "bytes 0-99/1234"
@@ -384,6 +401,12 @@ class LocalStore(ObjectStore):
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         return self._own(key).as_uri()
+
+    def check(self, probe_key: str) -> None:
+        for root in self.read_roots:
+            if not root.is_dir():
+                raise StorageError(NOT_FOUND, f"{root}: allowed root is not a folder")
+        self.put(probe_key, b"poundcam write check\n", "text/plain")
 
     def uri_for(self, key: str) -> str:
         return str(self._own(key))

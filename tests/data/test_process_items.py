@@ -115,3 +115,39 @@ def test_transient_upload_failure_retries_only_its_items(setup):
     report = process_items(ctx, [items[2]])
     assert report.done == 1 and states(sessions, items)[2] == ("done", None)
     assert n_analyses(sessions) == 5
+
+
+def test_the_database_not_the_message_decides_what_is_processed(setup):
+    ctx, _, sessions, uris = setup
+    victim = new_job(sessions, uris[:2])          # another job's items
+    items = new_job(sessions, uris[2:4])
+    forged = [(victim[0][0], uris[4]), (10**9, uris[5]), (items[0][0], uris[5]), items[1]]
+    report = process_items(ctx, forged, job_id=job_of(sessions, items[0][0]))
+    # The other job's item and the id of no item change nothing and are reported; the item
+    # named with another URI is read from the URI the database holds for it.
+    assert sorted(report.unbacked) == sorted([victim[0][0], 10**9])
+    assert (report.done, report.failed) == (2, 0)
+    assert states(sessions, victim) == [("queued", None)] * 2
+    with sessions() as s:
+        a = s.execute(sa.select(Analysis.sha256).join(JobItem, JobItem.analysis_id == Analysis.id)
+                      .where(JobItem.id == items[0][0])).scalar_one()
+    assert a == hashlib.sha256(png(3)).hexdigest()  # c.png, as the database says
+
+
+def job_of(sessions, item_id):
+    with sessions() as s:
+        return s.get(JobItem, item_id).job_id
+
+
+class BrokenSink(LocalStore):
+    def put(self, key, data, content_type="application/octet-stream"):
+        raise StorageError("not_found", "heat: NoSuchBucket")
+
+
+def test_heatmaps_refused_for_good_fail_their_items_with_a_code(setup, tmp_path):
+    ctx, store, sessions, uris = setup
+    items = new_job(sessions, uris[:3])
+    ctx.sink = BrokenSink(tmp_path / "nowhere")
+    report = process_items(ctx, items)
+    assert (report.done, report.failed, report.retry) == (0, 3, [])
+    assert states(sessions, items) == [("failed", "heatmap_not_stored")] * 3

@@ -270,3 +270,45 @@ def test_transient_error_classification(pg_url):
     with pytest.raises(sa.exc.OperationalError) as info, engine.connect() as conn:
         conn.exec_driver_sql("SELECT * FROM no_such_table")
     assert not is_transient_db_error(info.value)
+
+
+def test_claims_are_scoped_to_the_job(db):
+    from poundcam.db import claim_items
+
+    with session_scope(db) as s:
+        mine = create_job(s, ["s3://b/a", "s3://b/b"])
+        other = create_job(s, ["s3://b/c"])
+        ids = [r["item_id"] for r in item_refs(s, mine)]
+        foreign = item_refs(s, other)[0]["item_id"]
+        mark_done(s, ids[1], upsert_analysis(s, record()))
+    with session_scope(db) as s:
+        claim = claim_items(s, [ids[0], ids[1], foreign, 999999], job_id=mine)
+    assert claim.uris == {ids[0]: "s3://b/a"} and claim.backed == {ids[0], ids[1]}
+    with session_scope(db) as s:
+        assert job_status(s, other)["queued"] == 1
+
+
+def test_sweeper_requeues_abandoned_items_and_caps_attempts(db):
+    import datetime
+
+    from poundcam.db import RETRIES_EXHAUSTED, claim_items, sweep_abandoned
+
+    with session_scope(db) as s:
+        job = create_job(s, ["s3://b/a", "s3://b/b", "s3://b/c"])
+        a, b, c = [r["item_id"] for r in item_refs(s, job)]
+    for _ in range(3):  # b was claimed three times
+        with session_scope(db) as s:
+            claim_items(s, [b], job)
+    with session_scope(db) as s:
+        claim_items(s, [a, b], job)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=100)
+    with session_scope(db) as s:  # not stale yet: nothing moves
+        assert sweep_abandoned(s, 3600, max_attempts=4, now=later).requeued == {}
+    with session_scope(db) as s:
+        swept = sweep_abandoned(s, 60, max_attempts=4, now=later)
+    assert swept.requeued == {job: [(a, "s3://b/a")]} and swept.failed == [b]
+    with session_scope(db) as s:
+        assert sweep_abandoned(s, 60, max_attempts=4, now=later).requeued == {}  # once only
+        rows = {r.id: r for r in s.execute(sa.select(JobItem)).scalars()}
+    assert rows[a].status == "queued" and rows[c].status == "queued"
+    assert (rows[b].status, rows[b].error_code) == ("failed", RETRIES_EXHAUSTED)

@@ -368,3 +368,150 @@ def test_s3_outage_loses_nothing(stack):
     assert stack.s3_proxy.refused > 0, "the worker never noticed the outage"
     wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
     _assert_exactly_once(stack, job_id, expected)
+
+
+# --- what producers and stale state cannot do to a worker -------------------------------------------
+
+def _counter_deltas(before: str, after: str, name: str, label: str | None) -> dict:
+    b, a = (metric_samples(t, name) for t in (before, after))
+    out = {}
+    for labels, value in a.items():
+        if value - b.get(labels, 0.0):
+            out[dict(labels).get(label) if label else None] = value - b.get(labels, 0.0)
+    return out
+
+
+def _small_job_uris(stack, tag: str, n: int = 3) -> list[str]:
+    return [stack.put(f"{tag}/{k}.jpg", corpus.encode(
+        corpus.photo(96 + 8 * k, 80, seed=hash((tag, k)) % 100_000), "JPEG", quality=85))
+        for k in range(n)]
+
+
+def test_poison_entries_are_dead_lettered_and_the_same_worker_goes_on(stack):
+    import collections
+
+    import redis
+
+    from benchmarks.poison import poison_entries
+    from poundcam import client
+    from poundcam.broker import deadletters
+
+    r = redis.Redis.from_url(stack.broker_url)
+    deadletters.purge(r)
+    pid = stack.worker.pid
+    before = stack.worker.metrics()
+    poison = poison_entries()
+    for raw, _ in poison.values():  # ahead of the real message: BRPOP takes the oldest first
+        r.lpush("poundcam", raw)
+    uris = _small_job_uris(stack, "after-poison")
+    job_id = client.submit(uris, settings=stack.settings)
+    st = wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    assert st["done"] == len(uris)
+    assert stack.worker.alive() and stack.worker.pid == pid
+
+    reasons = collections.Counter(reason for _, reason in poison.values())
+    records = deadletters.entries(r)
+    assert collections.Counter(rec["reason"] for rec in records) == reasons
+    deadline = time.monotonic() + 15
+    while _counter_deltas(before, stack.worker.metrics(), "poundcam_dead_letters_total",
+                          "reason") != reasons:
+        assert time.monotonic() < deadline, stack.worker.metrics()
+        time.sleep(0.2)
+    refused = [line for line in stack.worker.log_path.read_text(errors="replace").splitlines()
+               if "queue entry refused" in line]
+    assert len(refused) == len(poison) and max(map(len, refused)) < 2500
+
+    out = stack.cli("dead-letters", "list").stdout
+    assert f"{len(poison)} dead letter(s)" in out
+    unknown = next(rec for rec in records if rec["reason"] == "unknown_task")
+    assert "os.system" in stack.cli("dead-letters", "show", unknown["id"][:10]).stdout
+    stack.cli("dead-letters", "requeue", unknown["id"])  # refused again, under a new id
+    deadline = time.monotonic() + 30
+    while not any(rec["reason"] == "unknown_task" and rec["id"] != unknown["id"]
+                  for rec in deadletters.entries(r)):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    big = next(rec for rec in records if rec["reason"] == "oversized")
+    proc = stack.cli("dead-letters", "requeue", big["id"], check=False)
+    assert proc.returncode != 0 and "cannot be requeued" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{len(poison)} dead letter(s) deleted" in stack.cli("dead-letters", "purge",
+                                                               "--all").stdout
+    assert deadletters.entries(r) == [] and stack.worker.pid == pid
+
+
+def test_forged_messages_change_only_what_the_database_backs(stack):
+    from poundcam.db import create_job, item_refs, job_status, session_scope
+    from poundcam.messaging import QUEUE, TASK_NAME, make_message, make_producer
+
+    victim_uris = _small_job_uris(stack, "victim", 2)
+    own_uris = _small_job_uris(stack, "forger", 2)
+    with session_scope(stack.sessions) as s:  # jobs without messages of their own
+        victim = create_job(s, victim_uris)
+        own = create_job(s, own_uris)
+        victim_ids = [r["item_id"] for r in item_refs(s, victim)]
+        own_ids = [r["item_id"] for r in item_refs(s, own)]
+    message = make_message(own, [(victim_ids[0], own_uris[0]), (10**12, own_uris[0]),
+                                 (own_ids[0], victim_uris[1]), (own_ids[1], own_uris[1])])
+    message["items"].append({"item_id": "7; DROP TABLE jobs", "uri": 3})
+    before = stack.worker.metrics()
+    make_producer(stack.settings).send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE)
+    wait_finished(stack.sessions, own, JOB_TIMEOUT, [stack.worker])
+    with session_scope(stack.sessions) as s:
+        assert job_status(s, victim)["queued"] == 2  # untouched
+    rows = {r["id"]: r for r in item_rows(stack.sessions, own)}
+    assert [rows[i]["status"] for i in own_ids] == ["done", "done"]
+    from poundcam import client
+
+    by_id = {r["item_id"]: r for r in client.results(own, settings=stack.settings)}
+    # read from the URI the database holds, not the one the message named
+    assert by_id[own_ids[0]]["sha256"] == hashlib.sha256(stack.uploads[own_uris[0]]).hexdigest()
+    deadline = time.monotonic() + 15
+    while _counter_deltas(before, stack.worker.metrics(), "poundcam_unbacked_items_total",
+                          None) != {None: 3.0}:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_the_sweeper_gives_back_abandoned_items(stack):
+    import datetime
+
+    import sqlalchemy as sa
+
+    from poundcam.db import JobItem, create_job, item_refs, session_scope
+
+    uris = _small_job_uris(stack, "abandoned", 3)
+    with session_scope(stack.sessions) as s:  # running for two hours, no message anywhere
+        job = create_job(s, uris)
+        ids = [r["item_id"] for r in item_refs(s, job)]
+        old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+        s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(
+            status="running", attempts=1, updated_at=old))
+        s.execute(sa.update(JobItem).where(JobItem.id == ids[2]).values(attempts=5,
+                                                                        updated_at=old))
+    out = json.loads(stack.cli("sweep", "--json").stdout)
+    assert out["requeued"] == 2 and out["failed"] == [ids[2]]
+    wait_finished(stack.sessions, job, JOB_TIMEOUT, [stack.worker])
+    rows = item_rows(stack.sessions, job)
+    assert [(r["status"], r["error_code"]) for r in rows] == [
+        ("done", None), ("done", None), ("failed", "retries_exhausted")]
+
+
+def test_submit_with_the_broker_down_prints_the_job_and_resend_recovers(stack):
+    from .conftest import free_port
+
+    uris = _small_job_uris(stack, "broker-down", 2)
+    env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": stack.db_url,
+           "POUNDCAM_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    proc = subprocess.run(poundcam_cmd() + ["submit", *uris], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "not enqueued" in line]
+    assert len(lines) == 1, proc.stderr
+    job_id = lines[0].split("job ", 1)[1].split()[0]
+    assert job_id in proc.stdout  # the job id alone on stdout, for scripts
+    assert "sent 1 message(s)" in stack.cli("resend", job_id).stdout
+    assert "sent 0 message(s)" in stack.cli("resend", job_id).stdout  # already in the queue
+    st = wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    assert st["done"] == 2

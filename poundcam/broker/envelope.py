@@ -1,0 +1,182 @@
+"""Checks a raw entry of the Redis queue list before kombu and Celery parse it.
+
+kombu's Redis transport and Celery's consumer end the worker process on some malformed
+entries (not JSON, a JSON list, a body that is not base64, a body that is not Celery's
+three-part body), and silently drop others (a content type they do not accept). Every entry a
+worker takes from the queue is checked here first, against the one shape our producers send:
+Celery's message protocol 2, JSON, one ``poundcam.analyze`` call with ``message`` as its only
+argument. Anything else is refused with a reason from :data:`REASONS` and goes to the
+dead-letter list (:mod:`poundcam.broker.deadletters`) instead of the worker.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from ..messaging import TASK_NAME, MessageError, parse_message
+
+# Why an entry was refused (stable: stored with the dead letter, a metric label).
+OVERSIZED = "oversized"                  # more bytes than POUNDCAM_MAX_MESSAGE_BYTES
+NOT_JSON = "not_json"                    # not UTF-8 JSON
+BAD_ENVELOPE = "bad_envelope"            # not kombu's envelope: object with body/properties...
+BAD_BODY_ENCODING = "bad_body_encoding"  # body_encoding not base64, or the body not base64
+UNSUPPORTED_CONTENT = "unsupported_content_type"  # not application/json (pickle, yaml, ...)
+BAD_BODY = "bad_body"                    # not Celery's [args, kwargs, embed] JSON body
+UNKNOWN_TASK = "unknown_task"            # a task name other than poundcam.analyze
+BAD_ARGUMENTS = "bad_arguments"          # other arguments than message=..., or a workflow
+BAD_MESSAGE = "bad_message"              # the message does not follow the contract
+REASONS = (OVERSIZED, NOT_JSON, BAD_ENVELOPE, BAD_BODY_ENCODING, UNSUPPORTED_CONTENT, BAD_BODY,
+           UNKNOWN_TASK, BAD_ARGUMENTS, BAD_MESSAGE)
+
+# Parts of the embedded workflow that would make Celery send further tasks.
+_EMBED_WORKFLOW = ("callbacks", "errbacks", "chain", "chord")
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why an entry cannot be delivered: a reason from :data:`REASONS` and a short detail."""
+
+    reason: str
+    detail: str
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.refusal = Refusal(reason, detail[:300])
+
+
+def check_entry(raw: bytes | str, max_bytes: int) -> Refusal | None:
+    """``None`` if ``raw`` is a message a worker can run, else why not.
+
+    Args:
+        raw: the entry exactly as it was in the Redis list.
+        max_bytes: the largest entry accepted.
+
+    Returns:
+        ``None`` for a deliverable entry, otherwise the :class:`Refusal`.
+    """
+    try:
+        _check(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw,
+               max_bytes)
+    except _Refused as exc:
+        return exc.refusal
+    return None
+
+
+def message_of(raw: bytes, max_bytes: int) -> dict | None:
+    """The ``message`` argument of a deliverable entry, else ``None``."""
+    try:
+        return _check(raw, max_bytes)
+    except _Refused:
+        return None
+
+
+def _check(raw: bytes, max_bytes: int) -> dict:
+    if len(raw) > max_bytes:
+        raise _Refused(OVERSIZED, f"{len(raw)} bytes, over the limit of {max_bytes}")
+    envelope = _json(raw, NOT_JSON, "the entry")
+    _check_envelope(envelope)
+    body = _decode_body(envelope)
+    headers = envelope["headers"]
+    if headers.get("task") != TASK_NAME:
+        raise _Refused(UNKNOWN_TASK, f"task {_short(headers.get('task'))}, not {TASK_NAME!r}")
+    _check_headers(headers)
+    args, kwargs, embed = _three_parts(body)
+    _check_arguments(args, kwargs, embed)
+    try:
+        parse_message(kwargs["message"])
+    except MessageError as exc:
+        raise _Refused(BAD_MESSAGE, str(exc)) from None
+    return kwargs["message"]
+
+
+def _json(data: bytes, reason: str, what: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Refused(reason, f"{what} is not UTF-8 JSON: {exc}") from None
+
+
+def _check_envelope(envelope: Any) -> None:
+    if not isinstance(envelope, dict):
+        raise _Refused(BAD_ENVELOPE, f"a JSON {type(envelope).__name__}, not an object")
+    props, headers = envelope.get("properties"), envelope.get("headers")
+    if not isinstance(props, dict) or not isinstance(headers, dict):
+        raise _Refused(BAD_ENVELOPE, "properties and headers must be objects")
+    if not isinstance(props.get("delivery_tag"), str) or not props["delivery_tag"]:
+        raise _Refused(BAD_ENVELOPE, "properties.delivery_tag must be a non-empty string")
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or not all(
+            isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        raise _Refused(BAD_ENVELOPE, "properties.delivery_info needs exchange and routing_key")
+    priority = props.get("priority")
+    if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
+        raise _Refused(BAD_ENVELOPE, "properties.priority must be an integer 0-255")
+    if not isinstance(envelope.get("body"), str):
+        raise _Refused(BAD_ENVELOPE, "body must be a string")
+    if "compression" in headers:  # kombu would decompress before any limit applies
+        raise _Refused(BAD_ENVELOPE, "compressed bodies are not accepted")
+
+
+def _decode_body(envelope: dict) -> Any:
+    content_type = envelope.get("content-type")
+    if content_type != "application/json":
+        raise _Refused(UNSUPPORTED_CONTENT, f"content type {_short(content_type)}")
+    if envelope.get("content-encoding") != "utf-8":
+        raise _Refused(UNSUPPORTED_CONTENT,
+                       f"content encoding {_short(envelope.get('content-encoding'))}")
+    if envelope["properties"].get("body_encoding") != "base64":
+        raise _Refused(BAD_BODY_ENCODING, "properties.body_encoding must be base64")
+    try:
+        data = base64.b64decode(envelope["body"].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise _Refused(BAD_BODY_ENCODING, f"the body is not base64: {exc}") from None
+    return _json(data, BAD_BODY, "the body")
+
+
+def _check_headers(headers: dict) -> None:
+    if not isinstance(headers.get("id"), str) or not headers["id"]:
+        raise _Refused(BAD_ENVELOPE, "headers.id must be a non-empty string")
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            datetime.datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise _Refused(BAD_ENVELOPE, f"headers.{name} is not an ISO 8601 time") from None
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+            isinstance(limits, list) and len(limits) == 2
+            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and v >= 0) for v in limits)):
+        raise _Refused(BAD_ENVELOPE, "headers.timelimit must be [soft, hard] seconds")
+    retries = headers.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        raise _Refused(BAD_ENVELOPE, "headers.retries must be a non-negative integer")
+    for name in ("shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr", "origin"):
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            raise _Refused(BAD_ENVELOPE, f"headers.{name} must be a string")
+
+
+def _three_parts(body: Any) -> tuple[Any, Any, Any]:
+    if not isinstance(body, list) or len(body) != 3:
+        raise _Refused(BAD_BODY, "the body is not Celery's [args, kwargs, embed]")
+    return body[0], body[1], body[2]
+
+
+def _check_arguments(args: Any, kwargs: Any, embed: Any) -> None:
+    if args != [] or not isinstance(kwargs, dict) or set(kwargs) != {"message"}:
+        raise _Refused(BAD_ARGUMENTS, "the task takes exactly one argument, message=...")
+    if not isinstance(embed, dict) or any(embed.get(k) for k in _EMBED_WORKFLOW):
+        raise _Refused(BAD_ARGUMENTS, "callbacks, errbacks, chains and chords are not accepted")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
