@@ -81,7 +81,7 @@ def test_counters_and_histograms_are_read_as_rates(dashboard):
 
 
 def test_labels_in_queries_are_the_exported_ones(dashboard):
-    labels = {"outcome", "error_code", "model_id", "cam_config", "le", "instance"}
+    labels = {"outcome", "error_code", "model_id", "cam_config", "reason", "le", "instance"}
     for expr in _exprs(dashboard):
         for group in re.findall(r"by \(([^)]*)\)", expr):
             assert {x.strip() for x in group.split(",")} <= labels, expr
