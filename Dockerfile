@@ -61,10 +61,11 @@ USER 10001:10001
 WORKDIR /home/poundcam
 EXPOSE 9808
 
-# Healthy = the worker has loaded its model (it writes /tmp/poundcam-ready after the warm-up)
-# and its metrics endpoint answers. The start period covers a first weights download.
+# Healthy = the worker has loaded its model and checked its stores (it writes
+# /tmp/poundcam-ready then) and its consumer loop touched /tmp/poundcam-heartbeat within 300 s
+# (a wedged loop stops touching it). The start period covers a first weights download.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request as u; os.stat('/tmp/poundcam-ready'); u.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('POUNDCAM_METRICS_PORT', '9808'), timeout=8); sys.exit(0)"]
+    CMD ["python", "-c", "import os, sys, time; os.stat('/tmp/poundcam-ready'); sys.exit(time.time() - os.stat('/tmp/poundcam-heartbeat').st_mtime > 300)"]
 
 ENTRYPOINT ["poundcam"]
 CMD ["worker"]

@@ -163,6 +163,7 @@ class Worker:
         self.ready = workdir / f"{name}.ready"
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **AWS_ENV, **env, "POUNDCAM_READY_FILE": str(self.ready),
+                    "POUNDCAM_HEARTBEAT_FILE": str(workdir / f"{name}.heartbeat"),
                     "POUNDCAM_METRICS_PORT": str(free_port())}
         cmd = poundcam_cmd() + [
             "worker", "--name", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"]

@@ -9,6 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = "/tmp/poundcam-ready"
+HEARTBEAT = "/tmp/poundcam-heartbeat"
+HEARTBEAT_MAX_AGE_S = 300
+CLUSTER_AUTOSCALER_GRACE_S = 600  # --max-graceful-termination-sec, its default
 METRICS_PORT = 9808
 SENSITIVE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|BASIC_AUTH|BROKER_URL|DATABASE_URL",
                        re.IGNORECASE)
@@ -154,7 +157,7 @@ def test_metrics_port_is_one_number_everywhere(worker_deployment, worker_contain
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == METRICS_PORT
     assert [p["containerPort"] for p in worker_container["ports"] if p["name"] == "metrics"] == [METRICS_PORT]
-    assert worker_container["livenessProbe"]["httpGet"]["port"] == "metrics"
+
     assert int(config_data["POUNDCAM_METRICS_PORT"]) == METRICS_PORT
     assert int(compose_config["services"]["worker"]["environment"]["POUNDCAM_METRICS_PORT"]) == METRICS_PORT
 
@@ -220,3 +223,32 @@ def test_credentials_stay_out_of_the_image():
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     for entry in (".env", "*.env", ".git", "weights", "*.ckpt", "*.safetensors"):
         assert entry in ignored, entry
+
+
+# -- liveness, disruptions, the cluster autoscaler -------------------------------------------------
+
+def test_liveness_is_the_consumer_loops_heartbeat(worker_container, compose_config, dockerfile):
+    from poundcam.settings import Settings
+    from workers.loop import HEARTBEAT_INTERVAL_S
+
+    assert Settings.from_env({}).heartbeat_file == HEARTBEAT
+    probe = worker_container["livenessProbe"]
+    assert "httpGet" not in probe  # the metrics thread answers even when the loop is wedged
+    command = " ".join(probe["exec"]["command"])
+    assert HEARTBEAT in command and f"-lt {HEARTBEAT_MAX_AGE_S}" in command
+    assert HEARTBEAT_MAX_AGE_S > 10 * HEARTBEAT_INTERVAL_S
+    for test in (" ".join(compose_config["services"]["worker"]["healthcheck"]["test"]),
+                 " ".join(args for word, args in dockerfile if word == "HEALTHCHECK")):
+        assert HEARTBEAT in test and f"> {HEARTBEAT_MAX_AGE_S}" in test
+
+
+def test_disruptions_take_one_worker_at_a_time(k8s, worker_deployment):
+    pdb = k8s("PodDisruptionBudget", "poundcam-worker")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb  # the fleet scales to zero
+    assert pdb["selector"] == worker_deployment["spec"]["selector"]
+
+
+def test_the_cluster_autoscaler_cannot_cut_the_grace_period(worker_deployment, worker_pod):
+    annotations = worker_deployment["spec"]["template"]["metadata"]["annotations"]
+    if worker_pod["terminationGracePeriodSeconds"] > CLUSTER_AUTOSCALER_GRACE_S:
+        assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"

@@ -236,10 +236,12 @@ class Worker:
     def __init__(self, env: dict[str, str], workdir: Path, name: str = "w1"):
         self.name = name
         self.ready_file = workdir / f"{name}.ready"
+        self.heartbeat_file = workdir / f"{name}.heartbeat"
         self.log_path = workdir / f"{name}.log"
         self.metrics_port = free_port()
         self.env = {**os.environ, **AWS_ENV, **env,
                     "POUNDCAM_READY_FILE": str(self.ready_file),
+                    "POUNDCAM_HEARTBEAT_FILE": str(self.heartbeat_file),
                     "POUNDCAM_METRICS_PORT": str(self.metrics_port),
                     "PYTHONUNBUFFERED": "1"}
         self.proc: subprocess.Popen | None = None

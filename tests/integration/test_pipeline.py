@@ -438,6 +438,9 @@ def test_poison_entries_are_dead_lettered_and_the_same_worker_goes_on(stack):
     assert f"{len(poison)} dead letter(s) deleted" in stack.cli("dead-letters", "purge",
                                                                "--all").stdout
     assert deadletters.entries(r) == [] and stack.worker.pid == pid
+    # the consumer loop keeps its heartbeat (what the liveness probe reads) while idle
+    time.sleep(11)
+    assert time.time() - stack.worker.heartbeat_file.stat().st_mtime < 11
 
 
 def test_forged_messages_change_only_what_the_database_backs(stack):
