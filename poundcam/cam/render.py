@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..colormap import OVERLAY_ALPHA, RAMP
 from ..preprocess.batching import map_in_groups
 from ..preprocess.geometry import CropGeometry
 from ..preprocess.transform import CLIP_MEAN, CLIP_STD
@@ -36,17 +37,12 @@ except ImportError:  # pragma: no cover - depends on the installation
     import zlib as _deflate
 
 MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
-ALPHA = 0.6
+ALPHA = OVERLAY_ALPHA
 COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps are tiny)
 MAPS = ("real", "fake")  # index 0 and 1 of the map axis in the batched functions
 PNG_FILTER_UP = 2
 
-# Control points of a perceptual blue-cyan-yellow-red ramp (turbo-like), interpolated to 256.
-_RAMP = np.array([
-    [0.00, 0.19, 0.07, 0.23], [0.13, 0.27, 0.36, 0.85], [0.25, 0.16, 0.65, 0.98],
-    [0.38, 0.10, 0.88, 0.73], [0.50, 0.45, 0.98, 0.36], [0.63, 0.80, 0.92, 0.20],
-    [0.75, 0.99, 0.70, 0.16], [0.88, 0.93, 0.36, 0.07], [1.00, 0.48, 0.02, 0.01],
-])
+_RAMP = np.array(RAMP)  # poundcam/colormap.py: shared with the report's legend
 _x = np.linspace(0, 1, 256)
 COLORMAP = (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
             * 255).round().astype(np.uint8)

@@ -252,7 +252,7 @@ def _analyze(args) -> int:
         job_id = create_job(s, [str(f.resolve()) if f.exists() else str(f) for f in files],
                             {"mode": "embedded", "model_id": analyzer.model_id,
                              "cam_config_id": analyzer.cam_config_id,
-                             "heatmap_root": str(out)})
+                             "heatmap_root": str(out), "image_roots": list(roots)})
         refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)

@@ -6,27 +6,39 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .common import add_db_option
+
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
 MAX_EXPIRES_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL can live
 
 
 def register(sub) -> None:
+    from ..report.data import SORTS
+
     p = sub.add_parser(
         "report", help="write a self-contained HTML review page for a job",
-        description="Write one HTML file with, per image, the original view and the real and "
-                    "fake overlays side by side, P(fake), the label and the key CAM statistics, "
-                    "sortable and filterable by P(fake) and label. Reads the job from "
-                    "POUNDCAM_DATABASE_URL and the heatmaps from POUNDCAM_LOCAL_ROOT (embedded) "
-                    "or the S3 bucket POUNDCAM_HEATMAP_BUCKET.")
+        description="Write one HTML file with, per image, the original and the fake and real "
+                    "evidence maps side by side with a colour legend and its scale, P(fake) "
+                    "against the threshold, the label and the key CAM statistics; pictures zoom "
+                    "on click; the page sorts and filters by P(fake) and label. Reads the job "
+                    "from POUNDCAM_DATABASE_URL (or --db), the heatmaps from the folder "
+                    "`poundcam analyze` recorded, POUNDCAM_LOCAL_ROOT or the S3 bucket "
+                    "POUNDCAM_HEATMAP_BUCKET, and originals from the job's own folders or the "
+                    "buckets in POUNDCAM_ALLOWED_BUCKETS.")
     p.add_argument("job_id", metavar="JOB")
     p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    p.add_argument("--label", choices=("real", "fake"), help="only items with this label")
+    p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
+    p.add_argument("--sort", choices=SORTS, default="position",
+                   help="order of the items: position (as submitted, default), p_fake or "
+                        "fake_share (highest first)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N items (after sorting)")
     p.add_argument("--images", choices=("embed", "presigned"), default="embed",
-                   help="embed the PNGs as data: URIs (default; the file opens anywhere) or "
-                        "reference them by presigned URLs that expire")
+                   help="embed compressed thumbnails as data: URIs (default; the file opens "
+                        "anywhere) or reference the images by presigned URLs that expire")
     p.add_argument("--expires", type=int, default=3600, metavar="SECONDS",
                    help="lifetime of presigned URLs (default 3600, at most 604800)")
-    p.add_argument("--db", default=None, metavar="URL",
-                   help="database URL (default POUNDCAM_DATABASE_URL)")
+    add_db_option(p)
     p.add_argument("--heatmaps", default=None, metavar="DIR",
                    help="local heatmap folder (default: the folder `poundcam analyze` "
                         "recorded with the job, else POUNDCAM_LOCAL_ROOT; unset: S3)")
@@ -48,6 +60,21 @@ def heatmap_store(settings):
                    endpoint_url=settings.s3_endpoint_url)
 
 
+def original_store(settings, job: dict):
+    """The store originals are read from: for a job of `poundcam analyze`, its image folders
+    (as recorded, or POUNDCAM_ALLOWED_ROOTS); else S3, only from POUNDCAM_ALLOWED_BUCKETS."""
+    from ..storage import LocalStore, S3Store
+
+    options = job.get("options") or {}
+    if options.get("mode") == "embedded":
+        roots = settings.allowed_roots or tuple(options.get("image_roots") or ())
+        if not roots:
+            return None
+        return LocalStore(settings.local_root or roots[0], read_roots=roots)
+    return S3Store(None, allowed_buckets=settings.allowed_buckets,
+                   endpoint_url=settings.s3_endpoint_url)
+
+
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -61,15 +88,32 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _selection(args, shown: int, total: int) -> str | None:
+    parts = []
+    if args.label:
+        parts.append(f"label {args.label}")
+    if args.min_prob is not None:
+        parts.append(f"P(fake) ≥ {args.min_prob:g}")
+    if args.sort != "position":
+        parts.append(f"sorted by {args.sort}, highest first")
+    if args.limit is not None:
+        parts.append(f"at most {args.limit}")
+    if not parts:
+        return None
+    return f"showing {shown} of the job's {total} items: " + ", ".join(parts)
+
+
 def _report(args) -> int:
     from ..client import Client
-    from ..report import build_report
+    from ..errors import InvalidRequestError
+    from ..preprocess.decode import DecodeLimits
+    from ..report import EmbeddedImages, LinkedImages, build_report, select_rows
     from ..settings import Settings
 
     if not 1 <= args.expires <= MAX_EXPIRES_S:
-        print(f"poundcam report: --expires must be between 1 and {MAX_EXPIRES_S} seconds",
-              file=sys.stderr)
-        return 2
+        raise InvalidRequestError(f"--expires must be between 1 and {MAX_EXPIRES_S} seconds")
+    if args.limit is not None and args.limit < 1:
+        raise InvalidRequestError("--limit must be at least 1")
     overrides = {}
     if args.db:
         overrides["database_url"] = args.db
@@ -79,22 +123,36 @@ def _report(args) -> int:
     with Client(settings) as client:
         status = client.status(args.job_id)  # unknown job: an error, exit 2
         job = client.job(args.job_id)
-        rows = client.results(args.job_id)
+        all_rows = client.results(args.job_id)
     if not settings.embedded and not settings.heatmap_bucket and job["options"].get("heatmap_root"):
         # `poundcam analyze` recorded where it wrote the heatmaps
         settings = settings.replace(local_root=str(job["options"]["heatmap_root"]))
-    store = heatmap_store(settings)
+    rows = select_rows(all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort,
+                       limit=args.limit)
+    store, originals = heatmap_store(settings), original_store(settings, job)
     if args.images == "embed":
-        def fetch_png(key: str) -> bytes:
-            return store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES)
-
-        html = build_report(rows, fetch_png, job_id=args.job_id, status=status)
+        source = EmbeddedImages(
+            lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
+            None if originals is None else
+            (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
+            limits=DecodeLimits(max_bytes=settings.max_image_bytes,
+                                max_pixels=settings.max_image_pixels))
     else:
-        html = build_report(rows, image_url=lambda key: store.presigned_url(key, args.expires),
-                            job_id=args.job_id, status=status)
+        source = LinkedImages(lambda key: store.presigned_url(key, args.expires),
+                              None if originals is None else
+                              (lambda uri: _presigned_original(originals, uri, args.expires)))
+    html = build_report(rows, source=source, job_id=args.job_id, status=status,
+                        selection=_selection(args, len(rows), len(all_rows)), sort=args.sort)
     out = Path(args.out)
     write_atomically(out, html)
     done = sum(r["status"] == "done" for r in rows)
-    print(f"wrote {out}: {len(rows)} items ({done} analysed), images "
+    print(f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
           f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}")
     return 0
+
+
+def _presigned_original(store, uri: str, expires_s: int) -> str:
+    """A presigned URL of an original in an allowed bucket (``store.ref`` checks the bucket)."""
+    ref = store.ref(uri)
+    return store.client.generate_presigned_url(
+        "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s))

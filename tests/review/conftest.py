@@ -25,7 +25,13 @@ def processed_job(tmp_path_factory, official_dir):
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for name, (w, h) in (("a.png", (320, 240)), ("b.jpg", (200, 300)), (HOSTILE_NAME, (256, 256))):
+    # a photograph (matplotlib's sample portrait), so that a screenshot shows what a reviewer
+    # would recognise, and two noise images
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
+        photo.convert("RGB").crop((0, 0, 512, 384)).resize((320, 240)).save(images / "a.png")
+    for name, (w, h) in (("b.jpg", (200, 300)), (HOSTILE_NAME, (256, 256))):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
             images / name, format="PNG" if name.endswith(".png") else "JPEG")
     (images / "broken.jpg").write_bytes(b"not an image")

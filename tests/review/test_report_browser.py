@@ -1,6 +1,8 @@
 """The HTML report of a processed job, opened in headless Chromium: every item row is there,
-every heatmap panel decodes, failed items show their error, and the page's own script sorts and
-filters. A screenshot is saved as a test artifact."""
+every picture decodes, failed items show their error, the page's own script sorts, filters and
+zooms; and screenshots show a reviewer the pictures themselves in their panels, the colour
+legend as the overlays draw it, and a zoomed picture filling the window. The screenshots are
+saved as test artifacts (test-artifacts/report.png, report-zoom.png)."""
 from __future__ import annotations
 
 import subprocess
@@ -33,15 +35,20 @@ class Dom(HTMLParser):
         self.rows: list[dict] = []
         self.body: dict = {}
         self.scripts_with_src = 0
+        self.zoom: dict = {}
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "body":
             self.body = a
         elif tag == "tr" and "item" in (a.get("class") or "").split():
-            self.rows.append({**a, "imgs": [], "errors": []})
+            self.rows.append({**a, "imgs": [], "errors": [], "ramps": []})
+        elif tag == "img" and a.get("id") == "zoom-img":
+            self.zoom = a
         elif tag == "img" and self.rows:
             self.rows[-1]["imgs"].append(a)
+        elif tag == "div" and a.get("class") == "ramp" and self.rows:
+            self.rows[-1]["ramps"].append(a)
         elif tag == "td" and self.rows and "error" in (a.get("class") or "").split():
             self.rows[-1]["errors"].append(a)
         elif tag == "script" and a.get("src"):
@@ -61,7 +68,10 @@ def write_report(job: dict, out: Path, *extra: str) -> Path:
     return out
 
 
-def test_report_renders_every_row_and_overlay(chromium, processed_job, tmp_path, artifacts_dir):
+PANELS = {"original", "fake_overlay", "real_overlay", "fake_map", "real_map"}
+
+
+def test_report_renders_every_row_and_picture(chromium, processed_job, tmp_path):
     from poundcam import client
     from poundcam.settings import Settings
 
@@ -75,26 +85,117 @@ def test_report_renders_every_row_and_overlay(chromium, processed_job, tmp_path,
     assert len(rows) == 4
     for row, rendered in zip(rows, dom.rows):
         if row["status"] == "done":
-            panels = {img["data-heatmap"]: img for img in rendered["imgs"]}
-            assert set(panels) == {"fake_overlay_original", "real_overlay", "fake_overlay"}
+            panels = {img["data-panel"]: img for img in rendered["imgs"]}
+            assert set(panels) == PANELS
             for name, img in panels.items():
                 assert img.get("data-loaded") == "1", (row["uri"], name)
                 assert int(img["data-natural-width"]) > 0
-            assert int(panels["real_overlay"]["data-natural-width"]) == 224
             assert rendered["data-label"] == row["label"]
             assert float(rendered["data-p-fake"]) == pytest.approx(row["p_fake"], abs=1e-6)
         else:
             assert row["status"] == "failed" and rendered["imgs"] == []
             assert len(rendered["errors"]) == 1
+    photo = {img["data-panel"]: img for img in dom.rows[0]["imgs"]}
+    assert int(photo["fake_overlay"]["data-natural-width"]) == 224  # the crop at full size
     # The hostile file name is text, not markup: no element came out of it.
-    assert sum(len(r["imgs"]) for r in dom.rows) == 9
+    assert sum(len(r["imgs"]) for r in dom.rows) == 15
     assert 'onerror=alert(1)&gt;' in report.read_text()
 
-    shot = artifacts_dir / "report.png"
+
+def _picture(src: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert src.startswith("data:image/webp;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+
+
+def _rect(el: dict) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in el["data-rect"].split(","))
+
+
+def _shown_as(picture, rect):
+    """``picture`` as CSS object-fit: contain draws it into ``rect`` (x, y, w, h): the box it
+    covers and the picture at that size."""
+    x, y, w, h = rect
+    scale = min(w / picture.width, h / picture.height)
+    pw, ph = round(picture.width * scale), round(picture.height * scale)
+    box = (x + (w - pw) // 2, y + (h - ph) // 2, x + (w - pw) // 2 + pw, y + (h - ph) // 2 + ph)
+    return box, picture.resize((pw, ph))
+
+
+def _difference(a, b) -> float:
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+
+def _screenshot(chromium, tmp_path, url: str, shot: Path, size=(1400, 1000)):
+    """A screenshot of ``url`` and its DOM with the layout probe's rectangles. They come from
+    two runs: the DOM run's window gets taller by the browser's own bars (headless Chromium
+    takes them off the viewport when dumping the DOM, not when taking a screenshot), so that
+    both lay the page out in the same viewport."""
+    from PIL import Image
+
     shot.unlink(missing_ok=True)
-    run_chromium(chromium, tmp_path, report.as_uri(), f"--screenshot={shot}",
-                 "--window-size=1400,2000")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    run_chromium(chromium, tmp_path, url, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}",
+                 "--force-device-scale-factor=1")
+    height = size[1]
+    for _ in range(2):
+        dom = parse(run_chromium(chromium, tmp_path, url, "--dump-dom", "--force-device-scale-factor=1",
+                                 f"--window-size={size[0]},{height}"))
+        seen = tuple(int(v) for v in dom.body["data-viewport"].split("x"))
+        if seen == size:
+            break
+        height += size[1] - seen[1]
+    assert seen == size, seen
+    screen = Image.open(shot).convert("RGB")
+    assert screen.size == size
+    return dom, screen
+
+
+def test_screenshots_show_the_pictures_the_legend_and_the_zoom(chromium, processed_job,
+                                                               tmp_path, artifacts_dir):
+    """What a reviewer sees, pixel by pixel: each panel of the first item (a photograph) on
+    the screen is its picture (and not another panel's), the legend's colours are the
+    overlays' ramp, and a zoomed picture fills most of the window over a darkened page."""
+    from poundcam.colormap import RAMP
+
+    report = write_report(processed_job, tmp_path / "report.html")
+    dom, screen = _screenshot(chromium, tmp_path, report.as_uri() + "#probe",
+                              artifacts_dir / "report.png")
+    first = dom.rows[0]
+    pictures = {img["data-panel"]: _picture(img["data-src"]) for img in first["imgs"]}
+    for img in first["imgs"]:
+        box, expected = _shown_as(pictures[img["data-panel"]], _rect(img))
+        seen = screen.crop(box)
+        own = _difference(seen, expected)
+        assert own < 8, (img["data-panel"], own)  # the picture itself, decoded and scaled
+        other = "fake_map" if img["data-panel"] != "fake_map" else "original"
+        assert _difference(seen, pictures[other].resize(seen.size)) > 3 * own + 10
+
+    x, y, w, h = _rect(first["ramps"][0])
+    for frac in (0.05, 0.3, 0.5, 0.7, 0.95):
+        seen = screen.getpixel((x + round(frac * (w - 1)), y + h // 2))
+        i = next(k for k in range(1, len(RAMP)) if RAMP[k][0] >= frac)
+        (p0, *c0), (p1, *c1) = RAMP[i - 1], RAMP[i]
+        want = [255 * (a + (b - a) * (frac - p0) / (p1 - p0)) for a, b in zip(c0, c1)]
+        assert max(abs(s - v) for s, v in zip(seen, want)) < 14, (frac, seen, want)
+
+    position = first["data-position"]
+    dom, screen = _screenshot(chromium, tmp_path,
+                              report.as_uri() + f"#zoom={position}:fake_overlay&probe",
+                              artifacts_dir / "report-zoom.png")
+    assert dom.body.get("data-zoom") == f"{position}:fake_overlay"
+    assert dom.zoom["src"] == next(i["data-src"] for i in first["imgs"]
+                                   if i["data-panel"] == "fake_overlay")
+    zx, zy, zw, zh = _rect(dom.zoom)
+    assert zw >= 700 and zh >= 700  # a 224-pixel picture, more than three times as large
+    box, expected = _shown_as(pictures["fake_overlay"], (zx, zy, zw, zh))
+    assert _difference(screen.crop(box), expected) < 8
+    assert max(screen.getpixel((5, 5))) < 120  # the page behind is darkened
 
 
 def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_path):

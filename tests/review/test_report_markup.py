@@ -1,7 +1,8 @@
 """The report's markup without a browser: controls and data attributes for sorting and
 filtering, escaping of untrusted strings, no external resources, a CSP that admits only the
-page's own script, unreadable heatmaps shown as errors; and the command against the S3 server
-with embedded and presigned images."""
+page's own script, unreadable pictures shown as errors, compressed thumbnails small enough for
+a 1,000-item job; the selection options; and the command against the S3 server with embedded
+and presigned images."""
 from __future__ import annotations
 
 import base64
@@ -15,11 +16,14 @@ import pytest
 
 from poundcam import client
 from poundcam.cli import main
-from poundcam.report.build import _JS, build_report
+from poundcam.report import select_rows
+from poundcam.report.build import build_report, page_script
 from poundcam.settings import Settings
 from poundcam.storage import LocalStore, StorageError
 
 HOSTILE_NAME = 'x"><img src=x onerror=alert(1)>.png'  # as in conftest.py
+PANELS = ("original", "fake_overlay", "real_overlay", "fake_map", "real_map")
+MAX_REPORT_BYTES_PER_ITEM = 30_000_000 // 1000  # a 1,000-item job in at most 30 MB
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,16 @@ def job_rows(processed_job):
 def local_fetch(processed_job):
     store = LocalStore(processed_job["heatmaps"])
     return lambda key: store.get(store.uri_for(key))
+
+
+@pytest.fixture(scope="module")
+def read_original(processed_job):
+    store = LocalStore(processed_job["heatmaps"], read_roots=[processed_job["images"]])
+    return store.get
+
+
+def thumbs(page: str) -> list[tuple[str, str]]:
+    return re.findall(r'<img class="thumb" data-panel="(\w+)" data-src="([^"]+)"', page)
 
 
 def test_sorting_and_filtering_markup(job_rows, local_fetch):
@@ -52,37 +66,56 @@ def test_sorting_and_filtering_markup(job_rows, local_fetch):
             assert label == "" and p == ""
 
 
+def test_each_item_shows_original_maps_legend_probability_and_threshold(job_rows, local_fetch,
+                                                                        read_original):
+    page = build_report(job_rows, local_fetch, fetch_original=read_original)
+    done = [r for r in job_rows if r["status"] == "done"]
+    shown = thumbs(page)
+    assert [name for name, _ in shown] == list(PANELS) * len(done)
+    assert all(src.startswith("data:image/webp;base64,UklGR") for _, src in shown)
+    for row in done:
+        scale = max(row["stats"]["real"]["max"], row["stats"]["fake"]["max"])
+        assert f'data-scale="{scale:.6g}"' in page  # the legend's top value: the shared scale
+        assert f"<span>{scale:.3g}</span>" in page
+        assert f"P(fake) <b>{row['p_fake']:.4f}</b>" in page
+    assert page.count('<div class="thr">threshold 0.50</div>') == len(done)
+    assert page.count('class="pthr" style="left:50.0%"') == len(done)
+    assert page.count('<div class="ramp"></div>') == len(done)
+    assert ".ramp{background:linear-gradient(to right, rgb(48,18,59) 0%" in page
+
+
 def test_untrusted_strings_are_escaped_and_nothing_is_external(job_rows, local_fetch):
     rows = [dict(r) for r in job_rows]
     failed = next(r for r in rows if r["status"] == "failed")
     failed["error_message"] = "</td><script>alert('x')</script>"
     page = build_report(rows, local_fetch, job_id='"><b>job</b>')
-    assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;x&#39;)" in page
     assert HOSTILE_NAME not in page
-    assert "x&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert "x&#34;&gt;&lt;img src=x onerror=alert(1)&gt;.png" in page
     assert "<b>job</b>" not in page
     assert page.count("<script") == 1  # the page's own
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page and "url(" not in page
     assert "<a " not in page  # URIs are text, never links
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
-    digest = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
-    assert f"script-src &#x27;sha256-{digest}&#x27;" in csp
-    assert "default-src &#x27;none&#x27;" in csp and "img-src data:;" in csp
-    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    assert len(srcs) == 9 and all(s.startswith("data:image/png;base64,iVBORw0KGgo") for s in srcs)
+    digest = base64.b64encode(hashlib.sha256(page_script().encode()).digest()).decode()
+    assert f"script-src &#39;sha256-{digest}&#39;" in csp
+    assert "default-src &#39;none&#39;" in csp and "img-src data:;" in csp
+    assert f"<script>{page_script()}</script>" in page  # the hashed text, byte for byte
 
 
-def test_unreadable_heatmaps_are_errors_not_pictures(job_rows):
+def test_unreadable_pictures_are_errors_not_pictures(job_rows):
     def fetch(key):
         if key.endswith("/fake_overlay.png"):
             raise StorageError("not_found", f"{key}: no such file")
         return b"GIF89a not a png"
 
     page = build_report(job_rows, fetch)
-    assert "<img" not in page
+    assert thumbs(page) == []
     assert page.count('data-error="not_found"') == 3
-    assert page.count("heatmap unavailable: not a PNG file") == 6
+    assert page.count("real evidence unavailable: not a PNG file") == 3
+    assert page.count("fake map unavailable: raw map unreadable (not a PNG file)") == 3
+    assert page.count("original unavailable: the original is not readable here") == 3
     with pytest.raises(ValueError):
         build_report(job_rows)
 
@@ -90,10 +123,63 @@ def test_unreadable_heatmaps_are_errors_not_pictures(job_rows):
 def test_link_mode_checks_url_schemes(job_rows):
     page = build_report(job_rows, image_url=lambda k: "javascript:alert(1)//" + k)
     assert "javascript:" not in page.split("<tbody", 1)[1].split("<script>", 1)[0]
-    assert page.count("refused an image URL with scheme") == 9
+    assert page.count("refused an image URL with scheme") == 6
     page = build_report(job_rows, image_url=lambda k: f"https://h.example/{k}?sig=a&x=1")
-    assert 'src="https://h.example/' in page and "sig=a&amp;x=1" in page
+    assert 'data-src="https://h.example/' in page and "sig=a&amp;x=1" in page
     assert "img-src data: https:;" in page
+
+
+def test_thumbnails_keep_a_thousand_items_under_30_mb(job_rows, local_fetch, read_original):
+    """Every analysed item, a photograph or noise (the worst case for compression), takes at
+    most 30 kB of the page: 1,000 items at most 30 MB (benchmarks/report_bench.py builds and
+    opens a real 1,000-item page)."""
+    done = [r for r in job_rows if r["status"] == "done"]
+    empty = len(build_report([], local_fetch).encode())
+    for row in done:
+        page = build_report([row], local_fetch, fetch_original=read_original)
+        assert len(thumbs(page)) == len(PANELS)
+        per_item = len(page.encode()) - empty
+        assert per_item <= MAX_REPORT_BYTES_PER_ITEM, (row["uri"], per_item)
+        stored = sum(len(local_fetch(k)) for k in row["heatmap_keys"].values())
+        assert per_item < stored / 8  # the stored PNGs, as the page embedded them before
+
+
+def test_select_rows_filters_sorts_and_limits():
+    rows = [{"position": i, "status": "done", "label": lab, "p_fake": p,
+             "stats": {"comparative": {"fake_share": s}}}
+            for i, (lab, p, s) in enumerate((("real", 0.1, 0.5), ("fake", 0.9, 0.2),
+                                             ("fake", 0.7, 0.9), ("real", 0.3, 0.1)))]
+    rows.append({"position": 4, "status": "failed", "label": None, "p_fake": None, "stats": None})
+    pos = lambda rs: [r["position"] for r in rs]  # noqa: E731
+    assert pos(select_rows(rows)) == [0, 1, 2, 3, 4]
+    assert pos(select_rows(rows, sort="p_fake")) == [1, 2, 3, 0, 4]
+    assert pos(select_rows(rows, sort="fake_share", limit=2)) == [2, 0]
+    assert pos(select_rows(rows, label="fake")) == [1, 2]
+    assert pos(select_rows(rows, min_prob=0.3, sort="p_fake")) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        select_rows(rows, sort="uri")
+
+
+def test_report_command_selects_and_finds_the_heatmap_folder(processed_job, job_rows, tmp_path,
+                                                             monkeypatch, capsys):
+    for var in ("POUNDCAM_LOCAL_ROOT", "POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "fake.html"
+    best = max((r for r in job_rows if r["status"] == "done"), key=lambda r: r["p_fake"])
+    assert main(["report", processed_job["job_id"], "--db", processed_job["db_url"],
+                 "--out", str(out), "--sort", "p_fake", "--limit", "1",
+                 "--min-prob", "0"]) == 0
+    page = out.read_text()
+    assert re.findall(r'data-position="(\d+)"', page) == [str(best["position"])]
+    assert [n for n, _ in thumbs(page)] == list(PANELS)  # found the heatmaps and the original
+    assert "showing 1 of the job&#39;s 4 items: P(fake) ≥ 0, sorted by p_fake" in page
+    assert "1 items (1 analysed)" in capsys.readouterr().out
+    label = "fake" if best["label"] == "real" else "real"
+    others = [r for r in job_rows if r["status"] == "done" and r["label"] == label]
+    assert main(["report", processed_job["job_id"], "--db", processed_job["db_url"],
+                 "--out", str(out), "--label", label]) == 0
+    assert len(re.findall(r'<tr class="item', out.read_text())) == len(others)
 
 
 def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, bucket,
@@ -111,16 +197,15 @@ def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, b
 
     out = tmp_path / "embedded.html"
     assert main(["report", job, "--out", str(out)]) == 0
-    page = out.read_text()
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 9
+    assert [n for n, _ in thumbs(out.read_text())] == list(PANELS) * 3
 
     out = tmp_path / "linked.html"
     assert main(["report", job, "--out", str(out), "--images", "presigned",
                  "--expires", "600"]) == 0
     assert "expiring in 600 s" in capsys.readouterr().out
     page = out.read_text()
-    urls = [u.replace("&amp;", "&") for u in re.findall(r'<img [^>]*src="([^"]+)"', page)]
-    assert len(urls) == 9 and all(u.startswith(s3_server + "/") for u in urls)
+    urls = [u.replace("&amp;", "&") for _, u in thumbs(page)]
+    assert len(urls) == 6 and all(u.startswith(s3_server + "/") for u in urls)
     for u in urls:  # SigV4 (X-Amz-Expires: seconds) or the legacy form (Expires: epoch)
         q = parse_qs(urlparse(u).query)
         if "X-Amz-Expires" in q:
@@ -133,3 +218,18 @@ def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, b
 
     assert main(["report", job, "--out", str(out), "--expires", "0"]) == 2
     assert main(["report", "no-such-job", "--out", str(out)]) == 2
+
+
+def test_templates_ship_as_package_data():
+    """Every file the report renders from is named by pyproject.toml's package-data, so an
+    installed wheel has them."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["poundcam.report"]
+    files = [p.relative_to(root / "poundcam" / "report").as_posix()
+             for p in (root / "poundcam" / "report" / "templates").iterdir()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
