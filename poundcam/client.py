@@ -99,7 +99,7 @@ class Client:
         Raises:
             UnavailableError: the database is unreachable or has no poundcam tables.
         """
-        self.engine  # noqa: B018 - makes the engine and the session factory
+        _ = self.engine  # makes the engine and the session factory
         try:
             with self._sessions() as s, s.begin():
                 yield s

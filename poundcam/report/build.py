@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -56,7 +57,7 @@ def _num(value: Any, fmt: str = ".4f") -> str:
         v = float(value)
     except (TypeError, ValueError):
         return "–"
-    return format(v, fmt) if v == v and v not in (float("inf"), float("-inf")) else "–"
+    return format(v, fmt) if math.isfinite(v) else "–"
 
 
 def _point(value: Any) -> str:

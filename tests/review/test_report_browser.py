@@ -28,7 +28,7 @@ def run_chromium(chromium: str, tmp_path: Path, url: str, *extra: str) -> str:
 
 
 class Dom(HTMLParser):
-    """Rows (tr.item) in document order with their attributes and images."""
+    """Rows (article.item) in document order with their attributes and images."""
 
     def __init__(self):
         super().__init__()
@@ -41,7 +41,7 @@ class Dom(HTMLParser):
         a = dict(attrs)
         if tag == "body":
             self.body = a
-        elif tag == "tr" and "item" in (a.get("class") or "").split():
+        elif tag == "article" and "item" in (a.get("class") or "").split():
             self.rows.append({**a, "imgs": [], "errors": [], "ramps": []})
         elif tag == "img" and a.get("id") == "zoom-img":
             self.zoom = a
@@ -49,7 +49,7 @@ class Dom(HTMLParser):
             self.rows[-1]["imgs"].append(a)
         elif tag == "div" and a.get("class") == "ramp" and self.rows:
             self.rows[-1]["ramps"].append(a)
-        elif tag == "td" and self.rows and "error" in (a.get("class") or "").split():
+        elif tag == "div" and self.rows and "error" in (a.get("class") or "").split():
             self.rows[-1]["errors"].append(a)
         elif tag == "script" and a.get("src"):
             self.scripts_with_src += 1

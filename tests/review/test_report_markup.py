@@ -55,7 +55,7 @@ def test_sorting_and_filtering_markup(job_rows, local_fetch):
     for value in ("all", "fake", "real", "failed", "pending"):
         assert f'<option value="{value}">' in page
     assert 'data-sort="position"' in page and 'data-sort="p_fake"' in page
-    items = re.findall(r'<tr class="item[^"]*" data-position="(\d+)" data-status="(\w+)" '
+    items = re.findall(r'<article class="item[^"]*" data-position="(\d+)" data-status="(\w+)" '
                        r'data-label="(\w*)" data-p-fake="([0-9.]*)">', page)
     assert [int(i[0]) for i in items] == [r["position"] for r in job_rows]
     for (pos, status, label, p), row in zip(items, job_rows):
@@ -122,7 +122,7 @@ def test_unreadable_pictures_are_errors_not_pictures(job_rows):
 
 def test_link_mode_checks_url_schemes(job_rows):
     page = build_report(job_rows, image_url=lambda k: "javascript:alert(1)//" + k)
-    assert "javascript:" not in page.split("<tbody", 1)[1].split("<script>", 1)[0]
+    assert "javascript:" not in page.split('<main id="items"', 1)[1].split("<script>", 1)[0]
     assert page.count("refused an image URL with scheme") == 6
     page = build_report(job_rows, image_url=lambda k: f"https://h.example/{k}?sig=a&x=1")
     assert 'data-src="https://h.example/' in page and "sig=a&amp;x=1" in page
@@ -150,7 +150,7 @@ def test_select_rows_filters_sorts_and_limits():
             for i, (lab, p, s) in enumerate((("real", 0.1, 0.5), ("fake", 0.9, 0.2),
                                              ("fake", 0.7, 0.9), ("real", 0.3, 0.1)))]
     rows.append({"position": 4, "status": "failed", "label": None, "p_fake": None, "stats": None})
-    pos = lambda rs: [r["position"] for r in rs]  # noqa: E731
+    pos = lambda rs: [r["position"] for r in rs]
     assert pos(select_rows(rows)) == [0, 1, 2, 3, 4]
     assert pos(select_rows(rows, sort="p_fake")) == [1, 2, 3, 0, 4]
     assert pos(select_rows(rows, sort="fake_share", limit=2)) == [2, 0]
@@ -179,7 +179,7 @@ def test_report_command_selects_and_finds_the_heatmap_folder(processed_job, job_
     others = [r for r in job_rows if r["status"] == "done" and r["label"] == label]
     assert main(["report", processed_job["job_id"], "--db", processed_job["db_url"],
                  "--out", str(out), "--label", label]) == 0
-    assert len(re.findall(r'<tr class="item', out.read_text())) == len(others)
+    assert len(re.findall(r'<article class="item', out.read_text())) == len(others)
 
 
 def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, bucket,
@@ -224,8 +224,9 @@ def test_templates_ship_as_package_data():
     """Every file the report renders from is named by pyproject.toml's package-data, so an
     installed wheel has them."""
     import fnmatch
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[2]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][

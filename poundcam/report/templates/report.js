@@ -1,8 +1,8 @@
 (function () {
   "use strict";
   var body = document.body;
-  var tbody = document.getElementById("items");
-  var rows = Array.prototype.slice.call(tbody.querySelectorAll("tr.item"));
+  var list = document.getElementById("items");
+  var rows = Array.prototype.slice.call(list.querySelectorAll(".item"));
   var labelSel = document.getElementById("filter-label");
   var minP = document.getElementById("filter-min-p");
   var maxP = document.getElementById("filter-max-p");
@@ -29,17 +29,19 @@
     img.addEventListener("error", function () { img.setAttribute("data-loaded", "0"); });
     img.src = img.getAttribute("data-src");
   }
-  var thumbs = Array.prototype.slice.call(document.querySelectorAll("img.thumb"));
+  function showRow(row) {
+    Array.prototype.forEach.call(row.querySelectorAll("img.thumb"), show);
+  }
   var observer = null;
   if ("IntersectionObserver" in window) {
     observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (e) {
-        if (e.isIntersecting) { show(e.target); observer.unobserve(e.target); }
+        if (e.isIntersecting) { showRow(e.target); observer.unobserve(e.target); }
       });
-    }, {rootMargin: "800px 4000px"});
-    thumbs.forEach(function (img) { observer.observe(img); });
+    }, {rootMargin: "800px 0px"});
+    rows.forEach(function (r) { observer.observe(r); });
   } else {
-    thumbs.forEach(show);
+    rows.forEach(showRow);
   }
 
   function apply() {
@@ -70,7 +72,7 @@
       }
       return (posOf(a) - posOf(b)) * dir;
     });
-    rows.forEach(function (r) { tbody.appendChild(r); });
+    rows.forEach(function (r) { list.appendChild(r); });
     Array.prototype.forEach.call(document.querySelectorAll("button[data-sort]"), function (b) {
       if (b.getAttribute("data-sort") === key) {
         b.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
@@ -89,7 +91,7 @@
   var zoomLegend = document.getElementById("zoom-legend");
   function zoom(img) {
     show(img);
-    var row = img.closest("tr.item"), fig = img.closest("figure");
+    var row = img.closest(".item"), fig = img.closest("figure");
     zoomImg.src = img.getAttribute("data-src");
     zoomImg.alt = img.alt;
     zoomCaption.textContent = "#" + row.getAttribute("data-position") + " " +
@@ -101,7 +103,7 @@
     body.setAttribute("data-zoom", row.getAttribute("data-position") + ":" + img.getAttribute("data-panel"));
   }
   function unzoom() { if (dialog.open) dialog.close(); body.removeAttribute("data-zoom"); }
-  tbody.addEventListener("click", function (e) {
+  list.addEventListener("click", function (e) {
     if (e.target.classList && e.target.classList.contains("thumb")) zoom(e.target);
   });
   zoomImg.addEventListener("click", unzoom);
