@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -100,3 +102,103 @@ class RedisDatabases:
             if r.get(self.claim_key) == self.token.encode():
                 r.flushdb()
         self.claimed.clear()
+
+
+# --- a TCP proxy that can be cut -----------------------------------------------------------------
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target_port``. ``cut()`` resets every open connection and
+    closes new ones as soon as they are accepted, until ``restore()``."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.2)
+        self._cut = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self.accepted = 0
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            if self._cut.is_set():
+                self.refused += 1
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            self.accepted += 1
+            with self._lock:
+                self._conns.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket):
+        sel = selectors.DefaultSelector()
+        for s in (a, b):
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        peer = {a: b, b: a}
+        open_ends = 2
+        graceful = False
+        try:
+            while open_ends and not self._stop.is_set() and not self._cut.is_set():
+                for key, _ in sel.select(0.2):
+                    src = key.fileobj
+                    data = src.recv(65536)
+                    if not data:  # half-close: pass it on, keep the other direction going
+                        sel.unregister(src)
+                        peer[src].shutdown(socket.SHUT_WR)
+                        open_ends -= 1
+                        continue
+                    dst = peer[src]
+                    dst.setblocking(True)
+                    dst.sendall(data)
+                    dst.setblocking(False)
+            graceful = open_ends == 0
+        except OSError:
+            pass
+        finally:
+            sel.close()
+            with self._lock:
+                self._conns.difference_update((a, b))
+            for s in (a, b):
+                if graceful:
+                    s.close()
+                else:
+                    _reset(s)
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.cut()
+        self.listener.close()
+
+
+def _reset(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        s.close()
