@@ -12,7 +12,8 @@ import logging
 import random
 import time
 
-from poundcam.db import RETRIES_EXHAUSTED, is_transient_db_error, mark_failed_many, session_scope
+from poundcam.db import (RETRIES_EXHAUSTED, is_transient_db_error, mark_failed_many, requeue,
+                         session_scope)
 from poundcam.messaging import TASK_NAME, MessageError, make_message, parse_message
 from poundcam.pipeline import RetryLater, process_items
 
@@ -74,7 +75,21 @@ def analyze(self, message):
         with session_scope(ctx.sessions) as s:
             mark_failed_many(s, [(i, reason, str(error)) for i, _ in pending], job_id=job_id)
         return {"failed": len(pending)}
+    _give_back(ctx, job_id, pending)
     countdown = backoff(self.request.retries)
     log.warning("job %s: retrying %d items in %.0fs: %s", job_id, len(pending), countdown, error,
                 extra={"job_id": job_id})
     raise self.retry(kwargs={"message": make_message(job_id, pending)}, countdown=countdown)
+
+
+def _give_back(ctx, job_id: str, pending: list[tuple[int, str]]) -> None:
+    """Items waiting for a retry go back to "queued": "running" means a worker is at it now,
+    and the sweeper must not take a retry's wait for an abandoned item. The retry message
+    claims them again. If the database is what failed, they stay running (the sweeper's
+    business if the retry message is lost too)."""
+    try:
+        with session_scope(ctx.sessions) as s:
+            requeue(s, [i for i, _ in pending], job_id=job_id)
+    except Exception as exc:  # noqa: BLE001
+        if not is_transient_db_error(exc):
+            raise

@@ -268,12 +268,14 @@ def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
     return Sweep(requeued, sorted(failed))
 
 
-def requeue(session: Session, item_ids: int | Iterable[int]) -> None:
-    """Running items back to queued (a batch given back after a transient failure)."""
+def requeue(session: Session, item_ids: int | Iterable[int], job_id: str | None = None) -> None:
+    """Running items back to queued (a batch given back after a transient failure); with
+    ``job_id``, only items of that job change."""
     ids = _ids(item_ids)
     if ids:
         t = JobItem.__table__
-        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == "running")
+        scope = [t.c.job_id == job_id] if job_id is not None else []
+        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == "running", *scope)
                         .values(status="queued", updated_at=utcnow()))
 
 
