@@ -153,7 +153,7 @@ def e2e(stack, official_dir) -> E2E:
     expected[stack.put("bad/too_large.png", corpus.too_large_image())] = "too_large"
     stack.s3.put_object(Bucket=OTHER, Key="elsewhere.png", Body=corpus.good_images()["photo.jpg"])
     expected[f"s3://{OTHER}/elsewhere.png"] = "uri_not_allowed"
-    expected["/etc/hostname"] = "uri_not_allowed"
+    # (a local path is refused at submit now; test_forged_messages... has the worker refuse it)
     expected[f"s3://{IMAGES}/missing/no-such-key.png"] = "not_found"
 
     before = stack.worker.metrics()
@@ -451,11 +451,13 @@ def test_forged_messages_change_only_what_the_database_backs(stack):
     own_uris = _small_job_uris(stack, "forger", 2)
     with session_scope(stack.sessions) as s:  # jobs without messages of their own
         victim = create_job(s, victim_uris)
-        own = create_job(s, own_uris)
+        # a local path, which the client refuses at submit: a forged producer's job has one
+        own = create_job(s, own_uris + ["/etc/hostname"])
         victim_ids = [r["item_id"] for r in item_refs(s, victim)]
         own_ids = [r["item_id"] for r in item_refs(s, own)]
     message = make_message(own, [(victim_ids[0], own_uris[0]), (10**12, own_uris[0]),
-                                 (own_ids[0], victim_uris[1]), (own_ids[1], own_uris[1])])
+                                 (own_ids[0], victim_uris[1]), (own_ids[1], own_uris[1]),
+                                 (own_ids[2], "/etc/hostname")])
     message["items"].append({"item_id": "7; DROP TABLE jobs", "uri": 3})
     before = stack.worker.metrics()
     make_producer(stack.settings).send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE)
@@ -463,7 +465,8 @@ def test_forged_messages_change_only_what_the_database_backs(stack):
     with session_scope(stack.sessions) as s:
         assert job_status(s, victim)["queued"] == 2  # untouched
     rows = {r["id"]: r for r in item_rows(stack.sessions, own)}
-    assert [rows[i]["status"] for i in own_ids] == ["done", "done"]
+    assert [(rows[i]["status"], rows[i]["error_code"]) for i in own_ids] == [
+        ("done", None), ("done", None), ("failed", "uri_not_allowed")]
     from poundcam import client
 
     by_id = {r["item_id"]: r for r in client.results(own, settings=stack.settings)}
