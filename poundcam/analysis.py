@@ -34,6 +34,7 @@ from .cam import ComparativeCAM
 from .cam.render import display_original_pil, display_originals, encode_heatmaps, \
     original_overlay_scanlines, overlay_scanlines
 from .cam.batch_stats import compute_stats_batch
+from .constants import CamMethod, CamTarget, ErrorCode, JpegRoundtrip, Label, PreprocessPath
 from .preprocess.batched import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
     choose_path, iter_batches
 from .preprocess.decode import DecodeLimits
@@ -41,7 +42,6 @@ from .preprocess.geometry import CropGeometry
 
 log = logging.getLogger(__name__)
 
-LABELS = ("real", "fake")
 DISPLAY_REDUCING_GAP = 1.5  # Pillow-path originals: box-reduce, then bilinear (display only)
 STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
           "wait_encode", "wait_results")
@@ -54,16 +54,16 @@ class AnalysisOptions:
 
     threshold: float = 0.5          # label "fake" when P(fake) >= threshold
     cam_layer: int = -1
-    cam_target: str = "contrastive"
-    cam_method: str = "hirescam"    # or "gradcam"; see ComparativeCAM and docs/cam.md
+    cam_target: str = CamTarget.CONTRASTIVE
+    cam_method: str = CamMethod.HIRESCAM  # or gradcam; see ComparativeCAM and docs/cam.md
     batch_size: int = 32
     render: bool = True             # produce heatmap PNGs
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
-    preprocess: str = "auto"        # "auto" | "device" | "pillow" (preprocess.batched.choose_path)
+    preprocess: str = PreprocessPath.AUTO  # auto | device | pillow (preprocess.batched.choose_path)
     prefetch: int = 1               # batches preprocessed ahead of the device
     compile: bool = False           # torch.compile the CAM's no-autograd part (docs/cam.md)
-    jpeg_roundtrip: str = "codec"   # device path's quality-90 re-encode: "codec" | "tensor"
+    jpeg_roundtrip: str = JpegRoundtrip.CODEC  # the device path's quality-90 re-encode
 
 
 @dataclasses.dataclass
@@ -200,14 +200,14 @@ class _InputReader:
 
     def _admit(self, idx: int, key: Any, data: Any) -> None:
         if isinstance(data, BaseException):
-            self.failures[idx] = ItemOutcome(key, error_code=getattr(data, "code", "fetch_failed"),
-                                             error_message=str(data))
+            code = getattr(data, "code", ErrorCode.FETCH_FAILED)
+            self.failures[idx] = ItemOutcome(key, error_code=code, error_message=str(data))
             return
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
         if not isinstance(data, bytes):
             self.failures[idx] = ItemOutcome(
-                key, error_code="decode_failed",
+                key, error_code=ErrorCode.DECODE_FAILED,
                 error_message=f"expected image bytes, got {type(data).__name__}")
             return
         self._feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
@@ -533,7 +533,7 @@ class Analyzer:
             piece.wait()
             waited = time.perf_counter() - t0
             if r in piece.invalid:
-                return ItemOutcome(meta.key, error_code="cam_unavailable",
+                return ItemOutcome(meta.key, error_code=ErrorCode.CAM_UNAVAILABLE,
                                    error_message=piece.invalid[r], sha256=sha)
             heatmaps = {}
             if self.options.render:
@@ -550,7 +550,7 @@ class Analyzer:
             return ItemOutcome(meta.key, result=result, sha256=sha)
         except Exception as exc:  # one image's rendering must never take its batch down
             log.exception("unexpected error rendering %s", meta.key)
-            return ItemOutcome(meta.key, error_code="render_failed",
+            return ItemOutcome(meta.key, error_code=ErrorCode.RENDER_FAILED,
                                error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
         finally:
             self._add("wait_encode", waited)
@@ -563,7 +563,7 @@ class Analyzer:
             sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
             height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,
             logit_real=float(piece.logits[r, 0]), logit_fake=float(piece.logits[r, 1]),
-            label=LABELS[1] if p_fake >= self.options.threshold else LABELS[0],
+            label=Label.FAKE if p_fake >= self.options.threshold else Label.REAL,
             threshold=self.options.threshold, model_id=self.model_id,
             cam_config_id=self.cam_config_id,
             stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},

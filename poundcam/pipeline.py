@@ -27,6 +27,7 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from .analysis import Analyzer, ItemOutcome
+from .constants import ErrorCode
 from .db import (claim_items, find_analysis_ids, is_transient_db_error, mark_done_many,
                  mark_failed_many, session_scope, upsert_analyses)
 from .errors import PoundcamError
@@ -35,8 +36,6 @@ from .storage import ObjectStore, StorageError, heatmap_key
 log = logging.getLogger(__name__)
 
 DB_ATTEMPTS = 5
-# An item whose heatmaps the store refused for good (a missing bucket, access denied).
-HEATMAP_NOT_STORED = "heatmap_not_stored"
 
 
 class RetryLater(PoundcamError):
@@ -277,7 +276,7 @@ class _MessageRun:
         while self.stores and (block or self.stores[0][1] is None or self.stores[0][1].done()):
             outcome, future = self.stores.popleft()
             if future is None:
-                self._fail(outcome.key, outcome.error_code or "analysis_failed",
+                self._fail(outcome.key, outcome.error_code or ErrorCode.ANALYSIS_FAILED,
                            outcome.error_message or "")
             else:
                 self._settle_upload(outcome, future)
@@ -289,7 +288,7 @@ class _MessageRun:
             record = future.result()
         except StorageError as exc:
             if not exc.transient:
-                self._fail(outcome.key, HEATMAP_NOT_STORED, f"{exc.code}: {exc}")
+                self._fail(outcome.key, ErrorCode.HEATMAP_NOT_STORED, f"{exc.code}: {exc}")
                 return
             log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
                         extra={"item_id": outcome.key, "error_code": exc.code})

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from .analysis import AnalysisOptions, Analyzer
+from .constants import CompileMode, Device
 from .db import make_session_factory
 from .preprocess.decode import DecodeLimits
 from .model import load_poundnet
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
+    if setting == Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
+    if setting == Device.CUDA and not torch.cuda.is_available():
         from .settings import SettingsError
         raise SettingsError("POUNDCAM_DEVICE=cuda but no CUDA device is available")
     return torch.device(setting)
@@ -43,7 +44,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
     options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
                               cam_target=settings.cam_target, cam_method=settings.cam_method,
                               batch_size=settings.batch_size,
-                              preprocess=settings.preprocess, compile=settings.compile == "on",
+                              preprocess=settings.preprocess, compile=settings.compile == CompileMode.ON,
                               jpeg_roundtrip=settings.jpeg_roundtrip,
                               limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                                   max_pixels=settings.max_image_pixels))

@@ -12,14 +12,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from .constants import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, CamMethod, CamTarget,
+                        CompileMode, Device, JpegRoundtrip, PreprocessPath, StrEnum, values)
 from .errors import PoundcamError
 
-DEVICES = ("auto", "cpu", "cuda")
-PREPROCESS_PATHS = ("auto", "device", "pillow")
-CAM_TARGETS = ("contrastive", "logit")
-CAM_METHODS = ("gradcam", "hirescam")
-COMPILE_MODES = ("off", "on")
-JPEG_ROUNDTRIPS = ("codec", "tensor")
+# Fields whose value is one of an enum's (poundcam.constants); stored as the enum's member.
+CHOICES: dict[str, type[StrEnum]] = {
+    "device": Device,
+    "preprocess": PreprocessPath,
+    "cam_method": CamMethod,
+    "jpeg_roundtrip": JpegRoundtrip,
+    "compile": CompileMode,
+    "cam_target": CamTarget,
+}
 
 
 class SettingsError(PoundcamError):
@@ -68,21 +73,21 @@ class Settings:
     weights: str | None = field(default=None, metadata={"parse": _opt_str})
     weights_sha256: str | None = field(default=None, metadata={"parse": _opt_str})
     cache_dir: str | None = field(default=None, metadata={"parse": _opt_str})
-    device: str = field(default="auto", metadata={"parse": _str})
-    preprocess: str = field(default="auto", metadata={"parse": _str})
+    device: str = field(default=Device.AUTO, metadata={"parse": _str})
+    preprocess: str = field(default=PreprocessPath.AUTO, metadata={"parse": _str})
     # the device path's quality-90 re-encode: the codec, or tensor math (poundcam.preprocess.jpeg_tensor)
-    jpeg_roundtrip: str = field(default="codec", metadata={"parse": _str})
+    jpeg_roundtrip: str = field(default=JpegRoundtrip.CODEC, metadata={"parse": _str})
     batch_size: int = field(default=32, metadata={"parse": _int})
     threshold: float = field(default=0.5, metadata={"parse": _float})
     cam_layer: int = field(default=-1, metadata={"parse": _int})
-    cam_target: str = field(default="contrastive", metadata={"parse": _str})
+    cam_target: str = field(default=CamTarget.CONTRASTIVE, metadata={"parse": _str})
     # HiResCAM localizes at the last block where GradCAM's channel means do not
     # (docs/faithfulness.md); the library (ComparativeCAM) and the facade share this default.
-    cam_method: str = field(default="hirescam", metadata={"parse": _str})
+    cam_method: str = field(default=CamMethod.HIRESCAM, metadata={"parse": _str})
     # torch.compile for the CAM's no-autograd part (ComparativeCAM(compile=True)); docs/cam.md
-    compile: str = field(default="off", metadata={"parse": _str})
-    max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={"parse": _int})
-    max_image_pixels: int = field(default=8192 * 8192, metadata={"parse": _int})
+    compile: str = field(default=CompileMode.OFF, metadata={"parse": _str})
+    max_image_bytes: int = field(default=DEFAULT_MAX_IMAGE_BYTES, metadata={"parse": _int})
+    max_image_pixels: int = field(default=DEFAULT_MAX_IMAGE_PIXELS, metadata={"parse": _int})
     task_batch_size: int = field(default=64, metadata={"parse": _int})
     visibility_timeout_s: int = field(default=3600, metadata={"parse": _int})
     # a queue entry larger than this is refused (dead-lettered) before it is parsed
@@ -148,18 +153,10 @@ class Settings:
                 self._fail(f.name, "must be a string")
         if not self.database_url:
             self._fail("database_url", "must not be empty")
-        if self.device not in DEVICES:
-            self._fail("device", f"must be one of {', '.join(DEVICES)}")
-        if self.preprocess not in PREPROCESS_PATHS:
-            self._fail("preprocess", f"must be one of {', '.join(PREPROCESS_PATHS)}")
-        if self.cam_method not in CAM_METHODS:
-            self._fail("cam_method", f"must be one of {', '.join(CAM_METHODS)}")
-        if self.jpeg_roundtrip not in JPEG_ROUNDTRIPS:
-            self._fail("jpeg_roundtrip", f"must be one of {', '.join(JPEG_ROUNDTRIPS)}")
-        if self.compile not in COMPILE_MODES:
-            self._fail("compile", f"must be one of {', '.join(COMPILE_MODES)}")
-        if self.cam_target not in CAM_TARGETS:
-            self._fail("cam_target", f"must be one of {', '.join(CAM_TARGETS)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in values(choices):
+                self._fail(name, f"must be one of {', '.join(values(choices))}")
+            object.__setattr__(self, name, choices(getattr(self, name)))
         if not 0.0 <= self.threshold <= 1.0:
             self._fail("threshold", "must be between 0 and 1")
         for name in ("batch_size", "max_image_bytes", "max_image_pixels", "task_batch_size",

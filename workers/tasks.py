@@ -12,8 +12,8 @@ import logging
 import random
 import time
 
-from poundcam.db import (RETRIES_EXHAUSTED, is_transient_db_error, mark_failed_many, requeue,
-                         session_scope)
+from poundcam.constants import ErrorCode
+from poundcam.db import is_transient_db_error, mark_failed_many, requeue, session_scope
 from poundcam.messaging import TASK_NAME, MessageError, make_message, parse_message
 from poundcam.pipeline import RetryLater, process_items
 
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
-DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def backoff(retries: int, rng: random.Random | None = None) -> float:
@@ -58,11 +57,11 @@ def analyze(self, message):
         report = process_items(ctx, items, job_id=job_id)
     except RetryLater as exc:
         pending = [(i, u) for i, u in items if i in set(exc.item_ids)]
-        reason, error = RETRIES_EXHAUSTED, exc
+        reason, error = ErrorCode.RETRIES_EXHAUSTED, exc
     except Exception as exc:
         if not is_transient_db_error(exc):
             raise
-        reason, error = DATABASE_UNAVAILABLE, exc
+        reason, error = ErrorCode.DATABASE_UNAVAILABLE, exc
     else:
         log.info("job %s: %d done, %d reused, %d failed, %d already finished, %d not backed",
                  job_id, report.done, report.reused, report.failed, report.skipped,

@@ -21,6 +21,7 @@ import abc
 
 import torch
 
+from ..constants import CamTarget
 from ..model.intermediates import POINTS, BlockActivation
 from .base import CAMMethod, ClassMaps
 from .targets import class_gradients
@@ -32,7 +33,7 @@ class ActivationCAM(CAMMethod):
 
     default_layer = -1
 
-    def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1",
+    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE, point: str = "ln_1",
                  compile: bool = False, compile_batch: int | None = None):
         if point not in POINTS:
             raise ValueError(f"point must be one of {POINTS}, not {point!r}")

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from ..constants import CamMethod
 from .targets import TARGETS
 
 
@@ -32,7 +33,7 @@ class CAMResult:
     target: str
     point: str = "ln_1"
     invalid: dict[int, str] = dataclasses.field(default_factory=dict)
-    method: str = "hirescam"
+    method: str = CamMethod.HIRESCAM
 
     @property
     def grid(self) -> int:

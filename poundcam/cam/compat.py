@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..constants import LABELS, CamTarget
 from .engine import DEFAULT_METHOD, ComparativeCAM
 
-_CLASS_INDEX = {"real": 0, "fake": 1, 0: 0, 1: 1}
+_CLASS_INDEX: dict[str | int, int] = {**{label: i for i, label in enumerate(LABELS)}, 0: 0, 1: 1}
 SCALES = ("shared", "per_map")
 
 
@@ -30,7 +31,7 @@ class PoundNetGradCAM:
         ValueError: For an unknown scale (and whatever ComparativeCAM refuses).
     """
 
-    def __init__(self, model, layer: int = -1, target: str = "contrastive",
+    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE,
                  method: str = DEFAULT_METHOD, scale: str = "shared"):
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
@@ -100,10 +101,10 @@ class PoundNetGradCAM:
         res = self.cam.attribute(input_tensor)
         size = input_tensor.shape[-2:]
         real, fake = self._upsample(res.real, size), self._upsample(res.fake, size)
-        if res.target == "contrastive":
+        if res.target == CamTarget.CONTRASTIVE:
             signed = fake - real
         else:
-            contrastive = ComparativeCAM(self.model, layer=self.cam.layer, target="contrastive",
+            contrastive = ComparativeCAM(self.model, layer=self.cam.layer, target=CamTarget.CONTRASTIVE,
                                          method=self.cam.method)
             signed = self._upsample(contrastive.attribute(input_tensor).signed(), size)
         if self.scale == "per_map":

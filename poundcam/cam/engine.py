@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import CamMethod, CamTarget, values
 from ..errors import CAMError
 from .base import CAMMethod, CAMResult
 from .gradcam import GradCAM
 from .hirescam import HiResCAM
 
-METHODS: dict[str, type[CAMMethod]] = {"hirescam": HiResCAM, "gradcam": GradCAM}
-DEFAULT_METHOD = "hirescam"
+METHODS: dict[str, type[CAMMethod]] = {CamMethod.HIRESCAM: HiResCAM, CamMethod.GRADCAM: GradCAM}
+DEFAULT_METHOD = CamMethod.HIRESCAM
 ON_INVALID = ("raise", "report")
 
 __all__ = ["CAMResult", "ComparativeCAM", "DEFAULT_METHOD", "METHODS"]
@@ -47,11 +48,11 @@ class ComparativeCAM:
         ValueError: For an unknown method, target or point, or a layer out of range.
     """
 
-    def __init__(self, model, layer: int = -1, target: str = "contrastive", point: str = "ln_1",
+    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE, point: str = "ln_1",
                  method: str = DEFAULT_METHOD, compile: bool = False,
                  compile_batch: int | None = None):
         if method not in METHODS:
-            raise ValueError(f"method must be one of {tuple(METHODS)}, not {method!r}")
+            raise ValueError(f"method must be one of {values(CamMethod)}, not {method!r}")
         self.model = model
         self.method = method
         self.explainer = METHODS[method](model, layer=layer, target=target, point=point,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import CamMethod
 from .activation import ActivationCAM
 
 
@@ -11,7 +12,7 @@ class GradCAM(ActivationCAM):
     """map[t] = sum_c A[t, c] * mean_t' G[t', c]. Averaging over all tokens can let the rest of
     the image outvote a small region (docs/faithfulness.md)."""
 
-    name = "gradcam"
+    name = CamMethod.GRADCAM
 
     @staticmethod
     def weights(grad: torch.Tensor) -> torch.Tensor:

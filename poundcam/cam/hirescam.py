@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import CamMethod
 from .activation import ActivationCAM
 
 
@@ -10,7 +11,7 @@ class HiResCAM(ActivationCAM):
     """map[t] = sum_c A[t, c] * G[t, c], the token's gradient x activation: its first-order
     contribution to the score. The default method."""
 
-    name = "hirescam"
+    name = CamMethod.HIRESCAM
 
     @staticmethod
     def weights(grad: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..colormap import OVERLAY_ALPHA, RAMP
+from ..constants import LABELS
 from ..preprocess.batching import map_in_groups
 from ..preprocess.geometry import CropGeometry
 from ..preprocess.transform import CLIP_MEAN, CLIP_STD
@@ -39,7 +40,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
 ALPHA = OVERLAY_ALPHA
 COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps are tiny)
-MAPS = ("real", "fake")  # index 0 and 1 of the map axis in the batched functions
+MAPS = LABELS  # index 0 and 1 of the map axis in the batched functions
 PNG_FILTER_UP = 2
 
 _RAMP = np.array(RAMP)  # poundcam/colormap.py: shared with the report's legend

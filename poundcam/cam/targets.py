@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
-TARGETS = ("contrastive", "logit")
-REAL, FAKE = 0, 1
+from ..constants import LABELS, CamTarget, Label, values
+
+TARGETS = values(CamTarget)
+REAL, FAKE = LABELS.index(Label.REAL), LABELS.index(Label.FAKE)  # columns of the logits
 
 
 def class_gradients(logits: torch.Tensor, leaf: torch.Tensor, target: str) -> dict[str, torch.Tensor]:
@@ -18,12 +20,12 @@ def class_gradients(logits: torch.Tensor, leaf: torch.Tensor, target: str) -> di
 
     Images are independent in the graph, so the gradient of the batch sum is each image's own.
     """
-    if target == "contrastive":
+    if target == CamTarget.CONTRASTIVE:
         score = (logits[:, FAKE] - logits[:, REAL]).sum()
         (grad,) = torch.autograd.grad(score, leaf)
         return {"signed": grad}
-    if target == "logit":
+    if target == CamTarget.LOGIT:
         (g_real,) = torch.autograd.grad(logits[:, REAL].sum(), leaf, retain_graph=True)
         (g_fake,) = torch.autograd.grad(logits[:, FAKE].sum(), leaf)
-        return {"real": g_real, "fake": g_fake}
+        return {Label.REAL: g_real, Label.FAKE: g_fake}
     raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")

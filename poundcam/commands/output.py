@@ -11,6 +11,8 @@ import csv
 import io
 import json
 
+from ..constants import LABELS
+
 # The leading CSV columns, in order; CAM statistics and heatmap keys follow.
 RESULT_COLUMNS = ("uri", "status", "error_code", "error_message", "sha256", "p_fake",
                   "threshold", "label", "model_id")
@@ -26,7 +28,7 @@ def flat_record(row: dict) -> dict:
     stats = row.get("stats") or {}
     out = {k: row.get(k) for k in RESULT_COLUMNS}
     out["cam_config_id"] = row.get("cam_config_id")
-    for cls in ("real", "fake"):
+    for cls in LABELS:
         s = stats.get(cls) or {}
         out[f"{cls}_max"] = s.get("max")
         out[f"{cls}_area_half_max"] = s.get("area_half_max")

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..constants import LABELS, CamMethod, CamTarget, CompileMode, Device, ItemState, Label, values
 from .common import add_db_option, client_for
 from .output import format_results, results_document, table
 
@@ -52,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("job_id")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help='json: {"job_id", "results": [...]}, the shape of `analyze --json`')
-    p.add_argument("--label", choices=("real", "fake"))
+    p.add_argument("--label", choices=LABELS)
     p.add_argument("--min-prob", type=probability, metavar="P",
                    help="only items with P(fake) >= P (0 to 1)")
     add_db_option(p)
@@ -71,13 +72,13 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help="database URL (default sqlite:///./poundcam.db)")
     p.add_argument("--out", default=None, help="heatmap folder (default ./poundcam-out)")
     p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--device", choices=values(Device), default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
-    p.add_argument("--target", choices=("contrastive", "logit"), default=None, help="CAM target")
-    p.add_argument("--method", choices=("gradcam", "hirescam"), default=None,
+    p.add_argument("--target", choices=values(CamTarget), default=None, help="CAM target")
+    p.add_argument("--method", choices=values(CamMethod), default=None,
                    help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)")
-    p.add_argument("--compile", choices=("off", "on"), default=None,
+    p.add_argument("--compile", choices=values(CompileMode), default=None,
                    help="torch.compile the CAM's no-autograd part (default POUNDCAM_COMPILE or off)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
@@ -274,8 +275,8 @@ def _analyze(args) -> int:
         print(results_document(job_id, rows), end="")
     else:
         print(format_results(rows, "table"), end="")
-        done = sum(r["status"] == "done" for r in rows)
-        fake = sum(r.get("label") == "fake" for r in rows)
+        done = sum(r["status"] == ItemState.DONE for r in rows)
+        fake = sum(r.get("label") == Label.FAKE for r in rows)
         print(f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "
               f"{len(rows) - done} failed; database {settings.database_url}, heatmaps in {out}")
-    return 0 if all(r["status"] == "done" for r in rows) else 1
+    return 0 if all(r["status"] == ItemState.DONE for r in rows) else 1

@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..constants import ItemState
 from .common import add_db_option
 
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
@@ -144,7 +145,7 @@ def _report(args) -> int:
                         selection=_selection(args, len(rows), len(all_rows)), sort=args.sort)
     out = Path(args.out)
     write_atomically(out, html)
-    done = sum(r["status"] == "done" for r in rows)
+    done = sum(r["status"] == ItemState.DONE for r in rows)
     print(f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
           f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}")
     return 0

@@ -15,8 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-ITEM_STATES = ("queued", "running", "done", "failed")
-LABELS = ("real", "fake")
+from ..constants import ITEM_STATES, LABELS, ItemState
 
 # JSONB on PostgreSQL (queryable, indexable), JSON text elsewhere.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -30,6 +29,13 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def one_of(column: str, allowed: tuple[str, ...]) -> str:
+    """The SQL of a CHECK constraint: ``column IN ('a', 'b')``. The migrations spell their
+    constraints out; a test checks that they match these."""
+    quoted = ", ".join(f"'{value}'" for value in allowed)
+    return f"{column} IN ({quoted})"
 
 
 def utcnow() -> datetime:
@@ -85,7 +91,7 @@ class Analysis(Base):
     __table_args__ = (
         # The identity of an analysis; its index also serves lookups by sha256 alone.
         sa.UniqueConstraint("sha256", "model_id", "cam_config_id"),
-        sa.CheckConstraint("label IN ('real', 'fake')", name="label"),
+        sa.CheckConstraint(one_of("label", LABELS), name="label"),
         sa.Index(None, "label", "p_fake"),
         sa.Index(None, "created_at"),
     )
@@ -99,8 +105,8 @@ class JobItem(Base):
         sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(sa.Integer)
     uri: Mapped[str] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16), default="queued",
-                                        server_default="queued")
+    status: Mapped[str] = mapped_column(sa.String(16), default=ItemState.QUEUED.value,
+                                        server_default=ItemState.QUEUED.value)
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
@@ -113,7 +119,7 @@ class JobItem(Base):
     __table_args__ = (
         # One row per position in a job; its index serves "the items of a job, in order".
         sa.UniqueConstraint("job_id", "position"),
-        sa.CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="status"),
+        sa.CheckConstraint(one_of("status", ITEM_STATES), name="status"),
         sa.Index(None, "job_id", "status"),
         sa.Index(None, "analysis_id"),
     )

@@ -14,8 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..constants import ITEM_STATES, LABELS, ErrorCode, ItemState
 from ..errors import PoundcamError
-from .models import ITEM_STATES, LABELS, Analysis, Job, JobItem, new_job_id, utcnow
+from .models import Analysis, Job, JobItem, new_job_id, utcnow
 
 MAX_ERROR_MESSAGE = 2000
 
@@ -135,12 +136,12 @@ def create_job(session: Session, uris: Iterable[str], options: Mapping[str, Any]
     if uris:
         now = utcnow()
         session.execute(sa.insert(JobItem.__table__), [
-            {"job_id": job_id, "position": i, "uri": u, "status": "queued", "attempts": 0,
+            {"job_id": job_id, "position": i, "uri": u, "status": ItemState.QUEUED, "attempts": 0,
              "updated_at": now} for i, u in enumerate(uris)])
     return job_id
 
 
-def item_refs(session: Session, job_id: str, status: str | None = "queued") -> list[dict]:
+def item_refs(session: Session, job_id: str, status: str | None = ItemState.QUEUED) -> list[dict]:
     """``[{"item_id", "uri"}]`` of a job's items in order (by default the queued ones): what a
     task message carries."""
     q = sa.select(JobItem.id, JobItem.uri).where(JobItem.job_id == job_id)
@@ -161,10 +162,11 @@ def mark_running(session: Session, item_ids: int | Iterable[int]) -> list[int]:
     if not ids:
         return []
     t = JobItem.__table__
-    session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status.in_(("queued", "running")))
-                    .values(status="running", attempts=t.c.attempts + 1, updated_at=utcnow()))
+    claimable = t.c.status.in_((ItemState.QUEUED, ItemState.RUNNING))
+    session.execute(sa.update(t).where(t.c.id.in_(ids), claimable)
+                    .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow()))
     return list(session.execute(
-        sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == "running")).scalars())
+        sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING)).scalars())
 
 
 @dataclasses.dataclass
@@ -184,17 +186,18 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
     scope = [t.c.id.in_(ids)] + ([t.c.job_id == job_id] if job_id is not None else [])
     if not ids:
         return Claim({}, set())
-    session.execute(sa.update(t).where(*scope, t.c.status.in_(("queued", "running")))
-                    .values(status="running", attempts=t.c.attempts + 1, updated_at=utcnow()))
+    claimable = t.c.status.in_((ItemState.QUEUED, ItemState.RUNNING))
+    session.execute(sa.update(t).where(*scope, claimable)
+                    .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow()))
     rows = session.execute(sa.select(t.c.id, t.c.uri, t.c.status).where(*scope)).all()
-    return Claim({r.id: r.uri for r in rows if r.status == "running"}, {r.id for r in rows})
+    return Claim({r.id: r.uri for r in rows if r.status == ItemState.RUNNING}, {r.id for r in rows})
 
 
 def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
     """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
     t = JobItem.__table__
     session.execute(sa.update(t).where(t.c.id == int(item_id)).values(
-        status="done", analysis_id=int(analysis_id), error_code=None, error_message=None,
+        status=ItemState.DONE, analysis_id=int(analysis_id), error_code=None, error_message=None,
         updated_at=utcnow()))
 
 
@@ -204,7 +207,7 @@ def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
     if rows:
         t = JobItem.__table__
         session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id")).values(
-            status="done", analysis_id=sa.bindparam("b_analysis"), error_code=None,
+            status=ItemState.DONE, analysis_id=sa.bindparam("b_analysis"), error_code=None,
             error_message=None, updated_at=utcnow()), rows)
 
 
@@ -222,9 +225,9 @@ def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]],
     if rows:
         t = JobItem.__table__
         scope = [t.c.job_id == job_id] if job_id is not None else []
-        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != "done",
+        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != ItemState.DONE,
                                            *scope)
-                        .values(status="failed", error_code=sa.bindparam("b_code"),
+                        .values(status=ItemState.FAILED, error_code=sa.bindparam("b_code"),
                                 error_message=sa.bindparam("b_message"), updated_at=utcnow()),
                         rows)
 
@@ -238,9 +241,6 @@ class Sweep:
     failed: list[int]
 
 
-RETRIES_EXHAUSTED = "retries_exhausted"
-
-
 def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
                     now: datetime | None = None, limit: int = 10000) -> Sweep:
     """Give back items left "running" for more than ``older_than_s`` seconds (their worker is
@@ -249,20 +249,20 @@ def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
     running at once never give back the same item twice."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
     t = JobItem.__table__
-    stale = (t.c.status == "running", t.c.updated_at < cutoff)
+    stale = (t.c.status == ItemState.RUNNING, t.c.updated_at < cutoff)
     rows = session.execute(sa.select(t.c.id, t.c.attempts).where(*stale)
                            .order_by(t.c.id).limit(limit)).all()
     exhausted = [r.id for r in rows if r.attempts >= max_attempts]
     back = [r.id for r in rows if r.attempts < max_attempts]
     failed = list(session.execute(
         sa.update(t).where(t.c.id.in_(exhausted), *stale).values(
-            status="failed", error_code=RETRIES_EXHAUSTED, updated_at=utcnow(),
+            status=ItemState.FAILED, error_code=ErrorCode.RETRIES_EXHAUSTED, updated_at=utcnow(),
             error_message=f"abandoned while running, {max_attempts} attempts used")
         .returning(t.c.id)).scalars()) if exhausted else []
     requeued: dict[str, list[tuple[int, str]]] = {}
     if back:
         for r in session.execute(sa.update(t).where(t.c.id.in_(back), *stale)
-                                 .values(status="queued", updated_at=utcnow())
+                                 .values(status=ItemState.QUEUED, updated_at=utcnow())
                                  .returning(t.c.id, t.c.job_id, t.c.uri)):
             requeued.setdefault(r.job_id, []).append((r.id, r.uri))
     return Sweep(requeued, sorted(failed))
@@ -275,8 +275,8 @@ def requeue(session: Session, item_ids: int | Iterable[int], job_id: str | None 
     if ids:
         t = JobItem.__table__
         scope = [t.c.job_id == job_id] if job_id is not None else []
-        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == "running", *scope)
-                        .values(status="queued", updated_at=utcnow()))
+        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING, *scope)
+                        .values(status=ItemState.QUEUED, updated_at=utcnow()))
 
 
 def find_job_by_key(session: Session, key: str) -> str | None:
@@ -320,7 +320,7 @@ def list_jobs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
         out.append({"job_id": j.id, "created_at": j.created_at,
                     "mode": (j.options or {}).get("mode", "distributed"),
                     "total": sum(c.values()), **c,
-                    "finished": c["queued"] == 0 and c["running"] == 0})
+                    "finished": c[ItemState.QUEUED] == 0 and c[ItemState.RUNNING] == 0})
     return out
 
 
@@ -335,7 +335,7 @@ def job_status(session: Session, job_id: str) -> dict[str, Any]:
         counts[status] = int(n)
     total = sum(counts.values())
     return {"job_id": job_id, "total": total, **counts,
-            "finished": counts["queued"] == 0 and counts["running"] == 0}
+            "finished": counts[ItemState.QUEUED] == 0 and counts[ItemState.RUNNING] == 0}
 
 
 def job_results(session: Session, job_id: str, label: str | None = None,

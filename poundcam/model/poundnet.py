@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import nn
 
+from ..constants import LABELS
 from .config import PoundNetConfig
 from .intermediates import POINTS, BlockActivation, BlockAttention
 
@@ -301,7 +302,7 @@ class PoundNet(nn.Module):
             ``PoundNet.from_checkpoint``, which reads it from the checkpoint's shapes.
     """
 
-    CLASSES = ("real", "fake")
+    CLASSES = LABELS
 
     def __init__(self, cfg: PoundNetConfig | None = None):
         super().__init__()

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..constants import ErrorCode, JpegRoundtrip, PreprocessPath, values
 from .batching import map_in_groups
 from .decode import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
 from .jpeg_header import JpegHeader, read_jpeg_header
@@ -58,39 +59,37 @@ with warnings.catch_warnings():  # torchvision's image I/O warns of its deprecat
 log = logging.getLogger(__name__)
 
 ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
-SETTINGS = ("auto", "device", "pillow")
-PATHS = ("device", "pillow")
-ROUNDTRIPS = ("codec", "tensor")  # how the device path re-encodes at quality 90
+SETTINGS = values(PreprocessPath)
+ROUNDTRIPS = values(JpegRoundtrip)  # how the device path re-encodes at quality 90
 MAX_IN_FLIGHT = 2  # CUDA: batches queued on the device before preprocess_batch waits for one
-DECODE_FAILED = "decode_failed"  # an unexpected exception while preprocessing one input
 
 
 def preprocess_setting(environ: Mapping[str, str] | None = None) -> str:
     """POUNDCAM_PREPROCESS ("auto" when unset); a ValueError names the variable if invalid."""
     environ = os.environ if environ is None else environ
-    value = environ.get(ENV_PREPROCESS, "").strip().lower() or "auto"
+    value = environ.get(ENV_PREPROCESS, "").strip().lower() or PreprocessPath.AUTO
     if value not in SETTINGS:
         raise ValueError(f"{ENV_PREPROCESS}={environ[ENV_PREPROCESS]!r} must be one of "
                          f"{', '.join(SETTINGS)}")
     return value
 
 
-def choose_path(device: str | torch.device, setting: str | None = "auto") -> str:
+def choose_path(device: str | torch.device, setting: str | None = PreprocessPath.AUTO) -> PreprocessPath:
     """The preprocessing path for ``device``: "device" on CUDA, "pillow" elsewhere, unless
     ``setting`` ("auto" | "device" | "pillow"; None means "auto") forces one."""
-    setting = "auto" if setting is None else setting
+    setting = PreprocessPath.AUTO if setting is None else setting
     if setting not in SETTINGS:
         raise ValueError(f"preprocessing setting must be one of {', '.join(SETTINGS)}, "
                          f"got {setting!r}")
-    if setting != "auto":
-        return setting
-    return "device" if torch.device(device).type == "cuda" else "pillow"
+    if setting != PreprocessPath.AUTO:
+        return PreprocessPath(setting)
+    return PreprocessPath.DEVICE if torch.device(device).type == "cuda" else PreprocessPath.PILLOW
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageDecodeFailure:
     """An input that could not be preprocessed; ``code`` is poundcam.preprocess.decode's error code
-    (or "decode_failed" for an unexpected error)."""
+    (or ``ErrorCode.DECODE_FAILED`` for an unexpected error)."""
 
     index: int
     code: str
@@ -363,7 +362,8 @@ def _each(fn, inputs: list, **kw) -> list:
 
 
 def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], device: torch.device,
-                     keep_originals: bool = False, roundtrip: str = "codec") -> list[tuple | Exception]:
+                     keep_originals: bool = False,
+                     roundtrip: str = JpegRoundtrip.CODEC) -> list[tuple | Exception]:
     """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
     on the device, geometry, the upright decoded original or None) or the exception that
     stopped it. ``roundtrip``: "codec" (the JPEG encoder and decoder) or "tensor"
@@ -382,7 +382,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     upright = [orient(first[i], headers[i].orientation) for i in live]
     del first
     originals = dict(zip(live, upright)) if keep_originals else {}
-    if roundtrip == "tensor":
+    if roundtrip == JpegRoundtrip.TENSOR:
         live2, second = live, _each(jpeg_roundtrip_tensors, upright)
     else:
         live2, second = _codec_roundtrip(live, upright, out, device)
@@ -435,7 +435,7 @@ def _pillow_one(data: bytes, limits: DecodeLimits):
         return exc.code, str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad input never fails its batch
         log.exception("unexpected error preprocessing an input with Pillow")
-        return DECODE_FAILED, f"{type(exc).__name__}: {exc}"
+        return ErrorCode.DECODE_FAILED, f"{type(exc).__name__}: {exc}"
 
 
 # --- the preprocessor -------------------------------------------------------------------------
@@ -454,7 +454,7 @@ class DevicePreprocessor:
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
                  force: str | None = None, limits: DecodeLimits | None = None,
-                 keep_originals: bool = False, roundtrip: str = "codec"):
+                 keep_originals: bool = False, roundtrip: str = JpegRoundtrip.CODEC):
         if roundtrip not in ROUNDTRIPS:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIPS)}, got {roundtrip!r}")
         self.roundtrip = roundtrip
@@ -480,10 +480,12 @@ class DevicePreprocessor:
 
     def plan(self, data: bytes) -> tuple[str, JpegHeader | None, str | None]:
         """(path, header, reason) for one input under this preprocessor's default path."""
-        if self.path == "pillow":
-            return "pillow", None, None
+        if self.path == PreprocessPath.PILLOW:
+            return PreprocessPath.PILLOW, None, None
         header, reason = plan_input(data, self.limits)
-        return ("device", header, None) if header is not None else ("pillow", None, reason)
+        if header is None:
+            return PreprocessPath.PILLOW, None, reason
+        return PreprocessPath.DEVICE, header, None
 
     def preprocess_batch(self, items: Sequence[bytes], wait: bool = True) -> PreprocessedBatch:
         """The batch for ``items`` (image bytes). On CUDA its work is queued on this
@@ -501,8 +503,9 @@ class DevicePreprocessor:
         plans = [self.plan(d) for d in datas]
         reasons = {i: r for i, (_, _, r) in enumerate(plans) if r is not None}
         pillow_futures = {i: self._pool.submit(_pillow_one, d, self.limits)
-                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans)) if path == "pillow"}
-        dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == "device"]
+                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans))
+                          if path == PreprocessPath.PILLOW}
+        dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == PreprocessPath.DEVICE]
         dev_out = self._run_device([datas[i] for i in dev_idx], [plans[i][1] for i in dev_idx])
         dev_results: dict[int, tuple] = {}
         for i, res in zip(dev_idx, dev_out):
@@ -551,7 +554,7 @@ class DevicePreprocessor:
             if i in dev_results:
                 crop, geom, original = dev_results[i]
                 batch.items.append(PreprocessedItem(
-                    index=i, row=row, path="device", geometry=geom, format="JPEG",
+                    index=i, row=row, path=PreprocessPath.DEVICE, geometry=geom, format="JPEG",
                     original_mode="L" if headers[i].components == 1 else "RGB",
                     reason=None, _batch=batch, _data=data, _original=original))
                 batch._crop_rows[row] = len(dev_crops)
@@ -564,7 +567,7 @@ class DevicePreprocessor:
                     continue
                 t, geom, crop, decoded = res
                 batch.items.append(PreprocessedItem(
-                    index=i, row=row, path="pillow", geometry=geom, format=decoded.format,
+                    index=i, row=row, path=PreprocessPath.PILLOW, geometry=geom, format=decoded.format,
                     original_mode=decoded.original_mode, reason=reasons.get(i), _batch=batch,
                     _data=data, _crop=crop, _decoded=decoded))
                 pil_rows.append(row)

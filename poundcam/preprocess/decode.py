@@ -32,6 +32,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from poundcam.constants import (DECODE_ERROR_CODES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
+                                ErrorCode)
 from poundcam.errors import PoundcamError
 
 # Register every Pillow plugin now, once, rather than lazily from worker threads.
@@ -40,20 +42,7 @@ Image.init()
 ENV_MAX_BYTES = "POUNDCAM_MAX_IMAGE_BYTES"
 ENV_MAX_PIXELS = "POUNDCAM_MAX_IMAGE_PIXELS"
 
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 8192 * 8192  # 67,108,864; the same default as poundcam.settings
 DEFAULT_ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
-
-ERROR_CODES = frozenset({
-    "empty",
-    "too_large",
-    "too_many_pixels",
-    "decompression_bomb",
-    "not_an_image",
-    "unsupported_format",
-    "truncated",
-    "corrupt",
-})
 
 ORIENTATION_TAG = 0x0112
 
@@ -73,13 +62,14 @@ _FAMILY = {"MPO": "JPEG"}
 
 
 class ImageDecodeError(PoundcamError):
-    """Image bytes that cannot be turned into an RGB image; ``code`` says why (ERROR_CODES)."""
+    """Image bytes that cannot be turned into an RGB image; ``code`` says why (one of
+    ``poundcam.constants.DECODE_ERROR_CODES``)."""
 
     def __init__(self, code: str, message: str):
-        if code not in ERROR_CODES:
+        if code not in DECODE_ERROR_CODES:
             raise ValueError(f"unknown image decode error code {code!r}")
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
 
     def __reduce__(self):
@@ -98,8 +88,8 @@ class DecodeLimits:
         rejected as ``unsupported_format`` without being decoded.
     """
 
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     allowed_formats: frozenset[str] = DEFAULT_ALLOWED_FORMATS
 
     def __post_init__(self):
@@ -163,10 +153,10 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
             raise TypeError(f"decode_image needs bytes, got {type(data).__name__}")
         data = bytes(data)
     if not data:
-        raise ImageDecodeError("empty", "the image is empty (0 bytes)")
+        raise ImageDecodeError(ErrorCode.EMPTY, "the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageDecodeError(
-            "too_large",
+            ErrorCode.TOO_LARGE,
             f"the image is {len(data):,} bytes, over the limit of {limits.max_bytes:,} bytes "
             f"({ENV_MAX_BYTES})")
     digest = hashlib.sha256(data).hexdigest()
@@ -175,7 +165,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
     if fmt is None:
         what = describe_non_image(data)
         if what is not None:
-            raise ImageDecodeError("not_an_image", f"not an image: the bytes look like {what}")
+            raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE, f"not an image: the bytes look like {what}")
         image = _identify_unknown(data)
         fmt = _family(image.format)
         if fmt not in limits.allowed_formats:
@@ -186,7 +176,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
             raise _unsupported(fmt, limits)
         if fmt not in Image.OPEN:
             raise ImageDecodeError(
-                "unsupported_format", f"{fmt} images cannot be decoded by this installation")
+                ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} images cannot be decoded by this installation")
         image = _identify(data, fmt)
 
     try:
@@ -205,10 +195,10 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
 def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits) -> DecodedImage:
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise ImageDecodeError("corrupt", f"{fmt} header declares an empty size {width}x{height}")
+        raise ImageDecodeError(ErrorCode.CORRUPT, f"{fmt} header declares an empty size {width}x{height}")
     if width * height > limits.max_pixels:
         raise ImageDecodeError(
-            "too_many_pixels",
+            ErrorCode.TOO_MANY_PIXELS,
             f"the {fmt} image declares {width}x{height} = {width * height:,} pixels, over the "
             f"limit of {limits.max_pixels:,} ({ENV_MAX_PIXELS}); it was not decoded")
     n_frames = int(getattr(image, "n_frames", 1) or 1)
@@ -382,7 +372,7 @@ def _family(pillow_format: str | None) -> str:
 
 def _unsupported(fmt: str, limits: DecodeLimits) -> ImageDecodeError:
     allowed = ", ".join(sorted(limits.allowed_formats))
-    return ImageDecodeError("unsupported_format",
+    return ImageDecodeError(ErrorCode.UNSUPPORTED_FORMAT,
                             f"{fmt} images are not accepted (accepted: {allowed})")
 
 
@@ -400,13 +390,13 @@ def _identify_unknown(data: bytes):
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageDecodeError("not_an_image",
+        raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE,
                                "not an image: unrecognised binary data") from None
     except Exception as exc:  # noqa: BLE001
         error = _classify(exc, data, None)
-        if error.code == "decompression_bomb":
+        if error.code == ErrorCode.DECOMPRESSION_BOMB:
             raise error from exc
-        raise ImageDecodeError("not_an_image",
+        raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE,
                                f"not an image: unrecognised binary data ({exc})") from exc
 
 
@@ -415,18 +405,19 @@ def _identify_unknown(data: bytes):
 def _classify(exc: BaseException, data: bytes, fmt: str | None) -> ImageDecodeError:
     name = fmt or "image"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return ImageDecodeError("decompression_bomb", f"{name} rejected as a decompression "
+        return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
                                 f"bomb before decoding: {exc}")
     text = str(exc)
     if "decompressed data too large" in text.lower():  # PNG text/ICC chunk bombs
-        return ImageDecodeError("decompression_bomb", f"{name} rejected as a decompression "
+        return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
                                 f"bomb: {text}")
     if (isinstance(exc, EOFError) or "truncated" in text.lower()
             or _looks_truncated(data, fmt)):
-        return ImageDecodeError("truncated", f"{name} file is truncated: {text or type(exc).__name__}")
+        return ImageDecodeError(ErrorCode.TRUNCATED,
+                                f"{name} file is truncated: {text or type(exc).__name__}")
     if isinstance(exc, UnidentifiedImageError):
         text = "the header cannot be parsed"
-    return ImageDecodeError("corrupt", f"{name} file is corrupt: {text or type(exc).__name__}")
+    return ImageDecodeError(ErrorCode.CORRUPT, f"{name} file is corrupt: {text or type(exc).__name__}")
 
 
 def _looks_truncated(data: bytes, fmt: str | None) -> bool:

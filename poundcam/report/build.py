@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from markupsafe import Markup
 
 from ..colormap import css_gradient
+from ..constants import ItemState, Label
 from .data import PANELS, report_items
 from .images import EmbeddedImages, LinkedImages, Picture
 
@@ -120,11 +121,11 @@ def build_report(rows: Iterable[Mapping[str, Any]],
     generated_at = generated_at or datetime.now(timezone.utc)
     title = title or (f"poundcam review: job {job_id}" if job_id else "poundcam review")
 
-    done = [r for r in rows if r.get("status") == "done"]
+    done = [r for r in rows if r.get("status") == ItemState.DONE]
     counts = {"items": len(rows), "done": len(done),
-              "failed": sum(r.get("status") == "failed" for r in rows),
-              "fake": sum(r.get("label") == "fake" for r in done),
-              "real": sum(r.get("label") == "real" for r in done)}
+              "failed": sum(r.get("status") == ItemState.FAILED for r in rows),
+              "fake": sum(r.get("label") == Label.FAKE for r in done),
+              "real": sum(r.get("label") == Label.REAL for r in done)}
     pending = len(rows) - counts["done"] - counts["failed"]
     unavailable = sum(not isinstance(p, Picture) for i in items for p in i.pictures.values())
     models = sorted({str(r.get("model_id")) for r in done if r.get("model_id")})

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import LABELS, ItemState
 from .images import Picture, Unavailable
 
 # Panels in the order shown: (name, caption). "original" is the source image, unchanged; the
@@ -28,7 +29,7 @@ SORTS = ("position", "p_fake", "fake_share")  # p_fake and fake_share: highest f
 
 
 def _p(row: Mapping) -> float | None:
-    v = row.get("p_fake") if row.get("status") == "done" else None
+    v = row.get("p_fake") if row.get("status") == ItemState.DONE else None
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
@@ -56,7 +57,7 @@ def select_rows(rows: Iterable[Mapping], label: str | None = None,
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
     out = [r for r in rows
-           if (label is None or (r.get("status") == "done" and r.get("label") == label))
+           if (label is None or (r.get("status") == ItemState.DONE and r.get("label") == label))
            and (min_prob is None or ((p := _p(r)) is not None and p >= min_prob))]
     if sort != "position":
         key = _p if sort == "p_fake" else _fake_share
@@ -69,7 +70,7 @@ def item_images(row: Mapping, source) -> dict[str, Picture | Unavailable]:
     from the heatmaps stored under its keys (``source`` is an EmbeddedImages or LinkedImages).
     An item not analysed has none. Any failure is an Unavailable with its reason, never
     another picture."""
-    if row.get("status") != "done":
+    if row.get("status") != ItemState.DONE:
         return {}
     out: dict[str, Picture | Unavailable] = {"original": _safely(source.original, row.get("uri"))}
     keys = row.get("heatmap_keys") or {}
@@ -117,7 +118,7 @@ class ReportItem:
 def shared_scale(row: Mapping) -> float | None:
     """The value the overlays' full colour stands for: the larger of the two maps' maxima."""
     stats = row.get("stats") or {}
-    values = [(stats.get(c) or {}).get("max") for c in ("real", "fake")]
+    values = [(stats.get(c) or {}).get("max") for c in LABELS]
     values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return max(values) if values else None
 

@@ -19,17 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..constants import STORAGE_ERROR_CODES, ErrorCode
 from ..errors import PoundcamError
-
-# Stable error codes (stored in job items; scripts match on them).
-INVALID_URI = "invalid_uri"
-INVALID_KEY = "invalid_key"
-URI_NOT_ALLOWED = "uri_not_allowed"
-NOT_FOUND = "not_found"
-TOO_LARGE = "too_large"
-ACCESS_DENIED = "access_denied"
-STORAGE_UNAVAILABLE = "storage_unavailable"
-STORAGE_ERROR = "storage_error"
 
 MAX_KEY_BYTES = 1024  # the S3 limit
 MAX_URI_CHARS = 2048
@@ -39,12 +30,16 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class StorageError(PoundcamError):
-    """A storage operation failed. ``code`` is stable; ``transient`` says a retry may help."""
+    """A storage operation failed. ``code`` is stable (one of
+    ``poundcam.constants.STORAGE_ERROR_CODES``); ``transient`` says a retry may help (by
+    default, whether the code is a transient one)."""
 
-    def __init__(self, code: str, message: str, transient: bool = False):
+    def __init__(self, code: str, message: str, transient: bool | None = None):
+        if code not in STORAGE_ERROR_CODES:
+            raise ValueError(f"unknown storage error code {code!r}")
         super().__init__(message)
-        self.code = code
-        self.transient = transient
+        self.code = ErrorCode(code)
+        self.transient = self.code.transient if transient is None else transient
 
     def __reduce__(self):  # keep code/transient across pickling (process pools)
         return (type(self), (self.code, str(self), self.transient))
@@ -60,7 +55,7 @@ class S3Ref:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def validate_key(key: str, code: str = INVALID_KEY) -> str:
+def validate_key(key: str, code: ErrorCode = ErrorCode.INVALID_KEY) -> str:
     """Check an object key: relative, no '..' segment, no control characters, <= 1024 bytes."""
     if not isinstance(key, str) or not key:
         raise StorageError(code, "empty object key")
@@ -81,15 +76,15 @@ def validate_key(key: str, code: str = INVALID_KEY) -> str:
 def parse_s3_uri(uri: str) -> S3Ref:
     """``s3://bucket/key`` -> S3Ref, validating the bucket name and the key."""
     if not isinstance(uri, str) or len(uri) > MAX_URI_CHARS:
-        raise StorageError(INVALID_URI, "URI missing or too long")
+        raise StorageError(ErrorCode.INVALID_URI, "URI missing or too long")
     if not uri.startswith("s3://"):
-        raise StorageError(INVALID_URI, f"{uri!r} is not an s3:// URI")
+        raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} is not an s3:// URI")
     bucket, sep, key = uri[5:].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StorageError(INVALID_URI, f"{uri!r}: {bucket!r} is not a valid bucket name")
+        raise StorageError(ErrorCode.INVALID_URI, f"{uri!r}: {bucket!r} is not a valid bucket name")
     if not sep or not key:
-        raise StorageError(INVALID_URI, f"{uri!r} has no object key")
-    validate_key(key, code=INVALID_URI)
+        raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} has no object key")
+    validate_key(key, code=ErrorCode.INVALID_URI)
     return S3Ref(bucket, key)
 
 
@@ -97,11 +92,11 @@ def heatmap_key(prefix: str, sha256: str, model_id: str, cam_config_id: str, nam
     """The deterministic key of one heatmap:
     ``<prefix><model_id>/<cam_config_id>/<sha[:2]>/<sha>/<name>.png``."""
     if not _SHA256_RE.match(sha256 or ""):
-        raise StorageError(INVALID_KEY, f"{sha256!r} is not a lowercase hex sha256")
+        raise StorageError(ErrorCode.INVALID_KEY, f"{sha256!r} is not a lowercase hex sha256")
     for what, value in (("model id", model_id), ("CAM config id", cam_config_id),
                         ("heatmap name", name)):
         if not _SEGMENT_RE.match(value or "") or value in (".", ".."):
-            raise StorageError(INVALID_KEY, f"{what} {value!r} is not a safe key segment")
+            raise StorageError(ErrorCode.INVALID_KEY, f"{what} {value!r} is not a safe key segment")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     key = f"{prefix}{model_id}/{cam_config_id}/{sha256[:2]}/{sha256}/{name}.png"
@@ -147,7 +142,7 @@ class ObjectStore(ABC):
 
 def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
-        raise StorageError(TOO_LARGE, f"{uri}: {size} bytes, over the limit of {max_bytes}")
+        raise StorageError(ErrorCode.TOO_LARGE, f"{uri}: {size} bytes, over the limit of {max_bytes}")
 
 
 # --- S3 ----------------------------------------------------------------------------------
@@ -167,16 +162,16 @@ def _from_boto(exc: Exception, what: str) -> StorageError:
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in _NOT_FOUND_CODES or status == 404:
-            return StorageError(NOT_FOUND, f"{what}: not found ({code or status})")
+            return StorageError(ErrorCode.NOT_FOUND, f"{what}: not found ({code or status})")
         if code in _DENIED_CODES or status == 403:
-            return StorageError(ACCESS_DENIED, f"{what}: access denied ({code or status})")
+            return StorageError(ErrorCode.ACCESS_DENIED, f"{what}: access denied ({code or status})")
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return StorageError(STORAGE_UNAVAILABLE, f"{what}: {code or status}", transient=True)
-        return StorageError(STORAGE_ERROR, f"{what}: {code or status}: {err.get('Message', '')}")
+            return StorageError(ErrorCode.STORAGE_UNAVAILABLE, f"{what}: {code or status}")
+        return StorageError(ErrorCode.STORAGE_ERROR, f"{what}: {code or status}: {err.get('Message', '')}")
     if isinstance(exc, BotoCoreError):  # connection refused, timeouts, broken streams
-        return StorageError(STORAGE_UNAVAILABLE, f"{what}: {exc}", transient=True)
+        return StorageError(ErrorCode.STORAGE_UNAVAILABLE, f"{what}: {exc}")
     if isinstance(exc, OSError):
-        return StorageError(STORAGE_UNAVAILABLE, f"{what}: {exc}", transient=True)
+        return StorageError(ErrorCode.STORAGE_UNAVAILABLE, f"{what}: {exc}")
     raise exc
 
 
@@ -201,18 +196,18 @@ class S3Store(ObjectStore):
     def ref(self, uri: str) -> S3Ref:
         """Parse and authorise a read URI."""
         if isinstance(uri, str) and not uri.startswith("s3://"):
-            raise StorageError(URI_NOT_ALLOWED,
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
                                f"{uri!r}: only s3:// URIs are read here (local paths only in "
                                f"the embedded mode)")
         ref = parse_s3_uri(uri)
         if ref.bucket not in self.allowed_buckets:
-            raise StorageError(URI_NOT_ALLOWED,
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
                                f"{uri}: bucket {ref.bucket!r} is not in POUNDCAM_ALLOWED_BUCKETS")
         return ref
 
     def _own(self, key: str) -> S3Ref:
         if not self.bucket:
-            raise StorageError(STORAGE_ERROR, "no heatmap bucket configured "
+            raise StorageError(ErrorCode.STORAGE_ERROR, "no heatmap bucket configured "
                                               "(POUNDCAM_HEATMAP_BUCKET)")
         return S3Ref(self.bucket, validate_key(key))
 
@@ -265,7 +260,7 @@ class S3Store(ObjectStore):
         try:
             self._head(ref)
         except StorageError as exc:
-            if exc.code == NOT_FOUND:
+            if exc.code == ErrorCode.NOT_FOUND:
                 return False
             raise
         return True
@@ -299,10 +294,10 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 def _file_error(exc: OSError, uri: str) -> StorageError:
     if isinstance(exc, FileNotFoundError):
-        return StorageError(NOT_FOUND, f"{uri}: no such file")
+        return StorageError(ErrorCode.NOT_FOUND, f"{uri}: no such file")
     if isinstance(exc, PermissionError):
-        return StorageError(ACCESS_DENIED, f"{uri}: permission denied")
-    return StorageError(STORAGE_ERROR, f"{uri}: {exc}")
+        return StorageError(ErrorCode.ACCESS_DENIED, f"{uri}: permission denied")
+    return StorageError(ErrorCode.STORAGE_ERROR, f"{uri}: {exc}")
 
 
 class LocalStore(ObjectStore):
@@ -319,40 +314,40 @@ class LocalStore(ObjectStore):
     @classmethod
     def from_settings(cls, settings) -> LocalStore:
         if not settings.local_root:
-            raise StorageError(STORAGE_ERROR, "no local root configured (POUNDCAM_LOCAL_ROOT)")
+            raise StorageError(ErrorCode.STORAGE_ERROR, "no local root configured (POUNDCAM_LOCAL_ROOT)")
         return cls(settings.local_root, settings.allowed_roots)
 
     def path(self, uri: str) -> Path:
         """Parse and authorise a read URI: a path or ``file://`` URI under a read root."""
         if not isinstance(uri, str) or not uri or len(uri) > MAX_URI_CHARS:
-            raise StorageError(INVALID_URI, "URI missing or too long")
+            raise StorageError(ErrorCode.INVALID_URI, "URI missing or too long")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
-            raise StorageError(INVALID_URI, f"{uri!r} contains control characters")
+            raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} contains control characters")
         if uri.startswith("file://"):
             parsed = urlparse(uri)
             if parsed.netloc not in ("", "localhost"):
-                raise StorageError(URI_NOT_ALLOWED, f"{uri!r}: remote file URIs are not read")
+                raise StorageError(ErrorCode.URI_NOT_ALLOWED, f"{uri!r}: remote file URIs are not read")
             raw = unquote(parsed.path)
         elif "://" in uri:
-            raise StorageError(URI_NOT_ALLOWED,
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
                                f"{uri!r}: the embedded mode reads local paths only")
         else:
             raw = uri
         if "\x00" in raw:
-            raise StorageError(INVALID_URI, f"{uri!r} contains a NUL byte")
+            raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} contains a NUL byte")
         try:
             path = Path(raw).expanduser()
             path = (Path.cwd() / path if not path.is_absolute() else path).resolve()
         except (OSError, RuntimeError) as exc:
-            raise StorageError(INVALID_URI, f"{uri!r}: {exc}") from exc
+            raise StorageError(ErrorCode.INVALID_URI, f"{uri!r}: {exc}") from exc
         if not any(path == r or path.is_relative_to(r) for r in self.read_roots):
-            raise StorageError(URI_NOT_ALLOWED, f"{uri!r} is outside the allowed folders")
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED, f"{uri!r} is outside the allowed folders")
         return path
 
     def _own(self, key: str) -> Path:
         path = (self.root / validate_key(key)).resolve()
         if not path.is_relative_to(self.root):
-            raise StorageError(INVALID_KEY, f"{key!r} resolves outside {self.root}")
+            raise StorageError(ErrorCode.INVALID_KEY, f"{key!r} resolves outside {self.root}")
         return path
 
     def head(self, uri: str) -> int:
@@ -365,7 +360,7 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise _file_error(exc, uri) from None
         if not path.is_file():
-            raise StorageError(NOT_FOUND, f"{uri}: not a regular file")
+            raise StorageError(ErrorCode.NOT_FOUND, f"{uri}: not a regular file")
         return st.st_size
 
     def get(self, uri: str, max_bytes: int | None = None) -> bytes:
@@ -393,7 +388,7 @@ class LocalStore(ObjectStore):
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            raise StorageError(STORAGE_ERROR, f"{path}: {exc}") from exc
+            raise StorageError(ErrorCode.STORAGE_ERROR, f"{path}: {exc}") from exc
         return str(path)
 
     def exists(self, key: str) -> bool:
@@ -405,7 +400,7 @@ class LocalStore(ObjectStore):
     def check(self, probe_key: str) -> None:
         for root in self.read_roots:
             if not root.is_dir():
-                raise StorageError(NOT_FOUND, f"{root}: allowed root is not a folder")
+                raise StorageError(ErrorCode.NOT_FOUND, f"{root}: allowed root is not a folder")
         self.put(probe_key, b"poundcam write check\n", "text/plain")
 
     def uri_for(self, key: str) -> str:

@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from PIL import Image
 
 from poundcam.analysis import AnalysisOptions, Analyzer
+from poundcam.constants import ErrorCode
 from poundcam.db import (Analysis, JobItem, create_job, item_refs, make_session_factory,
                          session_scope)
 from poundcam.db.migrate import upgrade
 from poundcam.pipeline import PipelineContext, RetryLater, process_items
-from poundcam.storage import STORAGE_UNAVAILABLE, LocalStore, StorageError
+from poundcam.storage import LocalStore, StorageError
 
 
 def png(seed: int, size=(40, 30)) -> bytes:
@@ -33,7 +34,7 @@ class FlakyStore(LocalStore):
 
     def put(self, key, data, content_type="application/octet-stream"):
         if self.fail_on and self.fail_on in key:
-            raise StorageError(STORAGE_UNAVAILABLE, "store unreachable", transient=True)
+            raise StorageError(ErrorCode.STORAGE_UNAVAILABLE, "store unreachable")
         return super().put(key, data, content_type)
 
 

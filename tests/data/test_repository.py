@@ -291,7 +291,8 @@ def test_claims_are_scoped_to_the_job(db):
 def test_sweeper_requeues_abandoned_items_and_caps_attempts(db):
     import datetime
 
-    from poundcam.db import RETRIES_EXHAUSTED, claim_items, sweep_abandoned
+    from poundcam.constants import ErrorCode
+    from poundcam.db import claim_items, sweep_abandoned
 
     with session_scope(db) as s:
         job = create_job(s, ["s3://b/a", "s3://b/b", "s3://b/c"])
@@ -311,4 +312,4 @@ def test_sweeper_requeues_abandoned_items_and_caps_attempts(db):
         assert sweep_abandoned(s, 60, max_attempts=4, now=later).requeued == {}  # once only
         rows = {r.id: r for r in s.execute(sa.select(JobItem)).scalars()}
     assert rows[a].status == "queued" and rows[c].status == "queued"
-    assert (rows[b].status, rows[b].error_code) == ("failed", RETRIES_EXHAUSTED)
+    assert (rows[b].status, rows[b].error_code) == ("failed", ErrorCode.RETRIES_EXHAUSTED)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps, features
 
+from poundcam.constants import DECODE_ERROR_CODES
 from poundcam.errors import PoundcamError
 from poundcam.preprocess.decode import (
     DEFAULT_ALLOWED_FORMATS,
-    ERROR_CODES,
     DecodedImage,
     DecodeLimits,
     ImageDecodeError,
@@ -286,7 +286,7 @@ def test_mutated_files_only_ever_raise_image_decode_error():
                     codes.add(exc.code)
                 else:
                     assert out.image.mode == "RGB"
-    assert codes <= ERROR_CODES
+    assert codes <= DECODE_ERROR_CODES
     assert {"truncated", "corrupt"} <= codes
 
 

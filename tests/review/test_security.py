@@ -144,11 +144,12 @@ def test_settings_repr_is_not_logged_by_the_worker():
     ("heatmaps/", "a" * 64, "", "cam", "fake_overlay"),
 ])
 def test_heatmap_keys_are_validated(args):
-    from poundcam.storage import INVALID_KEY, StorageError, heatmap_key
+    from poundcam.constants import ErrorCode
+    from poundcam.storage import StorageError, heatmap_key
 
     with pytest.raises(StorageError) as info:
         heatmap_key(*args)
-    assert info.value.code == INVALID_KEY
+    assert info.value.code == ErrorCode.INVALID_KEY
 
 
 def test_heatmap_key_shape():
@@ -162,12 +163,13 @@ def test_heatmap_key_shape():
 @pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "a//b.png",
                                  "a\\b.png", "a/\x00.png", "a/"])
 def test_stores_refuse_unsafe_keys(key, tmp_path):
-    from poundcam.storage import INVALID_KEY, LocalStore, StorageError
+    from poundcam.constants import ErrorCode
+    from poundcam.storage import LocalStore, StorageError
 
     store = LocalStore(tmp_path / "root")
     for op in (lambda: store.put(key, b"x"), lambda: store.uri_for(key),
                lambda: store.presigned_url(key)):
         with pytest.raises(StorageError) as info:
             op()
-        assert info.value.code == INVALID_KEY
+        assert info.value.code == ErrorCode.INVALID_KEY
     assert not any((tmp_path).rglob("x.png"))

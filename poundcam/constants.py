@@ -1,0 +1,163 @@
+"""The enums and constants every part of poundcam shares: one source for each.
+
+Labels, item states, CAM methods and targets, preprocessing paths and re-encodes, and every
+error code an item can fail with. Each enum is a ``str`` enum: a member equals (and stores,
+serializes and prints as) its plain value, so the database, JSON messages and metrics see the
+same strings as before. Settings validation, argparse ``choices=``, the database CHECK
+constraints and the documentation's error-code tables (a test compares them) derive from
+here. Importing this module imports nothing heavy (no torch).
+"""
+from __future__ import annotations
+
+import enum
+import sys
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+    class StrEnum(str, enum.Enum):
+        """``enum.StrEnum`` of Python 3.11: members are strings and print as their value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
+
+def values(enum_cls: type[StrEnum]) -> tuple[str, ...]:
+    """The plain string values of an enum, in definition order (argparse ``choices=``,
+    messages, SQL): plain strings print as themselves where a member's repr would not."""
+    return tuple(member.value for member in enum_cls)
+
+
+class Label(StrEnum):
+    """The two classes, in the model's output order (index 0 and 1 of its logits)."""
+
+    REAL = "real"
+    FAKE = "fake"
+
+
+LABELS = values(Label)
+
+
+class ItemState(StrEnum):
+    """The life of a job item: queued -> running -> done | failed (running -> queued on a
+    transient failure)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ITEM_STATES = values(ItemState)
+
+
+class CamMethod(StrEnum):
+    """How gradients weight the activations (docs/cam.md)."""
+
+    GRADCAM = "gradcam"    # channel weights: the gradient averaged over the patch tokens
+    HIRESCAM = "hirescam"  # each token's own gradient times its activation
+
+
+class CamTarget(StrEnum):
+    """What the CAM explains (poundcam.cam.targets)."""
+
+    CONTRASTIVE = "contrastive"  # logit(fake) - logit(real), one backward pass
+    LOGIT = "logit"              # each class's own logit
+
+
+class Device(StrEnum):
+    """Where the model runs; ``auto`` is CUDA when available, else the CPU."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class PreprocessPath(StrEnum):
+    """The preprocessing setting: a path (``device``: torchvision on the model's device;
+    ``pillow``: the official transform on CPU threads) or ``auto`` (the device path on CUDA)."""
+
+    AUTO = "auto"
+    DEVICE = "device"
+    PILLOW = "pillow"
+
+
+# The paths a batch item can actually take (``auto`` resolves to one of them).
+PREPROCESS_PATHS = (PreprocessPath.DEVICE.value, PreprocessPath.PILLOW.value)
+
+
+class JpegRoundtrip(StrEnum):
+    """How the device path performs the transform's quality-90 JPEG re-encode."""
+
+    CODEC = "codec"    # the JPEG encoder and decoder (nvJPEG on CUDA, libjpeg-turbo on the CPU)
+    TENSOR = "tensor"  # the same lossy steps as tensor math (poundcam.preprocess.jpeg_tensor)
+
+
+class CompileMode(StrEnum):
+    """Whether the CAM's no-autograd part is compiled with ``torch.compile``."""
+
+    OFF = "off"
+    ON = "on"
+
+
+# Default limits of one image (POUNDCAM_MAX_IMAGE_BYTES, POUNDCAM_MAX_IMAGE_PIXELS).
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67,108,864
+
+
+class ErrorCode(StrEnum):
+    """Every code an item can fail with: stored on failed job items, counted in metrics,
+    matched on by scripts, so the values never change. docs/input-handling.md (image codes)
+    and docs/configuration.md (storage, analysis and worker codes) describe each one."""
+
+    # The image bytes (poundcam.preprocess.decode.ImageDecodeError).
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"  # also the storage check before a download
+    TOO_MANY_PIXELS = "too_many_pixels"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TRUNCATED = "truncated"
+    CORRUPT = "corrupt"
+    # Preprocessing raised something unexpected for one input.
+    DECODE_FAILED = "decode_failed"
+    # Object storage (poundcam.storage.StorageError).
+    INVALID_URI = "invalid_uri"
+    INVALID_KEY = "invalid_key"
+    URI_NOT_ALLOWED = "uri_not_allowed"
+    NOT_FOUND = "not_found"
+    ACCESS_DENIED = "access_denied"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    STORAGE_ERROR = "storage_error"
+    # The analysis (poundcam.analysis, poundcam.pipeline).
+    FETCH_FAILED = "fetch_failed"
+    CAM_UNAVAILABLE = "cam_unavailable"
+    RENDER_FAILED = "render_failed"
+    ANALYSIS_FAILED = "analysis_failed"
+    HEATMAP_NOT_STORED = "heatmap_not_stored"  # the store refused the heatmaps for good
+    # The worker gave up on a message's remaining items (workers.tasks).
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+
+    @property
+    def transient(self) -> bool:
+        """Whether a retry may succeed (the store was unreachable or overloaded)."""
+        return self in TRANSIENT_ERROR_CODES
+
+
+# ImageDecodeError's codes (docs/input-handling.md).
+DECODE_ERROR_CODES = frozenset({
+    ErrorCode.EMPTY, ErrorCode.TOO_LARGE, ErrorCode.TOO_MANY_PIXELS, ErrorCode.DECOMPRESSION_BOMB,
+    ErrorCode.NOT_AN_IMAGE, ErrorCode.UNSUPPORTED_FORMAT, ErrorCode.TRUNCATED, ErrorCode.CORRUPT,
+})
+# StorageError's codes (docs/configuration.md).
+STORAGE_ERROR_CODES = frozenset({
+    ErrorCode.INVALID_URI, ErrorCode.INVALID_KEY, ErrorCode.URI_NOT_ALLOWED, ErrorCode.NOT_FOUND,
+    ErrorCode.TOO_LARGE, ErrorCode.ACCESS_DENIED, ErrorCode.STORAGE_UNAVAILABLE,
+    ErrorCode.STORAGE_ERROR,
+})
+# Codes worth a retry: the message is retried instead of the item failing.
+TRANSIENT_ERROR_CODES = frozenset({ErrorCode.STORAGE_UNAVAILABLE})
