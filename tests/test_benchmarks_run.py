@@ -49,3 +49,13 @@ def test_load_script_accounts_for_every_item(tmp_path, redis_url):
                      "--batch-size", "4", "--task-batch-size", "6", "--redis", base,
                      "--out", str(tmp_path), timeout=400)
     assert "accounted for: True" in out
+
+
+@pytest.mark.integration
+def test_chaos_run_holds_at_its_smallest(tmp_path, redis_url):
+    base = redis_url.rsplit("/", 1)[0]
+    # one worker (and its replacement after the SIGKILL): two model loads instead of three
+    out = run_script(tmp_path, "benchmarks/chaos.py", "--n", "40", "--thin", "2",
+                     "--workers", "1", "--cut-s", "4", "--redis", base, "--out", str(tmp_path),
+                     "--timeout", "400", timeout=600)
+    assert "all checks hold: True" in out
