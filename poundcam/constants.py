@@ -161,3 +161,18 @@ STORAGE_ERROR_CODES = frozenset({
 })
 # Codes worth a retry: the message is retried instead of the item failing.
 TRANSIENT_ERROR_CODES = frozenset({ErrorCode.STORAGE_UNAVAILABLE})
+
+
+class DeadLetterReason(StrEnum):
+    """Why a worker refused a raw queue entry (poundcam.broker.envelope): stored with the dead
+    letter and a metric label; docs/operations.md lists them."""
+
+    OVERSIZED = "oversized"                        # over POUNDCAM_MAX_MESSAGE_BYTES
+    NOT_JSON = "not_json"                          # not UTF-8 JSON
+    BAD_ENVELOPE = "bad_envelope"                  # not kombu's envelope
+    BAD_BODY_ENCODING = "bad_body_encoding"        # the body is not base64
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"  # pickle, YAML, ...
+    BAD_BODY = "bad_body"                          # not Celery's [args, kwargs, embed]
+    UNKNOWN_TASK = "unknown_task"                  # another task than poundcam.analyze
+    BAD_ARGUMENTS = "bad_arguments"                # other arguments, or a workflow
+    BAD_MESSAGE = "bad_message"                    # the message breaks the contract

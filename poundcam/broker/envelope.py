@@ -17,20 +17,20 @@ import datetime
 import json
 from typing import Any
 
+from ..constants import DeadLetterReason, values
 from ..messaging import TASK_NAME, MessageError, parse_message
 
-# Why an entry was refused (stable: stored with the dead letter, a metric label).
-OVERSIZED = "oversized"                  # more bytes than POUNDCAM_MAX_MESSAGE_BYTES
-NOT_JSON = "not_json"                    # not UTF-8 JSON
-BAD_ENVELOPE = "bad_envelope"            # not kombu's envelope: object with body/properties...
-BAD_BODY_ENCODING = "bad_body_encoding"  # body_encoding not base64, or the body not base64
-UNSUPPORTED_CONTENT = "unsupported_content_type"  # not application/json (pickle, yaml, ...)
-BAD_BODY = "bad_body"                    # not Celery's [args, kwargs, embed] JSON body
-UNKNOWN_TASK = "unknown_task"            # a task name other than poundcam.analyze
-BAD_ARGUMENTS = "bad_arguments"          # other arguments than message=..., or a workflow
-BAD_MESSAGE = "bad_message"              # the message does not follow the contract
-REASONS = (OVERSIZED, NOT_JSON, BAD_ENVELOPE, BAD_BODY_ENCODING, UNSUPPORTED_CONTENT, BAD_BODY,
-           UNKNOWN_TASK, BAD_ARGUMENTS, BAD_MESSAGE)
+# Why an entry was refused (poundcam.constants.DeadLetterReason).
+OVERSIZED = DeadLetterReason.OVERSIZED.value
+NOT_JSON = DeadLetterReason.NOT_JSON.value
+BAD_ENVELOPE = DeadLetterReason.BAD_ENVELOPE.value
+BAD_BODY_ENCODING = DeadLetterReason.BAD_BODY_ENCODING.value
+UNSUPPORTED_CONTENT = DeadLetterReason.UNSUPPORTED_CONTENT_TYPE.value
+BAD_BODY = DeadLetterReason.BAD_BODY.value
+UNKNOWN_TASK = DeadLetterReason.UNKNOWN_TASK.value
+BAD_ARGUMENTS = DeadLetterReason.BAD_ARGUMENTS.value
+BAD_MESSAGE = DeadLetterReason.BAD_MESSAGE.value
+REASONS = values(DeadLetterReason)
 
 # Parts of the embedded workflow that would make Celery send further tasks.
 _EMBED_WORKFLOW = ("callbacks", "errbacks", "chain", "chord")

@@ -99,3 +99,13 @@ def test_the_shared_poison_corpus_is_refused_as_labelled():
     for name, (raw, reason) in poison_entries(LIMIT).items():
         refusal = check_entry(raw, LIMIT)
         assert refusal is not None and refusal.reason == reason, name
+
+
+def test_operations_doc_lists_every_dead_letter_reason():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = doc.split("## Queue entries a worker refuses", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert listed == list(envelope.REASONS)
