@@ -46,9 +46,12 @@ def _downgrade(args) -> int:
 
 
 def _current(args) -> int:
+    from ..db import require_database
     from ..db.migrate import current, head
 
-    revs = current(_url(args))
+    url = _url(args)
+    require_database(url)  # reading: a missing SQLite file is an error, not a new empty one
+    revs = current(url)
     latest = head()
     state = "up to date" if revs == (latest,) else f"head is {latest}"
     print(f"{', '.join(revs) or 'base'} ({state})")
