@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..constants import ItemState
+from ..constants import LABELS, ItemState
 from .common import add_db_option
 
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
@@ -27,7 +27,7 @@ def register(sub) -> None:
                     "buckets in POUNDCAM_ALLOWED_BUCKETS.")
     p.add_argument("job_id", metavar="JOB")
     p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
-    p.add_argument("--label", choices=("real", "fake"), help="only items with this label")
+    p.add_argument("--label", choices=LABELS, help="only items with this label")
     p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
     p.add_argument("--sort", choices=SORTS, default="position",
                    help="order of the items: position (as submitted, default), p_fake or "
