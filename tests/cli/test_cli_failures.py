@@ -106,8 +106,10 @@ def test_unreachable_weights_fail_fast_before_creating_anything(tmp_path):
 
 def test_a_silent_hub_costs_one_request_and_at_most_its_timeout(tmp_path):
     """A Hub that accepts connections and never answers: one request, given up after
-    HUB_TIMEOUT_S (under 5 s), not retried."""
+    HUB_TIMEOUT_S (4 s), not retried (a retry would add another timeout and a back-off)."""
     import threading
+
+    import huggingface_hub  # noqa: F401 - imported before the clock starts
 
     from poundcam.errors import WeightsNotFoundError
     from poundcam.model.weights import HUB_TIMEOUT_S, resolve_weights
@@ -136,6 +138,6 @@ def test_a_silent_hub_costs_one_request_and_at_most_its_timeout(tmp_path):
         server.close()
         for conn in held:
             conn.close()
-    assert HUB_TIMEOUT_S <= elapsed < 5.0, elapsed
     assert len(held) == 1  # no retry
+    assert HUB_TIMEOUT_S <= elapsed < 2 * HUB_TIMEOUT_S, elapsed
 
