@@ -32,6 +32,7 @@ class ActivationCAM(CAMMethod):
     weights W derived from the target's gradient G = dscore/dA by ``weights``."""
 
     default_layer = -1
+    default_point = "ln_1"
 
     def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE, point: str = "ln_1",
                  compile: bool = False, compile_batch: int | None = None):

@@ -71,12 +71,14 @@ class ClassMaps:
 class CAMMethod(abc.ABC):
     """One way of computing the two class maps of a model, from one forward pass.
 
-    Subclasses set ``name`` and ``point`` and implement ``class_maps``. They use only the
+    Subclasses set ``name``, ``default_layer`` and ``default_point`` and implement
+    ``class_maps``. They use only the
     model's public entry points (poundcam/cam/protocol.py).
     """
 
     name: ClassVar[str]
     default_layer: ClassVar[int]
+    default_point: ClassVar[str]
 
     def __init__(self, model, layer: int, target: str, point: str):
         if target not in TARGETS:

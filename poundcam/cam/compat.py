@@ -19,9 +19,11 @@ class PoundNetGradCAM:
 
     Args:
         model: A PoundNet (or any ``ExplainableModel``).
-        layer: Vision block explained (negative counts from the end); default the last.
+        layer: Vision block explained (negative counts from the end); default (None): the
+            method's, as in ComparativeCAM (the last block for HiResCAM).
         target: ``"contrastive"`` (default) or ``"logit"``, as in ComparativeCAM.
-        method: ``"hirescam"`` (default) or ``"gradcam"``, as in ComparativeCAM.
+        method: ``"hirescam"`` (default), ``"gradcam"`` or ``"relevance"``, as in
+            ComparativeCAM.
         scale: ``"shared"`` (default): an image's maps are divided by the larger of its two
             maxima, so a weak map looks weak beside a strong one (as in the rendered
             heatmaps); ``"per_map"``: each map by its own maximum, which shows the strongest
@@ -31,7 +33,7 @@ class PoundNetGradCAM:
         ValueError: For an unknown scale (and whatever ComparativeCAM refuses).
     """
 
-    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE,
+    def __init__(self, model, layer: int | None = None, target: str = CamTarget.CONTRASTIVE,
                  method: str = DEFAULT_METHOD, scale: str = "shared"):
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
@@ -91,7 +93,9 @@ class PoundNetGradCAM:
             the signed contrastive map (gradient of logit(fake) - logit(real)), positive where
             the evidence is for "fake" against "real". With the contrastive target it is
             exactly ``fake_cam - real_cam``; with the logit target it comes from one more
-            (contrastive) pass. ``probs`` and ``logits`` [B, 2].
+            (contrastive) pass. (With ``method="relevance"`` the two maps are not two signs of
+            one map: ``difference`` is then the difference of the contrastive target's two
+            relevance maps.) ``probs`` and ``logits`` [B, 2].
             Scaling: ``"shared"`` divides all three by the larger of the two class maps'
             maxima; ``"per_map"`` divides each by its own maximum absolute value.
 

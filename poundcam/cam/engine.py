@@ -1,20 +1,24 @@
 """ComparativeCAM: class activation maps for PoundNet that explain both classes from one forward.
 
 The methods live one per file on a shared base (base.py): ``hirescam`` (the default) and
-``gradcam`` weight the activation of one block by its gradient (activation.py). Each uses only
-the model's public entry points (protocol.py), never its blocks.
+``gradcam`` weight the activation of one block by its gradient (activation.py); ``relevance``
+propagates gradient-weighted attention through every block (relevance.py). Each uses only the
+model's public entry points (protocol.py), never its blocks.
 """
 from __future__ import annotations
 
 import torch
 
-from ..constants import CamMethod, CamTarget, values
+from ..constants import CamMethod, CamTarget
 from ..errors import CAMError
 from .base import CAMMethod, CAMResult
 from .gradcam import GradCAM
 from .hirescam import HiResCAM
+from .relevance import AttentionRelevance
 
-METHODS: dict[str, type[CAMMethod]] = {CamMethod.HIRESCAM: HiResCAM, CamMethod.GRADCAM: GradCAM}
+METHODS: dict[str, type[CAMMethod]] = {CamMethod.HIRESCAM: HiResCAM, CamMethod.GRADCAM: GradCAM,
+                                       # a library method, not a service setting (docs/cam.md)
+                                       AttentionRelevance.name: AttentionRelevance}
 DEFAULT_METHOD = CamMethod.HIRESCAM
 ON_INVALID = ("raise", "report")
 
@@ -26,21 +30,27 @@ class ComparativeCAM:
     attribution classes): ``ComparativeCAM(model).attribute(x)``.
 
     Args:
-        model: A PoundNet, or any model implementing ``poundcam.cam.protocol.ExplainableModel``.
-        layer: Index of the vision block whose activation is explained (negative counts from
-            the end). Default: the last block.
+        model: A PoundNet, or any model implementing ``poundcam.cam.protocol.ExplainableModel``
+            (``AttentionExplainableModel`` for ``method="relevance"``).
+        layer: Index of the vision block explained (negative counts from the end). Default
+            (None): the method's own, the last block for ``"hirescam"`` and ``"gradcam"``, block
+            0 for ``"relevance"`` (whose map spans every block from ``layer`` on).
         target: ``"contrastive"`` (default; each class's logit minus the other's: evidence for
             it against the other; with the gradient methods the two maps are the positive and
             negative parts of one signed map) or ``"logit"`` (each class's own logit: what
             matches that class's prompt).
-        point: ``"ln_1"`` (default; the block's normalized input, before its attention) or
-            ``"output"`` (the block's output; for the last block that is after the last
-            attention, where patch gradients vanish, and attribute() reports it invalid).
-        method: How gradients weight the activation A of a patch token, map = relu(sum_c w_c A_c):
-            ``"hirescam"`` (default; Draelos and Carin): w is the token's own gradient, so the
-            map is each token's gradient x activation; ``"gradcam"`` (Selvaraju et al.): w_c is
-            the gradient of channel c averaged over all patch tokens. docs/cam.md compares them.
-        compile: Run the no-autograd part (up to the explained point) through ``torch.compile``.
+        point: For ``"hirescam"`` and ``"gradcam"``: ``"ln_1"`` (default; the block's
+            normalized input, before its attention) or ``"output"`` (the block's output; for
+            the last block that is after the last attention, where patch gradients vanish, and
+            attribute() reports it invalid). For ``"relevance"``: ``"input"`` (the tokens
+            entering the block), its only point. None: the method's default.
+        method: ``"hirescam"`` (default; Draelos and Carin): each patch token's gradient x
+            activation; ``"gradcam"`` (Selvaraju et al.): the activation weighted by the
+            gradient averaged over all patch tokens; ``"relevance"`` (Chefer, Gur and Wolf
+            2021): gradient-weighted attention propagated through every block, about 2.5x the
+            cost of the others. docs/cam.md compares them and says when to use which.
+        compile: Run the no-autograd part (up to the explained point) through ``torch.compile``
+            (the gradient methods; ignored by ``"relevance"``, which has no such part to speak of).
         compile_batch: With ``compile``, pad smaller batches to this many rows there, so one
             compilation serves every batch.
 
@@ -48,15 +58,17 @@ class ComparativeCAM:
         ValueError: For an unknown method, target or point, or a layer out of range.
     """
 
-    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE, point: str = "ln_1",
-                 method: str = DEFAULT_METHOD, compile: bool = False,
+    def __init__(self, model, layer: int | None = None, target: str = CamTarget.CONTRASTIVE,
+                 point: str | None = None, method: str = DEFAULT_METHOD, compile: bool = False,
                  compile_batch: int | None = None):
         if method not in METHODS:
-            raise ValueError(f"method must be one of {values(CamMethod)}, not {method!r}")
+            raise ValueError(f"method must be one of {tuple(METHODS)}, not {method!r}")
+        cls = METHODS[method]
         self.model = model
         self.method = method
-        self.explainer = METHODS[method](model, layer=layer, target=target, point=point,
-                                         compile=compile, compile_batch=compile_batch)
+        self.explainer = cls(model, layer=cls.default_layer if layer is None else layer,
+                             target=target, point=cls.default_point if point is None else point,
+                             compile=compile, compile_batch=compile_batch)
 
     @property
     def layer(self) -> int:

@@ -62,11 +62,7 @@ class BlockAttention:
         layer: Index of the vision block.
         probs: [B, heads, queries, tokens], softmax over the last axis. ``queries`` is 1 (the
             CLS token only) for the last block, whose other rows never reach the logits.
-        replaced: Sequence positions whose tokens the block replaced with its own prompt before
-            attending (PoundNet's deep visual prompts), or None. What flowed into those
-            positions before the block was discarded there.
     """
 
     layer: int
     probs: torch.Tensor
-    replaced: slice | None = None

@@ -40,14 +40,6 @@ class PromptedBlock(ResidualAttentionBlock):
         if n_prompt:
             self.VPT_shallow = nn.Parameter(torch.zeros(n_prompt, width))
 
-    def replaced_tokens(self, n_tokens: int) -> slice | None:
-        """Positions of a sequence of ``n_tokens`` whose tokens ``insert_prompt`` replaces."""
-        if not self.n_prompt:
-            return None
-        if self.prompt_at_end:
-            return slice(n_tokens - self.n_prompt, n_tokens)
-        return slice(self.prompt_offset, self.prompt_offset + self.n_prompt)
-
     def insert_prompt(self, x: torch.Tensor) -> torch.Tensor:
         if not self.n_prompt:
             return x
@@ -217,9 +209,8 @@ class PromptedVisionTransformer(nn.Module):
             else:
                 out = block.insert_prompt(out)
                 normed = block.ln_1(out)
-            replaced = block.replaced_tokens(normed.shape[1])
             out, probs = block.forward_attending(out, normed, cls_only=i == last)
-            records.append(BlockAttention(i, probs, replaced))
+            records.append(BlockAttention(i, probs))
         return self.head(out), records
 
 

@@ -31,14 +31,19 @@ def _default(callable_, name):
     return inspect.signature(callable_).parameters[name].default
 
 
-def test_one_default_per_setting_in_library_facade_and_service():
+def test_one_default_per_setting_in_library_facade_and_service(official_model):
     settings = {f.name: f.default for f in dataclasses.fields(Settings)}
     options = AnalysisOptions()
-    for setting, param in (("cam_method", "method"), ("cam_target", "target"), ("cam_layer", "layer")):
+    for setting, param in (("cam_method", "method"), ("cam_target", "target")):
         values = {settings[setting], getattr(options, setting), _default(ComparativeCAM, param),
                   _default(PoundNetGradCAM, param)}
         assert len(values) == 1, f"{setting}: {values}"
     assert settings["cam_method"] == "hirescam"
+    # the layer: None in the library means the method's default, the service's -1 for HiResCAM
+    layers = {official_model.block_index(settings["cam_layer"]),
+              official_model.block_index(options.cam_layer), ComparativeCAM(official_model).layer,
+              PoundNetGradCAM(official_model).cam.layer}
+    assert layers == {official_model.num_blocks - 1}
 
 
 def test_facade_takes_method_and_target(official_model):

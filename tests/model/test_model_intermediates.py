@@ -46,8 +46,6 @@ def test_attention_from_gives_the_logits_and_each_blocks_attention(model, x, lay
         queries = 1 if a.layer == n - 1 else tokens  # only CLS reaches the head after the last
         assert a.probs.shape == (2, heads, queries, tokens)
         torch.testing.assert_close(a.probs.sum(-1), torch.ones(2, heads, queries))
-        prompted = 1 <= a.layer < model.config.prompt_depth_vision
-        assert a.replaced == (slice(tokens - model.config.n_ctx_vision, tokens) if prompted else None)
 
 
 def test_attention_probabilities_are_the_blocks_own(model, x):
