@@ -22,6 +22,10 @@ REFERENCE = "Planted mask (reference)"
 # Pass/fail lines the report checks (the targets).
 TARGET_POINTING = 0.9
 RANDOMIZED_MAX_SPEARMAN = 0.5  # mean |Spearman| after every block is randomized
+# ComparativeCAM(method="relevance"): where its evidence lies and how fast deleting it removes
+# the decision (planted set, full profile)
+RELEVANCE_POINTING = 0.98
+RELEVANCE_DELETION_MAX = 0.15
 PEER_MAX_DIFF = 1e-3  # pytorch-grad-cam vs ComparativeCAM (logit), both scaled to 0..1 (float32 round-off)
 
 

@@ -1,6 +1,5 @@
-"""The maps compared: the project's CAM (GradCAM and HiResCAM weightings), a peer library's
-GradCAM and HiResCAM, a transformer-specific relevance method, and baselines that ignore the
-model.
+"""The maps compared: the project's CAM (GradCAM and HiResCAM weightings, and attention
+relevance), a peer library's GradCAM and HiResCAM, and baselines that ignore the model.
 
 Every method maps a batch to [B, g, g] non-negative float32 maps for one class (0 real,
 1 fake) at the model's grid resolution. Arguments: the model, the normalized batch ``x``,
@@ -28,11 +27,12 @@ def _grid(model) -> int:
 
 
 # -- the project's CAM ---------------------------------------------------------------------
-CAM_METHODS = ("gradcam", "hirescam")  # ComparativeCAM(method=...)
-CAM_LABEL = {"gradcam": "GradCAM", "hirescam": "HiResCAM"}
+CAM_METHODS = ("gradcam", "hirescam")  # ComparativeCAM(method=...) explaining one layer
+CAM_LABEL = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "relevance": "relevance"}
 
 
-def comparative_cam(target: str, layer: int = -1, method: str = "gradcam") -> MethodFn:
+def comparative_cam(target: str, layer: int | None = -1, method: str = "gradcam") -> MethodFn:
+    """ComparativeCAM's map for one class; ``layer=None``: the method's default."""
     def run(model, x, images, ids, cls):
         res = ComparativeCAM(model, layer=layer, target=target, method=method).attribute(
             x, on_invalid="report")
@@ -71,50 +71,6 @@ def _gradcam_library(model, x, cls, layer_index, method="gradcam"):
         inp = x.detach().clone().requires_grad_(True)  # frozen weights: the graph starts here
         out = cam(input_tensor=inp, targets=[ClassifierOutputTarget(cls)] * len(x))
     return torch.from_numpy(np.ascontiguousarray(out)).float()
-
-
-# -- gradient-weighted attention relevance (Chefer, Gur and Wolf, CVPR 2021) ----------------
-def _attention_with_probs(block, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's multi-head attention written out, returning its output and its
-    attention probabilities [B, heads, N, N] (computed from the block's own in_proj weights)."""
-    attn = block.attn
-    b, n, c = normed.shape
-    h = attn.num_heads
-    d = c // h
-    q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).split(c, dim=-1)
-    q, k, v = (t.reshape(b, n, h, d).transpose(1, 2) for t in (q, k, v))
-    probs = torch.softmax(q @ k.transpose(-1, -2) * d ** -0.5, dim=-1)
-    out = (probs @ v).transpose(1, 2).reshape(b, n, c)
-    return attn.out_proj(out), probs
-
-
-def forward_with_attention(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and every block's attention probabilities; the graph starts at the embedding."""
-    visual = model.visual
-    h = visual.embed(x).detach().requires_grad_(True)
-    probs = []
-    for block in visual.transformer.resblocks:
-        h = block.insert_prompt(h)
-        out, p = _attention_with_probs(block, block.ln_1(h))
-        h = h + block.ls_1(out)
-        h = h + block.ls_2(block.mlp(block.ln_2(h)))
-        probs.append(p)
-    return model.logits_from_features(visual.head(h)), probs
-
-
-def attention_relevance(model, x, images, ids, cls):
-    """Relevance R = prod over blocks of (I + mean_heads relu(grad * A)), CLS row, patch
-    columns; gradients of the class logit with respect to each block's attention A."""
-    with torch.enable_grad():
-        logits, probs = forward_with_attention(model, x)
-        grads = torch.autograd.grad(logits[:, cls].sum(), probs)
-    b, n = probs[0].shape[0], probs[0].shape[-1]
-    rel = torch.eye(n).expand(b, n, n).clone()
-    for p, gr in zip(probs, grads):
-        a = (gr * p).clamp_min(0).mean(dim=1)
-        rel = rel + a @ rel
-    g = _grid(model)
-    return rel[:, 0, model.visual.patch_token_slice()].reshape(b, g, g).detach().float()
 
 
 # -- baselines that ignore the model --------------------------------------------------------
@@ -177,7 +133,8 @@ def build_methods(n_layers: int, selected: dict[str, int]) -> dict[str, MethodFn
     """The compared methods: ComparativeCAM with each weighting (``selected``: method -> the
     layer picked for it by the model-only rule) and each target at its default layer (the last
     block) and at the selected layer (if different), pytorch-grad-cam's GradCAM and HiResCAM at
-    the same layers, attention relevance, and the baselines."""
+    the same layers, ComparativeCAM's attention relevance with both targets (it spans every
+    block, so no layer is chosen), and the baselines."""
     out: dict[str, MethodFn] = {}
     for method in CAM_METHODS:
         for layer in cam_layers(n_layers, selected[method]):
@@ -186,13 +143,18 @@ def build_methods(n_layers: int, selected: dict[str, int]) -> dict[str, MethodFn
     for method in CAM_METHODS:
         for layer in cam_layers(n_layers, selected[method]):
             out[library_name(layer, method)] = gradcam_library(layer, method)
-    out["Attention relevance (Chefer 2021)"] = attention_relevance
+    for target in ("contrastive", "logit"):
+        out[relevance_name(target)] = comparative_cam(target, None, "relevance")
     out.update(BASELINES)
     return out
 
 
 def cam_name(target: str, layer: int, method: str = "gradcam") -> str:
     return f"ComparativeCAM {CAM_LABEL[method]} ({target}, L{layer})"
+
+
+def relevance_name(target: str) -> str:
+    return f"ComparativeCAM relevance ({target})"
 
 
 def library_name(layer: int, method: str = "gradcam") -> str:
@@ -220,5 +182,5 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 __all__ = ["BASELINES", "CAM_LABEL", "CAM_METHODS", "MODEL_FREE", "build_methods", "cam_layers",
-           "cam_name", "comparative_cam", "compute_maps", "forward_with_attention",
-           "library_name", "upsample"]
+           "cam_name", "comparative_cam", "compute_maps", "library_name", "relevance_name",
+           "upsample"]

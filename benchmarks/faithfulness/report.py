@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .evaluate import PEER_MAX_DIFF, RANDOMIZED_MAX_SPEARMAN, REFERENCE, TARGET_POINTING
+from .evaluate import (PEER_MAX_DIFF, RANDOMIZED_MAX_SPEARMAN, REFERENCE, RELEVANCE_DELETION_MAX,
+                       RELEVANCE_POINTING, TARGET_POINTING)
 from .methods import CAM_LABEL, MODEL_FREE, upsample
 
 FIGURES = ("curves.png", "examples.png", "randomization.png")
@@ -28,6 +29,11 @@ def checks(res: dict) -> list[tuple[str, bool, str]]:
                     r["pointing_game"] - best_pg >= 0.3, f"margin {r['pointing_game'] - best_pg:+.3f}"))
         out.append((f"{name}: AUROC above the best baseline by >= 0.2",
                     r["auroc"] - best_auc >= 0.2, f"margin {r['auroc'] - best_auc:+.3f}"))
+        if name.startswith("ComparativeCAM relevance"):
+            out.append((f"{name}: pointing game >= {RELEVANCE_POINTING}",
+                        r["pointing_game"] >= RELEVANCE_POINTING, f"{r['pointing_game']:.3f}"))
+            out.append((f"{name}: deletion AUC <= {RELEVANCE_DELETION_MAX}",
+                        r["deletion_auc"] <= RELEVANCE_DELETION_MAX, f"{r['deletion_auc']:.3f}"))
     for name, r in res.get("peer_agreement", {}).items():
         out.append((f"{name} equals {r['ours']} (max abs difference of the 0..1 maps "
                     f"<= {PEER_MAX_DIFF:g})", r["max_abs_diff"] <= PEER_MAX_DIFF,

@@ -2,8 +2,10 @@
 
 A small PoundNet trained on planted up-sampling artifacts (committed as detector-quick.safetensors,
 made by ``python -m benchmarks.faithfulness --quick --export tests/faithfulness/detector-quick.safetensors``)
-must keep localizing them with ComparativeCAM at the levels recorded in thresholds.json, its
-maps must change when the model is randomized, and the model-free priors must not.
+must keep localizing them with ComparativeCAM at the levels recorded in thresholds.json (GradCAM
+at the selected block, and attention relevance, whose deleted top cells must also remove the
+decision), its maps must change when the model is randomized, and the model-free priors must
+not.
 
 HiResCAM at the default layer (the last block) is guarded on the full profile's detector
 (detector-full.safetensors, ``python -m benchmarks.faithfulness --export
@@ -22,8 +24,9 @@ import torch
 
 from benchmarks.faithfulness.data import make_set
 from benchmarks.faithfulness.methods import BASELINES, comparative_cam, compute_maps
-from benchmarks.faithfulness.metrics import auroc, grid_labels, pointing_game
-from benchmarks.faithfulness.sanity import cascading_randomization
+from benchmarks.faithfulness.metrics import (area_under, auroc, deletion_insertion, grid_labels,
+                                             pointing_game)
+from benchmarks.faithfulness.sanity import cascading_randomization, class_swap
 from benchmarks.faithfulness.settings import PROFILES
 from benchmarks.faithfulness.train import accuracy, settings_key
 from poundcam.model import PoundNet
@@ -117,3 +120,38 @@ def test_hirescam_localizes_at_the_default_layer(target):
     base = compute_maps(comparative_cam(target, -1, "gradcam"), model, s.normalized(),
                         s.images, list(range(len(s.images))))
     assert pg - pointing_game(base, labels).mean() >= lim["lead_over_gradcam_min"][target]
+
+
+@pytest.mark.parametrize("target", ["contrastive", "logit"])
+def test_relevance_localizes_and_deleting_its_cells_removes_the_decision(detector, target):
+    """ComparativeCAM(method="relevance") on the quick detector: the planted artifact is where
+    its peak is, and blurring its top cells takes P(fake) down fast (deletion AUC)."""
+    lim = LIMITS["relevance"]
+    s = make_set(PROFILE.seed, "localize", lim["n_fakes"], PROFILE.data, fake_share=1.0)
+    labels = grid_labels(s.masks, PROFILE.model.grid_size)
+    maps = compute_maps(comparative_cam(target, None, "relevance"), detector, s.normalized(),
+                        s.images, list(range(len(s.images))))
+    pg = pointing_game(maps, labels).mean()
+    auc = np.nanmean(auroc(maps, labels))
+    nc = lim["n_curves"]
+    deletion = np.mean(area_under(deletion_insertion(detector, s.images[:nc], maps[:nc])["deletion"]))
+    assert pg >= lim["pointing_game_min"][target], f"pointing game {pg:.3f}"
+    assert auc >= lim["auroc_min"][target], f"AUROC {auc:.3f}"
+    assert deletion <= lim["deletion_auc_max"][target], f"deletion AUC {deletion:.3f}"
+
+
+def test_relevance_passes_the_sanity_checks(detector, fakes):
+    """Randomizing the model changes the relevance maps; the real and fake maps differ."""
+    s, _ = fakes
+    lim = LIMITS["relevance"]
+    n = LIMITS["n_sanity"]
+    x, images, ids = s.normalized()[:n], s.images[:n], list(range(n))
+    methods = {t: comparative_cam(t, None, "relevance") for t in ("contrastive", "logit")}
+    torch.manual_seed(0)
+    out = cascading_randomization(detector, x, images, ids, methods, log=lambda msg: None)
+    swap = class_swap(detector, x, images, ids, methods)
+    for t in methods:
+        final = out[t]["spearman_abs_mean"][-1]
+        assert final <= lim["randomized_abs_spearman_max"], f"{t}: |rho| {final:.3f}"
+        assert swap[t]["identical_share"] == 0, t
+        assert swap[t]["spearman_mean"] <= lim["class_swap_spearman_max"], t
