@@ -222,28 +222,32 @@ class S3Store(ObjectStore):
             raise _from_boto(exc, ref.uri) from exc
 
     def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """One request: a GET of the first ``max_bytes + 1`` bytes. The object's size comes
+        from the response's Content-Range (Content-Length when the server sends the whole
+        object), so the limit is checked before the body is read, without a HEAD."""
         ref = self.ref(uri)
-        size = self._head(ref)
-        _check_size(uri, size, max_bytes)
-        kwargs = {}
-        if max_bytes is not None:  # the object may grow between HEAD and GET
-            kwargs["Range"] = f"bytes=0-{max_bytes}"
+        kwargs = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes}"}
         try:
-            if size == 0:
-                kwargs.pop("Range", None)  # a range on an empty object is unsatisfiable
             resp = self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-            body = resp["Body"]
-            try:
-                data = body.read()
-            finally:
-                body.close()
+        except Exception as exc:  # noqa: BLE001
+            if max_bytes is not None and _unsatisfiable_range(exc):
+                return b""  # a range starting at byte 0 is unsatisfiable only on an empty object
+            raise _from_boto(exc, ref.uri) from exc
+        body = resp["Body"]
+        try:
+            total = _total_from_content_range(resp.get("ContentRange"))
+            if total is None:  # the whole object: no range asked, or the server ignored it
+                total = resp.get("ContentLength")
+            if total is not None:
+                _check_size(uri, int(total), max_bytes)
+            data = body.read()
+        except StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _from_boto(exc, ref.uri) from exc
+        finally:
+            body.close()
         _check_size(uri, len(data), max_bytes)
-        if "Range" in kwargs:
-            total = _total_from_content_range(resp.get("ContentRange"))
-            if total is not None:
-                _check_size(uri, total, max_bytes)
         return data
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
@@ -280,6 +284,15 @@ class S3Store(ObjectStore):
             except Exception as exc:  # noqa: BLE001
                 raise _from_boto(exc, f"s3://{bucket} (POUNDCAM_ALLOWED_BUCKETS)") from exc
         self.put(probe_key, b"poundcam write check\n", "text/plain")
+
+
+def _unsatisfiable_range(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return exc.response.get("Error", {}).get("Code") == "InvalidRange" or status == 416
 
 
 def _total_from_content_range(value: str | None) -> int | None:
