@@ -83,12 +83,19 @@ class MotoServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")
-        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-        cmd = ([exe] if exe else [sys.executable, "-m", "moto.server"]) + [
-            "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto's server behind a layer that counts requests on the server's side
+        cmd = [sys.executable, "-m", "benchmarks.s3_server", "-H", "127.0.0.1", "-p",
+               str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **AWS_ENV})
+                                     cwd=REPO, env={**os.environ, **AWS_ENV})
         wait_for_port(self.port)
+
+    def requests(self, reset: bool = False) -> dict:
+        """Requests served so far, counted by the server: ``{"total", "by_method",
+        "by_bucket": {bucket: {method: n}}}``; ``reset`` starts the count again."""
+        from benchmarks.s3_server import fetch_counts
+
+        return fetch_counts(self.url, reset=reset)
 
     def client(self):
         from poundcam.storage.s3 import make_s3_client
