@@ -19,6 +19,9 @@ from ..constants import ITEM_STATES, LABELS, ItemState
 
 # JSONB on PostgreSQL (queryable, indexable), JSON text elsewhere.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# A CAM grid map [grid][grid] of float32 values: real[][] on PostgreSQL, a JSON array of rows
+# elsewhere (each value the shortest decimal that reads back as the same float32).
+MapType = sa.JSON().with_variant(postgresql.ARRAY(sa.REAL(), dimensions=2), "postgresql")
 # 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 IdType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -87,6 +90,9 @@ class Analysis(Base):
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now())
+    # The raw maps (NULL for analyses stored before they were kept; migration 0004).
+    real_map: Mapped[list[Any] | None] = mapped_column(MapType)
+    fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
 
     __table_args__ = (
         # The identity of an analysis; its index also serves lookups by sha256 alone.

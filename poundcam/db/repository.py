@@ -7,10 +7,12 @@ batch leaves the same rows behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -22,7 +24,9 @@ MAX_ERROR_MESSAGE = 2000
 
 ANALYSIS_REQUIRED = ("sha256", "model_id", "cam_config_id", "p_fake", "logit_real",
                      "logit_fake", "label", "threshold", "stats", "heatmap_keys")
-ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker")
+ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker",
+                     "real_map", "fake_map")
+MAPS = ("real_map", "fake_map")
 _IDENTITY = ("sha256", "model_id", "cam_config_id")
 # The keys of a job_results record, in order: the one record shape of every output.
 RESULT_FIELDS = ("item_id", "position", "uri", "status", "error_code", "error_message",
@@ -36,7 +40,7 @@ class JobNotFoundError(PoundcamError):
 
 # --- analyses ------------------------------------------------------------------------------
 
-def _analysis_values(record: Mapping[str, Any]) -> dict[str, Any]:
+def _analysis_values(record: Mapping[str, Any], dialect: str) -> dict[str, Any]:
     missing = [k for k in ANALYSIS_REQUIRED if record.get(k) is None]
     if missing:
         raise ValueError(f"analysis record lacks {', '.join(missing)}")
@@ -49,7 +53,30 @@ def _analysis_values(record: Mapping[str, Any]) -> dict[str, Any]:
     for k in ("p_fake", "logit_real", "logit_fake", "threshold"):
         values[k] = float(values[k])
     values.setdefault("created_at", record.get("created_at") or utcnow())
+    for k in MAPS:
+        if values.get(k) is not None:
+            values[k] = _map_value(values[k], dialect)
     return values
+
+
+def _map_value(grid: Any, dialect: str) -> list[list[float]]:
+    """A [grid][grid] map as rows of floats that hold float32 values: as they are for
+    PostgreSQL's real[][], via their shortest decimal for the JSON text of other backends."""
+    a = np.asarray(grid, dtype=np.float32)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or not np.isfinite(a).all():
+        raise ValueError(f"a map must be a finite square grid, not an array of shape {a.shape}")
+    if dialect == "postgresql":
+        return a.tolist()
+    return [[float(v) for v in row] for row in a.astype(str)]
+
+
+def stored_map(value: Any) -> np.ndarray | None:
+    """A map column's value (either backend) as a float32 array [grid, grid]; None if absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    return np.asarray(value, dtype=np.float32)
 
 
 def upsert_analysis(session: Session, record: Mapping[str, Any]) -> int:
@@ -64,11 +91,11 @@ UPSERT_CHUNK = 100  # rows per INSERT statement (well under SQLite's bound-param
 
 def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> list[int]:
     """:func:`upsert_analysis` for many records in few statements: the ids, in order."""
-    rows = [_analysis_values(r) for r in records]
+    dialect = session.get_bind().dialect.name
+    rows = [_analysis_values(r, dialect) for r in records]
     if not rows:
         return []
     table = Analysis.__table__
-    dialect = session.get_bind().dialect.name
     for start in range(0, len(rows), UPSERT_CHUNK):
         chunk = rows[start:start + UPSERT_CHUNK]
         if dialect in ("postgresql", "sqlite"):
@@ -368,3 +395,36 @@ def job_results(session: Session, job_id: str, label: str | None = None,
                     "width": r.width, "height": r.height, "stats": r.stats,
                     "heatmap_keys": r.heatmap_keys})
     return out
+
+
+def analyses_for_rendering(session: Session, target: str) -> list[dict[str, Any]]:
+    """What ``poundcam render`` draws from: for an analysis id or a job id, one record per
+    analysis (``analysis_id``, ``sha256``, ``p_fake``, ``real_map``, ``fake_map`` as float32
+    arrays or None, ``uri``: a source the image was submitted as), in job order for a job.
+
+    Raises:
+        JobNotFoundError: ``target`` is neither an analysis id nor a job id.
+    """
+    a, i = Analysis, JobItem
+    cols = (a.id, a.sha256, a.p_fake, a.real_map, a.fake_map, i.uri)
+    if target.isdigit():
+        latest = (sa.select(sa.func.max(i.id)).where(i.analysis_id == int(target))
+                  .scalar_subquery())
+        q = (sa.select(*cols).select_from(a).outerjoin(i, i.id == latest)
+             .where(a.id == int(target)))
+    else:
+        if session.get(Job, target) is None:
+            raise JobNotFoundError(f"no analysis or job {target!r}")
+        q = (sa.select(*cols).select_from(i).join(a, a.id == i.analysis_id)
+             .where(i.job_id == target, i.status == "done").order_by(i.position))
+    rows, seen = [], set()
+    for r in session.execute(q):
+        if r.id in seen:  # a job may hold the same image twice
+            continue
+        seen.add(r.id)
+        rows.append({"analysis_id": r.id, "sha256": r.sha256, "p_fake": r.p_fake,
+                     "real_map": stored_map(r.real_map), "fake_map": stored_map(r.fake_map),
+                     "uri": r.uri})
+    if not rows and target.isdigit():
+        raise JobNotFoundError(f"no analysis or job {target!r}")
+    return rows

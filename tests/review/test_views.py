@@ -17,7 +17,8 @@ ITEM_COLUMNS = [
     "cam_target", "cam_grid", "heatmap_real_overlay_key", "heatmap_fake_overlay_key",
     "heatmap_real_overlay_original_key", "heatmap_fake_overlay_original_key",
     "heatmap_real_raw16_key", "heatmap_fake_raw16_key", "image_format", "width", "height",
-    "worker", "analysed_at"]
+    "worker", "analysed_at", "heatmap_key", "real_map", "fake_map"]
+GRID = 16
 SUMMARY_COLUMNS = ["job_id", "created_at", "total", "queued", "running", "done", "failed", "fake",
                    "real", "finished", "max_p_fake", "last_update_at"]
 NAMES = ("real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
@@ -33,13 +34,29 @@ def _stats(fake_max: float, peak) -> dict:
             "grid": 16, "layer": 23, "target": "contrastive"}
 
 
-def _analysis(sha_char: str, p_fake: float, label: str, peak) -> dict:
+def _maps(fake_peak: tuple[int, int] | None):
+    """Float32 maps of GRID x GRID: real evidence at the centre, fake at ``fake_peak``."""
+    import numpy as np
+
+    real = np.zeros((GRID, GRID), np.float32)
+    fake = np.zeros((GRID, GRID), np.float32)
+    real[8, 8] = 0.1  # not exactly representable: float32 round trip
+    if fake_peak is not None:
+        fake[fake_peak] = 1.7
+        fake[fake_peak[0], (fake_peak[1] + 1) % GRID] = 0.3
+        fake[6, 6] = 0.2  # in the central half
+    return real, fake
+
+
+def _analysis(sha_char: str, p_fake: float, label: str, peak, fake_peak=None) -> dict:
     sha = sha_char * 64
+    real, fake = _maps(fake_peak)
     return {"sha256": sha, "model_id": "m" * 16, "cam_config_id": "c" * 12, "p_fake": p_fake,
             "logit_real": 0.0, "logit_fake": 1.0, "label": label, "threshold": 0.5,
             "stats": _stats(2.0 * p_fake, peak),
             "heatmap_keys": {n: f"heatmaps/{sha[:2]}/{sha}/{n}.png" for n in NAMES},
-            "image_format": "JPEG", "width": 640, "height": 480, "worker": "w1"}
+            "image_format": "JPEG", "width": 640, "height": 480, "worker": "w1",
+            "real_map": real, "fake_map": fake}
 
 
 def _fill(url: str) -> tuple[str, str]:
@@ -50,7 +67,7 @@ def _fill(url: str) -> tuple[str, str]:
                              "s3://img/d.jpg"])
         empty = create_job(s, [])
         ids = mark_running(s, _item_ids(s, job)[:3])
-        a = upsert_analysis(s, _analysis("a", 0.9, "fake", [100.5, 200.25]))
+        a = upsert_analysis(s, _analysis("a", 0.9, "fake", [100.5, 200.25], fake_peak=(1, 2)))
         b = upsert_analysis(s, _analysis("b", 0.2, "real", None))  # an all-zero fake map
         mark_done(s, ids[0], a)
         mark_done(s, ids[1], b)
@@ -109,6 +126,24 @@ def test_views_up_query_down(db_url):
     assert failed["error_code"] == "decode_failed" and failed["analysis_id"] is None
     assert failed["p_fake"] is None and failed["heatmap_fake_overlay_key"] is None
     assert queued["attempts"] == 0 and queued["label"] is None
+    # the maps, as JSON arrays of rows on both backends, float32 values exactly
+    import json
+
+    import numpy as np
+
+    for row, peak in ((fake, (1, 2)), (real, None)):
+        maps = {k: json.loads(row[k]) if isinstance(row[k], str) else row[k]
+                for k in ("real_map", "fake_map")}
+        want_real, want_fake = _maps(peak)
+        assert np.array_equal(np.asarray(maps["real_map"], np.float32), want_real)
+        assert np.array_equal(np.asarray(maps["fake_map"], np.float32), want_fake)
+    assert failed["real_map"] is None and fake["heatmap_key"] is None
+    _, cells = _query(db_url, "SELECT map, grid_row, grid_col, value FROM poundcam_v_map_cells "
+                              "WHERE analysis_id = :a AND value > 0 ORDER BY map, grid_row, "
+                              "grid_col", a=fake["analysis_id"])
+    assert [(c["map"], c["grid_row"], c["grid_col"]) for c in cells] == [
+        ("fake", 1, 2), ("fake", 1, 3), ("fake", 6, 6), ("real", 8, 8)]
+    assert np.float32(cells[0]["value"]) == np.float32(1.7)
 
     # What a reviewer runs: fakes above a probability, strongest first, with their heatmaps.
     _, top = _query(db_url, "SELECT uri, p_fake, heatmap_fake_overlay_key FROM "
@@ -130,6 +165,15 @@ def test_views_up_query_down(db_url):
     _, unq = _query(db_url, "SELECT real, fake, finished FROM poundcam_v_job_summary "
                             "WHERE job_id = :j", j=job)
     assert unq == [{"real": 1, "fake": 1, "finished": False}]
+
+    downgrade(db_url, "0003_job_idempotency_key")
+    cols, _ = _query(db_url, "SELECT * FROM poundcam_v_item_results")
+    assert cols == ITEM_COLUMNS[:-3]  # 0002's view again
+    assert "poundcam_v_map_cells" not in _views(db_url)
+    upgrade(db_url)
+    cols, rows = _query(db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j "
+                                "ORDER BY position", j=job)
+    assert cols == ITEM_COLUMNS and rows[0]["fake_map"] is None  # the data went with 0004
 
     downgrade(db_url, "0001_initial")
     assert current(db_url) == ("0001_initial",)
@@ -172,3 +216,8 @@ def test_documented_queries_run(db_url):
     assert results[0] == [{"total": 4, "done": 2, "failed": 1, "waiting": 1, "finished": False}]
     assert [r["uri"] for r in results[1]] == ["s3://img/a.jpg"]
     assert results[2] == [{"error_code": "decode_failed", "n": 1, "example": "s3://img/c.jpg"}]
+    maps, top_left, central = results[-3:]
+    assert [r["position"] for r in maps] == [0, 1] and all(r["cam_grid"] == GRID for r in maps)
+    assert [(r["position"], r["grid_row"], r["grid_col"]) for r in top_left] == [(0, 1, 2)]
+    assert [r["position"] for r in central] == [0]
+    assert abs(central[0]["central_share"] - 0.2 / 2.2) < 1e-6
