@@ -4,14 +4,16 @@ Both the CLI's embedded mode and the Celery workers call ``Analyzer.analyze``. W
 three overlapping stages:
 
     preprocess (poundcam.preprocess.batched: the device path or Pillow, a background thread
-    one batch ahead) -> model + CAM + overlay drawing on the device (this thread, in batches)
+    one batch ahead) -> model + CAM + heatmap drawing on the device (this thread, in batches)
     -> statistics + PNG encoding (thread pool)
 
 so the next batch is decoded and the previous one encoded while the device computes. The
 preprocessing path is ``choose_path(device, options.preprocess)``: the device path on CUDA,
-Pillow on the CPU, unless forced; both give the same fields and geometry. Overlays are drawn
-for the whole batch where the maps are (poundcam.cam.render): crops recovered from the
-model's input, originals downscaled to the display size on the device; the CPU only deflates.
+Pillow on the CPU, unless forced; both give the same fields and geometry. Each image gets its
+raw maps (float32, for the database) and one heatmap file, the comparative evidence over the
+original (poundcam.cam.render), drawn for the whole batch where the maps are, originals
+downscaled to the display size on the device; the CPU only deflates. Every other rendering is
+made on demand from the stored maps (poundcam.cam.ondemand).
 A device out-of-memory error halves the batch and retries; it never fails the items.
 ``Analyzer.stage_times()`` says where the time went (docs/analysis.md).
 """
@@ -31,8 +33,8 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from .cam import ComparativeCAM
-from .cam.render import display_original_pil, display_originals, encode_heatmaps, \
-    original_overlay_scanlines, overlay_scanlines
+from .cam.render import DISPLAY_REDUCING_GAP, comparative_png, comparative_scanlines, \
+    display_original_pil, display_originals
 from .cam.batch_stats import compute_stats_batch
 from .constants import CamMethod, CamTarget, ErrorCode, JpegRoundtrip, Label, PreprocessPath
 from .preprocess.batched import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
@@ -42,7 +44,7 @@ from .preprocess.geometry import CropGeometry
 
 log = logging.getLogger(__name__)
 
-DISPLAY_REDUCING_GAP = 1.5  # Pillow-path originals: box-reduce, then bilinear (display only)
+HEATMAP_NAME = "comparative"  # the one heatmap file of an image (poundcam.cam.render)
 STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
           "wait_encode", "wait_results")
 
@@ -57,7 +59,7 @@ class AnalysisOptions:
     cam_target: str = CamTarget.CONTRASTIVE
     cam_method: str = CamMethod.HIRESCAM  # or gradcam; see ComparativeCAM and docs/cam.md
     batch_size: int = 32
-    render: bool = True             # produce heatmap PNGs
+    render: bool = True             # draw the comparative heatmap (one PNG per image)
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
     preprocess: str = PreprocessPath.AUTO  # auto | device | pillow (preprocess.batched.choose_path)
@@ -84,8 +86,10 @@ class AnalysisResult:
     cam_config_id: str
     stats: dict
     geometry: dict
-    heatmaps: dict[str, bytes]
+    heatmaps: dict[str, bytes]     # {HEATMAP_NAME: PNG}, empty when not drawn
     timings: dict[str, float]
+    real_map: Any = None           # the raw maps, float32 numpy arrays [grid, grid]
+    fake_map: Any = None
 
     def record(self) -> dict[str, Any]:
         """Everything but the PNG bytes (what the database stores)."""
@@ -136,8 +140,7 @@ class _Piece:
     grid: int
     layer: int
     target: str
-    crop_rows: torch.Tensor | None
-    original_rows: list[torch.Tensor] | None
+    heat_rows: list[torch.Tensor] | None   # comparative heatmap scanlines, per image
     compute_s: float             # per item
     render_s: float              # per item, on the device
     ready: Any = None
@@ -461,14 +464,13 @@ class Analyzer:
             t0 = time.perf_counter()
             res = self.cam.attribute(x, on_invalid="report")
             t1 = time.perf_counter()
-            crop_rows = original_rows = None
+            heat_rows = None
             if self.options.render:
-                crop_rows = overlay_scanlines(x, res.real, res.fake)
-                original_rows = original_overlay_scanlines(res.real, res.fake,
-                                                           self._resolve(displays), geometries)
+                heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays),
+                                                  geometries)
             n = x.shape[0]
             piece = _Piece(start, res.real, res.fake, res.logits, res.probs, res.invalid, res.grid,
-                           res.layer, res.target, crop_rows, original_rows, (t1 - t0) / n, 0.0)
+                           res.layer, res.target, heat_rows, (t1 - t0) / n, 0.0)
             self._to_host(piece)
             t2 = time.perf_counter()
             piece.render_s = (t2 - t1) / n
@@ -492,9 +494,9 @@ class Analyzer:
         without waiting; ``piece.ready`` is the event the encoding threads wait for."""
         if self._copy_stream is None:
             return
-        names = ("real", "fake", "logits", "probs", "crop_rows")
+        names = ("real", "fake", "logits", "probs")
         tensors = [getattr(piece, n) for n in names]
-        tensors += piece.original_rows or []
+        tensors += piece.heat_rows or []
         compute = torch.cuda.current_stream(self.device)
         self._copy_stream.wait_stream(compute)
         hosts = []
@@ -511,8 +513,8 @@ class Analyzer:
             piece.ready.record(self._copy_stream)
         for n, h in zip(names, hosts):
             setattr(piece, n, h)
-        if piece.original_rows is not None:
-            piece.original_rows = hosts[len(names):]
+        if piece.heat_rows is not None:
+            piece.heat_rows = hosts[len(names):]
 
     # -- statistics + PNG files (thread pool) ----------------------------------------------------
     def _piece_stats(self, piece: _Piece, geometries: list[CropGeometry]) -> list:
@@ -536,10 +538,9 @@ class Analyzer:
                 return ItemOutcome(meta.key, error_code=ErrorCode.CAM_UNAVAILABLE,
                                    error_message=piece.invalid[r], sha256=sha)
             heatmaps = {}
-            if self.options.render:
-                originals = piece.original_rows[r] if piece.original_rows is not None else None
-                heatmaps = encode_heatmaps(piece.crop_rows[r], originals, piece.real[r],
-                                           piece.fake[r])
+            if piece.heat_rows is not None:
+                heatmaps = {HEATMAP_NAME: comparative_png(piece.heat_rows[r], piece.real[r],
+                                                          piece.fake[r], float(piece.probs[r, 1]))}
             t_stats = time.perf_counter()
             stats = stats_future.result()[r]
             waited += time.perf_counter() - t_stats
@@ -568,6 +569,7 @@ class Analyzer:
             cam_config_id=self.cam_config_id,
             stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
             geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
+            real_map=piece.real[r].numpy().copy(), fake_map=piece.fake[r].numpy().copy(),
             timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
                      "render_s": render_s})
 

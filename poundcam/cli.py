@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "poundcam.commands.queue",
     "poundcam.commands.review",
     "poundcam.commands.metrics",
+    "poundcam.commands.render",
 )
 
 USAGE_EXIT = 2

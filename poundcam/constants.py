@@ -103,6 +103,14 @@ class CompileMode(StrEnum):
     ON = "on"
 
 
+class HeatmapMode(StrEnum):
+    """The one heatmap object per analysed image: the comparative heatmap, or none (the maps
+    only in the database)."""
+
+    COMPARATIVE = "comparative"
+    OFF = "off"
+
+
 # Default limits of one image (POUNDCAM_MAX_IMAGE_BYTES, POUNDCAM_MAX_IMAGE_PIXELS).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67,108,864

@@ -46,6 +46,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
                               batch_size=settings.batch_size,
                               preprocess=settings.preprocess, compile=settings.compile == CompileMode.ON,
                               jpeg_roundtrip=settings.jpeg_roundtrip,
+                              render=settings.heatmap != "off",
                               limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                                   max_pixels=settings.max_image_pixels))
     return Analyzer(model, options, device=device)
@@ -55,7 +56,7 @@ def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_clien
     if settings.embedded:
         source = sink = LocalStore.from_settings(settings)
     else:
-        if not settings.heatmap_bucket:
+        if not settings.heatmap_bucket and settings.heatmap != "off":
             from .settings import SettingsError
             raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set for S3 storage")
         source = sink = S3Store.from_settings(settings, client=s3_client)

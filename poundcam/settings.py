@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 from .constants import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, CamMethod, CamTarget,
-                        CompileMode, Device, JpegRoundtrip, PreprocessPath, StrEnum, values)
+                        CompileMode, Device, HeatmapMode, JpegRoundtrip, PreprocessPath, StrEnum,
+                        values)
 from .errors import PoundcamError
 
 # Fields whose value is one of an enum's (poundcam.constants); stored as the enum's member.
@@ -24,6 +25,7 @@ CHOICES: dict[str, type[StrEnum]] = {
     "jpeg_roundtrip": JpegRoundtrip,
     "compile": CompileMode,
     "cam_target": CamTarget,
+    "heatmap": HeatmapMode,
 }
 
 
@@ -69,6 +71,8 @@ class Settings:
     s3_endpoint_url: str | None = field(default=None, metadata={"parse": _opt_str})
     heatmap_bucket: str | None = field(default=None, metadata={"parse": _opt_str})
     heatmap_prefix: str = field(default="heatmaps/", metadata={"parse": _str})
+    # "off": no object at all, the maps only in the database (one S3 request per image)
+    heatmap: str = field(default="comparative", metadata={"parse": _str})
     allowed_buckets: tuple[str, ...] = field(default=(), metadata={"parse": _csv})
     weights: str | None = field(default=None, metadata={"parse": _opt_str})
     weights_sha256: str | None = field(default=None, metadata={"parse": _opt_str})

@@ -1,5 +1,11 @@
 """Heatmap images: colour overlays for people, 16-bit grayscale maps for tools.
 
+The analysis draws one file per image, the comparative heatmap (``comparative_scanlines`` +
+``comparative_png``): the original image with the comparative evidence, fake minus real, on a
+diverging scale (blue: real, red: fake), with a legend strip under it. Every other rendering
+(crop overlays, per-class overlays, 16-bit maps) is drawn on demand from the stored maps by the
+same functions (poundcam.cam.ondemand), pixel for pixel what the analysis would have drawn.
+
 Both maps of an image are drawn on one shared scale (the larger of the two maxima), so a weak
 map looks weak beside a strong one; an all-zero map draws nothing over the image. Opacity
 follows the map value, so regions without evidence show the image unchanged. Rendering only
@@ -17,6 +23,7 @@ The work is split so that a batch can be drawn where its maps are (the GPU durin
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Sequence
@@ -38,6 +45,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     import zlib as _deflate
 
 MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
+DISPLAY_REDUCING_GAP = 1.5  # Pillow originals: box-reduce, then bilinear (display only)
 ALPHA = OVERLAY_ALPHA
 COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps are tiny)
 MAPS = LABELS  # index 0 and 1 of the map axis in the batched functions
@@ -47,7 +55,20 @@ _RAMP = np.array(RAMP)  # poundcam/colormap.py: shared with the report's legend
 _x = np.linspace(0, 1, 256)
 COLORMAP = (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
             * 255).round().astype(np.uint8)
+# Diverging ramp of the comparative heatmap, from -1 (all real) through 0 to +1 (all fake):
+# Moreland's cool-warm control points, interpolated to 256 (index = round((v + 1) * 127.5)).
+_DIVERGING = np.array([
+    [-1.0, 59, 76, 192], [-0.5, 124, 159, 249], [0.0, 221, 221, 221], [0.5, 246, 154, 123],
+    [1.0, 180, 4, 38],
+])
+_v = np.linspace(-1, 1, 256)
+DIVERGING = np.stack([np.interp(_v, _DIVERGING[:, 0], _DIVERGING[:, c]) for c in (1, 2, 3)],
+                     axis=1).round().astype(np.uint8)
+LEGEND_HEIGHT = 30       # rows of the legend strip under the comparative heatmap
+MIN_HEATMAP_WIDTH = 200  # narrower images are drawn on a canvas this wide (room for the legend)
+BACKGROUND = 48          # grey level of the canvas around a narrow image and of the legend
 _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_DIVERGING_LUT: dict[torch.device, torch.Tensor] = {}
 _CHUNK_VALUES = 1 << 25  # bound on float values per blend call (memory on the device)
 
 
@@ -238,6 +259,115 @@ def original_overlay_scanlines(real: torch.Tensor, fake: torch.Tensor,
             for j, i in enumerate(part):
                 out[i] = rows[j]
     return out  # type: ignore[return-value]
+
+
+def _diverging_lut(device: torch.device) -> torch.Tensor:
+    lut = _DIVERGING_LUT.get(device)
+    if lut is None:
+        lut = _DIVERGING_LUT[device] = torch.from_numpy(DIVERGING).float().to(device)
+    return lut
+
+
+def blend_signed(base: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """Diverging ramp over images: base uint8 [n, 3, H, W], signed [n, H, W] in -1..1 ->
+    uint8 [n, H, W, 3]: base * (1 - a) + colour(signed) * a, a = ALPHA * |signed|."""
+    lut = _diverging_lut(signed.device)
+    v = signed.float().clamp(-1.0, 1.0)
+    idx = ((v + 1) * 127.5).round_().to(torch.uint8).flatten().long()
+    colours = torch.index_select(lut, 0, idx).view(*v.shape, 3)
+    alpha = v.abs_().mul_(ALPHA).unsqueeze(-1)
+    out = base.permute(0, 2, 3, 1).float() * (1 - alpha)
+    out += colours.mul_(alpha)
+    return out.round_().to(torch.uint8)
+
+
+def heatmap_width(geometry: CropGeometry) -> int:
+    """Width in pixels of the comparative heatmap of an image (its canvas)."""
+    return max(display_size(geometry)[0], MIN_HEATMAP_WIDTH)
+
+
+def comparative_scanlines(real: torch.Tensor, fake: torch.Tensor,
+                          displays: Sequence[torch.Tensor],
+                          geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+    """The comparative heatmaps of a batch, without their legend: maps [n, g, g], per image
+    its original at ``display_size`` (uint8 [3, h, w], on the maps' device) and its geometry
+    -> per image PNG scanlines uint8 [h, 1 + 3W] (W = ``heatmap_width``). The evidence is
+    fake minus real on the images' shared scale (``shared_normalized``), where the crop lies;
+    outside it the image shows unchanged. Images that share a geometry are drawn together."""
+    norm = shared_normalized(real, fake)
+    signed = norm[:, 1] - norm[:, 0]
+    out: list[torch.Tensor | None] = [None] * len(displays)
+    groups: dict[CropGeometry, list[int]] = {}
+    for i, g in enumerate(geometries):
+        groups.setdefault(g, []).append(i)
+    for geometry, idx in groups.items():
+        w, h = display_size(geometry)
+        width = heatmap_width(geometry)
+        step = max(1, _CHUNK_VALUES // (4 * h * width))
+        for a in range(0, len(idx), step):
+            part = idx[a:a + step]
+            base = torch.stack([displays[i] for i in part])
+            patch, (cx0, cy0, cx1, cy1) = _visible_patch(
+                torch.stack([signed[i] for i in part]), geometry, (w, h))
+            pixels = base.new_full((len(part), h, width, 3), BACKGROUND)
+            pixels[:, :, :w] = base.permute(0, 2, 3, 1)
+            pixels[:, cy0:cy1, cx0:cx1] = blend_signed(base[..., cy0:cy1, cx0:cx1], patch)
+            rows = png_rows(pixels)
+            for j, i in enumerate(part):
+                out[i] = rows[j]
+    return out  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def _legend_base(width: int) -> Image.Image:
+    """The part of the legend every image of this width shares: the colour bar and its ends."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (width, LEGEND_HEIGHT), (BACKGROUND,) * 3)
+    bar_x0, bar_x1 = 34, width - 34
+    ramp = DIVERGING[np.linspace(0, 255, max(1, bar_x1 - bar_x0)).round().astype(int)]
+    img.paste(Image.fromarray(np.repeat(ramp[None], 8, axis=0)), (bar_x0, 4))
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    draw.text((3, 2), "real", fill=(124, 159, 249), font=font)
+    draw.text((bar_x1 + 4, 2), "fake", fill=(246, 154, 123), font=font)
+    return img
+
+
+@functools.lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def legend_rows(width: int, p_fake: float, scale: float) -> np.ndarray:
+    """The legend strip of a comparative heatmap as PNG scanlines uint8 [LEGEND_HEIGHT,
+    1 + 3 * width] (filter "None"): the colour bar from real to fake, P(fake) and the map
+    value the ends of the bar stand for."""
+    from PIL import ImageDraw
+
+    img = _legend_base(width).copy()
+    ImageDraw.Draw(img).text((3, 16), f"P(fake) {p_fake:.3f}   |max| {scale:.3g}",
+                             fill=(230, 230, 230), font=_font())
+    pixels = np.asarray(img).reshape(LEGEND_HEIGHT, 3 * width)
+    rows = np.zeros((LEGEND_HEIGHT, 1 + 3 * width), dtype=np.uint8)
+    rows[:, 1:] = pixels
+    return rows
+
+
+def comparative_png(scanlines, real, fake, p_fake: float) -> bytes:
+    """The comparative heatmap file of one image: its scanlines from ``comparative_scanlines``
+    (on the CPU), the legend under them, and text fields a tool can read
+    (``poundcam.scale``: the map value of the ends of the scale; ``poundcam.p_fake``)."""
+    a = scanlines.numpy() if isinstance(scanlines, torch.Tensor) else np.asarray(scanlines)
+    scale = max(float(_to_tensor(real).max()), float(_to_tensor(fake).max()), 0.0)
+    width = (a.shape[1] - 1) // 3
+    rows = np.concatenate([a, legend_rows(width, p_fake, scale)])
+    return _png(rows, width, rows.shape[0], 8, 2,
+                {"poundcam.scale": repr(scale), "poundcam.p_fake": repr(float(p_fake)),
+                 "poundcam.legend": "blue: real evidence, red: fake evidence, fake - real "
+                                    "on the shared scale"})
 
 
 # --- PNG files ----------------------------------------------------------------------------------

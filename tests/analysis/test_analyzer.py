@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from poundcam.analysis import AnalysisOptions, Analyzer
-from poundcam.cam.render import MAX_ORIGINAL_SIDE, display_size, read_raw16_png
+from poundcam.cam.ondemand import render_maps, source_view
+from poundcam.cam.render import LEGEND_HEIGHT, MAX_ORIGINAL_SIDE, display_size, heatmap_width
 from poundcam.preprocess.transform import geometry_for
 
-HEATMAPS = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
-            "real_raw16", "fake_raw16"}
+HEATMAPS = {"comparative"}  # the one file per image; the rest is drawn from the stored maps
 
 
 def _scene(w: int, h: int, seed: int) -> Image.Image:
@@ -134,27 +134,32 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
     got = {o.key: o.result for o in outcomes["pillow"]}
     for i, key in enumerate(("jpeg", "png")):
         assert got[key].p_fake == pytest.approx(float(res.probs[i, 1]), abs=1e-5)
-        scale = float(res.real[i].max())
-        back = read_raw16_png(got[key].heatmaps["real_raw16"])
-        assert np.abs(back - res.real[i].numpy()).max() <= scale / 65535 + 1e-6
+        assert got[key].real_map.dtype == np.float32
+        assert np.allclose(got[key].real_map, res.real[i].numpy(), rtol=1e-5, atol=1e-7)
+        assert np.allclose(got[key].fake_map, res.fake[i].numpy(), rtol=1e-5, atol=1e-7)
         direct = compute_stats(res.real[i], res.fake[i], geometry_for(got[key].width, got[key].height))
         assert got[key].stats["fake"]["peak_cell"] == direct["fake"]["peak_cell"]
         assert got[key].stats["comparative"]["fake_share"] == pytest.approx(
             direct["comparative"]["fake_share"], abs=1e-4)
 
 
-def test_overlays_sizes_and_modes(outcomes):
+def test_overlays_sizes_and_modes(outcomes, inputs):
     r = next(o.result for o in outcomes["device"] if o.key == "jpeg2")
-    for name in ("real_overlay", "fake_overlay"):
-        img = _png(r.heatmaps[name])
-        assert img.size == (224, 224) and img.mode == "RGB"
     geom = geometry_for(r.width, r.height)
+    img = _png(r.heatmaps["comparative"])
+    w, h = display_size(geom)
+    assert img.size == (heatmap_width(geom), h + LEGEND_HEIGHT) and img.mode == "RGB"
+    assert max(w, h) <= MAX_ORIGINAL_SIDE
+    drawn = render_maps(r.real_map, r.fake_map, source_view(dict(inputs)["jpeg2"]), r.p_fake)
+    for name in ("real_overlay", "fake_overlay"):
+        img = _png(drawn[name])
+        assert img.size == (224, 224) and img.mode == "RGB"
     for name in ("real_overlay_original", "fake_overlay_original"):
-        img = _png(r.heatmaps[name])
-        assert img.size == display_size(geom) and max(img.size) <= MAX_ORIGINAL_SIDE
-        assert img.mode == "RGB"
+        img = _png(drawn[name])
+        assert img.size == display_size(geom) and img.mode == "RGB"
     grid = r.stats["grid"]
-    assert _png(r.heatmaps["fake_raw16"]).size == (grid, grid)
+    assert r.fake_map.shape == (grid, grid)
+    assert _png(drawn["fake_raw16"]).size == (grid, grid)
 
 
 def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inputs):
@@ -167,12 +172,13 @@ def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inpu
     (o,) = _run(official_model, [("png", data)], preprocess="pillow")
     _, _, crop = preprocess_with_geometry(decode_image(data).image)
     for name in ("real", "fake"):
-        grid = read_raw16_png(o.result.heatmaps[f"{name}_raw16"])
+        grid = getattr(o.result, f"{name}_map")
         if grid.max() > 0 and (grid == 0).any():
             break
     else:
         pytest.skip("no map with both zero and non-zero cells")
-    drawn = np.asarray(_png(o.result.heatmaps[f"{name}_overlay"]), dtype=np.int32)
+    files = render_maps(o.result.real_map, o.result.fake_map, source_view(data), o.result.p_fake)
+    drawn = np.asarray(_png(files[f"{name}_overlay"]), dtype=np.int32)
     base = np.asarray(crop, dtype=np.int32)
     cell = 224 // grid.shape[0]
     # a zero cell whose neighbours are zero too (bilinear upsampling reaches them) is drawn

@@ -139,6 +139,7 @@ class E2E:
     rows: list
     metrics_before: str
     metrics_after: str
+    s3_requests: dict       # what the S3 server served for the job, counted on its side
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,7 @@ def e2e(stack, official_dir) -> E2E:
     expected[f"s3://{IMAGES}/missing/no-such-key.png"] = "not_found"
 
     before = stack.worker.metrics()
+    stack.moto.requests(reset=True)
     env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": stack.db_url,
            "POUNDCAM_BROKER_URL": stack.broker_url}
     proc = subprocess.run(poundcam_cmd() + ["submit", "--json", "--batch-size", "5",
@@ -175,7 +177,8 @@ def e2e(stack, official_dir) -> E2E:
         if sum(item_deltas(before, after).values()) >= len(expected) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    return E2E(job_id, expected, item_rows(stack.sessions, job_id), before, after)
+    return E2E(job_id, expected, item_rows(stack.sessions, job_id), before, after,
+               stack.moto.requests())
 
 
 def test_every_item_is_done_or_failed_with_its_code(e2e):
@@ -198,8 +201,7 @@ def test_heatmaps_are_pngs_in_s3_under_the_recorded_keys(stack, e2e):
     records = {r["uri"]: r for r in client.results(e2e.job_id, settings=stack.settings)}
     done = [uri for uri, code in e2e.expected.items() if code is None]
     assert done
-    names = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
-             "real_raw16", "fake_raw16"}
+    names = {"comparative"}  # one object per analysed image
     for uri in done:
         rec = records[uri]
         assert rec["sha256"] == hashlib.sha256(stack.uploads[uri]).hexdigest()
@@ -224,14 +226,30 @@ def test_heatmaps_are_pngs_in_s3_under_the_recorded_keys(stack, e2e):
                     assert bit_depth == 8 and im.mode in ("RGB", "RGBA"), (key, im.mode)
 
 
+def test_s3_requests_per_image(e2e):
+    """Counted by the S3 server: one ranged GET per fetched image (no HEAD) and one PUT per
+    analysed image, so at most 2 requests per analysed image."""
+    analysed = sum(code is None for code in e2e.expected.values())
+    fetched = sum(uri.startswith(f"s3://{IMAGES}/") for uri in e2e.expected)
+    got = e2e.s3_requests["by_bucket"]
+    assert got == {IMAGES: {"GET": fetched}, HEAT: {"PUT": analysed}}, got
+    assert e2e.s3_requests["total"] <= 2 * analysed + (fetched - analysed)
+
+
 def test_resubmitting_creates_no_new_analyses(stack, e2e):
     from poundcam import client
 
     before = analysis_counts(stack.sessions)
+    objects = stack.s3.list_objects_v2(Bucket=HEAT).get("KeyCount")
+    stack.moto.requests(reset=True)
     job2 = client.submit(list(e2e.expected), batch_size=7, settings=stack.settings)
     assert job2 != e2e.job_id
     wait_finished(stack.sessions, job2, JOB_TIMEOUT, [stack.worker])
     assert analysis_counts(stack.sessions) == before
+    # a reused image costs one request, its GET; nothing is written
+    fetched = sum(uri.startswith(f"s3://{IMAGES}/") for uri in e2e.expected)
+    assert stack.moto.requests()["by_bucket"] == {IMAGES: {"GET": fetched}}
+    assert stack.s3.list_objects_v2(Bucket=HEAT).get("KeyCount") == objects
     assert all(n == 1 for n in before.values())
     first = {r["uri"]: r for r in e2e.rows}
     for r in item_rows(stack.sessions, job2):
@@ -280,7 +298,7 @@ def test_status_and_results_commands(stack, e2e):
     table = list(csv.DictReader(io.StringIO(out["csv"])))
     assert [r["uri"] for r in table] == list(e2e.expected)
     assert {"status", "error_code", "error_message", "sha256", "p_fake", "threshold", "label",
-            "model_id", "heatmap_fake_overlay", "fake_share"} <= set(table[0])
+            "model_id", "heatmap_comparative", "fake_share"} <= set(table[0])
     for r in table:
         assert r["status"] == ("done" if e2e.expected[r["uri"]] is None else "failed")
 

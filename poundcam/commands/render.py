@@ -1,0 +1,135 @@
+"""``poundcam render ANALYSIS|JOB``: heatmap files drawn on demand from the stored maps.
+
+The analysis writes one heatmap object per image; every other picture (the overlays on the
+model's crop and on the original, the 16-bit maps) is drawn here from the maps in the database
+and the source image, exactly as the analysis would have drawn it (poundcam.cam.ondemand).
+The report uses the same ``Renderer``.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import PoundcamError
+
+
+class RenderError(PoundcamError):
+    """One analysis could not be drawn; ``code`` says why (stable, documented)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "render", help="draw heatmap files from the stored maps",
+        description="Draw heatmap files of an analysis (its id) or of every analysed item of a "
+                    "job from the maps in the database: the overlays on the model's crop and "
+                    "on the original, the 16-bit raw maps and the comparative heatmap. Source "
+                    "images are read from S3 (POUNDCAM_ALLOWED_BUCKETS) or local paths "
+                    "(POUNDCAM_ALLOWED_ROOTS); a source whose bytes differ from the analysed "
+                    "image is not drawn.")
+    p.add_argument("target", metavar="ANALYSIS|JOB", help="analysis id (a number) or job id")
+    p.add_argument("--out", default="poundcam-render", metavar="DIR",
+                   help="folder to write OUT/<analysis id>/<name>.png (default poundcam-render)")
+    p.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma list of files to draw (default all: real_overlay, fake_overlay, "
+                        "real_overlay_original, fake_overlay_original, real_raw16, fake_raw16, "
+                        "comparative)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL (default POUNDCAM_DATABASE_URL)")
+    p.set_defaults(handler=_render)
+
+
+class Renderer:
+    """Draws the files of stored analyses, reading each source image once.
+
+    Args:
+        settings: where sources may be read (allowed buckets and roots, the S3 endpoint) and
+            their size limit.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._s3 = None
+        self._local = None
+
+    def _read(self, uri: str | None) -> bytes:
+        from ..storage import LocalStore, S3Store
+
+        if not uri:
+            raise RenderError("source_unknown", "no submitted source is recorded for it")
+        if uri.startswith("s3://"):
+            if self._s3 is None:
+                self._s3 = S3Store(None, allowed_buckets=self.settings.allowed_buckets,
+                                   endpoint_url=self.settings.s3_endpoint_url)
+            store = self._s3
+        else:
+            if self._local is None:  # the bytes are checked against the analysed image below
+                self._local = LocalStore(Path.cwd(), self.settings.allowed_roots or ("/",))
+            store = self._local
+        return store.get(uri, max_bytes=self.settings.max_image_bytes)
+
+    def render(self, record: dict[str, Any], names=None) -> dict[str, bytes]:
+        """The files of one record of ``analyses_for_rendering``.
+
+        Raises:
+            RenderError: no maps stored, or the source is unreadable or changed.
+            poundcam.storage.StorageError: the source could not be read.
+        """
+        from ..cam.ondemand import MAP_ONLY, RENDERINGS, render_maps, source_view
+        from ..preprocess.decode import DecodeLimits
+
+        names = RENDERINGS if names is None else names
+        if record["real_map"] is None or record["fake_map"] is None:
+            raise RenderError("maps_not_stored",
+                              "this analysis was stored before the maps were kept")
+        source = None
+        if any(n not in MAP_ONLY for n in names):
+            data = self._read(record["uri"])
+            if hashlib.sha256(data).hexdigest() != record["sha256"]:
+                raise RenderError("source_changed",
+                                  f"{record['uri']}: not the analysed image any more")
+            source = source_view(data, DecodeLimits(max_bytes=self.settings.max_image_bytes,
+                                                    max_pixels=self.settings.max_image_pixels))
+        return render_maps(record["real_map"], record["fake_map"], source,
+                           p_fake=record["p_fake"], names=names)
+
+
+def _render(args) -> int:
+    from ..cam.ondemand import RENDERINGS
+    from ..db import analyses_for_rendering, make_session_factory, session_scope
+    from ..settings import Settings
+    from ..storage import LocalStore
+
+    names = RENDERINGS if not args.only else tuple(n.strip() for n in args.only.split(","))
+    unknown = [n for n in names if n not in RENDERINGS]
+    if unknown:
+        print(f"poundcam render: unknown file name(s) {', '.join(unknown)}; "
+              f"choose from {', '.join(RENDERINGS)}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env(**({"database_url": args.db} if args.db else {}))
+    sessions = make_session_factory(settings.database_url)
+    try:
+        with session_scope(sessions) as s:
+            records = analyses_for_rendering(s, args.target)
+    finally:
+        sessions.kw["bind"].dispose()
+    out = LocalStore(args.out)
+    renderer = Renderer(settings)
+    failed = 0
+    for record in records:
+        try:
+            files = renderer.render(record, names)
+        except (RenderError, PoundcamError) as exc:
+            failed += 1
+            print(f"analysis {record['analysis_id']}: {getattr(exc, 'code', 'error')}: {exc}",
+                  file=sys.stderr)
+            continue
+        for name, png in files.items():
+            out.put(f"{record['analysis_id']}/{name}.png", png, "image/png")
+    print(f"drew {len(records) - failed} of {len(records)} analyses into {out.root}")
+    return 1 if failed else 0
