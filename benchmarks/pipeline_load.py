@@ -50,6 +50,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import SIZES, random_poundnet  # noqa: E402
+from benchmarks.costs import cost_table  # noqa: E402
+from benchmarks.s3_server import fetch_counts  # noqa: E402
 from benchmarks.local_servers import (AWS_ENV, RedisDatabases, fresh_database,  # noqa: E402
                                       free_port, poundcam_cmd, wait_for_port)
 DEFAULT_WEIGHTS = ROOT / "tests" / "fixtures" / "poundnet-official-tiny" / "last.ckpt"
@@ -125,11 +127,10 @@ def make_corpus(n: int, bad_fraction: float, side: int) -> list[tuple[str, bytes
 def moto_server(workdir: Path):
     """Yields (endpoint URL, pid)."""
     port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    cmd = ([exe] if exe else [sys.executable, "-m", "moto.server"]) + ["-H", "127.0.0.1",
-                                                                       "-p", str(port)]
+    # moto's server behind a layer that counts the requests on the server's side
+    cmd = [sys.executable, "-m", "benchmarks.s3_server", "-H", "127.0.0.1", "-p", str(port)]
     with open(workdir / "moto.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, **AWS_ENV})
         try:
             wait_for_port(port)
@@ -299,6 +300,43 @@ def account(corpus, uris, job_id: str, settings, sessions) -> dict:
                    and not duplicates and not missing)}
 
 
+def stored(s3, db_url: str, analyses: int) -> dict:
+    """Bytes the run left behind: heatmap objects in S3, tables and indexes in PostgreSQL."""
+    import sqlalchemy as sa
+
+    from poundcam.db import make_engine
+
+    sizes = [o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=HEAT)
+             for o in page.get("Contents", [])]
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            db = {t: int(conn.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar())
+                  for t in ("analyses", "job_items")}
+            items = int(conn.execute(sa.text("SELECT COUNT(*) FROM job_items")).scalar())
+    finally:
+        engine.dispose()
+    return {"heatmap_objects": len(sizes), "heatmap_bytes": sum(sizes), "analyses": analyses,
+            "job_items": items, "db_bytes": db}
+
+
+def measured_per_image(report: dict, acc: dict) -> dict:
+    """The figures per image the cost table takes (benchmarks/costs.py)."""
+    pipe, reuse, st = report["pipeline"], report["reuse"], report["storage"]
+    by_method = pipe["s3_requests"]["by_method"]
+    done = max(1, acc["done"])
+    fetched = sum(by_method.get(m, 0) for m in ("GET", "HEAD"))
+    return {
+        "s3_get_per_analysed": fetched / max(1, acc["total"]),
+        "s3_put_per_analysed": by_method.get("PUT", 0) / done,
+        "s3_requests_per_analysed": fetched / max(1, acc["total"]) + by_method.get("PUT", 0) / done,
+        "s3_requests_per_reused": reuse["s3_requests"]["total"] / max(1, acc["total"]),
+        "heatmap_bytes_per_analysed": st["heatmap_bytes"] / done,
+        "db_rows_per_image": (st["analyses"] + st["job_items"]) / max(1, acc["total"]),
+        "db_bytes_per_image": sum(st["db_bytes"].values()) / max(1, acc["total"]),
+    }
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -395,14 +433,22 @@ def main(argv=None) -> int:
             sessions = make_session_factory(db_url)
             print("pipeline ...", flush=True)
             pids = {"s3_server": [moto_pid], "workers": [w.proc.pid for w in workers]}
+            fetch_counts(s3_url, reset=True)
             cpu0 = {k: sum(map(cpu_seconds, v)) for k, v in pids.items()}
             report["pipeline"] = pipe = pipeline(corpus, uris, settings, sessions, workers,
                                                  args.timeout)
             # where the machine's time went (the S3 server runs here, not in a data centre)
             pipe["cpu_seconds"] = {k: sum(map(cpu_seconds, v)) - cpu0[k] for k, v in pids.items()}
             pipe["core_seconds_available"] = pipe["seconds"] * cores
+            pipe["s3_requests"] = fetch_counts(s3_url, reset=True)
             print(f"  {pipe['images_per_s']:.2f} images/s ({pipe['seconds']:.1f}s)", flush=True)
             report["accounting"] = acc = account(corpus, uris, pipe["job_id"], settings, sessions)
+            report["storage"] = stored(s3, db_url, acc["analyses"])
+            print("resubmission (every image reused) ...", flush=True)
+            report["reuse"] = reuse = pipeline(corpus, uris, settings, sessions, workers,
+                                               args.timeout)
+            reuse["s3_requests"] = fetch_counts(s3_url)
+            print(f"  {reuse['images_per_s']:.2f} images/s ({reuse['seconds']:.1f}s)", flush=True)
             sessions.kw["bind"].dispose()
         finally:
             for w in workers:
@@ -429,7 +475,12 @@ def main(argv=None) -> int:
         "analysis_only": (before["cpu_seconds"] + after["cpu_seconds"]) / (2 * args.n),
         "pipeline_workers": pipe["cpu_seconds"]["workers"] / args.n,
         "pipeline_workers_and_s3_server": cpu_pipe / args.n}
+    report["cpu_seconds_per_image"]["workers_outside_analysis"] = (
+        report["cpu_seconds_per_image"]["pipeline_workers"]
+        - report["cpu_seconds_per_image"]["analysis_only"])
     report["meets_target"] = report["ratio"] >= TARGET_RATIO
+    report["per_image"] = per_image = measured_per_image(report, acc)
+    report["load_average"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"pipeline_load-n{args.n}-{time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -445,6 +496,17 @@ def main(argv=None) -> int:
           f"{pipe['core_seconds_available']:.0f} core-seconds; CPU ms per image: analysis only "
           f"{1000 * per['analysis_only']:.0f}, pipeline workers {1000 * per['pipeline_workers']:.0f} "
           f"(+ S3 server {1000 * (per['pipeline_workers_and_s3_server'] - per['pipeline_workers']):.0f})")
+    print(f"CPU ms per image in the workers outside the analysis: "
+          f"{1000 * per['workers_outside_analysis']:.1f} (workers {1000 * per['pipeline_workers']:.1f} "
+          f"- analysis only {1000 * per['analysis_only']:.1f})")
+    print(f"S3 requests, counted by the server: {pipe['s3_requests']['by_method']} for "
+          f"{acc['done']} analysed and {acc['failed']} failed images: "
+          f"{per_image['s3_requests_per_analysed']:.2f} per analysed image "
+          f"({per_image['s3_get_per_analysed']:.2f} GET + {per_image['s3_put_per_analysed']:.2f} PUT); "
+          f"resubmitted (every image reused): {reuse['s3_requests']['by_method']}, "
+          f"{per_image['s3_requests_per_reused']:.2f} per image")
+    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in report['load_average'])}")
+    print("\n" + cost_table(per_image) + "\n")
     print(f"items: {acc['items']}/{acc['total']}, {acc['done']} done, {acc['failed']} failed "
           f"{acc['failed_by_code']}; analyses {acc['analyses']}; wrong outcomes {acc['n_wrong']}; "
           f"duplicates {len(acc['duplicate_analyses'])}; accounted for: {acc['ok']}")

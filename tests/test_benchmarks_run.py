@@ -49,6 +49,9 @@ def test_load_script_accounts_for_every_item(tmp_path, redis_url):
                      "--batch-size", "4", "--task-batch-size", "6", "--redis", base,
                      "--out", str(tmp_path), timeout=400)
     assert "accounted for: True" in out
+    assert "1.00 per analysed image (1.00 GET + 1.00 PUT)" in out  # one ranged GET, one PUT
+    assert "1.00 per image" in out  # a reused image: its GET
+    assert "| Per million analysed images |" in out and "CPU ms per image in the workers" in out
 
 
 @pytest.mark.integration
@@ -59,3 +62,12 @@ def test_chaos_run_holds_at_its_smallest(tmp_path, redis_url):
                      "--workers", "1", "--cut-s", "4", "--redis", base, "--out", str(tmp_path),
                      "--timeout", "400", timeout=600)
     assert "all checks hold: True" in out
+
+
+def test_cost_table_in_the_docs_is_the_benchmarks():
+    """docs/operations.md shows the table benchmarks/costs.py renders for the recorded run."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.costs import cost_table
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    assert cost_table() in doc
