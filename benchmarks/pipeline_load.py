@@ -332,8 +332,8 @@ def measured_per_image(report: dict, acc: dict) -> dict:
         "s3_requests_per_analysed": fetched / max(1, acc["total"]) + by_method.get("PUT", 0) / done,
         "s3_requests_per_reused": reuse["s3_requests"]["total"] / max(1, acc["total"]),
         "heatmap_bytes_per_analysed": st["heatmap_bytes"] / done,
-        "db_rows_per_image": (st["analyses"] + st["job_items"]) / max(1, acc["total"]),
-        "db_bytes_per_image": sum(st["db_bytes"].values()) / max(1, acc["total"]),
+        "db_rows_per_image": (st["analyses"] + st["job_items"]) / done,
+        "db_bytes_per_image": sum(st["db_bytes"].values()) / done,
     }
 
 
@@ -440,10 +440,11 @@ def main(argv=None) -> int:
             # where the machine's time went (the S3 server runs here, not in a data centre)
             pipe["cpu_seconds"] = {k: sum(map(cpu_seconds, v)) - cpu0[k] for k, v in pids.items()}
             pipe["core_seconds_available"] = pipe["seconds"] * cores
-            pipe["s3_requests"] = fetch_counts(s3_url, reset=True)
+            pipe["s3_requests"] = fetch_counts(s3_url)
             print(f"  {pipe['images_per_s']:.2f} images/s ({pipe['seconds']:.1f}s)", flush=True)
             report["accounting"] = acc = account(corpus, uris, pipe["job_id"], settings, sessions)
             report["storage"] = stored(s3, db_url, acc["analyses"])
+            fetch_counts(s3_url, reset=True)  # after the listing above
             print("resubmission (every image reused) ...", flush=True)
             report["reuse"] = reuse = pipeline(corpus, uris, settings, sessions, workers,
                                                args.timeout)

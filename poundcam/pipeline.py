@@ -56,13 +56,13 @@ class PipelineContext:
     max_image_bytes: int | None = None
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     io_threads: int = 16
-    store_threads: int = 4          # items stored at once (each uploads its heatmaps via io)
+    store_threads: int = 4          # items stored at once (each puts its one heatmap itself)
     max_pending_stores: int = 64    # results waiting to be stored (bounds memory)
     observer: object | None = None  # metrics: .item(outcome, code), .batch(seconds, n)
 
     def __post_init__(self):
         self._io = cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="poundcam-s3")
-        # A pool of its own: store tasks wait on uploads in the I/O pool, never on themselves.
+        # A pool of its own: the uploads run beside the fetches, never queued behind them.
         self._store_pool = cf.ThreadPoolExecutor(self.store_threads,
                                                  thread_name_prefix="poundcam-store")
 
@@ -325,9 +325,8 @@ def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:
     r = outcome.result
     keys = {name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
             for name in r.heatmaps}
-    uploads = [ctx._io.submit(ctx.sink.put, keys[n], png, "image/png") for n, png in r.heatmaps.items()]
-    for f in uploads:
-        f.result()
+    for name, png in r.heatmaps.items():  # at most one object: put from this store thread
+        ctx.sink.put(keys[name], png, "image/png")
     record = {**r.record(), "heatmap_keys": keys, "worker": ctx.worker}
     record["geometry"] = {**record["geometry"], "mode": record.pop("original_mode")}
     return record

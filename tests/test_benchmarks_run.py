@@ -49,7 +49,7 @@ def test_load_script_accounts_for_every_item(tmp_path, redis_url):
                      "--batch-size", "4", "--task-batch-size", "6", "--redis", base,
                      "--out", str(tmp_path), timeout=400)
     assert "accounted for: True" in out
-    assert "1.00 per analysed image (1.00 GET + 1.00 PUT)" in out  # one ranged GET, one PUT
+    assert "2.00 per analysed image (1.00 GET + 1.00 PUT)" in out  # one ranged GET, one PUT
     assert "1.00 per image" in out  # a reused image: its GET
     assert "| Per million analysed images |" in out and "CPU ms per image in the workers" in out
 

@@ -152,3 +152,37 @@ def test_heatmaps_refused_for_good_fail_their_items_with_a_code(setup, tmp_path)
     report = process_items(ctx, items)
     assert (report.done, report.failed, report.retry) == (0, 3, [])
     assert states(sessions, items) == [("failed", "heatmap_not_stored")] * 3
+
+
+def test_one_object_per_image_and_none_when_off(setup, tmp_path):
+    """Each analysed image writes one object, the comparative heatmap, and its maps to the
+    database; with the heatmap off it writes nothing to the store and the maps still go to
+    the database."""
+    from poundcam.db.repository import stored_map
+
+    ctx, store, sessions, uris = setup
+    puts = []
+    real_put = store.put
+    store.put = lambda key, data, ct="application/octet-stream": puts.append(key) or real_put(
+        key, data, ct)
+    process_items(ctx, new_job(sessions, uris[:3]))
+    assert len(puts) == 3 and all(k.endswith("/comparative.png") for k in puts)
+
+    off = Analyzer(ctx.analyzer.model, AnalysisOptions(batch_size=3, render=False))
+    ctx_off = PipelineContext(analyzer=off, source=store, sink=store, sessions=sessions,
+                              max_image_bytes=1 << 20, io_threads=2, store_threads=1)
+    try:
+        puts.clear()
+        report = process_items(ctx_off, new_job(sessions, uris[4:6]))
+    finally:
+        ctx_off.close()
+        off.close()
+    assert report.done == 2 and puts == []
+    with sessions() as s:
+        rows = s.execute(sa.select(Analysis)).scalars().all()
+    assert len(rows) == 5
+    for row in rows:
+        grid = row.stats["grid"]
+        assert stored_map(row.real_map).shape == stored_map(row.fake_map).shape == (grid, grid)
+        assert set(row.heatmap_keys) <= {"comparative"}
+    assert sum(not row.heatmap_keys for row in rows) == 2
