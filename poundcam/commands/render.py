@@ -133,3 +133,67 @@ def _render(args) -> int:
             out.put(f"{record['analysis_id']}/{name}.png", png, "image/png")
     print(f"drew {len(records) - failed} of {len(records)} analyses into {out.root}")
     return 1 if failed else 0
+
+
+RENDERED = "rendered:"  # the "key" of a picture drawn on demand, not read from the store
+
+
+class RenderedPanels:
+    """Pictures of a job drawn on demand from the stored maps, for readers that take stored
+    heatmaps by key (the report): ``rows`` gives each analysed row a ``rendered:<analysis
+    id>/<name>`` key for each of ``names`` it has no stored object for, and ``fetch(key)``
+    draws those (each analysis once, all its pictures together) or reads stored objects with
+    ``fetch_stored``.
+
+    Args:
+        settings: the database and where sources may be read.
+        job_id: the job whose analyses are drawn.
+        names: the pictures (poundcam.cam.ondemand.RENDERINGS) the reader asks for.
+        fetch_stored: ``key -> bytes`` of a stored object.
+    """
+
+    def __init__(self, settings, job_id: str, names: tuple[str, ...], fetch_stored=None):
+        import threading
+
+        from ..db import analyses_for_rendering, make_session_factory, session_scope
+
+        sessions = make_session_factory(settings.database_url)
+        try:
+            with session_scope(sessions) as s:
+                self.records = {r["analysis_id"]: r for r in analyses_for_rendering(s, job_id)}
+        finally:
+            sessions.kw["bind"].dispose()
+        self.names = names
+        self._renderer = Renderer(settings)
+        self._fetch_stored = fetch_stored
+        self._locks = {i: threading.Lock() for i in self.records}
+        self._drawn: dict[int, dict[str, bytes] | Exception] = {}
+
+    def rows(self, rows: list) -> list[dict]:
+        out = []
+        for r in rows:
+            keys = dict(r.get("heatmap_keys") or {})
+            if r.get("analysis_id") in self.records:
+                for name in self.names:
+                    keys.setdefault(name, f"{RENDERED}{r['analysis_id']}/{name}")
+            out.append({**r, "heatmap_keys": keys})
+        return out
+
+    def fetch(self, key: str) -> bytes:
+        if not key.startswith(RENDERED):
+            if self._fetch_stored is None:
+                raise RenderError("not_configured", f"{key}: stored objects are not read here")
+            return self._fetch_stored(key)
+        analysis, name = key[len(RENDERED):].split("/", 1)
+        analysis_id = int(analysis)
+        with self._locks[analysis_id]:
+            if analysis_id not in self._drawn:
+                try:
+                    self._drawn[analysis_id] = self._renderer.render(self.records[analysis_id],
+                                                                     self.names)
+                except Exception as exc:  # noqa: BLE001 - shown where the picture would be
+                    self._drawn[analysis_id] = exc
+        drawn = self._drawn[analysis_id]
+        if isinstance(drawn, Exception):
+            raise drawn
+        return drawn[name]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..constants import LABELS, ItemState
 from .common import add_db_option
+from .render import RENDERED
 
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
 MAX_EXPIRES_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL can live
@@ -109,6 +110,7 @@ def _report(args) -> int:
     from ..preprocess.decode import DecodeLimits
     from ..report import EmbeddedImages, LinkedImages, build_report, select_rows
     from ..settings import Settings
+    from .render import RenderedPanels  # noqa: I001
 
     if not 1 <= args.expires <= MAX_EXPIRES_S:
         raise InvalidRequestError(f"--expires must be between 1 and {MAX_EXPIRES_S} seconds")
@@ -130,17 +132,22 @@ def _report(args) -> int:
     rows = select_rows(all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort,
                        limit=args.limit)
     store, originals = heatmap_store(settings), original_store(settings, job)
+    # the overlays and raw maps are drawn from the stored maps (poundcam render); the one
+    # stored heatmap per image is read from the store
+    drawn = RenderedPanels(settings, args.job_id, DRAWN_PANELS,
+                           lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES))
+    rows = drawn.rows(rows)
     if args.images == "embed":
         source = EmbeddedImages(
-            lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
+            drawn.fetch,
             None if originals is None else
             (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
             limits=DecodeLimits(max_bytes=settings.max_image_bytes,
                                 max_pixels=settings.max_image_pixels))
     else:
-        source = LinkedImages(lambda key: store.presigned_url(key, args.expires),
-                              None if originals is None else
-                              (lambda uri: _presigned_original(originals, uri, args.expires)))
+        source = _LinkedOrDrawn(drawn, lambda key: store.presigned_url(key, args.expires),
+                                None if originals is None else
+                                (lambda uri: _presigned_original(originals, uri, args.expires)))
     html = build_report(rows, source=source, job_id=args.job_id, status=status,
                         selection=_selection(args, len(rows), len(all_rows)), sort=args.sort)
     out = Path(args.out)
@@ -149,6 +156,22 @@ def _report(args) -> int:
     print(f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
           f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}")
     return 0
+
+
+DRAWN_PANELS = ("fake_overlay", "real_overlay", "real_raw16", "fake_raw16")
+
+
+def _LinkedOrDrawn(drawn, heatmap_url, original_url):
+    """LinkedImages whose pictures drawn from the stored maps are embedded (nothing to link)."""
+    from ..report import EmbeddedImages, LinkedImages
+
+    class LinkedOrDrawn(LinkedImages):
+        def heatmap(self, key: str):
+            if key.startswith(RENDERED):
+                return EmbeddedImages(drawn.fetch).heatmap(key)
+            return super().heatmap(key)
+
+    return LinkedOrDrawn(heatmap_url, original_url)
 
 
 def _presigned_original(store, uri: str, expires_s: int) -> str:
