@@ -22,15 +22,16 @@ GPU_RATES = {
     "whole analysis, six heatmaps (before)": 329.0,   # images/s, with the old rendering
 }
 
-# Figures per image of the pipeline_load run recorded in docs/operations.md (2-core CPU dev
-# machine, 128-176 px test images: heatmap bytes scale with the image, up to 512 px a side).
+# Figures per image of the pipeline_load run recorded in docs/operations.md: --n 24 on the
+# 2-core CPU dev machine (128-176 px test images: heatmap bytes scale with the image, up to
+# 512 px a side; database bytes per image fall as tables grow past their first pages).
 RECORDED = {
     "s3_get_per_analysed": 1.0,
     "s3_put_per_analysed": 1.0,
     "s3_requests_per_reused": 1.0,
-    "heatmap_bytes_per_analysed": 61_000,
-    "db_rows_per_image": 2.0,          # one analyses row, one job_items row
-    "db_bytes_per_image": 3_900,
+    "heatmap_bytes_per_analysed": 51_746,
+    "db_rows_per_image": 2.2,          # one analyses row, one job_items row (+ failed items)
+    "db_bytes_per_image": 11_468,
 }
 
 BEFORE = {  # the same figures with six heatmap objects per image and a HEAD before each GET
