@@ -122,16 +122,11 @@ class MotoServer:
 
 @contextlib.contextmanager
 def _aws_env():
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    try:
+    """The fake AWS credentials in this process's environment, for a client made inside."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AWS_ENV.items():
+            mp.setenv(name, value)
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- the worker process ----------------------------------------------------------------------------

@@ -52,7 +52,6 @@ def fake_training_framework():
     names = ["lightning", "lightning.fabric", "lightning.fabric.utilities",
              "lightning.fabric.utilities.data", "pytorch_lightning", "pytorch_lightning.callbacks",
              "pytorch_lightning.callbacks.model_checkpoint"]
-    saved = {n: sys.modules.get(n) for n in names}
     mods = {n: types.ModuleType(n) for n in names}
     AttributeDict.__module__ = "lightning.fabric.utilities.data"
     AttributeDict.__qualname__ = "AttributeDict"
@@ -60,15 +59,10 @@ def fake_training_framework():
     ModelCheckpoint.__qualname__ = "ModelCheckpoint"
     mods["lightning.fabric.utilities.data"].AttributeDict = AttributeDict
     mods["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint = ModelCheckpoint
-    sys.modules.update(mods)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, module in mods.items():
+            mp.setitem(sys.modules, name, module)
         yield AttributeDict, ModelCheckpoint
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
 
 
 def write_run_config(path: Path, cfg, **override) -> Path:

@@ -141,18 +141,12 @@ def test_framework_namespace_objects_are_never_run(source, official_writer, tmp_
     mod.boom = boom
     parent = types.ModuleType("pytorch_lightning")
     parent.evil = mod
-    saved = {n: sys.modules.get(n) for n in ("pytorch_lightning", "pytorch_lightning.evil")}
-    sys.modules.update({"pytorch_lightning": parent, "pytorch_lightning.evil": mod})
-    try:
-        p = tmp_path / "sneaky.ckpt"
+    p = tmp_path / "sneaky.ckpt"
+    with pytest.MonkeyPatch.context() as mp:  # the modules exist only while saving
+        mp.setitem(sys.modules, "pytorch_lightning", parent)
+        mp.setitem(sys.modules, "pytorch_lightning.evil", mod)
         torch.save({"state_dict": official_writer.state(source),
                     "hyper_parameters": _Payload(boom, str(marker))}, p)
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
     official_writer.config(tmp_path / "config.yaml", source.config)
     model = PoundNet.from_checkpoint(p)
     assert model.model_id == source.model_id
