@@ -293,7 +293,8 @@ class Analyzer:
         self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
                                        limits=self.options.limits,
                                        keep_originals=self.options.render,
-                                       roundtrip=self.options.jpeg_roundtrip)
+                                       roundtrip=self.options.jpeg_roundtrip,
+                                       original_view=_display_view if self.options.render else None)
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="poundcam-io")
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._stage_lock = threading.Lock()
@@ -588,8 +589,16 @@ def _sha256(data: bytes) -> str:
 
 
 def _pil_display(item: PreprocessedItem) -> torch.Tensor:
-    """A Pillow-path original at the display size, uint8 [3, h, w] on the CPU."""
-    shown = display_original_pil(item.original_image(), item.geometry, reducing_gap=DISPLAY_REDUCING_GAP)
+    """A Pillow-path original at the display size, uint8 [3, h, w] on the CPU: the view made
+    while it was decoded (its original is not kept), else from the original decoded again."""
+    if item.view is not None:
+        return item.view
+    return _display_view(item.original_image(), item.geometry)
+
+
+def _display_view(image, geometry: CropGeometry) -> torch.Tensor:
+    """An original at the display size, uint8 [3, h, w] on the CPU."""
+    shown = display_original_pil(image, geometry, reducing_gap=DISPLAY_REDUCING_GAP)
     return torch.from_numpy(shown).permute(2, 0, 1)
 
 

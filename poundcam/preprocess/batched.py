@@ -46,9 +46,11 @@ from PIL import Image
 
 from ..constants import ErrorCode, JpegRoundtrip, PreprocessPath, values
 from .batching import map_in_groups
+from .budget import DEFAULT_BUDGET, MemoryBudget, decode_cost
 from .decode import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
 from .jpeg_header import JpegHeader, read_jpeg_header
 from .jpeg_tensor import jpeg_roundtrip_tensors
+from .geometry import resized_size
 from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, \
     preprocess_with_geometry
 
@@ -62,6 +64,9 @@ ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
 SETTINGS = values(PreprocessPath)
 ROUNDTRIPS = values(JpegRoundtrip)  # how the device path re-encodes at quality 90
 MAX_IN_FLIGHT = 2  # CUDA: batches queued on the device before preprocess_batch waits for one
+# The device path resizes the whole image: above this many resized pixels (thin strips) an
+# input takes the Pillow path, which computes only the crop.
+DEVICE_MAX_RESIZED_PIXELS = 16 * 1024 * 1024
 
 
 def preprocess_setting(environ: Mapping[str, str] | None = None) -> str:
@@ -104,6 +109,8 @@ class PreprocessedItem:
 
     path: "device" or "pillow"; reason: why a device-path batch sent it to Pillow (None when it
     took the planned path). width/height: the upright original size (geometry.original).
+    view: what the preprocessor's ``original_view`` made of the decoded original (Pillow
+    path), in place of the original itself; None otherwise.
     """
 
     index: int
@@ -118,6 +125,7 @@ class PreprocessedItem:
     _crop: Image.Image | None = dataclasses.field(default=None, repr=False)
     _decoded: DecodedImage | None = dataclasses.field(default=None, repr=False)
     _original: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    view: Any = dataclasses.field(default=None, repr=False)
 
     ok = True
 
@@ -232,6 +240,9 @@ def plan_input(data: bytes, limits: DecodeLimits) -> tuple[JpegHeader | None, st
     pixels = header.width * header.height
     if pixels > limits.max_pixels or (Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS):
         return None, "pixel limit"
+    rw, rh = resized_size(*header.oriented_size)
+    if rw * rh > DEVICE_MAX_RESIZED_PIXELS:
+        return None, "extreme aspect ratio"
     if header.process == "other" or header.precision != 8:
         return None, f"{header.process} {header.precision}-bit JPEG"
     if header.components not in (1, 3):
@@ -425,12 +436,24 @@ def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(joined.split([t.numel() for t in tensors]))
 
 
-def _pillow_one(data: bytes, limits: DecodeLimits):
-    """The Pillow path for one input: (tensor, geometry, crop, decoded) or (code, message)."""
+def _pillow_one(data: bytes, limits: DecodeLimits, budget: MemoryBudget | None = None,
+                original_view=None, keep_original: bool = True):
+    """The Pillow path for one input: (tensor, geometry, crop, decoded, view) or (code, message).
+
+    The decode reserves its estimated memory from ``budget`` once the header is read, and holds
+    it until the crop and the view (``original_view(image, geometry)``) are made. The decoded
+    original is returned only with ``keep_original``; otherwise it is dropped here, and with it
+    the largest buffer an input has."""
     try:
-        decoded = decode_image(data, limits)
-        tensor, geom, crop = preprocess_with_geometry(decoded.image)
-        return tensor, geom, crop, decoded
+        with (budget.lease() if budget is not None else contextlib.nullcontext()) as lease:
+            reserve = (lambda w, h, mode: lease.acquire(decode_cost(w, h, mode))) \
+                if lease is not None else None
+            decoded = decode_image(data, limits, before_load=reserve)
+            tensor, geom, crop = preprocess_with_geometry(decoded.image)
+            view = original_view(decoded.image, geom) if original_view is not None else None
+            if not keep_original:
+                decoded = dataclasses.replace(decoded, image=None)
+            return tensor, geom, crop, decoded, view
     except ImageDecodeError as exc:
         return exc.code, str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad input never fails its batch
@@ -450,11 +473,16 @@ class DevicePreprocessor:
     3 bytes per pixel per image, until the batch is dropped). roundtrip: how the device path
     re-encodes at quality 90, "codec" (the JPEG encoder and decoder; default) or "tensor"
     (poundcam.preprocess.jpeg_tensor, the same result as Pillow's, computed on the device).
+    memory_budget: bytes that Pillow-path decodes may hold at once (poundcam.preprocess.budget).
+    original_view: ``f(image, geometry)`` applied to each Pillow-path original while it is
+    decoded (a display-size copy, say); its result is the item's ``view``, and the original is
+    then dropped instead of kept with the batch (``original_image()`` decodes it again).
     """
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
                  force: str | None = None, limits: DecodeLimits | None = None,
-                 keep_originals: bool = False, roundtrip: str = JpegRoundtrip.CODEC):
+                 keep_originals: bool = False, roundtrip: str = JpegRoundtrip.CODEC,
+                 memory_budget: int = DEFAULT_BUDGET, original_view=None):
         if roundtrip not in ROUNDTRIPS:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIPS)}, got {roundtrip!r}")
         self.roundtrip = roundtrip
@@ -464,6 +492,8 @@ class DevicePreprocessor:
         self.path = choose_path(self.device, force)
         self.limits = limits or DecodeLimits()
         self.keep_originals = keep_originals
+        self.budget = MemoryBudget(memory_budget)
+        self.original_view = original_view
         self.threads = max(1, threads or os.cpu_count() or 1)
         self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="poundcam-preprocess")
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -502,7 +532,7 @@ class DevicePreprocessor:
                 raise TypeError(f"preprocess_batch needs bytes, got {type(d).__name__}")
         plans = [self.plan(d) for d in datas]
         reasons = {i: r for i, (_, _, r) in enumerate(plans) if r is not None}
-        pillow_futures = {i: self._pool.submit(_pillow_one, d, self.limits)
+        pillow_futures = {i: self._pool.submit(self._pillow, d)
                           for i, (d, (path, _, _)) in enumerate(zip(datas, plans))
                           if path == PreprocessPath.PILLOW}
         dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == PreprocessPath.DEVICE]
@@ -511,7 +541,7 @@ class DevicePreprocessor:
         for i, res in zip(dev_idx, dev_out):
             if isinstance(res, Exception):  # refused by the device decoder: Pillow decides
                 reasons[i] = f"device decoder: {type(res).__name__}: {str(res)[:200]}"
-                pillow_futures[i] = self._pool.submit(_pillow_one, datas[i], self.limits)
+                pillow_futures[i] = self._pool.submit(self._pillow, datas[i])
             else:
                 dev_results[i] = res
         pillow_results = {i: f.result() for i, f in pillow_futures.items()}
@@ -522,6 +552,10 @@ class DevicePreprocessor:
         if wait:
             batch.wait()
         return batch
+
+    def _pillow(self, data: bytes):
+        return _pillow_one(data, self.limits, self.budget, self.original_view,
+                           keep_original=self.original_view is None)
 
     def _on_stream(self):
         if self._stream is None:
@@ -544,7 +578,7 @@ class DevicePreprocessor:
         return [res for f in futures for res in f.result()]
 
     def _assemble(self, datas, headers, dev_results, pillow_results, reasons) -> PreprocessedBatch:
-        n_ok = len(dev_results) + sum(1 for r in pillow_results.values() if len(r) == 4)
+        n_ok = len(dev_results) + sum(1 for r in pillow_results.values() if len(r) > 2)
         with self._on_stream():  # allocated on the stream that writes it
             tensor = torch.empty((n_ok, 3, CROP, CROP), dtype=torch.float32, device=self.device)
         batch = PreprocessedBatch(tensor=tensor, items=[], limits=self.limits)
@@ -565,11 +599,12 @@ class DevicePreprocessor:
                 if len(res) == 2:
                     batch.items.append(ImageDecodeFailure(index=i, code=res[0], message=res[1]))
                     continue
-                t, geom, crop, decoded = res
+                t, geom, crop, decoded, view = res
                 batch.items.append(PreprocessedItem(
                     index=i, row=row, path=PreprocessPath.PILLOW, geometry=geom, format=decoded.format,
                     original_mode=decoded.original_mode, reason=reasons.get(i), _batch=batch,
-                    _data=data, _crop=crop, _decoded=decoded))
+                    _data=data, _crop=crop,
+                    _decoded=decoded if decoded.image is not None else None, view=view))
                 pil_rows.append(row)
                 pil_tensors.append(t)
             row += 1

@@ -27,7 +27,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -145,8 +145,13 @@ class DecodedImage:
     exif_orientation: int | None
 
 
-def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
-    """Decode untrusted image bytes under ``limits``; raises ImageDecodeError on bad input."""
+def decode_image(data: bytes, limits: DecodeLimits | None = None,
+                 before_load: Callable[[int, int, str], None] | None = None) -> DecodedImage:
+    """Decode untrusted image bytes under ``limits``; raises ImageDecodeError on bad input.
+
+    ``before_load(width, height, mode)``, if given, is called with the header's size and mode
+    once they have passed the limits and before any pixel is decoded (to reserve memory for
+    the decode, for example; see poundcam.preprocess.budget)."""
     limits = DecodeLimits() if limits is None else limits
     if not isinstance(data, bytes):
         if not isinstance(data, (bytearray, memoryview)):
@@ -180,7 +185,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
         image = _identify(data, fmt)
 
     try:
-        decoded = _decode(image, data, fmt, digest, limits)
+        decoded = _decode(image, data, fmt, digest, limits, before_load)
     except ImageDecodeError:
         image.close()
         raise
@@ -192,7 +197,8 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
     return decoded
 
 
-def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits) -> DecodedImage:
+def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits,
+            before_load=None) -> DecodedImage:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(ErrorCode.CORRUPT, f"{fmt} header declares an empty size {width}x{height}")
@@ -208,6 +214,8 @@ def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits) -> 
     # tag first. (Reading EXIF before loading in general would load PNGs and hide their errors.)
     tiff_tags = getattr(image, "tag_v2", None)
     declared = _as_orientation(tiff_tags.get(ORIENTATION_TAG)) if tiff_tags is not None else None
+    if before_load is not None:
+        before_load(width, height, image.mode)
     image.load()
     original_mode = image.mode
     orientation = _orientation(image)
