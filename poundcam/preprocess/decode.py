@@ -416,7 +416,10 @@ def _classify(exc: BaseException, data: bytes, fmt: str | None) -> ImageDecodeEr
         return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
                                 f"bomb before decoding: {exc}")
     text = str(exc)
-    if "decompressed data too large" in text.lower():  # PNG text/ICC chunk bombs
+    lower = text.lower()
+    # PNG text/ICC chunk bombs: one chunk over Pillow's limit ("decompressed data too large")
+    # or all text chunks together over MAX_TEXT_MEMORY ("too much memory used in text chunks")
+    if "decompressed data too large" in lower or "too much memory used in text chunks" in lower:
         return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
                                 f"bomb: {text}")
     if (isinstance(exc, EOFError) or "truncated" in text.lower()

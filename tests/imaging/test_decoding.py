@@ -159,6 +159,15 @@ def test_compressed_text_chunk_bomb():
     assert_code(data, "decompression_bomb")
 
 
+def test_many_text_chunks_over_pillows_text_memory_are_a_bomb():
+    # each chunk within Pillow's per-chunk limit, together over MAX_TEXT_MEMORY (64 MB)
+    body = zlib.compress(b"a" * (1 << 20), 9)
+    text = b"".join(png_chunk(b"zTXt", b"k%d\x00\x00" % i + body) for i in range(70))
+    data = png_declaring(8, 8, idat=zlib.compress(b"\x00" * (8 * 9)), extra=text)
+    assert len(data) < 100_000
+    assert_code(data, "decompression_bomb")
+
+
 NOT_IMAGES = {
     "html": b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not found</body></html>",
     "html_with_bom": b"\xef\xbb\xbf  <html><body><img src='x.jpg'></body></html>",
