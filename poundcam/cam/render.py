@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..colormap import OVERLAY_ALPHA, RAMP
+from .colormap import OVERLAY_ALPHA, RAMP
 from ..constants import LABELS
 from ..preprocess.batching import map_in_groups
 from ..preprocess.geometry import CropGeometry
@@ -51,7 +51,7 @@ COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps
 MAPS = LABELS  # index 0 and 1 of the map axis in the batched functions
 PNG_FILTER_UP = 2
 
-_RAMP = np.array(RAMP)  # poundcam/colormap.py: shared with the report's legend
+_RAMP = np.array(RAMP)  # poundcam/cam/colormap.py: shared with the report's legend
 _x = np.linspace(0, 1, 256)
 COLORMAP = (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
             * 255).round().astype(np.uint8)

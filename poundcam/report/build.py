@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from markupsafe import Markup
 
-from ..colormap import css_gradient
+from ..cam.colormap import css_gradient
 from ..constants import ItemState, Label
 from .data import PANELS, report_items
 from .images import EmbeddedImages, LinkedImages, Picture

@@ -175,11 +175,11 @@ def read_raw_map(data: bytes):
 
 def colour_map(m, scale: float, side: int):
     """An RGB image of a map alone: ``m / scale`` through the overlays' ramp
-    (poundcam.colormap), upsampled bilinearly to ``side`` x ``side`` for display."""
+    (poundcam.cam.colormap), upsampled bilinearly to ``side`` x ``side`` for display."""
     import numpy as np
     from PIL import Image
 
-    from ..colormap import RAMP
+    from ..cam.colormap import RAMP
 
     v = np.zeros(m.shape, dtype=np.float32) if scale <= 0 else (m / scale).astype(np.float32)
     v = np.asarray(Image.fromarray(np.clip(v, 0, 1), mode="F")

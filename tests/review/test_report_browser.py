@@ -161,7 +161,7 @@ def test_screenshots_show_the_pictures_the_legend_and_the_zoom(chromium, process
     """What a reviewer sees, pixel by pixel: each panel of the first item (a photograph) on
     the screen is its picture (and not another panel's), the legend's colours are the
     overlays' ramp, and a zoomed picture fills most of the window over a darkened page."""
-    from poundcam.colormap import RAMP
+    from poundcam.cam.colormap import RAMP
 
     report = write_report(processed_job, tmp_path / "report.html")
     dom, screen = _screenshot(chromium, tmp_path, report.as_uri() + "#probe",
