@@ -98,9 +98,8 @@ def test_unreachable_weights_fail_fast_before_creating_anything(tmp_path):
     assert "Traceback" not in proc.stderr and "Retrying" not in proc.stderr
     # at most "loading model (...)", the download attempt and the error, each once
     assert len(lines) <= 3 and len(set(lines)) == len(lines), proc.stderr
-    # the whole command, interpreter start included; generous for a loaded machine, far below
-    # the Hub client's own ~30 s of retries (the bound that matters is the next test's)
-    assert elapsed < 15.0, elapsed
+    # no wall-clock bound here: on a loaded machine interpreter start-up alone varies by seconds;
+    # the bound that matters (one Hub request, at most its timeout, no retries) is the next test's
     assert list(work.iterdir()) == []  # no poundcam.db, no poundcam-out/
 
 
