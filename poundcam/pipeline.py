@@ -128,18 +128,15 @@ class _Ledger:
     """Settled items waiting for the database, written together in one transaction."""
     rows: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (item, analysis)
     failures: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
-    outcomes: list[ItemOutcome] = dataclasses.field(default_factory=list)  # both, in order
 
     def __len__(self) -> int:
-        return len(self.outcomes)
+        return len(self.rows) + len(self.failures)
 
-    def write(self, ctx: PipelineContext) -> list[ItemOutcome]:
-        """Write what has gathered; returns the outcomes written, in the order settled."""
-        if self.outcomes:
+    def write(self, ctx: PipelineContext) -> None:
+        """Write what has gathered, in one transaction."""
+        if len(self):
             _db(ctx, self._write_rows)
-        written = self.outcomes
-        self.rows, self.failures, self.outcomes = [], [], []
-        return written
+        self.rows, self.failures = [], []
 
     def _write_rows(self, session) -> None:
         ids = upsert_analyses(session, [record for _, record in self.rows])
@@ -159,7 +156,9 @@ def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
     Fetches run ahead in the I/O pool and are handed to the analyzer as they arrive (after one
     lookup per chunk for images analysed before); heatmaps are uploaded by the store pool while
     the device computes the next batch, and finished items are written to the database a
-    batch at a time, each row only after its heatmaps are stored.
+    batch at a time, each row only after its heatmaps are stored. ``progress`` is called once
+    per image as it is settled (its outcome; ``None`` for an image analysed before), ahead of
+    the batch's database write, so a progress bar moves image by image.
 
     Raises:
         RetryLater: some items hit a transient storage failure; they are left "running".
@@ -255,8 +254,13 @@ class _MessageRun:
     def _reused(self) -> None:
         self.report.reused += 1
         _observe(self.ctx, "done")
+        self._tick(None)
+
+    def _tick(self, outcome: ItemOutcome | None) -> None:
+        """Report one settled image (``None``: analysed before). Called as each image is
+        settled, not when its database batch is written, so progress moves image by image."""
         if self.progress:
-            self.progress(None)
+            self.progress(outcome)
 
     # --- stage 2: outcomes -> heatmap uploads -------------------------------------------------
 
@@ -281,7 +285,7 @@ class _MessageRun:
             else:
                 self._settle_upload(outcome, future)
         if block or len(self.ledger) >= self.ctx.analyzer.options.batch_size:
-            self._commit()
+            self.ledger.write(self.ctx)
 
     def _settle_upload(self, outcome: ItemOutcome, future: cf.Future) -> None:
         try:
@@ -295,20 +299,16 @@ class _MessageRun:
             self.report.retry.append(outcome.key)
             return
         self.ledger.rows.append((outcome.key, record))
-        self.ledger.outcomes.append(outcome)
         self.report.done += 1
         _observe(self.ctx, "done")
+        self._tick(outcome)
 
     def _fail(self, item_id: int, code: str, message: str) -> None:
         self.ledger.failures.append((item_id, code, message))
-        self.ledger.outcomes.append(ItemOutcome(item_id, error_code=code, error_message=message))
         self.report.failed += 1
         _observe(self.ctx, "failed", code)
+        self._tick(ItemOutcome(item_id, error_code=code, error_message=message))
 
-    def _commit(self) -> None:
-        for outcome in self.ledger.write(self.ctx):
-            if self.progress:
-                self.progress(outcome)
 
 
 def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str]]) -> dict:

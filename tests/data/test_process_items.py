@@ -100,6 +100,28 @@ def test_a_message_is_accounted_for_item_by_item(setup):
     assert n_analyses(sessions) == 5 and len(seen) == 16
 
 
+def test_progress_moves_image_by_image_not_per_database_batch(setup, monkeypatch):
+    """Each image is reported as it is settled; the database batch (here 3 rows) is written
+    after its images were reported, so the count grows by one, never jumps by a batch."""
+    import poundcam.pipeline as pipeline
+
+    ctx, _, sessions, uris = setup
+    items = new_job(sessions, uris)
+    events: list[str] = []
+    real_write = pipeline._Ledger.write
+
+    def write(ledger, c):
+        events.append(f"write {len(ledger)}")
+        return real_write(ledger, c)
+
+    monkeypatch.setattr(pipeline._Ledger, "write", write)
+    process_items(ctx, items, progress=lambda outcome: events.append("image"))
+    assert events.count("image") == len(items)
+    first_write = next(i for i, e in enumerate(events) if e.startswith("write") and e != "write 0")
+    n = int(events[first_write].split()[1])
+    assert events[first_write - n:first_write] == ["image"] * n  # reported before the write
+
+
 def test_transient_upload_failure_retries_only_its_items(setup):
     ctx, store, sessions, uris = setup
     items = new_job(sessions, uris)
