@@ -22,16 +22,16 @@ GPU_RATES = {
     "whole analysis, six heatmaps (before)": 329.0,   # images/s, with the old rendering
 }
 
-# Figures per image of the pipeline_load run recorded in docs/operations.md: --n 24 on the
-# 2-core CPU dev machine (128-176 px test images: heatmap bytes scale with the image, up to
-# 512 px a side; database bytes per image fall as tables grow past their first pages).
+# Figures per image of the pipeline_load run recorded in docs/operations.md: --n 2000 with the
+# official tiny fixture on the 2-core CPU dev machine (benchmarks/pipeline_load.py's small test
+# images: heatmap bytes scale with the image, up to 512 px a side).
 RECORDED = {
     "s3_get_per_analysed": 1.0,
     "s3_put_per_analysed": 1.0,
     "s3_requests_per_reused": 1.0,
-    "heatmap_bytes_per_analysed": 51_746,
-    "db_rows_per_image": 2.2,          # one analyses row, one job_items row (+ failed items)
-    "db_bytes_per_image": 11_468,
+    "heatmap_bytes_per_analysed": 53_805,
+    "db_rows_per_image": 2.05,         # one analyses row, one job_items row (+ failed items)
+    "db_bytes_per_image": 3_001,
 }
 
 BEFORE = {  # the same figures with six heatmap objects per image and a HEAD before each GET
