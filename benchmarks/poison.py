@@ -12,9 +12,10 @@ from poundcam.broker import envelope
 from poundcam.messaging import QUEUE, TASK_NAME, celery_config, make_message
 
 
-def genuine_entry(message: dict) -> bytes:
-    """``message`` as our producer writes it into the Redis list (made with kombu's in-memory
-    transport, which uses the same envelope as its Redis transport)."""
+def genuine_entry(message: dict | None = None, **options) -> bytes:
+    """``message`` (default: a one-item message) as our producer writes it into the Redis list,
+    sent with Celery's ``options`` (e.g. ``countdown``); made with kombu's in-memory transport,
+    which uses the same envelope as its Redis transport."""
     from celery import Celery
 
     from poundcam.settings import Settings
@@ -22,47 +23,50 @@ def genuine_entry(message: dict) -> bytes:
     app = Celery("poison-producer")
     app.conf.update(celery_config(Settings.from_env({})))
     app.conf.broker_url = "memory://"
+    if message is None:
+        message = make_message("00000000-0000-0000-0000-000000000000", [(1, "s3://x/y")])
     with app.connection_for_write() as conn:
-        app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn)
+        app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn,
+                      **options)
         payload = conn.default_channel._get(QUEUE)
     return json.dumps(payload).encode()
 
 
-def _edit(raw: bytes, change) -> bytes:
+def edit(raw: bytes, change) -> bytes:
     env = json.loads(raw)
     change(env)
     return json.dumps(env).encode()
 
 
-def _body(raw: bytes, body) -> bytes:
+def with_body(raw: bytes, body) -> bytes:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return _edit(raw, lambda e: e.update(body=base64.b64encode(data).decode()))
+    return edit(raw, lambda e: e.update(body=base64.b64encode(data).decode()))
 
 
 def poison_entries(max_message_bytes: int = 1 << 20) -> dict[str, tuple[bytes, str]]:
     """``{name: (raw entry, dead-letter reason)}``: one entry of every kind."""
-    g = genuine_entry(make_message("00000000-0000-0000-0000-000000000000", [(1, "s3://x/y")]))
+    g = genuine_entry()
     pickled = base64.b64encode(pickle.dumps(((), {"message": {}}, {}))).decode()
     return {
         "not_json": (b"\x80\x81 this is not json", envelope.NOT_JSON),
         "json_list": (b"[1, 2, 3]", envelope.BAD_ENVELOPE),
         "json_string": (b'"hello"', envelope.BAD_ENVELOPE),
         "no_properties": (b'{"body": "e30=", "headers": {}}', envelope.BAD_ENVELOPE),
-        "bad_base64": (_edit(g, lambda e: e.update(body="!!! not base64 !!!")),
+        "bad_base64": (edit(g, lambda e: e.update(body="!!! not base64 !!!")),
                        envelope.BAD_BODY_ENCODING),
-        "not_three_parts": (_body(g, {"message": {}}), envelope.BAD_BODY),
-        "unknown_task": (_edit(g, lambda e: e["headers"].update(task="os.system")),
+        "not_three_parts": (with_body(g, {"message": {}}), envelope.BAD_BODY),
+        "unknown_task": (edit(g, lambda e: e["headers"].update(task="os.system")),
                          envelope.UNKNOWN_TASK),
-        "pickle": (_edit(g, lambda e: e.update({"content-type": "application/x-python-serialize",
+        "pickle": (edit(g, lambda e: e.update({"content-type": "application/x-python-serialize",
                                                 "content-encoding": "binary",
                                                 "body": pickled})),
                    envelope.UNSUPPORTED_CONTENT),
-        "yaml": (_edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
+        "yaml": (edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
                  envelope.UNSUPPORTED_CONTENT),
-        "extra_arguments": (_body(g, [["rm"], {"message": {}}, {}]), envelope.BAD_ARGUMENTS),
-        "callback": (_body(g, [[], {"message": make_message("j", [])},
+        "extra_arguments": (with_body(g, [["rm"], {"message": {}}, {}]), envelope.BAD_ARGUMENTS),
+        "callback": (with_body(g, [[], {"message": make_message("j", [])},
                                {"callbacks": [{"task": "x"}]}]), envelope.BAD_ARGUMENTS),
-        "bad_message": (_body(g, [[], {"message": {"job": 1}}, {}]), envelope.BAD_MESSAGE),
-        "bad_eta": (_edit(g, lambda e: e["headers"].update(eta="soon")), envelope.BAD_ENVELOPE),
+        "bad_message": (with_body(g, [[], {"message": {"job": 1}}, {}]), envelope.BAD_MESSAGE),
+        "bad_eta": (edit(g, lambda e: e["headers"].update(eta="soon")), envelope.BAD_ENVELOPE),
         "oversized": (g + b" " * max_message_bytes, envelope.OVERSIZED),
     }

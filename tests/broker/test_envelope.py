@@ -1,41 +1,15 @@
 """Which raw queue entries a worker accepts: exactly what our producers send, nothing else."""
 import base64
-import json
 import pickle
 
 import pytest
-from celery import Celery
 
+from benchmarks.poison import edit, genuine_entry, with_body
 from poundcam.broker import envelope
 from poundcam.broker.envelope import check_entry
-from poundcam.messaging import QUEUE, TASK_NAME, celery_config, make_message
-from poundcam.settings import Settings
+from poundcam.messaging import make_message
 
 LIMIT = 1 << 20
-
-
-def genuine_entry(kwargs=None, **options) -> bytes:
-    """An entry exactly as the producer writes it into Redis (kombu's virtual envelope)."""
-    app = Celery("test-producer")
-    app.conf.update(celery_config(Settings.from_env({})))
-    app.conf.broker_url = "memory://"
-    with app.connection_for_write() as conn:
-        kwargs = kwargs if kwargs is not None else {
-            "message": make_message("job-1", [(1, "s3://imgs/a.png")])}
-        app.send_task(TASK_NAME, kwargs=kwargs, queue=QUEUE, connection=conn, **options)
-        payload = conn.default_channel._get(QUEUE)
-    return json.dumps(payload).encode()
-
-
-def edit(raw: bytes, change) -> bytes:
-    env = json.loads(raw)
-    change(env)
-    return json.dumps(env).encode()
-
-
-def with_body(raw: bytes, body) -> bytes:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return edit(raw, lambda e: e.update(body=base64.b64encode(data).decode()))
 
 
 def test_a_genuine_message_is_accepted():
