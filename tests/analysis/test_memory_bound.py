@@ -3,28 +3,14 @@ above its steady state, at batch size 32 (benchmarks/memory_bench.py measures th
 copies of each input in a fresh process per input kind, with the literal transform beside it)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def memory_bench():
-    name = "_poundcam_memory_bench"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "memory_bench.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+from benchmarks import memory_bench
 
 
 @pytest.mark.slow
 def test_thin_strips_and_large_images_are_analysed_in_bounded_memory(tmp_path):
-    bench = memory_bench()
+    bench = memory_bench
     kinds = ["noise-65000x1", "noise-1x65000", "noise-16000x9", "photo-8000x8000"]
     paths = []
     for kind in kinds:

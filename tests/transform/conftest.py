@@ -2,24 +2,9 @@
 the preprocessing benchmark) and the official fixture's PNGs as JPEG bytes."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def jpeg_corpus():
-    """benchmarks/jpeg_corpus.py as a module."""
-    name = "_poundcam_jpeg_corpus"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "jpeg_corpus.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+from benchmarks import jpeg_corpus
 
 
 # Small sizes keep the suite fast; they still cover landscape, portrait, square, upscaling and
@@ -30,7 +15,7 @@ TEST_SIZES = [(480, 270), (270, 480), (300, 300), (257, 256), (256, 331), (224, 
 
 @pytest.fixture(scope="session")
 def corpus():
-    return jpeg_corpus()
+    return jpeg_corpus
 
 
 @pytest.fixture(scope="session")
