@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -240,25 +240,39 @@ def original_overlay_scanlines(real: torch.Tensor, fake: torch.Tensor,
     ``display_size`` (uint8 [3, h, w], on the maps' device) and its geometry -> per image PNG
     scanlines uint8 [2, h, 1 + 3w]. Images that share a geometry are drawn together."""
     norm = shared_normalized(real, fake)
-    out: list[torch.Tensor | None] = [None] * len(displays)
+
+    def draw(geometry: CropGeometry, part: list[int]) -> torch.Tensor:
+        w, h = display_size(geometry)
+        base = torch.stack([displays[i] for i in part])
+        # outside the crop the heat is zero and the image shows unchanged: blend the box only
+        patch, (cx0, cy0, cx1, cy1) = _visible_patch(
+            torch.stack([norm[i] for i in part]), geometry, (w, h))
+        pixels = base.permute(0, 2, 3, 1).unsqueeze(1).repeat(1, 2, 1, 1, 1)
+        pixels[:, :, cy0:cy1, cx0:cx1] = blend(base[..., cy0:cy1, cx0:cx1], patch)
+        return png_rows(pixels)
+
+    return _draw_by_geometry(geometries, lambda g: 6 * display_size(g)[0] * display_size(g)[1],
+                             draw)
+
+
+def _draw_by_geometry(geometries: Sequence[CropGeometry], values: Callable[[CropGeometry], int],
+                      draw: Callable[[CropGeometry, list[int]], torch.Tensor]
+                      ) -> list[torch.Tensor]:
+    """Per image the rows ``draw(geometry, indices)`` gives for the images that share a
+    geometry, drawn together in chunks of at most ``_CHUNK_VALUES`` (``values(geometry)``: one
+    image's share)."""
+    out: list[torch.Tensor | None] = [None] * len(geometries)
     groups: dict[CropGeometry, list[int]] = {}
     for i, g in enumerate(geometries):
         groups.setdefault(g, []).append(i)
     for geometry, idx in groups.items():
-        w, h = display_size(geometry)
-        step = max(1, _CHUNK_VALUES // (6 * h * w))
+        step = max(1, _CHUNK_VALUES // values(geometry))
         for a in range(0, len(idx), step):
             part = idx[a:a + step]
-            base = torch.stack([displays[i] for i in part])
-            # outside the crop the heat is zero and the image shows unchanged: blend the box only
-            patch, (cx0, cy0, cx1, cy1) = _visible_patch(
-                torch.stack([norm[i] for i in part]), geometry, (w, h))
-            pixels = base.permute(0, 2, 3, 1).unsqueeze(1).repeat(1, 2, 1, 1, 1)
-            pixels[:, :, cy0:cy1, cx0:cx1] = blend(base[..., cy0:cy1, cx0:cx1], patch)
-            rows = png_rows(pixels)
+            rows = draw(geometry, part)
             for j, i in enumerate(part):
                 out[i] = rows[j]
-    return out  # type: ignore[return-value]
+    return out  # type: ignore[return-value]  # every index is in one group
 
 
 def _diverging_lut(device: torch.device) -> torch.Tensor:
@@ -296,26 +310,19 @@ def comparative_scanlines(real: torch.Tensor, fake: torch.Tensor,
     outside it the image shows unchanged. Images that share a geometry are drawn together."""
     norm = shared_normalized(real, fake)
     signed = norm[:, 1] - norm[:, 0]
-    out: list[torch.Tensor | None] = [None] * len(displays)
-    groups: dict[CropGeometry, list[int]] = {}
-    for i, g in enumerate(geometries):
-        groups.setdefault(g, []).append(i)
-    for geometry, idx in groups.items():
+
+    def draw(geometry: CropGeometry, part: list[int]) -> torch.Tensor:
         w, h = display_size(geometry)
-        width = heatmap_width(geometry)
-        step = max(1, _CHUNK_VALUES // (4 * h * width))
-        for a in range(0, len(idx), step):
-            part = idx[a:a + step]
-            base = torch.stack([displays[i] for i in part])
-            patch, (cx0, cy0, cx1, cy1) = _visible_patch(
-                torch.stack([signed[i] for i in part]), geometry, (w, h))
-            pixels = base.new_full((len(part), h, width, 3), BACKGROUND)
-            pixels[:, :, :w] = base.permute(0, 2, 3, 1)
-            pixels[:, cy0:cy1, cx0:cx1] = blend_signed(base[..., cy0:cy1, cx0:cx1], patch)
-            rows = png_rows(pixels)
-            for j, i in enumerate(part):
-                out[i] = rows[j]
-    return out  # type: ignore[return-value]
+        base = torch.stack([displays[i] for i in part])
+        patch, (cx0, cy0, cx1, cy1) = _visible_patch(
+            torch.stack([signed[i] for i in part]), geometry, (w, h))
+        pixels = base.new_full((len(part), h, heatmap_width(geometry), 3), BACKGROUND)
+        pixels[:, :, :w] = base.permute(0, 2, 3, 1)
+        pixels[:, cy0:cy1, cx0:cx1] = blend_signed(base[..., cy0:cy1, cx0:cx1], patch)
+        return png_rows(pixels)
+
+    return _draw_by_geometry(
+        geometries, lambda g: 4 * display_size(g)[1] * heatmap_width(g), draw)
 
 
 @functools.lru_cache(maxsize=64)
