@@ -1,25 +1,21 @@
 """Alembic environment: the database URL comes from, in order, a connection or URL handed
 over by poundcam.db.migrate (``config.attributes``), ``-x url=...``, the ini's
-``sqlalchemy.url``, then POUNDCAM_DATABASE_URL."""
+``sqlalchemy.url``, then the settings' ``database_url`` (POUNDCAM_DATABASE_URL)."""
 from __future__ import annotations
-
-import os
 
 from alembic import context
 
 from poundcam.db.engine import make_engine
 from poundcam.db.models import Base
+from poundcam.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    url = (config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
-           or config.get_main_option("sqlalchemy.url") or os.environ.get("POUNDCAM_DATABASE_URL"))
-    if not url:
-        raise RuntimeError("no database URL: set POUNDCAM_DATABASE_URL or pass -x url=...")
-    return url
+    return (config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+            or config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url)
 
 
 def _configure(**kwargs) -> None:

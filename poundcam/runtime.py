@@ -11,7 +11,7 @@ from .constants import CompileMode, Device
 from .db import make_session_factory
 from .preprocess.decode import DecodeLimits
 from .model import load_poundnet
-from .model.weights import resolve_weights
+from .model.weights import weights_for
 from .pipeline import PipelineContext
 from .settings import Settings
 from .storage import LocalStore, S3Store
@@ -29,8 +29,7 @@ def pick_device(setting: str) -> torch.device:
 
 
 def load_model(settings: Settings, device: torch.device):
-    path = resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
-                           cache_dir=settings.cache_dir)
+    path = weights_for(settings)
     model = load_poundnet(path, device=device)
     for p in model.parameters():
         p.requires_grad_(False)  # inference only; the CAM starts its own graph
@@ -47,8 +46,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
                               preprocess=settings.preprocess, compile=settings.compile == CompileMode.ON,
                               jpeg_roundtrip=settings.jpeg_roundtrip,
                               render=settings.heatmap != "off",
-                              limits=DecodeLimits(max_bytes=settings.max_image_bytes,
-                                                  max_pixels=settings.max_image_pixels))
+                              limits=DecodeLimits.from_settings(settings))
     return Analyzer(model, options, device=device)
 
 

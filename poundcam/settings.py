@@ -103,6 +103,8 @@ class Settings:
     sweep_interval_s: int = field(default=300, metadata={"parse": _int})
     # touched by the worker's consumer loop; the liveness probe checks its age
     heartbeat_file: str = field(default="/tmp/poundcam-heartbeat", metadata={"parse": _str})
+    # written once the worker's model is loaded and its stores checked; the readiness probe
+    ready_file: str = field(default="/tmp/poundcam-ready", metadata={"parse": _str})
     metrics_port: int = field(default=9808, metadata={"parse": _int})
     local_root: str | None = field(default=None, metadata={"parse": _opt_str})
     allowed_roots: tuple[str, ...] = field(default=(), metadata={"parse": _paths})
@@ -155,8 +157,9 @@ class Settings:
                 self._fail(f.name, "must be a string")
             if f.type == "str | None" and value is not None and not isinstance(value, str):
                 self._fail(f.name, "must be a string")
-        if not self.database_url:
-            self._fail("database_url", "must not be empty")
+        for name in ("database_url", "heartbeat_file", "ready_file"):
+            if not getattr(self, name):
+                self._fail(name, "must not be empty")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in values(choices):
                 self._fail(name, f"must be one of {', '.join(values(choices))}")

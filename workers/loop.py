@@ -14,8 +14,6 @@ from pathlib import Path
 
 from celery import bootsteps
 
-from poundcam.settings import Settings
-
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 10.0
@@ -55,7 +53,7 @@ class LoopDuties(bootsteps.StartStopStep):
     def start(self, c):
         from . import runtime
 
-        settings = Settings.from_env()
+        settings = runtime.settings()
         heartbeat = runtime.heartbeat()
         heartbeat.beat()
         self.timers = [c.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, heartbeat.beat)]

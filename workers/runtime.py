@@ -3,7 +3,6 @@ checked before the worker takes any message."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -17,13 +16,21 @@ from .loop import Heartbeat
 
 log = logging.getLogger(__name__)
 
-READY_FILE = Path(os.environ.get("POUNDCAM_READY_FILE", "/tmp/poundcam-ready"))
 PROBE_KEY = ".poundcam-write-check"  # under the heatmap prefix
 
 _lock = threading.Lock()
+_settings: Settings | None = None
 _context = None
 _metrics: WorkerMetrics | None = None
 _heartbeat: Heartbeat | None = None
+
+
+def settings() -> Settings:
+    """The settings of this process, read from the environment once."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
 
 
 def metrics() -> WorkerMetrics:
@@ -36,7 +43,7 @@ def metrics() -> WorkerMetrics:
 def heartbeat() -> Heartbeat:
     global _heartbeat
     if _heartbeat is None:
-        _heartbeat = Heartbeat(Settings.from_env().heartbeat_file)
+        _heartbeat = Heartbeat(settings().heartbeat_file)
     return _heartbeat
 
 
@@ -65,9 +72,8 @@ def context():
     global _context
     with _lock:
         if _context is None:
-            settings = Settings.from_env()
-            analyzer = make_analyzer(settings)
-            ctx = make_context(settings, analyzer, observer=_Observer(metrics(), heartbeat()))
+            analyzer = make_analyzer(settings())
+            ctx = make_context(settings(), analyzer, observer=_Observer(metrics(), heartbeat()))
             try:
                 check_ready(ctx)
             except BaseException:
@@ -77,7 +83,7 @@ def context():
             _context = ctx
             metrics().model_info.labels(model_id=analyzer.model_id,
                                         cam_config=analyzer.cam_config_id).set(1)
-            READY_FILE.write_text(f"{analyzer.model_id}\n")
+            Path(settings().ready_file).write_text(f"{analyzer.model_id}\n")
             log.info("worker ready: model %s, CAM %s", analyzer.model_id, analyzer.cam_config_id)
         return _context
 
@@ -98,7 +104,7 @@ def sweep_once() -> None:
     if _context is None:
         return
     try:
-        swept = sweep(Settings.from_env(), _context.sessions)
+        swept = sweep(settings(), _context.sessions)
     except Exception as exc:  # noqa: BLE001 - an outage; the next sweep tries again
         log.warning("sweep failed: %s", exc)
         return
@@ -114,5 +120,5 @@ def shutdown():
             _context.analyzer.close()
             _context.close()
             _context = None
-        READY_FILE.unlink(missing_ok=True)
+        Path(settings().ready_file).unlink(missing_ok=True)
         heartbeat().stop()

@@ -7,7 +7,6 @@ import os
 from celery import signals
 
 from poundcam.logs import configure_logging
-from poundcam.settings import Settings
 
 from . import runtime
 from .transport import EntryGuard, install_guard
@@ -22,7 +21,7 @@ def _setup_logging(**_):
 
 @signals.worker_init.connect
 def _serve_metrics(**_):
-    settings = Settings.from_env()
+    settings = runtime.settings()
     install_guard(EntryGuard(settings, on_refused=runtime.metrics().dead_letter))
     runtime.metrics().serve(settings.metrics_port)
 

@@ -20,11 +20,19 @@ def register(sub) -> None:
     p.set_defaults(handler=_info)
 
 
+def _weights(uri: str):
+    """The checkpoint ``uri`` names, fetched with the configured cache folder and S3 endpoint
+    (POUNDCAM_WEIGHTS_SHA256 pins the configured weights, not this one)."""
+    from ..model.weights import weights_for
+    from ..settings import Settings
+
+    return weights_for(Settings.from_env(weights=uri, weights_sha256=None))
+
+
 def _convert(args) -> int:
     from ..model.checkpoint import convert
-    from ..model.weights import resolve_weights
 
-    src = resolve_weights(args.checkpoint)
+    src = _weights(args.checkpoint)
     out = convert(src, args.out, config=args.config)
     print(f"wrote {out}")
     return 0
@@ -32,8 +40,7 @@ def _convert(args) -> int:
 
 def _info(args) -> int:
     from ..model.checkpoint import describe, load_poundnet
-    from ..model.weights import resolve_weights
 
-    model = load_poundnet(resolve_weights(args.weights), config=args.config)
+    model = load_poundnet(_weights(args.weights), config=args.config)
     print(json.dumps(json.loads(describe(model)), indent=2))
     return 0

@@ -214,7 +214,7 @@ def _analyze(args) -> int:
 
     from ..db import create_job, item_refs, job_results, session_scope
     from ..db.migrate import upgrade
-    from ..model.weights import resolve_weights
+    from ..model.weights import weights_for
     from ..settings import Settings
 
     files = expand_paths(args.paths)
@@ -226,8 +226,6 @@ def _analyze(args) -> int:
     overrides = {"local_root": str(out), "allowed_roots": tuple(roots)}
     if args.db:
         overrides["database_url"] = args.db
-    elif "POUNDCAM_DATABASE_URL" not in os.environ:
-        overrides["database_url"] = "sqlite:///./poundcam.db"
     for field, value in (("weights", args.weights), ("device", args.device),
                          ("batch_size", args.batch_size), ("threshold", args.threshold),
                          ("cam_target", args.target), ("cam_method", args.method),
@@ -237,8 +235,7 @@ def _analyze(args) -> int:
     settings = Settings.from_env(**overrides)
     # The weights first, before PyTorch is imported and before a database or a folder is
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
-    weights = resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
-                              cache_dir=settings.cache_dir)
+    weights = weights_for(settings)
     settings = settings.replace(weights=str(weights), weights_sha256=None)  # verified above
     from ..pipeline import RetryLater, process_items
     from ..runtime import make_analyzer, make_context

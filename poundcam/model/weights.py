@@ -37,32 +37,37 @@ HUB_TIMEOUT_S = 4.0  # one metadata request to the Hub; unreachable: fail, do no
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("POUNDCAM_CACHE_DIR")
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poundcam")
+    """``$XDG_CACHE_HOME/poundcam`` (``~/.cache/poundcam``): the cache when
+    ``Settings.cache_dir`` is not set."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poundcam"
 
 
 def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str | None = None,
                     cache_dir: str | Path | None = None, s3_client=None,
-                    hf_endpoint: str | None = None) -> Path:
+                    hf_endpoint: str | None = None, s3_endpoint_url: str | None = None) -> Path:
     """Return a local path holding verified weights for ``uri`` (default: the paper's run).
+
+    Reads no ``POUNDCAM_*`` variable: :func:`weights_for` resolves what the settings name.
 
     Args:
         uri: a local path, ``s3://bucket/key`` or ``hf://owner/repo/path``.
         expected_sha256: the digest the file must have.
         cache_dir: where downloads are kept (default :func:`default_cache_dir`).
-        s3_client: the boto3 client for ``s3://`` (default: one from the environment).
+        s3_client: the boto3 client for ``s3://`` (default: one for ``s3_endpoint_url``).
         hf_endpoint: the Hub's URL (default: the Hub client's, ``HF_ENDPOINT``).
+        s3_endpoint_url: the S3 endpoint when no ``s3_client`` is given (None: AWS).
 
     Raises:
         WeightsNotFoundError: the weights cannot be found, fetched or verified; the message
             says how to provide them (``POUNDCAM_WEIGHTS``).
     """
-    uri = str(uri or os.environ.get("POUNDCAM_WEIGHTS") or DEFAULT_WEIGHTS)
+    uri = str(uri or DEFAULT_WEIGHTS)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         return _cached(cache / "s3" / parsed.netloc / parsed.path.lstrip("/"), expected_sha256,
-                       lambda dest: _download_s3(parsed.netloc, parsed.path.lstrip("/"), dest, s3_client),
+                       lambda dest: _download_s3(parsed.netloc, parsed.path.lstrip("/"), dest, s3_client,
+                                                 s3_endpoint_url),
                        uri)
     if parsed.scheme == "hf":
         parts = (parsed.netloc + parsed.path).split("/")
@@ -79,6 +84,13 @@ def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str |
             raise WeightsNotFoundError(f"{path}: sha256 does not match the expected {expected_sha256}")
         return path
     raise WeightsNotFoundError(f"{uri}: unsupported weights location. {HOW_TO_PROVIDE}")
+
+
+def weights_for(settings) -> Path:
+    """The weights ``settings`` name (``Settings.weights``, default the paper's run), verified
+    against ``weights_sha256`` and cached in ``cache_dir``; ``s3://`` through its S3 endpoint."""
+    return resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
+                           cache_dir=settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url)
 
 
 def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
@@ -107,12 +119,13 @@ def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def _download_s3(bucket: str, key: str, dest: Path, client=None) -> None:
+def _download_s3(bucket: str, key: str, dest: Path, client=None,
+                 endpoint_url: str | None = None) -> None:
     import botocore.exceptions
 
     if client is None:
         from ..storage.s3 import make_s3_client
-        client = make_s3_client()
+        client = make_s3_client(endpoint_url=endpoint_url)
     try:
         client.download_file(bucket, key, str(dest))
     except botocore.exceptions.ClientError as exc:

@@ -36,7 +36,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,23 +60,12 @@ with warnings.catch_warnings():  # torchvision's image I/O warns of its deprecat
 
 log = logging.getLogger(__name__)
 
-ENV_PREPROCESS = "POUNDCAM_PREPROCESS"
 SETTINGS = values(PreprocessPath)
 ROUNDTRIPS = values(JpegRoundtrip)  # how the device path re-encodes at quality 90
 MAX_IN_FLIGHT = 2  # CUDA: batches queued on the device before preprocess_batch waits for one
 # The device path resizes the whole image: above this many resized pixels (thin strips) an
 # input takes the Pillow path, which computes only the crop.
 DEVICE_MAX_RESIZED_PIXELS = 16 * 1024 * 1024
-
-
-def preprocess_setting(environ: Mapping[str, str] | None = None) -> str:
-    """POUNDCAM_PREPROCESS ("auto" when unset); a ValueError names the variable if invalid."""
-    environ = os.environ if environ is None else environ
-    value = environ.get(ENV_PREPROCESS, "").strip().lower() or PreprocessPath.AUTO
-    if value not in SETTINGS:
-        raise ValueError(f"{ENV_PREPROCESS}={environ[ENV_PREPROCESS]!r} must be one of "
-                         f"{', '.join(SETTINGS)}")
-    return value
 
 
 def choose_path(device: str | torch.device, setting: str | None = PreprocessPath.AUTO) -> PreprocessPath:

@@ -25,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -35,12 +34,14 @@ from PIL import Image, UnidentifiedImageError
 from poundcam.constants import (DECODE_ERROR_CODES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
                                 ErrorCode)
 from poundcam.errors import PoundcamError
+from poundcam.settings import env_name
 
 # Register every Pillow plugin now, once, rather than lazily from worker threads.
 Image.init()
 
-ENV_MAX_BYTES = "POUNDCAM_MAX_IMAGE_BYTES"
-ENV_MAX_PIXELS = "POUNDCAM_MAX_IMAGE_PIXELS"
+# the settings that set the limits, named in the errors
+ENV_MAX_BYTES = env_name("max_image_bytes")
+ENV_MAX_PIXELS = env_name("max_image_pixels")
 
 DEFAULT_ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
@@ -105,21 +106,10 @@ class DecodeLimits:
         object.__setattr__(self, "allowed_formats", formats)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> DecodeLimits:
-        """Limits from POUNDCAM_MAX_IMAGE_BYTES and POUNDCAM_MAX_IMAGE_PIXELS (defaults where unset)."""
-        environ = os.environ if environ is None else environ
-        values = {}
-        for field, var in (("max_bytes", ENV_MAX_BYTES), ("max_pixels", ENV_MAX_PIXELS)):
-            raw = environ.get(var, "").strip()
-            if not raw:
-                continue
-            try:
-                values[field] = int(raw)
-            except ValueError:
-                raise ValueError(f"{var} must be a positive integer, got {raw!r}") from None
-            if values[field] <= 0:
-                raise ValueError(f"{var} must be a positive integer, got {raw!r}")
-        return cls(**values)
+    def from_settings(cls, settings) -> DecodeLimits:
+        """The limits ``settings`` set (``max_image_bytes``, ``max_image_pixels``), the
+        default formats."""
+        return cls(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -555,10 +555,12 @@ def test_limits_defaults_and_validation():
             DecodeLimits(**bad)
 
 
-def test_limits_from_env():
-    limits = DecodeLimits.from_env({"POUNDCAM_MAX_IMAGE_BYTES": "1000",
-                                    "POUNDCAM_MAX_IMAGE_PIXELS": "2_000"})
+def test_limits_from_settings():
+    from poundcam.settings import Settings, SettingsError
+
+    limits = DecodeLimits.from_settings(Settings.from_env({"POUNDCAM_MAX_IMAGE_BYTES": "1000",
+                                                           "POUNDCAM_MAX_IMAGE_PIXELS": "2_000"}))
     assert (limits.max_bytes, limits.max_pixels) == (1000, 2000)
-    assert DecodeLimits.from_env({}) == DecodeLimits()
-    with pytest.raises(ValueError, match="POUNDCAM_MAX_IMAGE_PIXELS"):
-        DecodeLimits.from_env({"POUNDCAM_MAX_IMAGE_PIXELS": "lots"})
+    assert DecodeLimits.from_settings(Settings.from_env({})) == DecodeLimits()
+    with pytest.raises(SettingsError, match="POUNDCAM_MAX_IMAGE_PIXELS"):
+        Settings.from_env({"POUNDCAM_MAX_IMAGE_PIXELS": "lots"})

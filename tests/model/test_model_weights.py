@@ -41,9 +41,24 @@ def test_local_path_errors(ckpt, tmp_path):
         resolve_weights("ftp://host/file.ckpt")
 
 
-def test_environment_variable_names_the_weights(ckpt, monkeypatch):
+def test_the_settings_name_the_weights(ckpt, monkeypatch):
+    """POUNDCAM_WEIGHTS and POUNDCAM_WEIGHTS_SHA256 reach the resolver through Settings."""
+    from poundcam.model.weights import weights_for
+    from poundcam.settings import Settings
+
     monkeypatch.setenv("POUNDCAM_WEIGHTS", str(ckpt))
-    assert resolve_weights() == ckpt
+    assert weights_for(Settings.from_env()) == ckpt
+    monkeypatch.setenv("POUNDCAM_WEIGHTS_SHA256", "0" * 64)
+    with pytest.raises(WeightsNotFoundError, match="sha256"):
+        weights_for(Settings.from_env())
+
+
+def test_default_cache_is_the_xdg_cache(monkeypatch, tmp_path):
+    from poundcam.model.weights import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("POUNDCAM_CACHE_DIR", "/elsewhere")  # a setting: Settings.cache_dir
+    assert default_cache_dir() == tmp_path / "poundcam"
 
 
 @pytest.mark.integration
@@ -92,12 +107,22 @@ def test_s3_expected_digest_mismatch(ckpt, s3_client, bucket, tmp_path):
 
 
 @pytest.mark.integration
-def test_s3_client_from_environment(ckpt, s3_server, s3_client, bucket, tmp_path, monkeypatch):
-    """Without an explicit client the resolver uses make_s3_client and POUNDCAM_S3_ENDPOINT_URL."""
+def test_s3_endpoint_and_cache_from_settings(ckpt, s3_server, s3_client, bucket, tmp_path,
+                                            monkeypatch):
+    """Without an explicit client the resolver makes one for the settings' S3 endpoint
+    (POUNDCAM_S3_ENDPOINT_URL) and caches in their folder (POUNDCAM_CACHE_DIR)."""
+    from poundcam.model.weights import weights_for
+    from poundcam.settings import Settings
+
     s3_client.upload_file(str(ckpt), bucket, "env.ckpt")
     monkeypatch.setenv("POUNDCAM_S3_ENDPOINT_URL", s3_server)
-    got = resolve_weights(f"s3://{bucket}/env.ckpt", cache_dir=tmp_path)
-    assert digest_file(got) == digest_file(ckpt)
+    monkeypatch.setenv("POUNDCAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("POUNDCAM_WEIGHTS", f"s3://{bucket}/env.ckpt")
+    got = weights_for(Settings.from_env())
+    assert got.is_relative_to(tmp_path / "cache") and digest_file(got) == digest_file(ckpt)
+    again = resolve_weights(f"s3://{bucket}/env.ckpt", cache_dir=tmp_path / "other",
+                            s3_endpoint_url=s3_server)
+    assert digest_file(again) == digest_file(ckpt)
 
 
 @pytest.mark.integration

@@ -21,7 +21,6 @@ from poundcam.preprocess.batched import (
     choose_path,
     iter_batches,
     orient,
-    preprocess_setting,
     resize_crop,
     resize_crops,
 )
@@ -65,14 +64,6 @@ def test_choose_path():
     assert choose_path("cuda", "pillow") == "pillow"
     with pytest.raises(ValueError, match="auto, device, pillow"):
         choose_path("cpu", "gpu")
-
-
-def test_preprocess_setting():
-    assert preprocess_setting({}) == "auto"
-    assert preprocess_setting({"POUNDCAM_PREPROCESS": " Device "}) == "device"
-    assert preprocess_setting({"POUNDCAM_PREPROCESS": "pillow"}) == "pillow"
-    with pytest.raises(ValueError, match="POUNDCAM_PREPROCESS"):
-        preprocess_setting({"POUNDCAM_PREPROCESS": "fast"})
 
 
 def test_cpu_default_is_pillow(corpus):
