@@ -30,10 +30,12 @@ def test_compose_refuses_to_run_without_credentials(docker_compose, tmp_path):
 
 def test_compose_services(compose_config):
     assert set(compose_config["services"]) == {
-        "redis", "postgres", "s3", "create-buckets", "migrate", "worker", "worker-cpu", "flower"}
+        "redis", "postgres", "s3", "create-buckets", "migrate", "worker", "worker-cpu",
+        "queue-exporter", "flower"}
 
 
-@pytest.mark.parametrize("name", ["redis", "postgres", "s3", "worker", "worker-cpu", "flower"])
+@pytest.mark.parametrize("name", ["redis", "postgres", "s3", "worker", "worker-cpu",
+                                  "queue-exporter", "flower"])
 def test_long_running_services_have_health_checks(compose_config, name):
     health = compose_config["services"][name].get("healthcheck")
     assert health and not health.get("disable") and health.get("test"), f"{name}: no health check"
@@ -86,6 +88,14 @@ def test_worker_environment(compose_config):
         for key in ("POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_ALLOWED_BUCKETS", "POUNDCAM_WEIGHTS",
                     "POUNDCAM_VISIBILITY_TIMEOUT_S", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert env.get(key), f"{name}: {key} missing"
+
+
+def test_queue_exporter_serves_the_port_the_dashboards_scrape(compose_config):
+    exporter = compose_config["services"]["queue-exporter"]
+    assert exporter["command"] == ["queue-exporter", "--port", "9809"]
+    assert exporter["environment"]["POUNDCAM_BROKER_URL"] == "redis://redis:6379/0"
+    assert [str(p) for p in exporter["ports"]] in (["127.0.0.1:9809:9809/tcp"],
+                                                   ["127.0.0.1:9809:9809"])
 
 
 def test_s3_server_uses_the_workers_key_pair(compose_config):
