@@ -118,8 +118,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67,108,864
 
 class ErrorCode(StrEnum):
     """Every code an item can fail with: stored on failed job items, counted in metrics,
-    matched on by scripts, so the values never change. docs/input-handling.md (image codes)
-    and docs/configuration.md (storage, analysis and worker codes) describe each one."""
+    matched on by scripts, so the values never change. docs/input-handling.md describes each
+    one (tests/test_constants.py keeps its tables and this enum equal)."""
 
     # The image bytes (poundcam.preprocess.decode.ImageDecodeError).
     EMPTY = "empty"
@@ -161,7 +161,7 @@ DECODE_ERROR_CODES = frozenset({
     ErrorCode.EMPTY, ErrorCode.TOO_LARGE, ErrorCode.TOO_MANY_PIXELS, ErrorCode.DECOMPRESSION_BOMB,
     ErrorCode.NOT_AN_IMAGE, ErrorCode.UNSUPPORTED_FORMAT, ErrorCode.TRUNCATED, ErrorCode.CORRUPT,
 })
-# StorageError's codes (docs/configuration.md).
+# StorageError's codes (docs/input-handling.md).
 STORAGE_ERROR_CODES = frozenset({
     ErrorCode.INVALID_URI, ErrorCode.INVALID_KEY, ErrorCode.URI_NOT_ALLOWED, ErrorCode.NOT_FOUND,
     ErrorCode.TOO_LARGE, ErrorCode.ACCESS_DENIED, ErrorCode.STORAGE_UNAVAILABLE,

@@ -33,9 +33,10 @@ def _code_tables(doc: str) -> list[dict[str, list[str]]]:
     return tables
 
 
-def test_the_docs_list_every_error_code_and_no_other():
-    (decode,) = _code_tables("input-handling.md")
-    storage, pipeline = _code_tables("configuration.md")
+def test_input_handling_lists_every_error_code_and_no_other():
+    """docs/input-handling.md is the one list: each ErrorCode member has a row there, and it
+    has no row the enum lacks."""
+    decode, storage, pipeline = _code_tables("input-handling.md")
     assert set(decode) == set(DECODE_ERROR_CODES)
     assert set(storage) == set(STORAGE_ERROR_CODES)
     assert set(decode) | set(storage) | set(pipeline) == set(values(ErrorCode))
@@ -45,6 +46,43 @@ def test_the_docs_list_every_error_code_and_no_other():
     assert transient == set(TRANSIENT_ERROR_CODES)
     assert all(cells[0] in ("yes", "no") for table in (storage, pipeline) for cells in table.values())
     assert all(ErrorCode(code).transient == (code in transient) for code in values(ErrorCode))
+    assert all(cells[-1] for table in (decode, storage, pipeline) for cells in table.values())
+
+
+def test_other_docs_link_to_the_one_list_of_error_codes():
+    others = [p.relative_to(ROOT / "docs") for p in sorted((ROOT / "docs").rglob("*.md"))
+              if p.name != "input-handling.md"]
+    assert [str(doc) for doc in others if _code_tables(str(doc))] == []
+    assert "(input-handling.md#error-codes)" in (ROOT / "docs" / "configuration.md").read_text()
+    assert "(docs/input-handling.md#error-codes)" in (ROOT / "README.md").read_text()
+
+
+def _reserved(table: dict[str, list[str]]) -> set[str]:
+    return {code for code, cells in table.items() if cells[-1].lower().startswith("reserved")}
+
+
+def _emitted_codes() -> set[str]:
+    """The ErrorCode members that code outside poundcam/constants.py names other than in a
+    comparison (``code == ErrorCode.NOT_FOUND`` tests a code, it does not emit one)."""
+    found = set()
+    for folder in ("poundcam", "workers"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name == "constants.py":
+                continue
+            tree = ast.parse(path.read_text())
+            compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare)
+                        for n in ast.walk(c)}
+            found |= {node.attr for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                      and node.value.id == "ErrorCode" and id(node) not in compared}
+    return {ErrorCode[name].value for name in found}
+
+
+def test_every_error_code_is_emitted_or_documented_as_reserved():
+    reserved = set().union(*map(_reserved, _code_tables("input-handling.md")))
+    emitted = _emitted_codes()
+    assert emitted | reserved == set(values(ErrorCode)), "neither emitted nor reserved"
+    assert not emitted & reserved, "documented as reserved, but emitted"
 
 
 def _string_literals(path: Path):
