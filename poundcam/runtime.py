@@ -7,14 +7,14 @@ import logging
 import torch
 
 from .analysis import AnalysisOptions, Analyzer
-from .constants import CompileMode, Device
+from .constants import CompileMode, Device, HeatmapMode
 from .db import make_session_factory
 from .preprocess.decode import DecodeLimits
 from .model import load_poundnet
 from .model.weights import weights_for
 from .pipeline import PipelineContext
 from .settings import Settings
-from .storage import LocalStore, S3Store
+from .storage import make_store
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,12 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
 
 
 def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_client=None) -> PipelineContext:
-    if settings.embedded:
-        source = sink = LocalStore.from_settings(settings)
-    else:
-        if not settings.heatmap_bucket and settings.heatmap != "off":
-            from .settings import SettingsError
-            raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set for S3 storage")
-        source = sink = S3Store.from_settings(settings, client=s3_client)
+    """One store reads the images and writes the heatmaps. On S3 the heatmap bucket is needed
+    unless the heatmap is off (POUNDCAM_HEATMAP=off: the maps go only to the database)."""
+    if not settings.embedded and not settings.heatmap_bucket and settings.heatmap != HeatmapMode.OFF:
+        from .settings import SettingsError
+        raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set for S3 storage")
+    source = sink = make_store(settings, client=s3_client)
     return PipelineContext(analyzer=analyzer, source=source, sink=sink,
                            sessions=make_session_factory(settings.database_url),
                            heatmap_prefix=settings.heatmap_prefix,

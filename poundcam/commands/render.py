@@ -58,18 +58,18 @@ class Renderer:
         self._local = None
 
     def _read(self, uri: str | None) -> bytes:
-        from ..storage import LocalStore, S3Store
+        from ..storage import make_store
 
         if not uri:
             raise RenderError("source_unknown", "no submitted source is recorded for it")
         if uri.startswith("s3://"):
-            if self._s3 is None:
-                self._s3 = S3Store(None, allowed_buckets=self.settings.allowed_buckets,
-                                   endpoint_url=self.settings.s3_endpoint_url)
+            if self._s3 is None:  # reads from the allowed buckets, writes nothing
+                self._s3 = make_store(self.settings, local_root=None, heatmap_bucket=None)
             store = self._s3
         else:
             if self._local is None:  # the bytes are checked against the analysed image below
-                self._local = LocalStore(Path.cwd(), self.settings.allowed_roots or ("/",))
+                self._local = make_store(self.settings, local_root=str(Path.cwd()),
+                                         allowed_roots=self.settings.allowed_roots or ("/",))
             store = self._local
         return store.get(uri, max_bytes=self.settings.max_image_bytes)
 
@@ -93,8 +93,7 @@ class Renderer:
             if hashlib.sha256(data).hexdigest() != record["sha256"]:
                 raise RenderError("source_changed",
                                   f"{record['uri']}: not the analysed image any more")
-            source = source_view(data, DecodeLimits(max_bytes=self.settings.max_image_bytes,
-                                                    max_pixels=self.settings.max_image_pixels))
+            source = source_view(data, DecodeLimits.from_settings(self.settings))
         return render_maps(record["real_map"], record["fake_map"], source,
                            p_fake=record["p_fake"], names=names)
 
@@ -103,7 +102,7 @@ def _render(args) -> int:
     from ..cam.ondemand import RENDERINGS
     from ..db import analyses_for_rendering, make_session_factory, session_scope
     from ..settings import Settings
-    from ..storage import LocalStore
+    from ..storage import make_store
 
     names = RENDERINGS if not args.only else tuple(n.strip() for n in args.only.split(","))
     unknown = [n for n in names if n not in RENDERINGS]
@@ -118,7 +117,7 @@ def _render(args) -> int:
             records = analyses_for_rendering(s, args.target)
     finally:
         sessions.kw["bind"].dispose()
-    out = LocalStore(args.out)
+    out = make_store(settings, local_root=str(args.out), allowed_roots=())
     renderer = Renderer(settings)
     failed = 0
     for record in records:

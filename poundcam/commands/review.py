@@ -50,30 +50,29 @@ def heatmap_store(settings):
     """The store the heatmaps are read from: the local folder in the embedded mode, else the
     heatmap bucket (read-only use; only that bucket is readable through it)."""
     from ..settings import SettingsError
-    from ..storage import LocalStore, S3Store
+    from ..storage import make_store
 
     if settings.embedded:
-        return LocalStore(settings.local_root)
+        return make_store(settings, allowed_roots=())
     if not settings.heatmap_bucket:
         raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set to read heatmaps from S3 "
                             "(or give --heatmaps DIR for a local folder)")
-    return S3Store(settings.heatmap_bucket, allowed_buckets=[settings.heatmap_bucket],
-                   endpoint_url=settings.s3_endpoint_url)
+    return make_store(settings, allowed_buckets=(settings.heatmap_bucket,))
 
 
 def original_store(settings, job: dict):
     """The store originals are read from: for a job of `poundcam analyze`, its image folders
     (as recorded, or POUNDCAM_ALLOWED_ROOTS); else S3, only from POUNDCAM_ALLOWED_BUCKETS."""
-    from ..storage import LocalStore, S3Store
+    from ..storage import make_store
 
     options = job.get("options") or {}
     if options.get("mode") == "embedded":
         roots = settings.allowed_roots or tuple(options.get("image_roots") or ())
         if not roots:
             return None
-        return LocalStore(settings.local_root or roots[0], read_roots=roots)
-    return S3Store(None, allowed_buckets=settings.allowed_buckets,
-                   endpoint_url=settings.s3_endpoint_url)
+        return make_store(settings, local_root=settings.local_root or roots[0],
+                          allowed_roots=roots)
+    return make_store(settings, local_root=None, heatmap_bucket=None)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -142,8 +141,7 @@ def _report(args) -> int:
             drawn.fetch,
             None if originals is None else
             (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
-            limits=DecodeLimits(max_bytes=settings.max_image_bytes,
-                                max_pixels=settings.max_image_pixels))
+            limits=DecodeLimits.from_settings(settings))
     else:
         source = _LinkedOrDrawn(drawn, lambda key: store.presigned_url(key, args.expires),
                                 None if originals is None else

@@ -188,11 +188,6 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.allowed_buckets = frozenset(allowed_buckets)
 
-    @classmethod
-    def from_settings(cls, settings, client=None) -> S3Store:
-        return cls(settings.heatmap_bucket, settings.allowed_buckets, client=client,
-                   endpoint_url=settings.s3_endpoint_url)
-
     def ref(self, uri: str) -> S3Ref:
         """Parse and authorise a read URI."""
         if isinstance(uri, str) and not uri.startswith("s3://"):
@@ -278,12 +273,15 @@ class S3Store(ObjectStore):
         return self._own(key).uri
 
     def check(self, probe_key: str) -> None:
+        """The allowed buckets can be reached, and the heatmap bucket written (a store without
+        one, as with ``POUNDCAM_HEATMAP=off``, writes nothing and is not probed)."""
         for bucket in sorted(self.allowed_buckets):
             try:
                 self.client.head_bucket(Bucket=bucket)
             except Exception as exc:  # noqa: BLE001
                 raise _from_boto(exc, f"s3://{bucket} (POUNDCAM_ALLOWED_BUCKETS)") from exc
-        self.put(probe_key, b"poundcam write check\n", "text/plain")
+        if self.bucket:
+            self.put(probe_key, b"poundcam write check\n", "text/plain")
 
 
 def _unsatisfiable_range(exc: Exception) -> bool:
@@ -323,12 +321,6 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | os.PathLike, read_roots: Iterable[str | os.PathLike] = ()):
         self.root = Path(root).resolve()
         self.read_roots = tuple(Path(r).resolve() for r in read_roots) or (self.root,)
-
-    @classmethod
-    def from_settings(cls, settings) -> LocalStore:
-        if not settings.local_root:
-            raise StorageError(ErrorCode.STORAGE_ERROR, "no local root configured (POUNDCAM_LOCAL_ROOT)")
-        return cls(settings.local_root, settings.allowed_roots)
 
     def path(self, uri: str) -> Path:
         """Parse and authorise a read URI: a path or ``file://`` URI under a read root."""
@@ -418,10 +410,3 @@ class LocalStore(ObjectStore):
 
     def uri_for(self, key: str) -> str:
         return str(self._own(key))
-
-
-def make_store(settings, client=None) -> ObjectStore:
-    """The store the settings describe: a local folder in the embedded mode, else S3."""
-    if settings.embedded:
-        return LocalStore.from_settings(settings)
-    return S3Store.from_settings(settings, client=client)

@@ -212,3 +212,72 @@ def test_make_store_follows_settings(tmp_path, s3_server):
     s3 = make_store(Settings.from_env({}, heatmap_bucket="maps", allowed_buckets=("in-b",),
                                       s3_endpoint_url=s3_server))
     assert isinstance(s3, S3Store) and s3.allowed_buckets == {"in-b"} and s3.bucket == "maps"
+
+
+def test_make_store_applies_the_callers_changes(tmp_path, s3_server):
+    """Commands name the bucket or folder they read: the one factory, with changes."""
+    from poundcam.settings import Settings, SettingsError
+    from poundcam.storage import make_store
+
+    s3 = Settings.from_env({}, heatmap_bucket="maps", allowed_buckets=("in-b",),
+                           s3_endpoint_url=s3_server, local_root=None)
+    heatmaps = make_store(s3, allowed_buckets=("maps",))
+    assert (heatmaps.bucket, heatmaps.allowed_buckets) == ("maps", {"maps"})
+    sources = make_store(s3.replace(local_root=str(tmp_path)), local_root=None, heatmap_bucket=None)
+    assert isinstance(sources, S3Store)
+    assert (sources.bucket, sources.allowed_buckets) == (None, {"in-b"})
+    assert sources.client.meta.endpoint_url == s3_server
+    (tmp_path / "in").mkdir()
+    local = make_store(s3, local_root=str(tmp_path / "out"), allowed_roots=(str(tmp_path / "in"),))
+    assert isinstance(local, LocalStore)
+    assert (local.root, local.read_roots) == (tmp_path / "out", (tmp_path / "in",))
+    assert make_store(s3, local_root=str(tmp_path)).read_roots == (tmp_path,)
+    with pytest.raises(SettingsError, match="POUNDCAM_ALLOWED_BUCKETS"):
+        make_store(s3, allowed_buckets=("a/b",))
+
+
+def test_s3_with_the_heatmap_off_needs_no_heatmap_bucket(tmp_path, s3_server, s3_client, bucket):
+    """POUNDCAM_HEATMAP=off: an S3 deployment without a heatmap bucket gets its context, and
+    the worker's readiness check reads the allowed buckets and writes nothing; with the
+    heatmap on, the missing bucket stops start-up."""
+    from poundcam.runtime import make_context
+    from poundcam.settings import Settings, SettingsError
+    from workers.runtime import check_ready
+
+    settings = Settings.from_env({}, database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                                 allowed_buckets=(bucket,), s3_endpoint_url=s3_server)
+    with pytest.raises(SettingsError, match="POUNDCAM_HEATMAP_BUCKET"):
+        make_context(settings, analyzer=None, s3_client=s3_client)
+    ctx = make_context(settings.replace(heatmap="off"), analyzer=None, s3_client=s3_client)
+    try:
+        assert isinstance(ctx.source, S3Store) and ctx.sink is ctx.source
+        assert ctx.sink.bucket is None and ctx.source.allowed_buckets == {bucket}
+        check_ready(ctx)
+        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        ctx.source.allowed_buckets = frozenset({"pc-no-such-bucket"})
+        assert code_of(check_ready, ctx) == "not_found"
+    finally:
+        ctx.close()
+    ctx = make_context(settings.replace(heatmap_bucket=bucket), analyzer=None, s3_client=s3_client)
+    try:
+        check_ready(ctx)  # the heatmap bucket is written: the probe object is there
+        assert s3_client.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+    finally:
+        ctx.close()
+
+
+def test_stores_are_made_only_by_the_factory():
+    """Outside poundcam/storage/, the library, the commands and the workers make their stores
+    with make_store (naming the bucket or folder they need), never a store class directly."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    storage = root / "poundcam" / "storage"
+    made = [f"{path.relative_to(root)}:{node.lineno}"
+            for folder in ("poundcam", "workers") for path in sorted((root / folder).rglob("*.py"))
+            if not path.is_relative_to(storage)
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and (getattr(node.func, "id", None) or getattr(
+                node.func, "attr", None)) in ("LocalStore", "S3Store")]
+    assert made == []
