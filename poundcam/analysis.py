@@ -28,17 +28,28 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
 from .cam import ComparativeCAM
-from .cam.render import DISPLAY_REDUCING_GAP, comparative_png, comparative_scanlines, \
-    display_original_pil, display_originals
 from .cam.batch_stats import compute_stats_batch
+from .cam.render import (
+    DISPLAY_REDUCING_GAP,
+    comparative_png,
+    comparative_scanlines,
+    display_original_pil,
+    display_originals,
+)
 from .constants import CamMethod, CamTarget, ErrorCode, JpegRoundtrip, Label, PreprocessPath
-from .preprocess.batched import DevicePreprocessor, PreprocessedBatch, PreprocessedItem, \
-    choose_path, iter_batches
+from .preprocess.batched import (
+    DevicePreprocessor,
+    PreprocessedBatch,
+    PreprocessedItem,
+    choose_path,
+    iter_batches,
+)
 from .preprocess.decode import DecodeLimits
 from .preprocess.geometry import CropGeometry
 
@@ -271,6 +282,10 @@ class Analyzer:
             the defaults of AnalysisOptions when omitted.
         device: where the model runs; the model's own device when omitted.
 
+    Raises:
+        ValueError: an unknown CAM method, target or preprocessing setting, or a CAM layer out
+            of range.
+
     Example:
         >>> with Analyzer(PoundNet.from_checkpoint("last.ckpt")) as analyzer:
         ...     for outcome in analyzer.analyze([("a.jpg", open("a.jpg", "rb").read())]):
@@ -316,7 +331,7 @@ class Analyzer:
         self._pre.close()
         self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "Analyzer":
+    def __enter__(self) -> Analyzer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -374,7 +389,8 @@ class Analyzer:
         try:
             while (batch := self._next_batch(reader, batches)) is not None:
                 reader.batched += len(batch.items)
-                for (idx, _, _), future in zip(batch.keys, self._run_batch(batch)):
+                assert batch.keys is not None  # iter_batches gives every batch its keys
+                for (idx, _, _), future in zip(batch.keys, self._run_batch(batch), strict=True):
                     ordered.add(idx, future)
                 del batch  # the batch's originals and inputs can go
                 for future in ordered.ready():
@@ -409,15 +425,17 @@ class Analyzer:
         decode_s = getattr(batch, "preprocess_s", 0.0) / n_in
         futures: list[cf.Future | None] = [None] * len(batch.items)
         ok: list[tuple[int, PreprocessedItem]] = []
-        for j, (item, (_, key, sha)) in enumerate(zip(batch.items, batch.keys)):
-            if item.ok:
+        keys = batch.keys
+        assert keys is not None  # iter_batches gives every batch its keys
+        for j, (item, (_, key, sha)) in enumerate(zip(batch.items, keys, strict=True)):
+            if isinstance(item, PreprocessedItem):  # else an ImageDecodeFailure
                 ok.append((j, item))
             else:
                 futures[j] = _done(ItemOutcome(key, error_code=item.code, error_message=item.message,
                                                sha256=sha.result()))
         if not ok:
             return futures  # type: ignore[return-value]
-        metas = [_Meta(batch.keys[j][1], batch.keys[j][2], it.geometry, it.format, it.original_mode,
+        metas = [_Meta(keys[j][1], keys[j][2], it.geometry, it.format, it.original_mode,
                        decode_s) for j, it in ok]
         t0 = time.perf_counter()
         displays = self._displays([it for _, it in ok]) if self.options.render else None
@@ -436,15 +454,16 @@ class Analyzer:
         """Each original at the overlay display size, uint8 [3, h, w]: device-path originals
         are downscaled on the device; Pillow-path ones in the pool (futures; ``_resolve``)."""
         out: list[Any] = [None] * len(items)
-        on_device = []
+        on_device: list[int] = []
+        originals: list[torch.Tensor] = []
         for i, it in enumerate(items):
             if it.device_original is not None:
                 on_device.append(i)
+                originals.append(it.device_original)
             else:
                 out[i] = self._pool.submit(_pil_display, it)
-        shown = display_originals([items[i].device_original for i in on_device],
-                                  [items[i].geometry for i in on_device])
-        for i, x in zip(on_device, shown):
+        shown = display_originals(originals, [items[i].geometry for i in on_device])
+        for i, x in zip(on_device, shown, strict=True):
             out[i] = x
         return out
 
@@ -486,7 +505,7 @@ class Analyzer:
             torch.cuda.empty_cache()
         half = x.shape[0] // 2
         cut = (lambda s: s[:half]), (lambda s: s[half:])
-        return [p for c, off in zip(cut, (0, half))
+        return [p for c, off in zip(cut, (0, half), strict=True)
                 for p in self._compute(c(x), None if displays is None else c(displays),
                                        c(geometries), start + off)]
 
@@ -500,7 +519,7 @@ class Analyzer:
         tensors += piece.heat_rows or []
         compute = torch.cuda.current_stream(self.device)
         self._copy_stream.wait_stream(compute)
-        hosts = []
+        hosts: list[Any] = []
         with torch.cuda.stream(self._copy_stream):
             for t in tensors:
                 if t is None:
@@ -512,7 +531,7 @@ class Analyzer:
                 hosts.append(h)
             piece.ready = torch.cuda.Event(blocking=True)  # waiting threads sleep, not spin
             piece.ready.record(self._copy_stream)
-        for n, h in zip(names, hosts):
+        for n, h in zip(names, hosts, strict=False):  # the heat rows follow the four named
             setattr(piece, n, h)
         if piece.heat_rows is not None:
             piece.heat_rows = hosts[len(names):]

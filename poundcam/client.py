@@ -24,10 +24,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
-from .db import (create_job, explain_db_error, find_job_by_key, item_refs, job_info,
-                 job_results, job_status, job_uris, list_jobs, make_engine,
-                 make_session_factory, require_database)
+from .db import (
+    create_job,
+    explain_db_error,
+    find_job_by_key,
+    item_refs,
+    job_info,
+    job_results,
+    job_status,
+    job_uris,
+    list_jobs,
+    make_engine,
+    make_session_factory,
+    require_database,
+)
 from .errors import InvalidRequestError, PoundcamError, UnavailableError
 from .messaging import QUEUE, TASK_NAME, make_message, make_producer
 from .settings import Settings
@@ -70,15 +82,19 @@ class Client:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        self._engine = None
-        self._sessions = None
-        self._app = None
+        self._engine: sa.Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._app: Any = None  # a Celery app
 
     # --- resources ---------------------------------------------------------------------------
 
     @property
-    def engine(self):
-        """The database engine (made on first use; an SQLite file must already exist)."""
+    def engine(self) -> sa.Engine:
+        """The database engine (made on first use; an SQLite file must already exist).
+
+        Raises:
+            UnavailableError: the SQLite file named by ``database_url`` does not exist.
+        """
         if self._engine is None:
             require_database(self.settings.database_url)
             self._engine = make_engine(self.settings.database_url)
@@ -86,20 +102,24 @@ class Client:
         return self._engine
 
     @property
-    def app(self):
+    def app(self) -> Any:
         """The Celery app that sends the messages (made on first use)."""
         if self._app is None:
             self._app = make_producer(self.settings)
         return self._app
 
     @contextmanager
-    def session(self) -> Iterator[Any]:
+    def session(self) -> Iterator[Session]:
         """A session committed on success; database failures become one-line errors.
+
+        Returns:
+            A context manager that yields the session.
 
         Raises:
             UnavailableError: the database is unreachable or has no poundcam tables.
         """
         _ = self.engine  # makes the engine and the session factory
+        assert self._sessions is not None
         try:
             with self._sessions() as s, s.begin():
                 yield s
@@ -127,9 +147,14 @@ class Client:
     # --- producing ---------------------------------------------------------------------------
 
     def validate_uri(self, uri: str) -> str:
-        """Check that a worker may read ``uri``: an ``s3://bucket/key`` URI (bucket name and
-        key well formed; the bucket on ``POUNDCAM_ALLOWED_BUCKETS`` when that is set), or in
-        the embedded mode an absolute local path.
+        """Check that a worker may read ``uri``.
+
+        Accepted: an ``s3://bucket/key`` URI (bucket name and key well formed; the bucket on
+        ``POUNDCAM_ALLOWED_BUCKETS`` when that is set), or in the embedded mode an absolute
+        local path.
+
+        Args:
+            uri: the image's location, as it would be submitted.
 
         Returns:
             The URI, unchanged.
@@ -216,6 +241,11 @@ class Client:
     def enqueue(self, job_id: str, refs: list[dict], batch_size: int | None = None) -> int:
         """Send ``refs`` (``{"item_id", "uri"}`` of one job) in messages of ``batch_size``.
 
+        Args:
+            job_id: the job the items belong to.
+            refs: the items to send, each ``{"item_id": int, "uri": str}``.
+            batch_size: items per message (default ``POUNDCAM_TASK_BATCH_SIZE``).
+
         Returns:
             The number of messages sent.
 
@@ -239,8 +269,14 @@ class Client:
         return sent
 
     def resend(self, job_id: str, batch_size: int | None = None) -> int:
-        """Send messages for the job's queued items that no message in the broker names (a
-        failed submit, messages lost with the broker); items already named are not doubled.
+        """Send messages for the job's queued items that no message in the broker names.
+
+        For a failed submit, or messages lost with the broker; items a message in the broker
+        already names are not sent twice.
+
+        Args:
+            job_id: the job.
+            batch_size: items per message (default ``POUNDCAM_TASK_BATCH_SIZE``).
 
         Returns:
             The number of messages sent.
@@ -262,8 +298,14 @@ class Client:
     # --- reading -----------------------------------------------------------------------------
 
     def status(self, job_id: str) -> dict:
-        """Counts by state: ``{"job_id", "total", "queued", "running", "done", "failed",
-        "finished"}``.
+        """The job's items counted by state.
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            ``{"job_id", "total", "queued", "running", "done", "failed", "finished"}``:
+            counts, and whether no item is queued or running any more.
 
         Raises:
             JobNotFoundError: no such job.
@@ -272,7 +314,13 @@ class Client:
             return job_status(s, job_id)
 
     def job(self, job_id: str) -> dict:
-        """``{"job_id", "created_at", "options", "idempotency_key", "total"}``.
+        """What the job was created with.
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            ``{"job_id", "created_at", "options", "idempotency_key", "total"}``.
 
         Raises:
             JobNotFoundError: no such job.
@@ -282,12 +330,15 @@ class Client:
 
     def results(self, job_id: str, label: str | None = None,
                 min_prob: float | None = None) -> list[dict]:
-        """One record per item, in submission order (``poundcam.db.RESULT_FIELDS``).
+        """One record per item, in submission order.
 
         Args:
             job_id: the job.
             label: keep only items labelled ``real`` or ``fake``.
             min_prob: keep only items with P(fake) at least this.
+
+        Returns:
+            Dicts with the fields ``poundcam.db.RESULT_FIELDS`` names.
 
         Raises:
             JobNotFoundError: no such job.
@@ -296,7 +347,14 @@ class Client:
             return job_results(s, job_id, label=label, min_prob=min_prob)
 
     def jobs(self, limit: int = 20) -> list[dict]:
-        """The most recent jobs, newest first, with their counts by state."""
+        """The most recent jobs, newest first.
+
+        Args:
+            limit: how many jobs at most.
+
+        Returns:
+            One dict per job, with its counts by state (as :meth:`status`).
+        """
         with self.session() as s:
             return list_jobs(s, limit=limit)
 

@@ -27,8 +27,15 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics, start_http_server)
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 disable_created_metrics()  # the *_created series only clutter dashboards
 

@@ -53,6 +53,7 @@ def analyze(self, message):
     log.info("message: job %s, %d items", job_id, len(items),
              extra={"job_id": job_id, "items": [i for i, _ in items]})
     pending = items
+    error: Exception
     try:
         report = process_items(ctx, items, job_id=job_id)
     except RetryLater as exc:

@@ -60,7 +60,7 @@ JSON_COLUMNS = (
 
 def _pg_json(column: str, path: tuple, kind: str) -> str:
     # #>> returns text (SQL NULL for a missing path or a JSON null).
-    expr = "a.%s #>> '{%s}'" % (column, ",".join(str(p) for p in path))
+    expr = f"a.{column} #>> '{{{','.join(str(p) for p in path)}}}'"
     return {"float": f"CAST({expr} AS DOUBLE PRECISION)", "int": f"CAST({expr} AS INTEGER)",
             "text": expr}[kind]
 

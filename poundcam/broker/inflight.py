@@ -28,6 +28,8 @@ def queued_item_ids(settings, job_id: str) -> set[int]:
     for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]:
         for start in range(0, client.llen(key), CHUNK):
             for raw in client.lrange(key, start, start + CHUNK - 1):
+                # bytes: the client decodes no responses (str only with decode_responses)
+                raw = raw if isinstance(raw, bytes) else raw.encode()
                 found |= _ids_in(raw, needle, job_id, settings.max_message_bytes)
     for _, value in client.hscan_iter(UNACKED_KEY, count=CHUNK):
         if needle in value:

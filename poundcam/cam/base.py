@@ -48,7 +48,7 @@ class CAMResult:
         """
         return self.fake - self.real
 
-    def item(self, i: int) -> "CAMResult":
+    def item(self, i: int) -> CAMResult:
         """Image ``i`` of the batch as a result of batch size 1."""
         return CAMResult(self.real[i:i + 1], self.fake[i:i + 1], self.logits[i:i + 1],
                          self.probs[i:i + 1], self.layer, self.target, self.point,
@@ -80,7 +80,10 @@ class CAMMethod(abc.ABC):
     default_layer: ClassVar[int]
     default_point: ClassVar[str]
 
-    def __init__(self, model, layer: int, target: str, point: str):
+    def __init__(self, model, layer: int, target: str, point: str, compile: bool = False,
+                 compile_batch: int | None = None):
+        # ``compile`` and ``compile_batch`` are part of every method's constructor (ComparativeCAM
+        # passes them); a method that compiles something handles them itself.
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         self.model = model

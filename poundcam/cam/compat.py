@@ -3,6 +3,8 @@ ComparativeCAM, with the same defaults as the library and the service. Maps come
 model's gradients; nothing is synthesized."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +44,7 @@ class PoundNetGradCAM:
         self.cam = ComparativeCAM(model, layer=layer, target=target, method=method)
 
     @staticmethod
-    def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
     @staticmethod

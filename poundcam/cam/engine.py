@@ -77,18 +77,24 @@ class ComparativeCAM:
 
     @property
     def target(self) -> str:
+        """The target the maps explain: ``"contrastive"`` or ``"logit"``."""
         return self.explainer.target
 
     @property
     def point(self) -> str:
+        """Where in the explained block the maps are taken (``"ln_1"``, ``"output"`` or
+        ``"input"``)."""
         return self.explainer.point
 
     @property
     def compiled(self) -> bool:
+        """Whether the part before the explained point runs through ``torch.compile``."""
         return getattr(self.explainer, "compiled", False)
 
     @property
     def compile_batch(self) -> int | None:
+        """The batch size compiled for (smaller batches are padded to it); None without
+        ``compile``."""
         return getattr(self.explainer, "compile_batch", None)
 
     @property

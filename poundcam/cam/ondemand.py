@@ -72,18 +72,19 @@ def render_maps(real, fake, source: SourceView | None, p_fake: float | None = No
     fake = torch.as_tensor(np.asarray(fake, dtype=np.float32))
     names = [n for n in names if n in MAP_ONLY or source is not None]
     out: dict[str, bytes] = {}
-    if {"real_overlay", "fake_overlay"} & set(names):
+    # (every name outside MAP_ONLY is left only with a source: ``source is not None`` below)
+    if source is not None and {"real_overlay", "fake_overlay"} & set(names):
         rows = render.overlay_scanlines(source.x, real[None], fake[None])[0]
         for k, cls in enumerate(render.MAPS):
             out[f"{cls}_overlay"] = render.png_rgb(rows[k])
-    if {"real_overlay_original", "fake_overlay_original"} & set(names):
+    if source is not None and {"real_overlay_original", "fake_overlay_original"} & set(names):
         rows = render.original_overlay_scanlines(real[None], fake[None], [source.display],
                                                  [source.geometry])[0]
         for k, cls in enumerate(render.MAPS):
             out[f"{cls}_overlay_original"] = render.png_rgb(rows[k])
     for k, cls in enumerate(render.MAPS):
         out[f"{cls}_raw16"] = render.raw16_png(real if k == 0 else fake)
-    if "comparative" in names:
+    if source is not None and "comparative" in names:
         if p_fake is None:
             raise ValueError("the comparative heatmap needs P(fake)")
         rows = render.comparative_scanlines(real[None], fake[None], [source.display],

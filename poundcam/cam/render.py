@@ -31,18 +31,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from .colormap import OVERLAY_ALPHA, RAMP
 from ..constants import LABELS
 from ..preprocess.batching import map_in_groups
 from ..preprocess.geometry import CropGeometry
 from ..preprocess.transform import CLIP_MEAN, CLIP_STD
+from .colormap import OVERLAY_ALPHA, RAMP
 
 try:  # ISA-L's deflate: several times faster than zlib's at the fast levels, same format
     from isal import isal_zlib as _deflate
 except ImportError:  # pragma: no cover - depends on the installation
-    import zlib as _deflate
+    import zlib as _deflate  # type: ignore[no-redef]  # the same compress() for the same format
 
 MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
 DISPLAY_REDUCING_GAP = 1.5  # Pillow originals: box-reduce, then bilinear (display only)
@@ -167,7 +167,7 @@ def display_originals(images: Sequence[torch.Tensor],
     size are resized together, a bounded number at a time."""
     out = list(images)
     sizes = [display_size(g)[::-1] for g in geometries]  # (h, w)
-    todo = [i for i, (im, size) in enumerate(zip(images, sizes)) if tuple(im.shape[-2:]) != size]
+    todo = [i for i, (im, size) in enumerate(zip(images, sizes, strict=True)) if tuple(im.shape[-2:]) != size]
 
     def resize(x: torch.Tensor, key) -> torch.Tensor:
         size = key[2]
@@ -179,7 +179,7 @@ def display_originals(images: Sequence[torch.Tensor],
     resized = map_in_groups([images[i] for i in todo],
                             [(images[i].shape, images[i].device, sizes[i]) for i in todo],
                             resize, _CHUNK_VALUES)
-    for i, y in zip(todo, resized):
+    for i, y in zip(todo, resized, strict=True):
         out[i] = y
     return out
 
@@ -192,7 +192,7 @@ def display_original_pil(image: Image.Image, geometry: CropGeometry,
     size = display_size(geometry)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     if rgb.size != size:
-        rgb = rgb.resize(size, Image.BILINEAR, reducing_gap=reducing_gap)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
     return np.array(rgb)
 
 
@@ -416,6 +416,8 @@ def raw16_png(m) -> bytes:
 def read_raw16_png(data: bytes) -> np.ndarray:
     """Inverse of raw16_png: the raw map as float64."""
     img = Image.open(io.BytesIO(data))
+    if not isinstance(img, PngImagePlugin.PngImageFile):
+        raise ValueError("not a PNG file")
     scale = float(img.text.get("poundcam.scale", "0"))
     return np.asarray(img, dtype=np.float64) / 65535 * scale
 

@@ -55,9 +55,8 @@ def make_session_factory(engine_or_url: Engine | str) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on error."""
-    with factory() as session:
-        with session.begin():
-            yield session
+    with factory() as session, session.begin():
+        yield session
 
 
 def is_transient_db_error(exc: BaseException) -> bool:

@@ -72,7 +72,7 @@ def current(url: str | None = None) -> tuple[str, ...]:
         engine.dispose()
 
 
-def head() -> str:
+def head() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -28,6 +28,9 @@ ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "
                      "real_map", "fake_map")
 MAPS = ("real_map", "fake_map")
 _IDENTITY = ("sha256", "model_id", "cam_config_id")
+# The Core tables behind the ORM classes, as Tables (``__table__`` is typed as a FromClause).
+_ANALYSES = Analysis.metadata.tables[Analysis.__tablename__]
+_ITEMS = JobItem.metadata.tables[JobItem.__tablename__]
 # The keys of a job_results record, in order: the one record shape of every output.
 RESULT_FIELDS = ("item_id", "position", "uri", "status", "error_code", "error_message",
                  "attempts", "analysis_id", "sha256", "p_fake", "threshold", "label", "model_id",
@@ -95,21 +98,23 @@ def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> l
     rows = [_analysis_values(r, dialect) for r in records]
     if not rows:
         return []
-    table = Analysis.__table__
+    table = _ANALYSES
     for start in range(0, len(rows), UPSERT_CHUNK):
         chunk = rows[start:start + UPSERT_CHUNK]
         if dialect in ("postgresql", "sqlite"):
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects import postgresql, sqlite
+
             # A multi-row VALUES needs one column set: one statement per set present.
             by_columns: dict[tuple, list] = {}
             for row in chunk:
                 by_columns.setdefault(tuple(sorted(row)), []).append(row)
             for group in by_columns.values():
-                session.execute(insert(table).values(group).on_conflict_do_nothing(
-                    index_elements=list(_IDENTITY)))
+                if dialect == "postgresql":
+                    session.execute(postgresql.insert(table).values(group).on_conflict_do_nothing(
+                        index_elements=list(_IDENTITY)))
+                else:
+                    session.execute(sqlite.insert(table).values(group).on_conflict_do_nothing(
+                        index_elements=list(_IDENTITY)))
         else:  # any other backend: a savepoint per row absorbs the duplicate
             for row in chunk:
                 try:
@@ -138,7 +143,7 @@ def find_analysis_ids(session: Session, sha256s: Iterable[str], model_id: str,
     """``{sha256: analysis id}`` for those of ``sha256s`` already analysed with this model and
     CAM configuration, in one query per 500 hashes."""
     shas = sorted(set(sha256s))
-    t = Analysis.__table__
+    t = _ANALYSES
     found: dict[str, int] = {}
     for start in range(0, len(shas), 500):
         rows = session.execute(sa.select(t.c.sha256, t.c.id).where(
@@ -162,7 +167,7 @@ def create_job(session: Session, uris: Iterable[str], options: Mapping[str, Any]
     session.flush()
     if uris:
         now = utcnow()
-        session.execute(sa.insert(JobItem.__table__), [
+        session.execute(sa.insert(_ITEMS), [
             {"job_id": job_id, "position": i, "uri": u, "status": ItemState.QUEUED, "attempts": 0,
              "updated_at": now} for i, u in enumerate(uris)])
     return job_id
@@ -188,7 +193,7 @@ def mark_running(session: Session, item_ids: int | Iterable[int]) -> list[int]:
     ids = _ids(item_ids)
     if not ids:
         return []
-    t = JobItem.__table__
+    t = _ITEMS
     claimable = t.c.status.in_((ItemState.QUEUED, ItemState.RUNNING))
     session.execute(sa.update(t).where(t.c.id.in_(ids), claimable)
                     .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow()))
@@ -209,7 +214,7 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
     """:func:`mark_running` for the items of ``job_id`` among ``item_ids`` (any job's if
     ``job_id`` is None). Ids of another job, or of no item, are neither claimed nor backed."""
     ids = sorted(set(_ids(item_ids)))
-    t = JobItem.__table__
+    t = _ITEMS
     scope = [t.c.id.in_(ids)] + ([t.c.job_id == job_id] if job_id is not None else [])
     if not ids:
         return Claim({}, set())
@@ -222,7 +227,7 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
 
 def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
     """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
-    t = JobItem.__table__
+    t = _ITEMS
     session.execute(sa.update(t).where(t.c.id == int(item_id)).values(
         status=ItemState.DONE, analysis_id=int(analysis_id), error_code=None, error_message=None,
         updated_at=utcnow()))
@@ -232,7 +237,7 @@ def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
     """:func:`mark_done` for ``(item_id, analysis_id)`` pairs, in one statement."""
     rows = [{"b_id": int(i), "b_analysis": int(a)} for i, a in done]
     if rows:
-        t = JobItem.__table__
+        t = _ITEMS
         session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id")).values(
             status=ItemState.DONE, analysis_id=sa.bindparam("b_analysis"), error_code=None,
             error_message=None, updated_at=utcnow()), rows)
@@ -250,7 +255,7 @@ def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]],
     rows = [{"b_id": int(i), "b_code": str(c)[:64], "b_message": str(m)[:MAX_ERROR_MESSAGE]}
             for i, c, m in failures]
     if rows:
-        t = JobItem.__table__
+        t = _ITEMS
         scope = [t.c.job_id == job_id] if job_id is not None else []
         session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != ItemState.DONE,
                                            *scope)
@@ -275,7 +280,7 @@ def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
     times. Each row changes only if it is still running and stale when updated, so sweepers
     running at once never give back the same item twice."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
-    t = JobItem.__table__
+    t = _ITEMS
     stale = (t.c.status == ItemState.RUNNING, t.c.updated_at < cutoff)
     rows = session.execute(sa.select(t.c.id, t.c.attempts).where(*stale)
                            .order_by(t.c.id).limit(limit)).all()
@@ -300,7 +305,7 @@ def requeue(session: Session, item_ids: int | Iterable[int], job_id: str | None 
     ``job_id``, only items of that job change."""
     ids = _ids(item_ids)
     if ids:
-        t = JobItem.__table__
+        t = _ITEMS
         scope = [t.c.job_id == job_id] if job_id is not None else []
         session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING, *scope)
                         .values(status=ItemState.QUEUED, updated_at=utcnow()))

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .digest import digest_file
 from .config import PoundNetConfig, RunSettings, read_run_config
+from .digest import digest_file
 from .poundnet import PoundNet
 from .safe_pickle import load_checkpoint_dict
 
@@ -190,7 +190,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file: {exc}") from None
     if meta.get("format") != SAFETENSORS_FORMAT:

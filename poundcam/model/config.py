@@ -55,7 +55,7 @@ class PoundNetConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PoundNetConfig":
+    def from_json(cls, text: str) -> PoundNetConfig:
         data = json.loads(text)
         data["class_names"] = tuple(data["class_names"])
         return cls(**data)

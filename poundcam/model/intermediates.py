@@ -34,7 +34,7 @@ class BlockActivation:
     activation: torch.Tensor
     residual: torch.Tensor | None = None
 
-    def with_activation(self, activation: torch.Tensor) -> "BlockActivation":
+    def with_activation(self, activation: torch.Tensor) -> BlockActivation:
         """The same position with another activation tensor (e.g. a fresh graph leaf).
 
         Args:

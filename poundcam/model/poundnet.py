@@ -7,7 +7,9 @@ hook layers find them. The released model's prompt tokens ride on the blocks the
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
+import os
+from functools import cache, lru_cache
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +105,11 @@ class PromptedTransformer(nn.Module):
             for i in range(layers)
         )
 
+    @property
+    def blocks(self) -> list[PromptedBlock]:
+        """The blocks in order (``resblocks`` types its items as plain Modules)."""
+        return cast("list[PromptedBlock]", list(self.resblocks))
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
             x = block(x, attn_mask)
@@ -155,7 +162,7 @@ class PromptedVisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image features [B, E]. The last block computes the CLS token only (forward_cls);
         a hook on that block's output sees [B, 1, W]. Every ``ln_1`` sees all tokens."""
-        *blocks, last = self.transformer.resblocks
+        *blocks, last = self.transformer.blocks
         x = self.embed(x)
         for block in blocks:
             x = block(x)
@@ -164,7 +171,7 @@ class PromptedVisionTransformer(nn.Module):
 
     # -- explaining a block: see PoundNet.forward_to / forward_from / attention_from ----------
     def forward_to(self, x: torch.Tensor, layer: int, point: str) -> BlockActivation:
-        blocks = self.transformer.resblocks
+        blocks = self.transformer.blocks
         h = self.embed(x)
         for block in blocks[:layer]:
             h = block(h)
@@ -177,13 +184,13 @@ class PromptedVisionTransformer(nn.Module):
     def forward_from(self, start: BlockActivation) -> torch.Tensor:
         """Image features from ``start``. After the last attention only CLS reaches the head,
         so the last block computes the CLS token only."""
-        blocks = self.transformer.resblocks
+        blocks = self.transformer.blocks
         last = len(blocks) - 1
         out = start.activation
         if start.point == "ln_1":
             block = blocks[start.layer]
             finish = block.forward_cls if start.layer == last else block.forward_attention
-            out = finish(start.residual, start.activation)
+            out = finish(_residual(start), start.activation)
         for i in range(start.layer + 1, len(blocks)):
             block = blocks[i]
             if i == last:
@@ -196,7 +203,7 @@ class PromptedVisionTransformer(nn.Module):
     def attention_from(self, start: BlockActivation) -> tuple[torch.Tensor, list[BlockAttention]]:
         """``forward_from`` with every block's attention written out: (image features, the
         attention of each block from ``start`` on, in order)."""
-        blocks = self.transformer.resblocks
+        blocks = self.transformer.blocks
         last = len(blocks) - 1
         out, first = start.activation, start.layer + 1
         records = []
@@ -205,13 +212,20 @@ class PromptedVisionTransformer(nn.Module):
         for i in range(first, len(blocks)):
             block = blocks[i]
             if i == start.layer:  # its prompt is inserted and its ln_1 taken already
-                out, normed = start.residual, start.activation
+                out, normed = _residual(start), start.activation
             else:
                 out = block.insert_prompt(out)
                 normed = block.ln_1(out)
             out, probs = block.forward_attending(out, normed, cls_only=i == last)
             records.append(BlockAttention(i, probs))
         return self.head(out), records
+
+
+def _residual(start: BlockActivation) -> torch.Tensor:
+    """The residual stream an ``ln_1`` activation carries (``forward_to`` always sets it)."""
+    if start.residual is None:
+        raise ValueError(f"an {start.point!r} activation of block {start.layer} without its residual")
+    return start.residual
 
 
 class PromptedTextEncoder(nn.Module):
@@ -242,6 +256,9 @@ class PromptedTextEncoder(nn.Module):
 class PromptLearner(nn.Module):
     """The learned text contexts and the stored token embeddings around them."""
 
+    token_prefix: torch.Tensor  # buffers, registered in __init__
+    token_suffix: torch.Tensor
+
     def __init__(self, cfg: PoundNetConfig):
         super().__init__()
         n_cls, p, d = len(cfg.class_names), cfg.prompt_num_text, cfg.text_width
@@ -263,7 +280,7 @@ class PromptLearner(nn.Module):
         return torch.stack([real, fake])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bpe_token_count(name: str) -> int:
     return len(_tokenizer().encode(name.replace("_", " ")))
 
@@ -352,6 +369,11 @@ class PoundNet(nn.Module):
 
     @staticmethod
     def autocast_off() -> contextlib.AbstractContextManager:
+        """Turns an enclosing CUDA autocast off (the text side and the logits stay fp32).
+
+        Returns:
+            A context manager; it does nothing when no CUDA autocast is on.
+        """
         if torch.is_autocast_enabled("cuda"):
             return torch.autocast("cuda", enabled=False)
         return contextlib.nullcontext()
@@ -475,7 +497,8 @@ class PoundNet(nn.Module):
         return self.logits_from_features(feats), attentions
 
     @classmethod
-    def from_checkpoint(cls, path, config=None, device=None) -> "PoundNet":
+    def from_checkpoint(cls, path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None,
+                        device: str | torch.device | None = None) -> PoundNet:
         """Load an official Lightning ``.ckpt`` or a poundcam ``.safetensors`` export.
 
         Args:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def load_checkpoint_dict(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: refusing to load: the checkpoint references {', '.join(sorted(refused))}, "
             "which could run code when unpickled")
-    stubs = [(_placeholder_for(g), g) for g in unsafe]
+    stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (_placeholder_for(g), g) for g in unsafe]
     try:
         with torch.serialization.safe_globals(stubs):
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)

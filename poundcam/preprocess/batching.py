@@ -8,11 +8,11 @@ import torch
 
 
 def map_in_groups(items: Sequence[torch.Tensor], keys: Sequence[Hashable],
-                  fn: Callable[[torch.Tensor, Any], Sequence[torch.Tensor]],
+                  fn: Callable[[torch.Tensor, Any], torch.Tensor],
                   max_values: int) -> list[torch.Tensor]:
     """``fn(stack, key)`` over stacks of the items that share a key (the key must imply their
-    shape), at most ``max_values`` tensor elements per stack and at least one item; its rows
-    come back in input order."""
+    shape), at most ``max_values`` tensor elements per stack and at least one item; the rows
+    of what it returns come back in input order."""
     out: list[Any] = [None] * len(items)
     groups: dict[Hashable, list[int]] = {}
     for i, key in enumerate(keys):
@@ -21,6 +21,6 @@ def map_in_groups(items: Sequence[torch.Tensor], keys: Sequence[Hashable],
         step = max(1, max_values // max(items[idx[0]].numel(), 1))
         for a in range(0, len(idx), step):
             part = idx[a:a + step]
-            for i, row in zip(part, fn(torch.stack([items[i] for i in part]), key)):
+            for i, row in zip(part, fn(torch.stack([items[i] for i in part]), key), strict=True):
                 out[i] = row
     return out

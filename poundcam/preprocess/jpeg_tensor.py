@@ -153,7 +153,8 @@ def _reciprocals(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         recip.append(fq)
         corr.append(c)
         shift.append(r)
-    return tuple(torch.tensor(v, dtype=torch.int64).view(8, 8) for v in (recip, corr, shift))
+    recip_t, corr_t, shift_t = (torch.tensor(v, dtype=torch.int64).view(8, 8) for v in (recip, corr, shift))
+    return recip_t, corr_t, shift_t
 
 
 def _colour_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -76,11 +76,12 @@ def normalize(crop: torch.Tensor) -> torch.Tensor:
     return (crop - mean) / std
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clip_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's mean and std [3, 1, 1] on ``device``, made once: a copy to a GPU made per call
     would wait for everything queued on the stream before it."""
-    return tuple(torch.tensor(v, dtype=dtype).view(3, 1, 1).to(device) for v in (CLIP_MEAN, CLIP_STD))
+    mean, std = (torch.tensor(v, dtype=dtype).view(3, 1, 1).to(device) for v in (CLIP_MEAN, CLIP_STD))
+    return mean, std
 
 
 def preprocess_with_geometry(image: Image.Image) -> tuple[torch.Tensor, CropGeometry, Image.Image]:

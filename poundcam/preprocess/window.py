@@ -100,18 +100,18 @@ def _banded(image: Image.Image, geom: CropGeometry, window, box, roundtrip) -> n
             b1 = min(y1, b0 + BAND)
             rows = Image.fromarray(roundtrip_region(image, (0, b0, w, b1), roundtrip), "RGB")
             if rw != w:
-                rows = rows.resize((rw, b1 - b0), Image.BILINEAR)
+                rows = rows.resize((rw, b1 - b0), Image.Resampling.BILINEAR)
             canvas.paste(rows.crop((left, 0, right, b1 - b0)), (0, b0))
         if rh != h:
-            canvas = canvas.resize((CROP, rh), Image.BILINEAR)
+            canvas = canvas.resize((CROP, rh), Image.Resampling.BILINEAR)
         return np.asarray(canvas.crop((0, top, CROP, bottom)))
     canvas = Image.new("RGB", (w, CROP))
     for b0 in range(x0, x1, BAND):
         b1 = min(x1, b0 + BAND)
         cols = Image.fromarray(roundtrip_region(image, (b0, 0, b1, h), roundtrip), "RGB")
         if rh != h:
-            cols = cols.resize((b1 - b0, rh), Image.BILINEAR)
+            cols = cols.resize((b1 - b0, rh), Image.Resampling.BILINEAR)
         canvas.paste(cols.crop((0, top, b1 - b0, bottom)), (b0, 0))
     if rw != w:
-        canvas = canvas.resize((rw, CROP), Image.BILINEAR)
+        canvas = canvas.resize((rw, CROP), Image.Resampling.BILINEAR)
     return np.asarray(canvas.crop((left, 0, right, CROP)))

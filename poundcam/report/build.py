@@ -112,10 +112,12 @@ def build_report(rows: Iterable[Mapping[str, Any]],
         ValueError: not exactly one of ``fetch_png`` and ``image_url`` (without ``source``).
     """
     if source is None:
-        if (fetch_png is None) == (image_url is None):
+        if fetch_png is not None and image_url is None:
+            source = EmbeddedImages(fetch_png, fetch_original)
+        elif image_url is not None and fetch_png is None:
+            source = LinkedImages(image_url, original_url)
+        else:
             raise ValueError("give exactly one of fetch_png (embed) and image_url (link)")
-        source = (EmbeddedImages(fetch_png, fetch_original) if fetch_png is not None
-                  else LinkedImages(image_url, original_url))
     rows = list(rows)
     items = report_items(rows, source, workers=workers)
     generated_at = generated_at or datetime.now(timezone.utc)

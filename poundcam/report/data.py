@@ -118,8 +118,8 @@ class ReportItem:
 def shared_scale(row: Mapping) -> float | None:
     """The value the overlays' full colour stands for: the larger of the two maps' maxima."""
     stats = row.get("stats") or {}
-    values = [(stats.get(c) or {}).get("max") for c in LABELS]
-    values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    maxima = [(stats.get(c) or {}).get("max") for c in LABELS]
+    values = [float(v) for v in maxima if isinstance(v, (int, float)) and math.isfinite(v)]
     return max(values) if values else None
 
 
@@ -128,4 +128,4 @@ def report_items(rows: list[Mapping], source, workers: int = 8,
     """One ReportItem per row; pictures are made with ``workers`` threads."""
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
         pictures = list(pool.map(lambda r: images(r, source), rows))
-    return [ReportItem(r, p, shared_scale(r)) for r, p in zip(rows, pictures)]
+    return [ReportItem(r, p, shared_scale(r)) for r, p in zip(rows, pictures, strict=True)]

@@ -116,8 +116,8 @@ class EmbeddedImages:
         if not isinstance(data, (bytes, bytearray)) or bytes(data[:8]) != PNG_SIGNATURE:
             return Unavailable("not a PNG file", "not_a_png")
         try:
-            with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as im:
-                im = im.convert("RGB")
+            with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as png:
+                im = png.convert("RGB")
         except Exception as exc:  # noqa: BLE001 - a damaged file is shown as such
             return Unavailable(f"unreadable PNG ({type(exc).__name__})", "not_a_png")
         im.thumbnail((self.spec.heatmap_side, self.spec.heatmap_side))
@@ -159,11 +159,13 @@ def read_raw_map(data: bytes):
     """A raw map from its 16-bit PNG (``poundcam.cam.render.raw16_png``): float64 values,
     ``sample / 65535 * scale`` with the scale from the file's ``poundcam.scale`` text."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     if not isinstance(data, (bytes, bytearray)) or bytes(data[:8]) != PNG_SIGNATURE:
         raise ValueError("not a PNG file")
     with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as img:
+        if not isinstance(img, PngImagePlugin.PngImageFile):  # formats=["PNG"] opens no other
+            raise ValueError("not a PNG file")
         if img.width * img.height > 1 << 16:
             raise ValueError(f"a {img.width} x {img.height} raw map is not a patch grid")
         scale = float(img.text.get("poundcam.scale", "nan"))
