@@ -41,8 +41,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.local_servers import AWS_ENV, TcpProxy, fresh_database  # noqa: E402
-from benchmarks.pipeline_load import (DEFAULT_WEIGHTS, RESULTS, Worker, make_corpus,  # noqa: E402
-                                      moto_server, redis_database)
+from benchmarks.pipeline_load import (  # noqa: E402
+    DEFAULT_WEIGHTS,
+    RESULTS,
+    Worker,
+    make_corpus,
+    moto_server,
+    redis_database,
+)
 from benchmarks.poison import poison_entries  # noqa: E402
 
 BUCKET, HEAT = "chaos-images", "chaos-heatmaps"
@@ -140,7 +146,7 @@ def account(run: Run, corpus, uris, job_id: str, victim: str) -> dict:
     from poundcam.db import Analysis, session_scope
 
     rows = client.results(job_id, settings=run.settings)
-    expected = {u: c for u, (_, _, c) in zip(uris, corpus)}
+    expected = {u: c for u, (_, _, c) in zip(uris, corpus, strict=True)}
     wrong = []
     for r in rows:
         want = expected[r["uri"]]

@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from PIL import Image  # noqa: E402
+
 from poundcam import ComparativeCAM, PoundNet, preprocess_image as preprocess  # noqa: E402
 from poundcam.analysis import AnalysisOptions, Analyzer  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +55,7 @@ def main() -> int:
     dp = (lc.softmax(-1) - lg.softmax(-1)).abs().max().item()
     print(f"logits CUDA bf16 vs CPU fp32: max |dlogit| {dl:.4f}, max |dP| {dp:.2e}")
     if args.expected:
-        rows = {r["image"]: r["logits"] for r in json.load(open(args.expected))["results"]}
+        rows = {r["image"]: r["logits"] for r in json.loads(Path(args.expected).read_text())["results"]}
         idx = [i for i, f in enumerate(files) if f.name in rows]
         exp = torch.tensor([rows[files[i].name] for i in idx])
         print(f"logits CPU vs expected.json ({len(idx)} images): {(lc[idx] - exp).abs().max().item():.2e}")
@@ -87,7 +88,7 @@ def main() -> int:
     base = outs["cpu-pillow"]
     for name in ("cuda-device", "cuda-pillow"):
         dps, geo = [], 0
-        for a, b in zip(base, outs[name]):
+        for a, b in zip(base, outs[name], strict=True):
             assert a.key == b.key
             if a.ok and b.ok:
                 dps.append(abs(a.result.p_fake - b.result.p_fake))

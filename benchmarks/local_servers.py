@@ -127,7 +127,7 @@ class TcpProxy:
         while not self._stop.is_set():
             try:
                 client, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

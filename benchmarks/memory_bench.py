@@ -60,7 +60,7 @@ def photos(n: int) -> list[bytes]:
 
     rng = np.random.default_rng(1)
     out = []
-    for i in range(n):
+    for _ in range(n):
         small = Image.fromarray(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8), "RGB")
         buf = io.BytesIO()
         small.resize((1600, 1200), Image.BILINEAR).save(buf, "JPEG", quality=92)
@@ -98,7 +98,7 @@ def child(kinds: list[str], mode: str, batch_size: int, paths: list[str], copies
             analyzer._pre.budget = MemoryBudget(1 << 62)
         for _ in range(2):
             list(analyzer.analyze(enumerate(warm)))
-        for kind, data in zip(kinds, datas):
+        for kind, data in zip(kinds, datas, strict=True):
             gc.collect()
             steady = _status("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -122,7 +122,7 @@ def measure(kinds: list[str], mode: str, batch_size: int, paths: list[Path], cap
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     copies = batch_size if copies is None else copies
     proc = subprocess.Popen([sys.executable, __file__, "--child", mode, str(batch_size),
-                             str(copies), *(f"{k}={p}" for k, p in zip(kinds, paths))],
+                             str(copies), *(f"{k}={p}" for k, p in zip(kinds, paths, strict=True))],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     start, over = time.monotonic(), False
@@ -155,7 +155,8 @@ def measure(kinds: list[str], mode: str, batch_size: int, paths: list[Path], cap
 
 def _row(r: dict) -> str:
     if "over_cap_mb" in r:
-        return f"{r['kind']:<22} {r['mode']:<8} {'':>9} {'> %.0f' % r['over_cap_mb']:>10}   stopped at the cap"
+        cap = f"> {r['over_cap_mb']:.0f}"
+        return f"{r['kind']:<22} {r['mode']:<8} {'':>9} {cap:>10}   stopped at the cap"
     if "error" in r:
         return f"{r['kind']:<22} {r['mode']:<8} error: {r['error'].strip().splitlines()[-1]}"
     codes = ", ".join(f"{k} {v}" for k, v in sorted(r["codes"].items()))

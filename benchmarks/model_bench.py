@@ -71,7 +71,8 @@ def main() -> None:
         ["PoundNet", str(seq + cfg.n_ctx_vision), f"{ips['poundnet']:.1f}"],
         ["open_clip ViT", str(seq), f"{ips['plain_vit']:.1f}"],
     ]))
-    print(f"ratio PoundNet/plain = {ratio:.3f} (target >= {TARGET}) {'OK' if ratio >= TARGET else 'BELOW TARGET'}")
+    verdict = "OK" if ratio >= TARGET else "BELOW TARGET"
+    print(f"ratio PoundNet/plain = {ratio:.3f} (target >= {TARGET}) {verdict}")
     print(f"wrote {path}")
 
 

@@ -51,9 +51,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import SIZES, random_poundnet  # noqa: E402
 from benchmarks.costs import cost_table  # noqa: E402
+from benchmarks.local_servers import (  # noqa: E402
+    AWS_ENV,
+    RedisDatabases,
+    free_port,
+    fresh_database,
+    poundcam_cmd,
+    wait_for_port,
+)
 from benchmarks.s3_server import fetch_counts  # noqa: E402
-from benchmarks.local_servers import (AWS_ENV, RedisDatabases, fresh_database,  # noqa: E402
-                                      free_port, poundcam_cmd, wait_for_port)
+
 DEFAULT_WEIGHTS = ROOT / "tests" / "fixtures" / "poundnet-official-tiny" / "last.ckpt"
 RESULTS = ROOT / "benchmarks" / "results"
 BUCKET, HEAT = "load-images", "load-heatmaps"
@@ -168,7 +175,7 @@ class Worker:
                     "POUNDCAM_METRICS_PORT": str(free_port())}
         cmd = poundcam_cmd() + [
             "worker", "--name", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"]
-        self.log = open(self.log_path, "wb")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - the worker's log, closed when it stops
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -272,7 +279,7 @@ def account(corpus, uris, job_id: str, settings, sessions) -> dict:
     from poundcam.db import Analysis, session_scope
 
     rows = client.results(job_id, settings=settings)
-    expected = {uri: code for uri, (_, _, code) in zip(uris, corpus)}
+    expected = {uri: code for uri, (_, _, code) in zip(uris, corpus, strict=True)}
     by_uri = {r["uri"]: r for r in rows}
     wrong = [{"uri": u, "expected": c, "status": by_uri.get(u, {}).get("status"),
               "error_code": by_uri.get(u, {}).get("error_code")}
@@ -397,8 +404,8 @@ def main(argv=None) -> int:
 
     from poundcam.db import make_session_factory
     from poundcam.db.migrate import upgrade
-    from poundcam.storage.s3 import make_s3_client
     from poundcam.settings import Settings
+    from poundcam.storage.s3 import make_s3_client
 
     with tempfile.TemporaryDirectory(prefix="poundcam-load-") as tmp, \
             moto_server(Path(tmp)) as (s3_url, moto_pid), \

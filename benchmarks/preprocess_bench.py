@@ -4,8 +4,9 @@
     python benchmarks/preprocess_bench.py --device cuda --n 2048 --batch-size 128 --model vit-l
 
 Rows (images/s on the same generated 1080p JPEGs):
-  pillow-processes   the Pillow path (poundcam.preprocess.decode + poundcam.preprocess.transform) on all cores, one
-                     process per core (results not sent back: an upper bound for that path)
+  pillow-processes   the Pillow path (poundcam.preprocess.decode + poundcam.preprocess.transform)
+                     on all cores, one process per core (results not sent back: an upper
+                     bound for that path)
   pillow-threads     the Pillow path as DevicePreprocessor(force="pillow") runs it (threads)
   device             DevicePreprocessor(force="device"): the batched device path, its quality-90
                      re-encode by the JPEG codec (nvJPEG on CUDA, libjpeg-turbo on the CPU)
@@ -58,8 +59,8 @@ sys.path.insert(0, str(HERE))
 import jpeg_corpus  # noqa: E402
 from common import OpCounter  # noqa: E402
 
-from poundcam.preprocess.batched import DevicePreprocessor  # noqa: E402
 from poundcam.model.random_weights import TINY_CONFIG, random_poundnet  # noqa: E402
+from poundcam.preprocess.batched import DevicePreprocessor  # noqa: E402
 from poundcam.preprocess.transform import CLIP_STD  # noqa: E402
 
 FIXTURE = HERE.parent / "tests" / "fixtures" / "poundnet-official-tiny"
@@ -296,7 +297,7 @@ def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[st
                 r, a = rows[rt], dev.preprocess_batch(datas[i:i + 32])
                 for x in a:
                     r["paths"][x.path] = r["paths"].get(x.path, 0) + 1
-                r["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b))
+                r["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b, strict=True))
                 diff = (a.tensor - b.tensor).abs()
                 r["tensor_max_abs"] = max(r["tensor_max_abs"], diff.max().item())
                 levels = diff * std * 255
@@ -413,7 +414,7 @@ def main(argv=None) -> int:
         sets = {"fixture": jpeg_corpus.fixture_jpegs(FIXTURE / "images"),
                 "varied": jpeg_corpus.varied_jpegs(seed=0),
                 # at most 256 of them: the Pillow side of the comparison runs at ~30 images/s
-                "1080p": list(zip(map(str, range(len(datas))), datas))[:256]}
+                "1080p": list(zip(map(str, range(len(datas))), datas, strict=True))[:256]}
         print(f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
               f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths")
         for name, named in sets.items():

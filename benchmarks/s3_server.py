@@ -58,8 +58,11 @@ class CountingApp:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
-                                               create_backend_app)
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
     from werkzeug.serving import run_simple
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

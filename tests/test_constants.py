@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from poundcam.constants import (DECODE_ERROR_CODES, ITEM_STATES, LABELS, STORAGE_ERROR_CODES,
-                                TRANSIENT_ERROR_CODES, ErrorCode, values)
+from poundcam.constants import (
+    DECODE_ERROR_CODES,
+    ITEM_STATES,
+    LABELS,
+    STORAGE_ERROR_CODES,
+    TRANSIENT_ERROR_CODES,
+    ErrorCode,
+    values,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|(.*)$")

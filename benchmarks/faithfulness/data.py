@@ -8,8 +8,8 @@ which remove the fine noise and put periodic peaks into the spectrum) plus a
 checkerboard aligned to the pixel grid, as a generator's stride-2 transposed convolution
 leaves it (random amplitude and tint). The region is
 blended in with a feathered edge; a final faint noise covers the whole image, so "no noise"
-alone never marks the region, and every image is quantized to 8 bits. "Real" images carry no artifact. The planted mask (blend weight
-at least 0.5) is returned with every fake.
+alone never marks the region, and every image is quantized to 8 bits. "Real" images carry no
+artifact. The planted mask (blend weight at least 0.5) is returned with every fake.
 """
 from __future__ import annotations
 

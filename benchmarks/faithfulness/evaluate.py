@@ -10,10 +10,26 @@ import numpy as np
 import torch
 
 from .data import make_set
-from .methods import (CAM_METHODS, MODEL_FREE, build_methods, cam_layers, cam_name,
-                      comparative_cam, compute_maps, library_name)
-from .metrics import (FRACTIONS, area_under, auroc, deletion_insertion, energy_share,
-                      grid_labels, pointing_game, spearman)
+from .methods import (
+    CAM_METHODS,
+    MODEL_FREE,
+    build_methods,
+    cam_layers,
+    cam_name,
+    comparative_cam,
+    compute_maps,
+    library_name,
+)
+from .metrics import (
+    FRACTIONS,
+    area_under,
+    auroc,
+    deletion_insertion,
+    energy_share,
+    grid_labels,
+    pointing_game,
+    spearman,
+)
 from .sanity import cascading_randomization, class_swap
 from .settings import Profile
 from .train import accuracy, load_or_train

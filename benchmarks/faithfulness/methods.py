@@ -11,7 +11,7 @@ ignores the model scores. They never belong in the library.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

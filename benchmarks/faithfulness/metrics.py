@@ -49,7 +49,7 @@ def auroc(maps: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Per image: probability that a random inside cell outranks a random outside cell (ties
     count half), from the Mann-Whitney U statistic; NaN where a class of cells is empty."""
     out = np.full(len(maps), np.nan)
-    for i, (m, lab) in enumerate(zip(maps.flatten(1).numpy(), labels.flatten(1).numpy())):
+    for i, (m, lab) in enumerate(zip(maps.flatten(1).numpy(), labels.flatten(1).numpy(), strict=True)):
         pos, neg = lab.sum(), (~lab).sum()
         if pos == 0 or neg == 0:
             continue
@@ -70,7 +70,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Per-image Spearman rank correlation of two [N, g, g] map sets (ties get average ranks);
     0 where either map is constant (it keeps no ranking)."""
     out = np.zeros(len(a))
-    for i, (x, y) in enumerate(zip(a.flatten(1).numpy(), b.flatten(1).numpy())):
+    for i, (x, y) in enumerate(zip(a.flatten(1).numpy(), b.flatten(1).numpy(), strict=True)):
         if np.ptp(x) == 0 or np.ptp(y) == 0:
             continue
         rx, ry = rankdata(x), rankdata(y)

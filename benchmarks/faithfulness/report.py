@@ -6,8 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
-from .evaluate import (PEER_MAX_DIFF, RANDOMIZED_MAX_SPEARMAN, REFERENCE, RELEVANCE_DELETION_MAX,
-                       RELEVANCE_POINTING, TARGET_POINTING)
+from .evaluate import (
+    PEER_MAX_DIFF,
+    RANDOMIZED_MAX_SPEARMAN,
+    REFERENCE,
+    RELEVANCE_DELETION_MAX,
+    RELEVANCE_POINTING,
+    TARGET_POINTING,
+)
 from .methods import CAM_LABEL, MODEL_FREE, upsample
 
 FIGURES = ("curves.png", "examples.png", "randomization.png")
@@ -118,7 +124,7 @@ def markdown(res: dict) -> str:
               "| method | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
     for name, r in res["randomization"].items():
         lines.append(f"| {name} | " + " | ".join(
-            f"{v:+.2f} ({a:.2f})" for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"])) + " |")
+            f"{v:+.2f} ({a:.2f})" for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"], strict=True)) + " |")
     lines += ["", f"### Class swap ({res['n_sanity']} fakes)", "",
               "Fake map against the same method's real map: mean Spearman correlation and the share "
               "of images where the two maps are identical.", "",
@@ -166,7 +172,7 @@ def figure_curves(res: dict, path: Path) -> None:
     names = list(loc["methods"])
     col = _colours(names)
     fig, axes = plt.subplots(1, 2, figsize=(10, 6.2), dpi=90)
-    for ax, kind in zip(axes, ("deletion", "insertion")):
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for n in names:
             style = "--" if n in MODEL_FREE else "-"
             ax.plot(f, loc["methods"][n][f"{kind}_curve"], style, color=col[n], lw=1.4,

@@ -87,7 +87,7 @@ def test_mixed_batch_in_order_with_codes(outcomes, inputs, path):
     for key in ("corrupt", "text", "empty"):
         o = by_key[key]
         assert o.error_code and o.error_message and o.sha256 and o.result is None
-    for key, data in inputs:
+    for key, _ in inputs:
         o = by_key[key]
         if not o.ok:
             continue
@@ -107,7 +107,7 @@ def test_mixed_batch_in_order_with_codes(outcomes, inputs, path):
 
 def test_both_paths_agree(outcomes):
     pil, dev = outcomes["pillow"], outcomes["device"]
-    for a, b in zip(pil, dev):
+    for a, b in zip(pil, dev, strict=True):
         assert a.key == b.key and a.ok == b.ok and a.error_code == b.error_code and a.sha256 == b.sha256
         if not a.ok:
             continue
@@ -184,7 +184,7 @@ def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inpu
     # a zero cell whose neighbours are zero too (bilinear upsampling reaches them) is drawn
     # as the crop itself
     padded = np.pad(grid, 1, mode="edge")
-    for (i, j) in zip(*np.nonzero(grid == 0)):
+    for (i, j) in zip(*np.nonzero(grid == 0), strict=True):
         if padded[i:i + 3, j:j + 3].max() == 0:
             ys, xs = slice(i * cell, (i + 1) * cell), slice(j * cell, (j + 1) * cell)
             assert np.array_equal(drawn[ys, xs], base[ys, xs])

@@ -16,7 +16,7 @@ def _close(a, b):
             _close(a[k], b[k])
     elif isinstance(a, list):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _close(x, y)
     elif isinstance(a, float):
         assert isinstance(b, float) and b == pytest.approx(a, rel=1e-12, abs=1e-12)

@@ -36,9 +36,9 @@ def test_batch_equals_one_by_one():
     real[3] = fake[3] = 0
     crop_rows = render.overlay_scanlines(x, real, fake)
     shown = [torch.from_numpy(render.display_original_pil(im, g)).permute(2, 0, 1)
-             for im, g in zip(images, geoms)]
+             for im, g in zip(images, geoms, strict=True)]
     original_rows = render.original_overlay_scanlines(real, fake, shown, geoms)
-    for i, (im, (_, g, crop)) in enumerate(zip(images, prepared)):
+    for i, (im, (_, g, crop)) in enumerate(zip(images, prepared, strict=True)):
         batch = render.encode_heatmaps(crop_rows[i], original_rows[i], real[i], fake[i])
         single = render.render_heatmaps(real[i], fake[i], crop, im, g)
         assert set(batch) == set(single)
@@ -73,7 +73,7 @@ def test_display_originals_batched_equals_single():
     ims.append(torch.randint(0, 256, (3, 100, 80), dtype=torch.uint8))
     geoms = [geometry_for(1000, 600)] * 3 + [geometry_for(80, 100)]
     out = render.display_originals(ims, geoms)
-    for im, g, o in zip(ims, geoms, out):
+    for im, g, o in zip(ims, geoms, out, strict=True):
         w, h = render.display_size(g)
         assert tuple(o.shape) == (3, h, w) and o.dtype == torch.uint8
         assert torch.equal(o, render.display_original(im, g))

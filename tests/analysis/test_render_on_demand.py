@@ -80,7 +80,7 @@ def test_on_demand_equals_the_analysis(official_model, images, sqlite_url):
     sessions = make_session_factory(sqlite_url)
     with session_scope(sessions) as s:
         upsert_analyses(s, [_row(o.result.record()) for o in outcomes])
-    for outcome, data, before in zip(outcomes, images, old):
+    for outcome, data, before in zip(outcomes, images, old, strict=True):
         r = outcome.result
         assert set(r.heatmaps) == {"comparative"}  # the one file the analysis writes now
         with session_scope(sessions) as s:

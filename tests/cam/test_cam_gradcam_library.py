@@ -1,5 +1,6 @@
-"""ComparativeCAM(method="gradcam") gives pytorch-grad-cam's GradCAM at the same layer (ln_1 of a vision block,
-patch tokens only), compared on the library's own un-scaled CAM and on its final scaled output."""
+"""ComparativeCAM(method="gradcam") gives pytorch-grad-cam's GradCAM at the same layer (ln_1 of a
+vision block, patch tokens only), compared on the library's own un-scaled CAM and on its final
+scaled output."""
 from __future__ import annotations
 
 import numpy as np

@@ -67,7 +67,7 @@ def scratch_relevance(model, x, score):
     grads = torch.autograd.grad(score(logits).sum(), probs)
     eye = torch.eye(n).expand(b, n, n)
     rel = eye.clone()
-    for att, grad, fresh in zip(probs, grads, replaced):
+    for att, grad, fresh in zip(probs, grads, replaced, strict=True):
         if fresh:
             rel[:, n - n_ctx:] = eye[:, n - n_ctx:]
         rel = rel + (grad * att).clamp_min(0).mean(1) @ rel
@@ -88,7 +88,7 @@ def toy_scratch_relevance(toy, x, score):
     grads = torch.autograd.grad(score(logits).sum(), probs)
     b, n = h.shape[:2]
     rel = torch.eye(n).expand(b, n, n).clone()
-    for att, grad in zip(probs, grads):
+    for att, grad in zip(probs, grads, strict=True):
         rel = rel + (grad * att).clamp_min(0).mean(1) @ rel
     return rel[:, 0, toy.patch_tokens].reshape(b, *toy.patch_grid).detach()
 

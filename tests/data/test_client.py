@@ -97,7 +97,7 @@ def test_jobs_lists_recent_jobs_with_counts(client):
 
 def test_missing_sqlite_database_is_not_created(tmp_path):
     url = f"sqlite:///{tmp_path / 'absent.db'}"
-    with Client(Settings.from_env({}, database_url=url)) as c:
-        with pytest.raises(UnavailableError, match="POUNDCAM_DATABASE_URL"):
-            c.status("x")
+    with Client(Settings.from_env({}, database_url=url)) as c, \
+            pytest.raises(UnavailableError, match="POUNDCAM_DATABASE_URL"):
+        c.status("x")
     assert list(tmp_path.iterdir()) == []

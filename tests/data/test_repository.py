@@ -6,10 +6,26 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from poundcam.db import (Analysis, JobItem, JobNotFoundError, create_job, find_analysis,
-                         find_analysis_ids, item_refs, job_results, job_status, mark_done,
-                         mark_done_many, mark_failed, mark_failed_many, mark_running, requeue,
-                         session_scope, upsert_analyses, upsert_analysis)
+from poundcam.db import (
+    Analysis,
+    JobItem,
+    JobNotFoundError,
+    create_job,
+    find_analysis,
+    find_analysis_ids,
+    item_refs,
+    job_results,
+    job_status,
+    mark_done,
+    mark_done_many,
+    mark_failed,
+    mark_failed_many,
+    mark_running,
+    requeue,
+    session_scope,
+    upsert_analyses,
+    upsert_analysis,
+)
 
 
 def record(data=b"img", model_id="pn-aaaaaaaaaaaaaaaa", cam="cam1", p_fake=0.9, **extra):
@@ -228,22 +244,19 @@ def test_empty_job_is_finished(db):
 
 
 def test_database_enforces_states_and_labels(db):
-    with pytest.raises(sa.exc.IntegrityError):
-        with session_scope(db) as s:
-            job_id = create_job(s, ["s3://in/x.jpg"])
-            s.execute(sa.text("UPDATE job_items SET status = 'lost' WHERE job_id = :j"),
-                      {"j": job_id})
-    with pytest.raises(sa.exc.IntegrityError):
-        with session_scope(db) as s:
-            job_id = create_job(s, ["s3://in/x.jpg", "s3://in/x.jpg"])
-            s.execute(sa.text("UPDATE job_items SET position = 0 WHERE job_id = :j"),
-                      {"j": job_id})
+    with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
+        job_id = create_job(s, ["s3://in/x.jpg"])
+        s.execute(sa.text("UPDATE job_items SET status = 'lost' WHERE job_id = :j"),
+                  {"j": job_id})
+    with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
+        job_id = create_job(s, ["s3://in/x.jpg", "s3://in/x.jpg"])
+        s.execute(sa.text("UPDATE job_items SET position = 0 WHERE job_id = :j"),
+                  {"j": job_id})
     with session_scope(db) as s:
         analysis_id = upsert_analysis(s, record())
-    with pytest.raises(sa.exc.IntegrityError):
-        with session_scope(db) as s:
-            s.execute(sa.text("UPDATE analyses SET label = 'maybe' WHERE id = :i"),
-                      {"i": analysis_id})
+    with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
+        s.execute(sa.text("UPDATE analyses SET label = 'maybe' WHERE id = :i"),
+                  {"i": analysis_id})
 
 
 def test_sqlite_runs_in_wal_mode(sqlite_url):

@@ -24,8 +24,7 @@ import torch
 
 from benchmarks.faithfulness.data import make_set
 from benchmarks.faithfulness.methods import BASELINES, comparative_cam, compute_maps
-from benchmarks.faithfulness.metrics import (area_under, auroc, deletion_insertion, grid_labels,
-                                             pointing_game)
+from benchmarks.faithfulness.metrics import area_under, auroc, deletion_insertion, grid_labels, pointing_game
 from benchmarks.faithfulness.sanity import cascading_randomization, class_swap
 from benchmarks.faithfulness.settings import PROFILES
 from benchmarks.faithfulness.train import accuracy, settings_key

@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import local_servers
-from benchmarks.local_servers import (AWS_ENV, RedisDatabases, TcpProxy, free_port,  # noqa: F401
-                                      poundcam_cmd, wait_for_port)
+from benchmarks.local_servers import AWS_ENV, RedisDatabases, TcpProxy, free_port, poundcam_cmd, wait_for_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG",
@@ -82,7 +80,7 @@ class MotoServer:
     def __init__(self, log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - the server's log, closed in stop()
         # moto's server behind a layer that counts requests on the server's side
         cmd = [sys.executable, "-m", "benchmarks.s3_server", "-H", "127.0.0.1", "-p",
                str(self.port)]
@@ -148,9 +146,9 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def start(self, timeout: float = 180.0) -> "Worker":
+    def start(self, timeout: float = 180.0) -> Worker:
         self.ready_file.unlink(missing_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the worker's log, closed in stop()
         self.proc = subprocess.Popen(
             poundcam_cmd() + ["worker", "--name", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
             cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -20,8 +20,19 @@ import pytest
 from PIL import Image
 
 from . import corpus
-from .conftest import (AWS_ENV, MotoServer, TcpProxy, Worker, analysis_counts, fresh_database,
-                       item_rows, poundcam_cmd, running_workers, wait_finished, with_port)
+from .conftest import (
+    AWS_ENV,
+    MotoServer,
+    TcpProxy,
+    Worker,
+    analysis_counts,
+    fresh_database,
+    item_rows,
+    poundcam_cmd,
+    running_workers,
+    wait_finished,
+    with_port,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from . import corpus
-from .conftest import (Worker, analysis_counts, item_rows, running_workers, wait_finished)
+from .conftest import Worker, analysis_counts, item_rows, running_workers, wait_finished
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ def test_preprocess_equals_official_inputs(official_dir, inputs, expected):
         with Image.open(official_dir / "images" / r["image"]) as img:
             x = preprocess(img)
         assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-        torch.testing.assert_close(x, inputs[i], rtol=0, atol=1e-5, msg=lambda m: f"{r['image']}: {m}")
+        torch.testing.assert_close(x, inputs[i], rtol=0, atol=1e-5, msg=lambda m, name=r["image"]: f"{name}: {m}")
 
 
 def test_logits_from_pngs_match_expected(official_dir, official_model, expected):
@@ -81,6 +81,6 @@ def test_loaded_model_is_frozen_and_identified(official_dir, official_model):
 def test_model_layout_is_open_clip(official_model):
     blocks = official_model.visual.transformer.resblocks
     assert len(blocks) == 10 and official_model.visual.grid_size == (7, 7)
-    from open_clip.transformer import ResidualAttentionBlock, QuickGELU
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
     assert all(isinstance(b, ResidualAttentionBlock) for b in blocks)
     assert isinstance(blocks[0].mlp.gelu, QuickGELU)

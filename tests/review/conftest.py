@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-
 OFFICIAL_CKPT = "last.ckpt"
 HOSTILE_NAME = 'x"><img src=x onerror=alert(1)>.png'
 

@@ -83,7 +83,7 @@ def test_report_renders_every_row_and_picture(chromium, processed_job, tmp_path)
     assert dom.body.get("data-ready") == "1"  # the page's script ran to the end
     assert [r["data-position"] for r in dom.rows] == [str(r["position"]) for r in rows]
     assert len(rows) == 4
-    for row, rendered in zip(rows, dom.rows):
+    for row, rendered in zip(rows, dom.rows, strict=True):
         if row["status"] == "done":
             panels = {img["data-panel"]: img for img in rendered["imgs"]}
             assert set(panels) == PANELS
@@ -181,8 +181,8 @@ def test_screenshots_show_the_pictures_the_legend_and_the_zoom(chromium, process
         seen = screen.getpixel((x + round(frac * (w - 1)), y + h // 2))
         i = next(k for k in range(1, len(RAMP)) if RAMP[k][0] >= frac)
         (p0, *c0), (p1, *c1) = RAMP[i - 1], RAMP[i]
-        want = [255 * (a + (b - a) * (frac - p0) / (p1 - p0)) for a, b in zip(c0, c1)]
-        assert max(abs(s - v) for s, v in zip(seen, want)) < 14, (frac, seen, want)
+        want = [255 * (a + (b - a) * (frac - p0) / (p1 - p0)) for a, b in zip(c0, c1, strict=True)]
+        assert max(abs(s - v) for s, v in zip(seen, want, strict=True)) < 14, (frac, seen, want)
 
     position = first["data-position"]
     dom, screen = _screenshot(chromium, tmp_path,
@@ -209,7 +209,7 @@ def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_p
     rows = client.results(processed_job["job_id"],
                           settings=Settings.from_env(database_url=processed_job["db_url"]))
     done = [r for r in rows if r["status"] == "done"]
-    for r, (p, label) in zip(done, ((0.2, "real"), (0.95, "fake"), (0.7, "fake"))):
+    for r, (p, label) in zip(done, ((0.2, "real"), (0.95, "fake"), (0.7, "fake")), strict=True):
         r.update(p_fake=p, label=label)
     store = LocalStore(processed_job["heatmaps"])
     page = tmp_path / "sorted.html"

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
 import urllib.request
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -70,7 +68,7 @@ def test_sorting_and_filtering_markup(job_rows, local_fetch):
     items = re.findall(r'<article class="item[^"]*" data-position="(\d+)" data-status="(\w+)" '
                        r'data-label="(\w*)" data-p-fake="([0-9.]*)">', page)
     assert [int(i[0]) for i in items] == [r["position"] for r in job_rows]
-    for (pos, status, label, p), row in zip(items, job_rows):
+    for (_, status, label, p), row in zip(items, job_rows, strict=True):
         assert status == row["status"]
         if status == "done":
             assert label == row["label"] and float(p) == pytest.approx(row["p_fake"], abs=1e-6)
@@ -162,7 +160,9 @@ def test_select_rows_filters_sorts_and_limits():
             for i, (lab, p, s) in enumerate((("real", 0.1, 0.5), ("fake", 0.9, 0.2),
                                              ("fake", 0.7, 0.9), ("real", 0.3, 0.1)))]
     rows.append({"position": 4, "status": "failed", "label": None, "p_fake": None, "stats": None})
-    pos = lambda rs: [r["position"] for r in rs]
+    def pos(rs):
+        return [r["position"] for r in rs]
+
     assert pos(select_rows(rows)) == [0, 1, 2, 3, 4]
     assert pos(select_rows(rows, sort="p_fake")) == [1, 2, 3, 0, 4]
     assert pos(select_rows(rows, sort="fake_share", limit=2)) == [2, 0]

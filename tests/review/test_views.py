@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from poundcam.db import (create_job, make_engine, make_session_factory, mark_done, mark_failed,
-                         mark_running, session_scope, upsert_analysis)
+from poundcam.db import (
+    create_job,
+    make_engine,
+    make_session_factory,
+    mark_done,
+    mark_failed,
+    mark_running,
+    session_scope,
+    upsert_analysis,
+)
 from poundcam.db.migrate import current, downgrade, upgrade
 
 ITEM_COLUMNS = [

@@ -114,13 +114,13 @@ def test_resize_crops_batches_equal_single_images(corpus):
     images = [torch.from_numpy(np.array(corpus.photo_like(w, h, seed=i))).permute(2, 0, 1)
               for i, (w, h) in enumerate(sizes)]
     geoms = [geometry_for(w, h) for w, h in sizes]
-    single = [resize_crop(im, g, exact_uint8=False) for im, g in zip(images, geoms)]
+    single = [resize_crop(im, g, exact_uint8=False) for im, g in zip(images, geoms, strict=True)]
     batched = resize_crops(images, geoms, exact_uint8=False, max_pixels=2 * 640 * 360)
     assert len(batched) == len(single)
-    for a, b in zip(single, batched):
+    for a, b in zip(single, batched, strict=True):
         assert torch.equal(a, b)
     exact = resize_crops(images, geoms)  # the CPU default: the uint8 form, image by image
-    assert all(torch.equal(a, resize_crop(im, g)) for a, im, g in zip(exact, images, geoms))
+    assert all(torch.equal(a, resize_crop(im, g)) for a, im, g in zip(exact, images, geoms, strict=True))
     assert resize_crops([], []) == []
 
 
@@ -190,7 +190,7 @@ def test_mixed_format_batch(corpus, device_pre):
     ok = [it for it in batch if it.ok]
     assert batch.tensor.shape == (len(ok), 3, 224, 224)
     assert [it.row for it in ok] == list(range(len(ok)))
-    for name, item in zip(names, batch.items):
+    for name, item in zip(names, batch.items, strict=True):
         data, expect = cases[name]
         assert item.index == names.index(name)
         if expect in ("device", "pillow"):
@@ -259,7 +259,7 @@ def test_device_decoder_refusal_falls_back_to_pillow(corpus, device_pre, monkeyp
     batch = device_pre.preprocess_batch(inputs)
     assert [it.path for it in batch] == ["device", "pillow", "device"]
     assert "unsupported JPEG" in batch.items[1].reason
-    for item, data in zip(batch, inputs):
+    for item, data in zip(batch, inputs, strict=True):
         ref, geom, _ = pillow_reference(data)
         assert item.geometry == geom
         assert (batch.tensor[item.row] - ref).abs().max() <= ONE_LEVEL
@@ -280,7 +280,7 @@ def test_unexpected_error_is_one_failure(corpus, device_pre, monkeypatch):
 def test_geometry_equals_cpu_path_on_varied_jpegs(varied_jpegs, device_pre, pillow_pre):
     datas = [d for _, d in varied_jpegs]
     a, b = device_pre.preprocess_batch(datas), pillow_pre.preprocess_batch(datas)
-    for (name, _), x, y in zip(varied_jpegs, a, b):
+    for (name, _), x, y in zip(varied_jpegs, a, b, strict=True):
         assert x.path == "device", (name, x.reason)
         assert y.path == "pillow"
         assert x.geometry == y.geometry, name
@@ -310,7 +310,7 @@ def test_original_image(corpus):
         with DevicePreprocessor("cpu", threads=1, force="device", keep_originals=keep) as pre:
             batch = pre.preprocess_batch(datas)
         assert [it.path for it in batch] == ["device", "pillow"]
-        for item, ref in zip(batch, expected):
+        for item, ref in zip(batch, expected, strict=True):
             got = item.original_image()
             assert got.mode == "RGB" and got.size == ref.size == item.geometry.original
             # on the CPU the device path's decoder gives Pillow's pixels

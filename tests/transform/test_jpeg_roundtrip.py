@@ -12,8 +12,12 @@ import torch
 from PIL import Image
 
 from poundcam.preprocess.batched import DevicePreprocessor
-from poundcam.preprocess.jpeg_tensor import STD_LUMINANCE, jpeg_roundtrip_batch, jpeg_roundtrip_tensors, \
-    quant_table
+from poundcam.preprocess.jpeg_tensor import (
+    STD_LUMINANCE,
+    jpeg_roundtrip_batch,
+    jpeg_roundtrip_tensors,
+    quant_table,
+)
 
 
 def pillow_roundtrip(image: Image.Image, quality: int) -> np.ndarray:
@@ -64,7 +68,7 @@ def test_mixed_sizes_keep_their_order_and_batches_are_independent(corpus):
               enumerate([(64, 48), (40, 30), (64, 48), (40, 30), (64, 48)])]
     tensors = [as_tensor(im) for im in images]
     out = jpeg_roundtrip_tensors(tensors, max_pixels=2 * 64 * 48)  # the 64x48 group in two chunks
-    for im, got in zip(images, out):
+    for im, got in zip(images, out, strict=True):
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(im, 90))
     alone = jpeg_roundtrip_batch(tensors[0][None])[0]
     assert torch.equal(alone, out[0])
