@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -170,9 +170,9 @@ class _TimedPreprocessor:
     def __init__(self, pre: DevicePreprocessor, add):
         self.pre, self._add = pre, add
 
-    def preprocess_batch(self, datas, wait: bool = True) -> PreprocessedBatch:
+    def preprocess_batch(self, items: Sequence[bytes], wait: bool = True) -> PreprocessedBatch:
         t0 = time.perf_counter()
-        batch = self.pre.preprocess_batch(datas, wait=wait)
+        batch = self.pre.preprocess_batch(items, wait=wait)
         batch.preprocess_s = time.perf_counter() - t0
         self._add("preprocess", batch.preprocess_s)
         return batch

@@ -10,8 +10,9 @@ costs a few round trips, not several per image.
 
 The database, not the message, says which items a message may touch and where their images
 are. Permanent per-image problems (a corrupt file, a disallowed URI, heatmaps the store refuses
-for good) fail that item with an error code and the rest go on. Transient problems (S3 or the database unreachable) leave the affected
-items "running" and raise RetryLater once the rest of the message is done.
+for good) fail that item with an error code and the rest go on. Transient problems (S3 or the
+database unreachable) leave the affected items "running" and raise RetryLater once the rest of
+the message is done.
 """
 from __future__ import annotations
 
@@ -24,12 +25,22 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from .analysis import Analyzer, ItemOutcome
 from .constants import ErrorCode
-from .db import (claim_items, find_analysis_ids, is_transient_db_error, mark_done_many,
-                 mark_failed_many, session_scope, upsert_analyses)
+from .db import (
+    claim_items,
+    find_analysis_ids,
+    is_transient_db_error,
+    mark_done_many,
+    mark_failed_many,
+    session_scope,
+    upsert_analyses,
+)
 from .errors import PoundcamError
 from .storage import ObjectStore, StorageError, heatmap_key
 
@@ -46,19 +57,29 @@ class RetryLater(PoundcamError):
         self.item_ids = item_ids
 
 
+class Observer(Protocol):
+    """What the pipeline reports as it goes (the worker's metrics and heartbeat)."""
+
+    def item(self, outcome: str, code: str | None = None) -> None: ...
+
+    def batch(self, seconds: float, n: int) -> None: ...
+
+    def unbacked(self, n: int) -> None: ...
+
+
 @dataclasses.dataclass
 class PipelineContext:
     analyzer: Analyzer
     source: ObjectStore          # where images are read
     sink: ObjectStore            # where heatmaps are written
-    sessions: Callable           # sessionmaker
+    sessions: sessionmaker[Session]
     heatmap_prefix: str = "heatmaps/"
     max_image_bytes: int | None = None
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     io_threads: int = 16
     store_threads: int = 4          # items stored at once (each puts its one heatmap itself)
     max_pending_stores: int = 64    # results waiting to be stored (bounds memory)
-    observer: object | None = None  # metrics: .item(outcome, code), .batch(seconds, n)
+    observer: Observer | None = None  # metrics
 
     def __post_init__(self):
         self._io = cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="poundcam-s3")
@@ -140,7 +161,7 @@ class _Ledger:
 
     def _write_rows(self, session) -> None:
         ids = upsert_analyses(session, [record for _, record in self.rows])
-        mark_done_many(session, [(item_id, a) for (item_id, _), a in zip(self.rows, ids)])
+        mark_done_many(session, [(item_id, a) for (item_id, _), a in zip(self.rows, ids, strict=True)])
         mark_failed_many(session, self.failures)
 
 
@@ -231,7 +252,7 @@ class _MessageRun:
         for chunk in _chunks(fetched, max(1, self.ctx.analyzer.options.batch_size)):
             fresh = [(item_id, data, hashlib.sha256(data).hexdigest())
                      for item_id, data in chunk if self._fetched_ok(item_id, data)]
-            known = _db(self.ctx, lambda s: _link_known(self.ctx, s, fresh)) if fresh else {}
+            known = _db(self.ctx, lambda s, fresh=fresh: _link_known(self.ctx, s, fresh)) if fresh else {}
             for item_id, data, sha in fresh:
                 if sha in known:
                     self._reused()
@@ -323,6 +344,7 @@ def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str
 def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:
     """Store an outcome's heatmaps; returns the analysis record that points to them."""
     r = outcome.result
+    assert r is not None  # only analysed outcomes are uploaded
     keys = {name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
             for name in r.heatmaps}
     for name, png in r.heatmaps.items():  # at most one object: put from this store thread

@@ -12,9 +12,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
-from .constants import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, CamMethod, CamTarget,
-                        CompileMode, Device, HeatmapMode, JpegRoundtrip, PreprocessPath, StrEnum,
-                        values)
+from .constants import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    CamMethod,
+    CamTarget,
+    CompileMode,
+    Device,
+    HeatmapMode,
+    JpegRoundtrip,
+    PreprocessPath,
+    StrEnum,
+    values,
+)
 from .errors import PoundcamError
 
 # Fields whose value is one of an enum's (poundcam.constants); stored as the enum's member.

@@ -16,10 +16,11 @@ Two paths compute the same transform (poundcam.preprocess.transform; docs/prepro
   device). Only plain JPEGs are sent this way: the header (poundcam.preprocess.jpeg_header) must be
   readable, complete (ends with EOI), 8-bit, 1 or 3 components, Huffman-coded, with an EXIF
   orientation this module applies itself and within the limits.
-- "pillow": poundcam.preprocess.decode.decode_image + poundcam.preprocess.transform.preprocess_with_geometry, in a
-  thread pool, for everything else (PNG, WebP, GIF, CMYK, odd or damaged JPEGs, inputs the
-  device decoder refuses). Its results join the same batch; it is also the only source of error
-  codes, so an input fails with the same code whichever path was planned for it.
+- "pillow": poundcam.preprocess.decode.decode_image +
+  poundcam.preprocess.transform.preprocess_with_geometry, in a thread pool, for everything else
+  (PNG, WebP, GIF, CMYK, odd or damaged JPEGs, inputs the device decoder refuses). Its results
+  join the same batch; it is also the only source of error codes, so an input fails with the
+  same code whichever path was planned for it.
 
 ``choose_path(device, setting)`` picks the default path: "device" on CUDA, "pillow" on the CPU
 (where the Pillow path is the model's calibration and not slower), unless the setting
@@ -36,8 +37,8 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -48,11 +49,10 @@ from ..constants import ErrorCode, JpegRoundtrip, PreprocessPath, values
 from .batching import map_in_groups
 from .budget import DEFAULT_BUDGET, MemoryBudget, decode_cost
 from .decode import DecodedImage, DecodeLimits, ImageDecodeError, decode_image
+from .geometry import resized_size
 from .jpeg_header import JpegHeader, read_jpeg_header
 from .jpeg_tensor import jpeg_roundtrip_tensors
-from .geometry import resized_size
-from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, \
-    preprocess_with_geometry
+from .transform import CROP, JPEG_QUALITY, CropGeometry, geometry_for, normalize, preprocess_with_geometry
 
 with warnings.catch_warnings():  # torchvision's image I/O warns of its deprecation on import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -179,6 +179,7 @@ class PreprocessedBatch:
     _crop_rows: dict[int, int] = dataclasses.field(default_factory=dict, repr=False)
     _crops_cpu: np.ndarray | None = dataclasses.field(default=None, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    preprocess_s: float = 0.0  # wall time of the preprocess_batch call, where its caller times it
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,11 +189,11 @@ class PreprocessedBatch:
 
     @property
     def ok(self) -> list[PreprocessedItem]:
-        return [it for it in self.items if it.ok]
+        return [it for it in self.items if isinstance(it, PreprocessedItem)]
 
     @property
     def failures(self) -> list[ImageDecodeFailure]:
-        return [it for it in self.items if not it.ok]
+        return [it for it in self.items if isinstance(it, ImageDecodeFailure)]
 
     def wait(self) -> None:
         """Work queued after this on the calling thread's current stream sees the batch's
@@ -209,6 +210,7 @@ class PreprocessedBatch:
         with self._lock:  # one transfer of all device-path crops, on first use
             if self._crops_cpu is None:
                 self.host_wait()
+                assert self._crops is not None  # a batch with device-path items has their crops
                 self._crops_cpu = self._crops.permute(0, 2, 3, 1).cpu().numpy()
         return Image.fromarray(self._crops_cpu[self._crop_rows[row]], "RGB")
 
@@ -247,7 +249,7 @@ def plan_input(data: bytes, limits: DecodeLimits) -> tuple[JpegHeader | None, st
     return header, None
 
 
-def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+def orient(image: torch.Tensor, orientation: int | None) -> torch.Tensor:
     """Turn a [C, H, W] image upright by its EXIF orientation, as PIL's exif transposes do."""
     if orientation == 2:
         return image.flip(-1)
@@ -307,8 +309,8 @@ def resize_crops(images: Sequence[torch.Tensor], geoms: Sequence[CropGeometry],
     if exact_uint8 is None:
         exact_uint8 = images[0].device.type == "cpu"
     if exact_uint8:
-        return [resize_crop(im, g, True) for im, g in zip(images, geoms)]
-    return map_in_groups(images, [(im.shape, g) for im, g in zip(images, geoms)],
+        return [resize_crop(im, g, True) for im, g in zip(images, geoms, strict=True)]
+    return map_in_groups(images, [(im.shape, g) for im, g in zip(images, geoms, strict=True)],
                          lambda stack, key: _resize_crop_float(stack, key[1]), 3 * max_pixels)
 
 
@@ -381,7 +383,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
             live.append(i)
     upright = [orient(first[i], headers[i].orientation) for i in live]
     del first
-    originals = dict(zip(live, upright)) if keep_originals else {}
+    originals = dict(zip(live, upright, strict=True)) if keep_originals else {}
     if roundtrip == JpegRoundtrip.TENSOR:
         live2, second = live, _each(jpeg_roundtrip_tensors, upright)
     else:
@@ -390,7 +392,7 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     done, images = _set_aside_failures(live2, second, out)
     del second
     geoms = [geometry_for(*headers[i].oriented_size) for i in done]
-    for i, crop, geom in zip(done, resize_crops(images, geoms), geoms):
+    for i, crop, geom in zip(done, resize_crops(images, geoms), geoms, strict=True):
         out[i] = (crop, geom, originals.get(i))
     return out
 
@@ -407,7 +409,7 @@ def _set_aside_failures(indices: list[int], results: list, out: list) -> tuple[l
     """The exceptions among ``results`` go to ``out`` at their inputs' indices; returns the
     indices and results of the others."""
     kept, values = [], []
-    for i, r in zip(indices, results):
+    for i, r in zip(indices, results, strict=True):
         if isinstance(r, Exception):
             out[i] = r
         else:
@@ -441,7 +443,8 @@ def _pillow_one(data: bytes, limits: DecodeLimits, budget: MemoryBudget | None =
             tensor, geom, crop = preprocess_with_geometry(decoded.image)
             view = original_view(decoded.image, geom) if original_view is not None else None
             if not keep_original:
-                decoded = dataclasses.replace(decoded, image=None)
+                # the largest buffer goes now; _assemble keeps no DecodedImage without its image
+                decoded = dataclasses.replace(decoded, image=None)  # type: ignore[arg-type]
             return tensor, geom, crop, decoded, view
     except ImageDecodeError as exc:
         return exc.code, str(exc)
@@ -522,12 +525,13 @@ class DevicePreprocessor:
         plans = [self.plan(d) for d in datas]
         reasons = {i: r for i, (_, _, r) in enumerate(plans) if r is not None}
         pillow_futures = {i: self._pool.submit(self._pillow, d)
-                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans))
+                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans, strict=True))
                           if path == PreprocessPath.PILLOW}
         dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == PreprocessPath.DEVICE]
-        dev_out = self._run_device([datas[i] for i in dev_idx], [plans[i][1] for i in dev_idx])
+        dev_headers = [h for i in dev_idx if (h := plans[i][1]) is not None]  # all: planned with one
+        dev_out = self._run_device([datas[i] for i in dev_idx], dev_headers)
         dev_results: dict[int, tuple] = {}
-        for i, res in zip(dev_idx, dev_out):
+        for i, res in zip(dev_idx, dev_out, strict=True):
             if isinstance(res, Exception):  # refused by the device decoder: Pillow decides
                 reasons[i] = f"device decoder: {type(res).__name__}: {str(res)[:200]}"
                 pillow_futures[i] = self._pool.submit(self._pillow, datas[i])
@@ -563,7 +567,7 @@ class DevicePreprocessor:
         bounds = [len(datas) * k // n for k in range(n + 1)]
         futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device,
                                      self.keep_originals, self.roundtrip)
-                   for a, b in zip(bounds, bounds[1:])]
+                   for a, b in zip(bounds, bounds[1:], strict=False)]  # consecutive pairs
         return [res for f in futures for res in f.result()]
 
     def _assemble(self, datas, headers, dev_results, pillow_results, reasons) -> PreprocessedBatch:
@@ -571,7 +575,10 @@ class DevicePreprocessor:
         with self._on_stream():  # allocated on the stream that writes it
             tensor = torch.empty((n_ok, 3, CROP, CROP), dtype=torch.float32, device=self.device)
         batch = PreprocessedBatch(tensor=tensor, items=[], limits=self.limits)
-        dev_rows, dev_crops, pil_rows, pil_tensors = [], [], [], []
+        dev_rows: list[int] = []
+        dev_crops: list[torch.Tensor] = []
+        pil_rows: list[int] = []
+        pil_tensors: list[torch.Tensor] = []
         row = 0
         for i, data in enumerate(datas):
             if i in dev_results:
@@ -613,7 +620,8 @@ class DevicePreprocessor:
             # reusing their memory for a later batch before that stream is done with them
             consumer = torch.cuda.current_stream(self.device)
             kept = [tensor] + ([batch._crops] if batch._crops is not None else [])
-            kept += [it._original for it in batch.items if it.ok and it._original is not None]
+            kept += [it._original for it in batch.items
+                     if isinstance(it, PreprocessedItem) and it._original is not None]
             for t in kept:
                 t.record_stream(consumer)
         return batch
@@ -631,8 +639,14 @@ class DevicePreprocessor:
 _DONE = object()
 
 
-def iter_batches(preprocessor: DevicePreprocessor, source: Iterable[tuple[Any, bytes]],
-                 batch_size: int, prefetch: int = 1) -> Iterator[PreprocessedBatch]:
+class BatchPreprocessor(Protocol):
+    """What ``iter_batches`` needs: a DevicePreprocessor, or a wrapper around one."""
+
+    def preprocess_batch(self, items: Sequence[bytes], wait: bool = True) -> PreprocessedBatch: ...
+
+
+def iter_batches(preprocessor: BatchPreprocessor, source: Iterable[tuple[Any, bytes]],
+                 batch_size: int, prefetch: int = 1) -> Generator[PreprocessedBatch, None, None]:
     """Batches of up to ``batch_size`` from ``(key, bytes)`` pairs, preprocessed on a background
     thread up to ``prefetch`` batches ahead of the consumer (a bounded queue). Each batch has
     ``keys`` in input order. An exception from ``source`` or the preprocessor is raised here,

@@ -31,8 +31,12 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from poundcam.constants import (DECODE_ERROR_CODES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
-                                ErrorCode)
+from poundcam.constants import (
+    DECODE_ERROR_CODES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ErrorCode,
+)
 from poundcam.errors import PoundcamError
 from poundcam.settings import env_name
 
@@ -209,12 +213,12 @@ def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits,
     image.load()
     original_mode = image.mode
     orientation = _orientation(image)
-    to_turn = orientation in _UPRIGHT
+    turn = _UPRIGHT.get(orientation) if orientation is not None else None
     if orientation is None:
         orientation = declared  # applied by the decoder
     rgb = _to_rgb(image)
-    if to_turn:
-        rgb = rgb.transpose(_UPRIGHT[orientation])
+    if turn is not None:
+        rgb = rgb.transpose(turn)
         # The turned image must not carry the orientation on: turning it again would be wrong.
         for key in ("exif", "xmp", "XML:com.adobe.xmp"):
             rgb.info.pop(key, None)
@@ -441,8 +445,8 @@ def _looks_truncated(data: bytes, fmt: str | None) -> bool:
     if fmt == "TIFF":
         if len(data) < 16:
             return True
-        order = "little" if data[:2] == b"II" else "big"
+        little = data[:2] == b"II"
         if data[2:4] in (b"*\x00", b"\x00*"):  # classic TIFF: 32-bit offset of the first IFD
-            return int.from_bytes(data[4:8], order) + 2 > len(data)
-        return int.from_bytes(data[8:16], order) + 8 > len(data)  # BigTIFF
+            return int.from_bytes(data[4:8], "little" if little else "big") + 2 > len(data)
+        return int.from_bytes(data[8:16], "little" if little else "big") + 8 > len(data)  # BigTIFF
     return False

@@ -13,8 +13,7 @@ from PIL import Image
 
 from poundcam.analysis import AnalysisOptions, Analyzer
 from poundcam.constants import ErrorCode
-from poundcam.db import (Analysis, JobItem, create_job, item_refs, make_session_factory,
-                         session_scope)
+from poundcam.db import Analysis, JobItem, create_job, item_refs, make_session_factory, session_scope
 from poundcam.db.migrate import upgrade
 from poundcam.pipeline import PipelineContext, RetryLater, process_items
 from poundcam.storage import LocalStore, StorageError

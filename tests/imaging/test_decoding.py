@@ -83,7 +83,7 @@ def assert_code(data: bytes, code: str, limits: DecodeLimits | None = None) -> I
 
 
 def close(pixel, expected, tol=40):
-    return all(abs(int(a) - int(b)) <= tol for a, b in zip(pixel, expected))
+    return all(abs(int(a) - int(b)) <= tol for a, b in zip(pixel, expected, strict=True))
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_small_file_declaring_huge_size_is_a_decompression_bomb(load_calls):
     assert_code(bomb, "decompression_bomb", DecodeLimits(max_pixels=2 * 10**9))
     assert_code(bomb, "decompression_bomb")
     assert load_calls == []
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_pillow_bomb_warning_raised_as_error_maps_to_decompression_bomb():
@@ -282,7 +282,7 @@ def test_mutated_files_only_ever_raise_image_decode_error():
     codes = set()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for name, data in _valid_files().items():
+        for data in _valid_files().values():
             for _ in range(25):
                 mutated = bytearray(data)
                 for _ in range(rng.randint(1, 12)):
@@ -494,7 +494,7 @@ def test_exif_orientation_is_applied(orientation):
     check_result(out, data, "JPEG", "RGB", size)
     w, h = size
     corners = [out.image.getpixel(p) for p in ((3, 3), (w - 4, 3), (3, h - 4), (w - 4, h - 4))]
-    for got, want in zip(corners, ORIENTED[orientation]):
+    for got, want in zip(corners, ORIENTED[orientation], strict=True):
         assert close(got, want, 40), (orientation, corners)
     assert ImageOps.exif_transpose(out.image).size == size  # not turned a second time
 

@@ -6,7 +6,6 @@ import pytest
 
 from benchmarks import jpeg_corpus
 
-
 # Small sizes keep the suite fast; they still cover landscape, portrait, square, upscaling and
 # extreme aspect ratios.
 TEST_SIZES = [(480, 270), (270, 480), (300, 300), (257, 256), (256, 331), (224, 224),
