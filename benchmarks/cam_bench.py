@@ -122,7 +122,8 @@ def main() -> None:
         ratios[k] = r
         vs_library = f"{r['vs_pytorch_grad_cam']:.2f}" if library else "-"
         rows.append([k, f"{ips[k]:.2f}", f"{r['vs_forward']:.3f}", f"{r['cost_vs_forward']:.2f}", vs_library,
-                     f"{memory[k][0] / 2**20:.0f}", f"{r['memory_vs_forward']:.2f}", f"{memory[k][1] / 2**20:.0f}"])
+                     f"{memory[k][0] / 2**20:.0f}", f"{r['memory_vs_forward']:.2f}",
+                     f"{memory[k][1] / 2**20:.0f}"])
     checks = {}
     for k in (k for k in methods if k.startswith("cam_")):
         checks[k] = {"speed_vs_forward": ratios[k]["vs_forward"] >= SPEED_VS_FORWARD,

@@ -71,7 +71,8 @@ def main() -> int:
                   f"same peak {peaks}/{nz}")
     for target in ("contrastive", "logit"):
         eager = ComparativeCAM(gpu, target=target).attribute(x.cuda())
-        comp = ComparativeCAM(gpu, target=target, compile=True, compile_batch=len(files) + 1).attribute(x.cuda())
+        comp = ComparativeCAM(gpu, target=target, compile=True,
+                              compile_batch=len(files) + 1).attribute(x.cuda())
         for cls in ("real", "fake"):
             a, b = getattr(eager, cls).cpu(), getattr(comp, cls).cpu()
             rel = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
@@ -96,8 +97,10 @@ def main() -> int:
             elif a.ok != b.ok:
                 print(f"  {name}: {a.key}: ok on one path only ({a.error_code} / {b.error_code})")
                 ok = False
+        first = outs[name][0]
+        heatmaps = sorted(first.result.heatmaps) if first.ok else "-"
         print(f"analysis {name} vs cpu-pillow: max |dP(fake)| {max(dps):.2e}, geometry equal "
-              f"{geo}/{len(dps)}, heatmaps {sorted(outs[name][0].result.heatmaps) if outs[name][0].ok else '-'}")
+              f"{geo}/{len(dps)}, heatmaps {heatmaps}")
         ok &= max(dps) < 0.01 and geo == len(dps)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

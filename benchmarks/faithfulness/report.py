@@ -50,7 +50,8 @@ def checks(res: dict) -> list[tuple[str, bool, str]]:
             out.append((f"{name}: fails randomization (stays at 1)", final > 0.99, f"{final:.3f}"))
         else:
             out.append((f"{name}: passes randomization (mean abs Spearman <= "
-                        f"{RANDOMIZED_MAX_SPEARMAN} with every block randomized)", final <= RANDOMIZED_MAX_SPEARMAN, f"{final:.3f}"))
+                        f"{RANDOMIZED_MAX_SPEARMAN} with every block randomized)",
+                        final <= RANDOMIZED_MAX_SPEARMAN, f"{final:.3f}"))
     return out
 
 
@@ -124,7 +125,8 @@ def markdown(res: dict) -> str:
               "| method | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
     for name, r in res["randomization"].items():
         lines.append(f"| {name} | " + " | ".join(
-            f"{v:+.2f} ({a:.2f})" for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"], strict=True)) + " |")
+            f"{v:+.2f} ({a:.2f})"
+            for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"], strict=True)) + " |")
     lines += ["", f"### Class swap ({res['n_sanity']} fakes)", "",
               "Fake map against the same method's real map: mean Spearman correlation and the share "
               "of images where the two maps are identical.", "",

@@ -128,7 +128,8 @@ def test_batch_independence(official_model, fixture_inputs):
             torch.testing.assert_close(one.logits[0], batch.logits[i], rtol=1e-5, atol=1e-4)
         # an image's maps do not depend on which images share its batch
         shuffled = cam.attribute(fixture_inputs.flip(0))
-        torch.testing.assert_close(shuffled.fake.flip(0), batch.fake, rtol=1e-5, atol=1e-5 * float(batch.fake.max()))
+        torch.testing.assert_close(shuffled.fake.flip(0), batch.fake, rtol=1e-5,
+                                   atol=1e-5 * float(batch.fake.max()))
 
 
 def test_frozen_model_and_plain_input(make_model):

@@ -76,7 +76,8 @@ def test_shared_scale_weak_map_looks_weak():
 
 
 def _changed_pixels(out, name, original, geom):
-    shown = original.resize(display_size(geom), Image.BILINEAR) if original.size != display_size(geom) else original
+    size = display_size(geom)
+    shown = original.resize(size, Image.BILINEAR) if original.size != size else original
     drawn = np.asarray(_png(out[name]), dtype=np.int32)
     f = display_size(geom)[0] / geom.original[0]
     return np.abs(drawn - np.asarray(shown, dtype=np.int32)).sum(-1) > 0, f

@@ -82,7 +82,8 @@ def test_compute_stats_is_json_ready():
     assert s["comparative"]["fake_share"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("bad", [np.full((3, 3), -1.0), np.full((3, 3), np.nan), np.zeros((3, 4)), np.zeros(9)])
+@pytest.mark.parametrize("bad", [np.full((3, 3), -1.0), np.full((3, 3), np.nan), np.zeros((3, 4)),
+                                 np.zeros(9)])
 def test_invalid_maps_are_rejected(bad):
     with pytest.raises(ValueError):
         class_stats(bad, SQUARE)

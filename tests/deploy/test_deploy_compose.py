@@ -111,7 +111,8 @@ def test_state_lives_on_named_volumes(compose_config):
     wanted = {"redis": "redis-data:/data", "postgres": "postgres-data:/var/lib/postgresql/data",
               "s3": "s3-data:/data", "worker": "model-cache:/var/cache/poundcam"}
     for name, mount in wanted.items():
-        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in services[name]["volumes"]]
+        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}"
+                  for v in services[name]["volumes"]]
         assert any(m.startswith(mount) for m in mounts), (name, mounts)
     weights = [v for v in services["worker"]["volumes"] if ":/weights" in str(v)]
     assert weights and str(weights[0]).endswith(":ro"), "weights are mounted read-only"

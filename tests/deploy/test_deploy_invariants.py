@@ -123,7 +123,8 @@ def test_compose_worker_has_the_same_budget(compose_config, worker_pod, config_d
         grace = _duration_s(svc["stop_grace_period"])
         assert svc.get("stop_signal", "SIGTERM") == "SIGTERM"
         assert grace == worker_pod["terminationGracePeriodSeconds"] > worst_batch_s
-        assert svc["environment"]["POUNDCAM_VISIBILITY_TIMEOUT_S"] == config_data["POUNDCAM_VISIBILITY_TIMEOUT_S"]
+        assert (svc["environment"]["POUNDCAM_VISIBILITY_TIMEOUT_S"]
+                == config_data["POUNDCAM_VISIBILITY_TIMEOUT_S"])
 
 
 def test_prestop_starts_warm_shutdown_and_waits(worker_container):
@@ -152,7 +153,8 @@ def test_readiness_follows_the_warm_up_marker(worker_container, dockerfile, comp
     assert tmp, "/tmp is writable under a read-only root filesystem"
 
 
-def test_metrics_port_is_one_number_everywhere(worker_deployment, worker_container, config_data, compose_config):
+def test_metrics_port_is_one_number_everywhere(worker_deployment, worker_container, config_data,
+                                               compose_config):
     annotations = worker_deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == METRICS_PORT
@@ -205,7 +207,8 @@ def test_no_secrets_in_plain_values(manifests):
 def test_compose_takes_every_credential_from_the_environment(compose_raw):
     """Secrets are ${VAR} or ${VAR:?message} interpolations, never literals or defaults."""
     from_env = r"\$\{[A-Z_]+(:\?[^}]*)?\}"
-    envs = [compose_raw["x-poundcam-env"]] + [svc.get("environment") or {} for svc in compose_raw["services"].values()]
+    envs = [compose_raw["x-poundcam-env"]] + [svc.get("environment") or {}
+                                              for svc in compose_raw["services"].values()]
     checked = 0
     for env in envs:
         for key, value in env.items():

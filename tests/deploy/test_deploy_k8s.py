@@ -126,7 +126,8 @@ def test_kustomization_lists_every_manifest(k8s):
     assert sorted(kust["resources"]) == sorted(files)
     assert k8s("Namespace", kust["namespace"])
     images = {i["name"] for i in kust["images"]}
-    used = {c["image"].split(":")[0] for kind, name in (("Deployment", "poundcam-worker"), ("Job", "poundcam-migrate"))
+    used = {c["image"].split(":")[0]
+            for kind, name in (("Deployment", "poundcam-worker"), ("Job", "poundcam-migrate"))
             for c in k8s(kind, name)["spec"]["template"]["spec"]["containers"]}
     assert used == images
 

@@ -42,7 +42,8 @@ def test_preprocess_equals_official_inputs(official_dir, inputs, expected):
         with Image.open(official_dir / "images" / r["image"]) as img:
             x = preprocess(img)
         assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-        torch.testing.assert_close(x, inputs[i], rtol=0, atol=1e-5, msg=lambda m, name=r["image"]: f"{name}: {m}")
+        torch.testing.assert_close(x, inputs[i], rtol=0, atol=1e-5,
+                                   msg=lambda m, name=r["image"]: f"{name}: {m}")
 
 
 def test_logits_from_pngs_match_expected(official_dir, official_model, expected):
@@ -71,7 +72,8 @@ def test_loaded_model_is_frozen_and_identified(official_dir, official_model):
     assert official_model.model_id == again.model_id
     assert official_model.model_id.startswith("pn-")
     cfg = official_model.config
-    assert (cfg.vision_width, cfg.vision_layers, cfg.patch_size, cfg.grid_size, cfg.embed_dim) == (128, 10, 32, 7, 64)
+    assert ((cfg.vision_width, cfg.vision_layers, cfg.patch_size, cfg.grid_size, cfg.embed_dim)
+            == (128, 10, 32, 7, 64))
     assert (cfg.text_width, cfg.text_layers) == (64, 10)
     assert (cfg.n_ctx_vision, cfg.n_ctx_text, cfg.prompt_depth_vision, cfg.prompt_depth_text,
             cfg.prompt_num_text) == (16, 16, 8, 8, 1)
