@@ -225,8 +225,7 @@ def load_analyzer(weights: str, batch_size: int):
     from poundcam.runtime import make_analyzer
     from poundcam.settings import Settings
 
-    settings = Settings.from_env(weights=weights, device=os.environ.get("POUNDCAM_DEVICE", "auto"),
-                                 batch_size=batch_size)
+    settings = Settings.from_env(weights=weights, batch_size=batch_size)  # POUNDCAM_DEVICE too
     return make_analyzer(settings)
 
 
