@@ -117,7 +117,8 @@ def _render(args) -> int:
             records = analyses_for_rendering(s, args.target)
     finally:
         sessions.kw["bind"].dispose()
-    out = make_store(settings, local_root=str(args.out), allowed_roots=())
+    folder = Path(args.out).resolve()
+    out = make_store(settings, local_root=str(folder), allowed_roots=())
     renderer = Renderer(settings)
     failed = 0
     for record in records:
@@ -130,7 +131,7 @@ def _render(args) -> int:
             continue
         for name, png in files.items():
             out.put(f"{record['analysis_id']}/{name}.png", png, "image/png")
-    print(f"drew {len(records) - failed} of {len(records)} analyses into {out.root}")
+    print(f"drew {len(records) - failed} of {len(records)} analyses into {folder}")
     return 1 if failed else 0
 
 
