@@ -9,10 +9,10 @@ import torch
 from .analysis import AnalysisOptions, Analyzer
 from .constants import CompileMode, Device, HeatmapMode
 from .db import make_session_factory
-from .preprocess.decode import DecodeLimits
 from .model import load_poundnet
 from .model.weights import weights_for
 from .pipeline import PipelineContext
+from .preprocess.decode import DecodeLimits
 from .settings import Settings
 from .storage import make_store
 

@@ -107,7 +107,7 @@ def _report(args) -> int:
     from ..client import Client
     from ..errors import InvalidRequestError
     from ..preprocess.decode import DecodeLimits
-    from ..report import EmbeddedImages, LinkedImages, build_report, select_rows
+    from ..report import EmbeddedImages, build_report, select_rows
     from ..settings import Settings
     from .render import RenderedPanels  # noqa: I001
 
@@ -128,14 +128,14 @@ def _report(args) -> int:
     if not settings.embedded and not settings.heatmap_bucket and job["options"].get("heatmap_root"):
         # `poundcam analyze` recorded where it wrote the heatmaps
         settings = settings.replace(local_root=str(job["options"]["heatmap_root"]))
-    rows = select_rows(all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort,
-                       limit=args.limit)
+    selected = select_rows(all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort,
+                           limit=args.limit)
     store, originals = heatmap_store(settings), original_store(settings, job)
     # the overlays and raw maps are drawn from the stored maps (poundcam render); the one
     # stored heatmap per image is read from the store
     drawn = RenderedPanels(settings, args.job_id, DRAWN_PANELS,
                            lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES))
-    rows = drawn.rows(rows)
+    rows = drawn.rows(selected)
     if args.images == "embed":
         source = EmbeddedImages(
             drawn.fetch,

@@ -3,8 +3,7 @@ import urllib.request
 
 import pytest
 
-from poundcam.storage import (LocalStore, S3Store, StorageError, heatmap_key, parse_s3_uri,
-                              validate_key)
+from poundcam.storage import LocalStore, S3Store, StorageError, heatmap_key, parse_s3_uri, validate_key
 
 SHA = hashlib.sha256(b"image").hexdigest()
 
