@@ -13,7 +13,10 @@ Pillow on the CPU, unless forced; both give the same fields and geometry. Each i
 raw maps (float32, for the database) and one heatmap file, the comparative evidence over the
 original (poundcam.cam.render), drawn for the whole batch where the maps are, originals
 downscaled to the display size on the device; the CPU only deflates. Every other rendering is
-made on demand from the stored maps (poundcam.cam.ondemand).
+made on demand from the stored maps (poundcam.cam.ondemand). When ``AnalysisOptions.deep_maps``
+chooses them (the images labelled fake, or all), the deep maps (attention relevance through
+every block, ``ComparativeCAM(method="relevance")``) are computed after the fast pass, in one
+batch of the chosen rows of the same preprocessed input, and stored beside the fast maps.
 A device out-of-memory error halves the batch and retries; it never fails the items.
 ``Analyzer.stage_times()`` says where the time went (docs/analysis.md).
 """
@@ -42,7 +45,17 @@ from .cam.render import (
     display_original_pil,
     display_originals,
 )
-from .constants import CamMethod, CamTarget, ErrorCode, JpegRoundtrip, Label, PreprocessPath
+from .constants import (
+    DEEP_METHOD,
+    CamMethod,
+    CamTarget,
+    DeepMaps,
+    ErrorCode,
+    JpegRoundtrip,
+    Label,
+    PreprocessPath,
+    values,
+)
 from .preprocess.batched import (
     DevicePreprocessor,
     PreprocessedBatch,
@@ -69,6 +82,7 @@ class AnalysisOptions:
     cam_layer: int = -1
     cam_target: str = CamTarget.CONTRASTIVE
     cam_method: str = CamMethod.HIRESCAM  # or gradcam; see ComparativeCAM and docs/cam.md
+    deep_maps: str = DeepMaps.NONE  # which images also get the deep (relevance) maps
     batch_size: int = 32
     render: bool = True             # draw the comparative heatmap (one PNG per image)
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
@@ -101,6 +115,8 @@ class AnalysisResult:
     timings: dict[str, float]
     real_map: Any = None           # the raw maps, float32 numpy arrays [grid, grid]
     fake_map: Any = None
+    deep_real_map: Any = None      # the deep maps (same form), for the images chosen by
+    deep_fake_map: Any = None      # AnalysisOptions.deep_maps; None for the others
 
     def record(self) -> dict[str, Any]:
         """Everything but the PNG bytes (what the database stores)."""
@@ -155,6 +171,10 @@ class _Piece:
     compute_s: float             # per item
     render_s: float              # per item, on the device
     ready: Any = None
+    # The deep maps of the rows chosen for them: row r's are deep_real[deep_rows[r]]
+    deep_rows: dict[int, int] = dataclasses.field(default_factory=dict)
+    deep_real: torch.Tensor | None = None
+    deep_fake: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.real.shape[0]
@@ -295,6 +315,9 @@ class Analyzer:
     def __init__(self, model, options: AnalysisOptions | None = None,
                  device: str | torch.device | None = None):
         self.options = options or AnalysisOptions()
+        if self.options.deep_maps not in values(DeepMaps):
+            raise ValueError(f"deep_maps must be one of {values(DeepMaps)}, "
+                             f"not {self.options.deep_maps!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -304,6 +327,10 @@ class Analyzer:
                                  target=self.options.cam_target, method=self.options.cam_method,
                                  compile=self.options.compile,
                                  compile_batch=self.options.batch_size)
+        # the deep maps: relevance through every block, same target, on the same inputs
+        self.deep_cam = (None if self.options.deep_maps == DeepMaps.NONE else
+                         ComparativeCAM(self.model, target=self.options.cam_target,
+                                        method=DEEP_METHOD))
         threads = self.options.decode_threads
         self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
                                        limits=self.options.limits,
@@ -323,8 +350,9 @@ class Analyzer:
 
     @property
     def cam_config_id(self) -> str:
-        """The CAM configuration's id (method, point, layer, target)."""
-        return self.cam.config_id
+        """The CAM configuration's id (method, point, layer, target), and which images get the
+        deep maps when some do: ``hirescam-ln_1-L23-contrastive.deep-flagged``."""
+        return cam_config_id(self.cam.config_id, self.options.deep_maps)
 
     def close(self) -> None:
         """Stop the preprocessing thread and the pool (waits for their work in progress)."""
@@ -483,14 +511,23 @@ class Analyzer:
         try:
             t0 = time.perf_counter()
             res = self.cam.attribute(x, on_invalid="report")
+            deep_rows, deep = self._deep(x, res)
             t1 = time.perf_counter()
             heat_rows = None
             if self.options.render:
                 heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays),
                                                   geometries)
             n = x.shape[0]
-            piece = _Piece(start, res.real, res.fake, res.logits, res.probs, res.invalid, res.grid,
-                           res.layer, res.target, heat_rows, (t1 - t0) / n, 0.0)
+            invalid = dict(res.invalid)
+            if deep is not None:
+                for r, k in deep_rows.items():
+                    if k in deep.invalid:
+                        invalid.setdefault(r, f"deep map: {deep.invalid[k]}")
+            piece = _Piece(start, res.real, res.fake, res.logits, res.probs, invalid, res.grid,
+                           res.layer, res.target, heat_rows, (t1 - t0) / n, 0.0,
+                           deep_rows=deep_rows,
+                           deep_real=None if deep is None else deep.real,
+                           deep_fake=None if deep is None else deep.fake)
             self._to_host(piece)
             t2 = time.perf_counter()
             piece.render_s = (t2 - t1) / n
@@ -509,12 +546,33 @@ class Analyzer:
                 for p in self._compute(c(x), None if displays is None else c(displays),
                                        c(geometries), start + off)]
 
+    def deep_rows(self, probs: torch.Tensor, invalid: Iterable[int] = ()) -> list[int]:
+        """The rows of a batch that get the deep maps under ``options.deep_maps``: none, those
+        labelled fake (``probs[:, 1] >= threshold``) or all; never those whose fast maps could
+        not be computed."""
+        if self.options.deep_maps == DeepMaps.NONE:
+            return []
+        skip = set(invalid)
+        flagged = (probs[:, 1] >= self.options.threshold).tolist()
+        return [r for r in range(probs.shape[0]) if r not in skip
+                and (self.options.deep_maps == DeepMaps.ALL or flagged[r])]
+
+    def _deep(self, x: torch.Tensor, res) -> tuple[dict[int, int], Any]:
+        """The deep maps of the chosen rows of x, in one batch after the fast pass:
+        ``({row: index in the result}, CAMResult)``, or ``({}, None)`` when no row is chosen."""
+        rows = self.deep_rows(res.probs, res.invalid)
+        if not rows or self.deep_cam is None:
+            return {}, None
+        index = torch.tensor(rows, device=x.device)
+        deep = self.deep_cam.attribute(x.index_select(0, index), on_invalid="report")
+        return {r: k for k, r in enumerate(rows)}, deep
+
     def _to_host(self, piece: _Piece) -> None:
         """Copy the piece's tensors to the host. On CUDA: into pinned memory on a side stream,
         without waiting; ``piece.ready`` is the event the encoding threads wait for."""
         if self._copy_stream is None:
             return
-        names = ("real", "fake", "logits", "probs")
+        names = ("real", "fake", "logits", "probs", "deep_real", "deep_fake")
         tensors = [getattr(piece, n) for n in names]
         tensors += piece.heat_rows or []
         compute = torch.cuda.current_stream(self.device)
@@ -531,7 +589,7 @@ class Analyzer:
                 hosts.append(h)
             piece.ready = torch.cuda.Event(blocking=True)  # waiting threads sleep, not spin
             piece.ready.record(self._copy_stream)
-        for n, h in zip(names, hosts, strict=False):  # the heat rows follow the four named
+        for n, h in zip(names, hosts, strict=False):  # the heat rows follow the named ones
             setattr(piece, n, h)
         if piece.heat_rows is not None:
             piece.heat_rows = hosts[len(names):]
@@ -590,8 +648,22 @@ class Analyzer:
             stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
             geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
             real_map=piece.real[r].numpy().copy(), fake_map=piece.fake[r].numpy().copy(),
+            deep_real_map=_row(piece.deep_real, piece.deep_rows.get(r)),
+            deep_fake_map=_row(piece.deep_fake, piece.deep_rows.get(r)),
             timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
                      "render_s": render_s})
+
+
+def cam_config_id(fast: str, deep_maps: str = DeepMaps.NONE) -> str:
+    """The configuration id of an analysis: the fast maps' (``ComparativeCAM.config_id``),
+    followed by ``.deep-<policy>`` when some images get the deep maps. With ``none`` it is the
+    fast maps' id unchanged, so analyses stored before deep maps existed are found again. The
+    id is a key segment of the heatmap objects (letters, digits, ``.``, ``_``, ``-``)."""
+    return fast if deep_maps == DeepMaps.NONE else f"{fast}.deep-{deep_maps}"
+
+
+def _row(maps: torch.Tensor | None, k: int | None) -> Any:
+    return None if maps is None or k is None else maps[k].numpy().copy()
 
 
 _END = object()

@@ -61,6 +61,19 @@ class CamMethod(StrEnum):
     HIRESCAM = "hirescam"  # each token's own gradient times its activation
 
 
+class DeepMaps(StrEnum):
+    """Which analysed images also get the deep maps, attention relevance through every block
+    (poundcam.cam.relevance; docs/cam.md), computed after the fast maps of their batch."""
+
+    NONE = "none"        # the fast maps only
+    FLAGGED = "flagged"  # images labelled fake: P(fake) >= threshold
+    ALL = "all"          # every image
+
+
+# The CAM method behind the deep maps (ComparativeCAM(method=DEEP_METHOD)).
+DEEP_METHOD = "relevance"
+
+
 class CamTarget(StrEnum):
     """What the CAM explains (poundcam.cam.targets)."""
 

@@ -42,6 +42,7 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
     model = model or load_model(settings, device)
     options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
                               cam_target=settings.cam_target, cam_method=settings.cam_method,
+                              deep_maps=settings.deep_maps,
                               batch_size=settings.batch_size,
                               preprocess=settings.preprocess, compile=settings.compile == CompileMode.ON,
                               jpeg_roundtrip=settings.jpeg_roundtrip,

@@ -18,6 +18,7 @@ from .constants import (
     CamMethod,
     CamTarget,
     CompileMode,
+    DeepMaps,
     Device,
     HeatmapMode,
     JpegRoundtrip,
@@ -32,6 +33,7 @@ CHOICES: dict[str, type[StrEnum]] = {
     "device": Device,
     "preprocess": PreprocessPath,
     "cam_method": CamMethod,
+    "deep_maps": DeepMaps,
     "jpeg_roundtrip": JpegRoundtrip,
     "compile": CompileMode,
     "cam_target": CamTarget,
@@ -98,6 +100,9 @@ class Settings:
     # HiResCAM localizes at the last block where GradCAM's channel means do not
     # (docs/faithfulness.md); the library (ComparativeCAM) and the facade share this default.
     cam_method: str = field(default=CamMethod.HIRESCAM, metadata={"parse": _str})
+    # which images also get the deep maps (attention relevance through every block, about
+    # 2.8x a forward pass): none, those labelled fake, or all; docs/cam.md
+    deep_maps: str = field(default=DeepMaps.NONE, metadata={"parse": _str})
     # torch.compile for the CAM's no-autograd part (ComparativeCAM(compile=True)); docs/cam.md
     compile: str = field(default=CompileMode.OFF, metadata={"parse": _str})
     max_image_bytes: int = field(default=DEFAULT_MAX_IMAGE_BYTES, metadata={"parse": _int})

@@ -17,7 +17,7 @@ from .hirescam import HiResCAM
 from .relevance import AttentionRelevance
 
 METHODS: dict[str, type[CAMMethod]] = {CamMethod.HIRESCAM: HiResCAM, CamMethod.GRADCAM: GradCAM,
-                                       # a library method, not a service setting (docs/cam.md)
+                                       # the deep maps (POUNDCAM_DEEP_MAPS), not a cam_method
                                        AttentionRelevance.name: AttentionRelevance}
 DEFAULT_METHOD = CamMethod.HIRESCAM
 ON_INVALID = ("raise", "report")

@@ -93,6 +93,10 @@ class Analysis(Base):
     # The raw maps (NULL for analyses stored before they were kept; migration 0004).
     real_map: Mapped[list[Any] | None] = mapped_column(MapType)
     fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
+    # The deep maps (attention relevance), same form; NULL unless the image was chosen for
+    # them (POUNDCAM_DEEP_MAPS); migration 0005.
+    deep_real_map: Mapped[list[Any] | None] = mapped_column(MapType)
+    deep_fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
 
     __table_args__ = (
         # The identity of an analysis; its index also serves lookups by sha256 alone.

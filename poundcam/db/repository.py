@@ -25,8 +25,8 @@ MAX_ERROR_MESSAGE = 2000
 ANALYSIS_REQUIRED = ("sha256", "model_id", "cam_config_id", "p_fake", "logit_real",
                      "logit_fake", "label", "threshold", "stats", "heatmap_keys")
 ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker",
-                     "real_map", "fake_map")
-MAPS = ("real_map", "fake_map")
+                     "real_map", "fake_map", "deep_real_map", "deep_fake_map")
+MAPS = ("real_map", "fake_map", "deep_real_map", "deep_fake_map")
 _IDENTITY = ("sha256", "model_id", "cam_config_id")
 # The Core tables behind the ORM classes, as Tables (``__table__`` is typed as a FromClause).
 _ANALYSES = Analysis.metadata.tables[Analysis.__tablename__]

@@ -25,7 +25,8 @@ ITEM_COLUMNS = [
     "cam_target", "cam_grid", "heatmap_real_overlay_key", "heatmap_fake_overlay_key",
     "heatmap_real_overlay_original_key", "heatmap_fake_overlay_original_key",
     "heatmap_real_raw16_key", "heatmap_fake_raw16_key", "image_format", "width", "height",
-    "worker", "analysed_at", "heatmap_key", "real_map", "fake_map"]
+    "worker", "analysed_at", "heatmap_key", "real_map", "fake_map", "deep_real_map",
+    "deep_fake_map"]
 GRID = 16
 SUMMARY_COLUMNS = ["job_id", "created_at", "total", "queued", "running", "done", "failed", "fake",
                    "real", "finished", "max_p_fake", "last_update_at"]
@@ -176,12 +177,13 @@ def test_views_up_query_down(db_url):
 
     downgrade(db_url, "0003_job_idempotency_key")
     cols, _ = _query(db_url, "SELECT * FROM poundcam_v_item_results")
-    assert cols == ITEM_COLUMNS[:-3]  # 0002's view again
+    assert cols == ITEM_COLUMNS[:-5]  # 0002's view again
     assert "poundcam_v_map_cells" not in _views(db_url)
     upgrade(db_url)
     cols, rows = _query(db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j "
                                 "ORDER BY position", j=job)
     assert cols == ITEM_COLUMNS and rows[0]["fake_map"] is None  # the data went with 0004
+    assert rows[0]["deep_fake_map"] is None
 
     downgrade(db_url, "0001_initial")
     assert current(db_url) == ("0001_initial",)
@@ -229,3 +231,43 @@ def test_documented_queries_run(db_url):
     assert [(r["position"], r["grid_row"], r["grid_col"]) for r in top_left] == [(0, 1, 2)]
     assert [r["position"] for r in central] == [0]
     assert abs(central[0]["central_share"] - 0.2 / 2.2) < 1e-6
+
+
+def test_deep_maps_in_the_view_and_down_to_0004(db_url):
+    """0005: the deep maps are stored beside the fast ones and read back exactly through the
+    item view; its downgrade removes them (and only them), the upgrade adds them again empty."""
+    import json
+
+    import numpy as np
+
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    deep_real, deep_fake = _maps((3, 4))
+    deep_real = deep_real + np.float32(0.7)
+    with session_scope(sessions) as s:
+        job = create_job(s, ["s3://img/deep.jpg", "s3://img/fast.jpg"])
+        ids = mark_running(s, _item_ids(s, job))
+        deep = upsert_analysis(s, {**_analysis("d", 0.9, "fake", [1.0, 2.0], fake_peak=(1, 2)),
+                                   "deep_real_map": deep_real, "deep_fake_map": deep_fake})
+        fast = upsert_analysis(s, _analysis("f", 0.1, "real", None))
+        mark_done(s, ids[0], deep)
+        mark_done(s, ids[1], fast)
+    sessions.kw["bind"].dispose()
+
+    sql = "SELECT * FROM poundcam_v_item_results WHERE job_id = :j ORDER BY position"
+    cols, rows = _query(db_url, sql, j=job)
+    assert cols == ITEM_COLUMNS
+    got = {k: json.loads(rows[0][k]) if isinstance(rows[0][k], str) else rows[0][k]
+           for k in ("deep_real_map", "deep_fake_map", "fake_map")}
+    assert np.array_equal(np.asarray(got["deep_real_map"], np.float32), deep_real)
+    assert np.array_equal(np.asarray(got["deep_fake_map"], np.float32), deep_fake)
+    assert np.array_equal(np.asarray(got["fake_map"], np.float32), _maps((1, 2))[1])
+    assert rows[1]["deep_real_map"] is None and rows[1]["deep_fake_map"] is None
+
+    downgrade(db_url, "0004_raw_maps")
+    assert current(db_url) == ("0004_raw_maps",)
+    cols, rows = _query(db_url, sql, j=job)
+    assert cols == ITEM_COLUMNS[:-2] and rows[0]["fake_map"] is not None  # 0004's view again
+    upgrade(db_url)
+    cols, rows = _query(db_url, sql, j=job)
+    assert cols == ITEM_COLUMNS and rows[0]["deep_real_map"] is None  # the data went with 0005

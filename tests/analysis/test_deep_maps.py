@@ -1,0 +1,191 @@
+"""The deep maps (POUNDCAM_DEEP_MAPS): the setting, which images get them, that they are
+ComparativeCAM(method="relevance")'s maps of the same input, how they enter the configuration
+id, and that the pipeline stores them beside the fast maps."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+from PIL import Image
+
+from poundcam.analysis import AnalysisOptions, Analyzer
+from poundcam.cam import ComparativeCAM
+from poundcam.preprocess.decode import decode_image
+from poundcam.preprocess.transform import preprocess
+from poundcam.settings import Settings, SettingsError
+
+
+def _image(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    w, h = int(rng.integers(120, 300)), int(rng.integers(120, 300))
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * (2 + c + seed) + y * (5 - c)) % 256 for c in range(3)], -1)
+    noisy = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs() -> list[tuple[str, bytes]]:
+    return [(f"img{i}", _image(i)) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_factory):
+    return tiny_model_factory(seed=3)
+
+
+def _run(model, inputs, **opts) -> list:
+    options = AnalysisOptions(**{"batch_size": 3, "decode_threads": 2, "preprocess": "pillow",
+                                 **opts})
+    with Analyzer(model, options, device="cpu") as analyzer:
+        return list(analyzer.analyze(inputs))
+
+
+@pytest.fixture(scope="module")
+def fast(model, inputs) -> dict:
+    return {o.key: o.result for o in _run(model, inputs)}
+
+
+@pytest.fixture(scope="module")
+def relevance(model, inputs):
+    """What the library computes on the official transform of each input, in one batch."""
+    x = torch.stack([preprocess(decode_image(d).image) for _, d in inputs])
+    return ComparativeCAM(model, method="relevance").attribute(x)
+
+
+def test_setting_validated_and_off_by_default():
+    assert Settings.from_env(environ={}).deep_maps == "none"
+    for value in ("none", "flagged", "all"):
+        assert Settings.from_env(environ={"POUNDCAM_DEEP_MAPS": value}).deep_maps == value
+    with pytest.raises(SettingsError, match="POUNDCAM_DEEP_MAPS.*none, flagged, all"):
+        Settings.from_env(environ={"POUNDCAM_DEEP_MAPS": "some"})
+    with pytest.raises(ValueError, match="deep_maps must be one of"):
+        Analyzer(torch.nn.Linear(1, 1), AnalysisOptions(deep_maps="some"), device="cpu")
+
+
+def test_no_deep_maps_by_default(fast):
+    assert all(r.deep_real_map is None and r.deep_fake_map is None for r in fast.values())
+
+
+def test_all_equals_the_relevance_method_on_the_same_input(model, inputs, fast, relevance):
+    out = {o.key: o.result for o in _run(model, inputs, deep_maps="all")}
+    for i, (key, _) in enumerate(inputs):
+        r = out[key]
+        assert r.deep_real_map.dtype == np.float32 and r.deep_real_map.shape == fast[key].real_map.shape
+        assert np.allclose(r.deep_real_map, relevance.real[i].numpy(), rtol=1e-5, atol=1e-5)
+        assert np.allclose(r.deep_fake_map, relevance.fake[i].numpy(), rtol=1e-5, atol=1e-5)
+        # the fast maps and the probabilities are those of the run without deep maps
+        assert np.array_equal(r.real_map, fast[key].real_map)
+        assert np.array_equal(r.fake_map, fast[key].fake_map)
+        assert r.p_fake == fast[key].p_fake
+    assert any(float(np.abs(out[k].deep_fake_map).max()) > 0 for k, _ in inputs)
+
+
+def test_flagged_only_over_the_threshold(model, inputs, fast, relevance):
+    p = sorted(r.p_fake for r in fast.values())
+    threshold = (p[3] + p[4]) / 2  # half the images over it
+    assert p[3] < threshold < p[4]
+    out = {o.key: o.result for o in _run(model, inputs, deep_maps="flagged", threshold=threshold)}
+    flagged = [k for k, r in fast.items() if r.p_fake >= threshold]
+    assert len(flagged) == 4
+    for i, (key, _) in enumerate(inputs):
+        r = out[key]
+        if key in flagged:
+            assert r.label == "fake"
+            assert np.allclose(r.deep_real_map, relevance.real[i].numpy(), rtol=1e-5, atol=1e-5)
+            assert np.allclose(r.deep_fake_map, relevance.fake[i].numpy(), rtol=1e-5, atol=1e-5)
+        else:
+            assert r.label == "real" and r.deep_real_map is None and r.deep_fake_map is None
+
+
+def test_cam_config_id_names_the_deep_setting(model):
+    ids = {}
+    for deep in ("none", "flagged", "all"):
+        with Analyzer(model, AnalysisOptions(deep_maps=deep), device="cpu") as analyzer:
+            ids[deep] = analyzer.cam_config_id
+            fast_id = analyzer.cam.config_id
+    last = model.block_index(-1)
+    assert ids["none"] == fast_id == f"hirescam-ln_1-L{last}-contrastive"  # unchanged
+    assert ids["flagged"] == f"{fast_id}.deep-flagged" and ids["all"] == f"{fast_id}.deep-all"
+    assert all(len(i) <= 64 for i in ids.values())  # analyses.cam_config_id is String(64)
+    with Analyzer(model, AnalysisOptions(deep_maps="all", cam_method="gradcam", cam_layer=1,
+                                         cam_target="logit"), device="cpu") as analyzer:
+        assert analyzer.cam_config_id == "gradcam-ln_1-L1-logit.deep-all"
+
+
+def test_make_analyzer_passes_the_setting(model):
+    from poundcam.runtime import make_analyzer
+
+    settings = Settings.from_env(environ={"POUNDCAM_DEEP_MAPS": "flagged"})
+    analyzer = make_analyzer(settings, model=model, device=torch.device("cpu"))
+    try:
+        assert analyzer.options.deep_maps == "flagged"
+        assert analyzer.deep_cam is not None and analyzer.deep_cam.method == "relevance"
+    finally:
+        analyzer.close()
+
+
+def test_a_deep_map_that_cannot_be_computed_fails_its_item(model, inputs, monkeypatch):
+    """No fallback: an image whose deep map is not finite fails with cam_unavailable and the
+    reason; the others of its batch are stored with theirs."""
+    from poundcam.cam.relevance import AttentionRelevance
+
+    real_maps = AttentionRelevance.class_maps
+
+    def broken_first(self, x):
+        maps = real_maps(self, x)
+        maps.fake[0] = float("nan")
+        maps.invalid[0] = "non-finite attention relevance (test)"
+        return maps
+
+    monkeypatch.setattr(AttentionRelevance, "class_maps", broken_first)
+    out = _run(model, inputs[:3], deep_maps="all", batch_size=3)
+    assert out[0].error_code == "cam_unavailable"
+    assert out[0].error_message == "deep map: non-finite attention relevance (test)"
+    assert all(o.ok and o.result.deep_fake_map is not None for o in out[1:])
+
+
+def test_the_pipeline_stores_them_beside_the_fast_maps(tmp_path, db_url, model, inputs):
+    from poundcam.db import Analysis, create_job, item_refs, make_session_factory, session_scope
+    from poundcam.db.migrate import upgrade
+    from poundcam.db.repository import stored_map
+    from poundcam.pipeline import PipelineContext, process_items
+    from poundcam.storage import LocalStore
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for key, data in inputs[:4]:
+        (images / f"{key}.png").write_bytes(data)
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    store = LocalStore(tmp_path / "out", read_roots=[images])
+    options = AnalysisOptions(batch_size=3, decode_threads=2, preprocess="pillow", deep_maps="all")
+    with Analyzer(model, options, device="cpu") as analyzer:
+        ctx = PipelineContext(analyzer=analyzer, source=store, sink=store, sessions=sessions,
+                              io_threads=2, store_threads=1)
+        try:
+            with session_scope(sessions) as s:
+                job = create_job(s, [str(images / f"{k}.png") for k, _ in inputs[:4]])
+                refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job)]
+            outcomes: list = []
+            report = process_items(ctx, refs, progress=outcomes.append, job_id=job)
+            assert report.done == 4, [(o.error_code, o.error_message) for o in outcomes]
+            with sessions() as s:
+                rows = list(s.execute(sa.select(Analysis)).scalars())
+            assert len(rows) == 4
+            by_sha = {o.result.sha256: o.result for o in outcomes}
+            for row in rows:
+                r = by_sha[row.sha256]
+                assert row.cam_config_id == analyzer.cam_config_id
+                assert row.cam_config_id.endswith(".deep-all")
+                assert np.array_equal(stored_map(row.deep_real_map), r.deep_real_map)
+                assert np.array_equal(stored_map(row.deep_fake_map), r.deep_fake_map)
+                assert np.array_equal(stored_map(row.fake_map), r.fake_map)
+        finally:
+            ctx.close()
+            sessions.kw["bind"].dispose()
