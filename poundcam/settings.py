@@ -122,6 +122,8 @@ class Settings:
     ready_file: str = field(default="/tmp/poundcam-ready", metadata={"parse": _str})
     metrics_port: int = field(default=9808, metadata={"parse": _int})
     local_root: str | None = field(default=None, metadata={"parse": _opt_str})
+    # local images are read only if their real path lies under one (poundcam.storage.LocalStore);
+    # unset: local_root, and for `poundcam analyze` the paths it is given
     allowed_roots: tuple[str, ...] = field(default=(), metadata={"parse": _paths})
 
     @classmethod

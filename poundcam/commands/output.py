@@ -3,7 +3,8 @@ the CAM statistics pulled out of their JSON) and an aligned table for people.
 
 Every command that prints results (``analyze --json``, ``results --format json``) prints one
 shape: ``{"job_id": ..., "results": [record, ...]}``, each record with the keys of
-``poundcam.db.RESULT_FIELDS``.
+``poundcam.db.RESULT_FIELDS``; ``analyze --json`` adds ``"skipped": [{"path", "code",
+"reason"}, ...]``, the paths it did not read.
 """
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ RESULT_COLUMNS = ("uri", "status", "error_code", "error_message", "sha256", "p_f
                   "threshold", "label", "model_id")
 
 
-def results_document(job_id: str, rows: list[dict]) -> str:
-    """The JSON document of a job's records."""
-    return json.dumps({"job_id": job_id, "results": rows}, indent=2, default=str) + "\n"
+def results_document(job_id: str, rows: list[dict], skipped: list[dict] | None = None) -> str:
+    """The JSON document of a job's records; ``analyze`` adds the paths it skipped."""
+    doc = {"job_id": job_id, "results": rows}
+    if skipped is not None:
+        doc["skipped"] = skipped
+    return json.dumps(doc, indent=2, default=str) + "\n"
 
 
 def flat_record(row: dict) -> dict:

@@ -7,12 +7,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from ..constants import LABELS, CamMethod, CamTarget, CompileMode, Device, ItemState, Label, values
+from ..constants import LABELS, CamMethod, CamTarget, CompileMode, Device, ErrorCode, ItemState, Label, values
 from .common import add_db_option, client_for
 from .output import format_results, results_document, table
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Skipped paths printed one line each on stderr; the rest are counted (--json lists them all).
+SKIPPED_SHOWN = 20
 
 
 def register(sub) -> None:
@@ -67,7 +69,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("analyze", help="analyze local images embedded: SQLite + a local folder",
                        description="Analyze image files or folders on this machine, without "
-                                   "Redis or S3: results go to SQLite and heatmaps to a folder.")
+                                   "Redis or S3: results go to SQLite and heatmaps to a folder. "
+                                   "Each path, symlinks resolved, must lie under "
+                                   "POUNDCAM_ALLOWED_ROOTS (unset: the paths given); others "
+                                   "are skipped, each with its reason.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--db", default=None, help="database URL (default sqlite:///./poundcam.db)")
     p.add_argument("--out", default=None, help="heatmap folder (default ./poundcam-out)")
@@ -170,18 +175,6 @@ def _jobs(args) -> int:
     return 0
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given; folders walked recursively for image files, in sorted order."""
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)  # a missing file is reported as a failed item, not dropped
-    return out
-
-
 class Progress:
     """Per-image progress on stderr (tqdm): count, rate, ETA and failures. Log records are
     written above the bar while it runs (tqdm's logging redirect), not through it. Off a
@@ -216,14 +209,11 @@ def _analyze(args) -> int:
     from ..db.migrate import upgrade
     from ..model.weights import weights_for
     from ..settings import Settings
+    from ..storage import LocalStore, make_store
+    from .inputs import collect, default_roots
 
-    files = expand_paths(args.paths)
-    if not files:
-        print("poundcam analyze: no image files found", file=sys.stderr)
-        return 2
     out = Path(args.out or "poundcam-out").resolve()
-    roots = sorted({str((f.parent if not f.is_dir() else f).resolve()) for f in files})
-    overrides = {"local_root": str(out), "allowed_roots": tuple(roots)}
+    overrides: dict[str, Any] = {"local_root": str(out)}
     if args.db:
         overrides["database_url"] = args.db
     for field, value in (("weights", args.weights), ("device", args.device),
@@ -233,6 +223,18 @@ def _analyze(args) -> int:
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)
+    roots_from = "POUNDCAM_ALLOWED_ROOTS"
+    if not settings.allowed_roots:  # unset: the files and folders given
+        settings = settings.replace(allowed_roots=default_roots(args.paths, settings))
+        roots_from = "the paths given; set POUNDCAM_ALLOWED_ROOTS to allow others"
+    sources = make_store(settings)  # the embedded mode's: the same check as each read
+    assert isinstance(sources, LocalStore)  # local_root is set
+    roots = tuple(str(r) for r in sources.read_roots)
+    inputs = collect(args.paths, sources)
+    _report_skipped(inputs.skipped, roots, roots_from)
+    if not inputs.files:
+        print("poundcam analyze: no image files found", file=sys.stderr)
+        return 2
     # The weights first, before PyTorch is imported and before a database or a folder is
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
     weights = weights_for(settings)
@@ -247,10 +249,11 @@ def _analyze(args) -> int:
     upgrade(settings.database_url)
     ctx = make_context(settings, analyzer)
     with session_scope(ctx.sessions) as s:
-        job_id = create_job(s, [str(f.resolve()) if f.exists() else str(f) for f in files],
+        job_id = create_job(s, inputs.files,
                             {"mode": "embedded", "model_id": analyzer.model_id,
                              "cam_config_id": analyzer.cam_config_id,
-                             "heatmap_root": str(out), "image_roots": list(roots)})
+                             "heatmap_root": str(out),
+                             "image_roots": list(roots)})
         refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)
@@ -268,12 +271,27 @@ def _analyze(args) -> int:
         ctx.close()
     with session_scope(ctx.sessions) as s:
         rows = job_results(s, job_id)
+    skipped = [k.as_dict() for k in inputs.skipped]
     if args.json:
-        print(results_document(job_id, rows), end="")
+        print(results_document(job_id, rows, skipped=skipped), end="")
     else:
         print(format_results(rows, "table"), end="")
         done = sum(r["status"] == ItemState.DONE for r in rows)
         fake = sum(r.get("label") == Label.FAKE for r in rows)
         print(f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "
-              f"{len(rows) - done} failed; database {settings.database_url}, heatmaps in {out}")
-    return 0 if all(r["status"] == ItemState.DONE for r in rows) else 1
+              f"{len(rows) - done} failed, {len(skipped)} skipped; "
+              f"database {settings.database_url}, heatmaps in {out}")
+    return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
+
+
+def _report_skipped(skipped, roots: tuple[str, ...], roots_from: str) -> None:
+    """One line per skipped path on stderr (the first SKIPPED_SHOWN), then the allowed roots
+    if a path was outside them."""
+    for k in skipped[:SKIPPED_SHOWN]:
+        print(f"poundcam analyze: skipped ({k.code}) {k.reason}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"poundcam analyze: ... and {len(skipped) - SKIPPED_SHOWN} more skipped "
+              f"(--json lists them all)", file=sys.stderr)
+    if any(k.code == ErrorCode.URI_NOT_ALLOWED for k in skipped):
+        print(f"poundcam analyze: allowed roots: {', '.join(roots)} ({roots_from})",
+              file=sys.stderr)

@@ -346,7 +346,9 @@ class LocalStore(ObjectStore):
         except (OSError, RuntimeError) as exc:
             raise StorageError(ErrorCode.INVALID_URI, f"{uri!r}: {exc}") from exc
         if not any(path == r or path.is_relative_to(r) for r in self.read_roots):
-            raise StorageError(ErrorCode.URI_NOT_ALLOWED, f"{uri!r} is outside the allowed folders")
+            real = "" if str(path) == uri else f" (real path {path})"
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
+                               f"{uri!r}{real} is outside the allowed roots")
         return path
 
     def _own(self, key: str) -> Path:

@@ -3,6 +3,7 @@ user runs it, in a subprocess."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,11 +18,12 @@ pytestmark = pytest.mark.integration
 HEATMAPS = ("comparative",)  # one file per analysed image
 
 
-def analyze(*args: str, cwd: Path, weights: Path) -> subprocess.CompletedProcess:
+def analyze(*args: str, cwd: Path, weights: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POUNDCAM_")}
     return subprocess.run(poundcam_cmd() + ["analyze", *args, "--device", "cpu",
                                             "--weights", str(weights)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env={**env, **extra_env}, capture_output=True, text=True,
+                          timeout=300)
 
 
 def analyses(db_url: str) -> dict[str, int]:
@@ -80,3 +82,38 @@ def test_analyze_folder_exit_codes_summary_heatmaps_and_rerun(tmp_path, official
     assert f"{len(good)}/{len(good)} analysed" in rerun.stdout and "0 failed" in rerun.stdout
     assert analyses(db_url) == {sha: 1 for sha in shas}  # nothing new
     assert {p.relative_to(out) for p in out.rglob("*.png")} == written
+
+
+def test_analyze_reads_only_under_the_allowed_roots_links_alike(tmp_path, official_dir):
+    """A symlinked file and a symlinked folder are read when they point inside the allowed
+    roots and skipped, with their reason, when they point outside; with the roots set
+    (POUNDCAM_ALLOWED_ROOTS) or not (the paths given). Nothing outside is read."""
+    images = list(corpus.good_images(seed=5).values())[:3]
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    (outside / "d").mkdir(parents=True)
+    (allowed / "sub" / "in.png").write_bytes(images[0])
+    (outside / "o.png").write_bytes(images[1])
+    (outside / "d" / "od.png").write_bytes(images[2])
+    (allowed / "link-in.png").symlink_to(allowed / "sub" / "in.png")
+    (allowed / "dir-in").symlink_to(allowed / "sub")
+    (allowed / "link-out.png").symlink_to(outside / "o.png")
+    (allowed / "dir-out").symlink_to(outside / "d")
+    weights = official_dir / "last.ckpt"
+
+    for extra, roots_env in ((("outside/o.png",), {"POUNDCAM_ALLOWED_ROOTS": str(allowed)}),
+                             ((), {})):
+        db_url = f"sqlite:///{tmp_path / f'results{len(roots_env)}.db'}"
+        proc = analyze("allowed", *extra, "--json", "--db", db_url, "--out",
+                       str(tmp_path / "heatmaps"), cwd=tmp_path, weights=weights, **roots_env)
+        assert proc.returncode == 1, proc.stderr  # something was skipped
+        assert "Traceback" not in proc.stderr
+        doc = json.loads(proc.stdout)
+        assert [(r["uri"], r["status"]) for r in doc["results"]] == [
+            (str(allowed / "sub" / "in.png"), "done")]  # once, through three paths
+        assert {(k["path"], k["code"]) for k in doc["skipped"]} == {
+            ("allowed/dir-out", "uri_not_allowed"), ("allowed/link-out.png", "uri_not_allowed"),
+            *((p, "uri_not_allowed") for p in extra)}
+        for k in doc["skipped"]:
+            assert f"poundcam analyze: skipped (uri_not_allowed) {k['reason']}" in proc.stderr
+        assert analyses(db_url) == {hashlib.sha256(images[0]).hexdigest(): 1}
