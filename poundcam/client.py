@@ -76,6 +76,9 @@ class Client:
             ``database_url``, ``broker_url``, ``task_batch_size``, ``allowed_buckets`` and
             ``local_root`` from it.
 
+    Raises:
+        SettingsError: ``settings`` omitted and a ``POUNDCAM_*`` variable is invalid.
+
     The client is safe to keep for a process's lifetime; :meth:`close` (or leaving a
     ``with`` block) releases its connections.
     """

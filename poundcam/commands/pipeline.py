@@ -112,7 +112,8 @@ def _worker(args) -> int:
 def _read_uris(args) -> list[str]:
     uris = list(args.uris)
     if args.from_file:
-        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")
+        # closed by the with statement below (standard input too)
+        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")  # noqa: SIM115
         with fh:
             uris += [line.strip() for line in fh if line.strip() and not line.startswith("#")]
     return uris
