@@ -59,17 +59,22 @@ def default_roots(paths: Iterable[str], settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(roots))
 
 
-def collect(paths: Iterable[str], store: LocalStore) -> Inputs:
-    """The files to analyse and the paths skipped, checked by ``store`` (its read roots)."""
-    walk = _Walk(store)
+def collect(paths: Iterable[str], store: LocalStore, outputs: Iterable[Path] = ()) -> Inputs:
+    """The files to analyse and the paths skipped, checked by ``store`` (its read roots).
+
+    Folders in ``outputs`` (the command's own output folder) are not walked into, so a second
+    run over a folder that holds the first run's output does not analyse its heatmaps; named
+    on the command line they are walked as any other."""
+    walk = _Walk(store, {Path(p).resolve() for p in outputs})
     for raw in paths:
         walk.visit(raw, given=True)
     return walk.inputs
 
 
 class _Walk:
-    def __init__(self, store: LocalStore):
+    def __init__(self, store: LocalStore, outputs: set[Path]):
         self.store = store
+        self.outputs = outputs
         self.inputs = Inputs()
         self._files: set[str] = set()
         self._folders: set[Path] = set()
@@ -87,7 +92,8 @@ class _Walk:
             self._skip(Skipped(path, exc.code, str(exc)))
             return
         if os.path.isdir(real):
-            self._folder(path, real)
+            if given or real not in self.outputs:
+                self._folder(path, real)
         elif (given or Path(path).suffix.lower() in IMAGE_SUFFIXES) and str(real) not in self._files:
             # A missing file named on the command line is kept: it fails as an item (not_found).
             self._files.add(str(real))

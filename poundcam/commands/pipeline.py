@@ -231,7 +231,7 @@ def _analyze(args) -> int:
     sources = make_store(settings)  # the embedded mode's: the same check as each read
     assert isinstance(sources, LocalStore)  # local_root is set
     roots = tuple(str(r) for r in sources.read_roots)
-    inputs = collect(args.paths, sources)
+    inputs = collect(args.paths, sources, outputs=[out])
     _report_skipped(inputs.skipped, roots, roots_from)
     if not inputs.files:
         print("poundcam analyze: no image files found", file=sys.stderr)

@@ -154,3 +154,17 @@ def test_cli_lists_the_first_skipped_and_counts_the_rest(tree):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.splitlines()  # on to the weights, which are missing
     assert line.startswith("poundcam: error: ") and "no-weights.ckpt" in line
+
+
+def test_the_output_folder_is_not_walked_into_unless_named(tree):
+    """A second run over a folder that holds the first run's output does not analyse the
+    heatmaps written there; named on the command line, the folder is read as any other."""
+    allowed = tree / "allowed"
+    out = allowed / "poundcam-out"
+    out.mkdir()
+    (out / "heatmap.png").write_bytes(b"a heatmap")
+    walked = collect([str(allowed)], store(tree, allowed), outputs=[out])
+    assert not [f for f in walked.files if "poundcam-out" in f]
+    assert str((allowed / "a.jpg").resolve()) in walked.files
+    named = collect([str(out)], store(tree, allowed), outputs=[out])
+    assert named.files == [str((out / "heatmap.png").resolve())]
