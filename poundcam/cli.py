@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "poundcam.commands.review",
     "poundcam.commands.metrics",
     "poundcam.commands.render",
+    "poundcam.commands.explain",
 )
 
 USAGE_EXIT = 2

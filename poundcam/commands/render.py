@@ -73,6 +73,19 @@ class Renderer:
             store = self._local
         return store.get(uri, max_bytes=self.settings.max_image_bytes)
 
+    def source(self, record: dict[str, Any]) -> bytes:
+        """The bytes of the analysed image of a record of ``analyses_for_rendering``, read
+        from its submitted source.
+
+        Raises:
+            RenderError: no source recorded, or its bytes are not the analysed image any more.
+            poundcam.storage.StorageError: the source could not be read.
+        """
+        data = self._read(record["uri"])
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise RenderError("source_changed", f"{record['uri']}: not the analysed image any more")
+        return data
+
     def render(self, record: dict[str, Any], names=None) -> dict[str, bytes]:
         """The files of one record of ``analyses_for_rendering``.
 
@@ -89,11 +102,7 @@ class Renderer:
                               "this analysis was stored before the maps were kept")
         source = None
         if any(n not in MAP_ONLY for n in names):
-            data = self._read(record["uri"])
-            if hashlib.sha256(data).hexdigest() != record["sha256"]:
-                raise RenderError("source_changed",
-                                  f"{record['uri']}: not the analysed image any more")
-            source = source_view(data, DecodeLimits.from_settings(self.settings))
+            source = source_view(self.source(record), DecodeLimits.from_settings(self.settings))
         return render_maps(record["real_map"], record["fake_map"], source,
                            p_fake=record["p_fake"], names=names)
 

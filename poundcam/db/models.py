@@ -94,7 +94,7 @@ class Analysis(Base):
     real_map: Mapped[list[Any] | None] = mapped_column(MapType)
     fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
     # The deep maps (attention relevance), same form; NULL unless the image was chosen for
-    # them (POUNDCAM_DEEP_MAPS); migration 0005.
+    # them (POUNDCAM_DEEP_MAPS) or `poundcam explain` computed them; migration 0005.
     deep_real_map: Mapped[list[Any] | None] = mapped_column(MapType)
     deep_fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
 

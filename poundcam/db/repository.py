@@ -404,14 +404,16 @@ def job_results(session: Session, job_id: str, label: str | None = None,
 
 def analyses_for_rendering(session: Session, target: str) -> list[dict[str, Any]]:
     """What ``poundcam render`` draws from: for an analysis id or a job id, one record per
-    analysis (``analysis_id``, ``sha256``, ``p_fake``, ``real_map``, ``fake_map`` as float32
-    arrays or None, ``uri``: a source the image was submitted as), in job order for a job.
+    analysis (``analysis_id``, ``sha256``, ``p_fake``, ``model_id``, ``cam_config_id``,
+    ``real_map``, ``fake_map``, ``deep_real_map``, ``deep_fake_map`` as float32 arrays or None,
+    ``uri``: a source the image was submitted as), in job order for a job.
 
     Raises:
         JobNotFoundError: ``target`` is neither an analysis id nor a job id.
     """
     a, i = Analysis, JobItem
-    cols = (a.id, a.sha256, a.p_fake, a.real_map, a.fake_map, i.uri)
+    cols = (a.id, a.sha256, a.p_fake, a.model_id, a.cam_config_id, a.real_map, a.fake_map,
+            a.deep_real_map, a.deep_fake_map, i.uri)
     if target.isdigit():
         latest = (sa.select(sa.func.max(i.id)).where(i.analysis_id == int(target))
                   .scalar_subquery())
@@ -428,8 +430,30 @@ def analyses_for_rendering(session: Session, target: str) -> list[dict[str, Any]
             continue
         seen.add(r.id)
         rows.append({"analysis_id": r.id, "sha256": r.sha256, "p_fake": r.p_fake,
+                     "model_id": r.model_id, "cam_config_id": r.cam_config_id,
                      "real_map": stored_map(r.real_map), "fake_map": stored_map(r.fake_map),
-                     "uri": r.uri})
+                     "deep_real_map": stored_map(r.deep_real_map),
+                     "deep_fake_map": stored_map(r.deep_fake_map), "uri": r.uri})
     if not rows and target.isdigit():
         raise JobNotFoundError(f"no analysis or job {target!r}")
     return rows
+
+
+def store_deep_maps(session: Session, analysis_id: int, real: Any, fake: Any) -> None:
+    """Store the deep maps of an analysis computed after it (``poundcam explain``), replacing
+    any stored before; each a finite square grid of the size of its fast maps.
+
+    Raises:
+        JobNotFoundError: no analysis has this id.
+        ValueError: a map is not a finite square grid of the fast maps' size.
+    """
+    row = session.get(Analysis, int(analysis_id))
+    if row is None:
+        raise JobNotFoundError(f"no analysis {analysis_id!r}")
+    dialect = session.get_bind().dialect.name
+    values = {"deep_real_map": _map_value(real, dialect), "deep_fake_map": _map_value(fake, dialect)}
+    fast = stored_map(row.real_map)
+    if fast is not None and any(len(v) != fast.shape[0] for v in values.values()):
+        raise ValueError(f"the deep maps' grid differs from the fast maps' ({fast.shape[0]})")
+    t = _ANALYSES
+    session.execute(sa.update(t).where(t.c.id == int(analysis_id)).values(**values))
