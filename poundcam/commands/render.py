@@ -14,6 +14,10 @@ from typing import Any
 
 from ..errors import PoundcamError
 
+DEEP_PREFIX = "deep_"
+# The deep maps' crop overlays, drawn for the report where an analysis has deep maps.
+DEEP_RENDERINGS = ("deep_real_overlay", "deep_fake_overlay")
+
 
 class RenderError(PoundcamError):
     """One analysis could not be drawn; ``code`` says why (stable, documented)."""
@@ -87,21 +91,39 @@ class Renderer:
         return data
 
     def render(self, record: dict[str, Any], names=None) -> dict[str, bytes]:
-        """The files of one record of ``analyses_for_rendering``.
+        """The files of one record of ``analyses_for_rendering``; ``names`` may also ask for
+        the deep maps' crop overlays (DEEP_RENDERINGS), drawn on the same source.
 
         Raises:
-            RenderError: no maps stored, or the source is unreadable or changed.
+            RenderError: no maps (or no deep maps) stored, or the source is unreadable or
+                changed.
             poundcam.storage.StorageError: the source could not be read.
         """
-        from ..cam.ondemand import MAP_ONLY, RENDERINGS, render_maps, source_view
+        from ..cam.ondemand import RENDERINGS, render_maps, source_view
         from ..preprocess.decode import DecodeLimits
 
         names = RENDERINGS if names is None else names
+        deep = [n for n in names if n in DEEP_RENDERINGS]
+        if not deep:
+            return self._render_fast(record, names)
+        if record.get("deep_real_map") is None or record.get("deep_fake_map") is None:
+            raise RenderError("maps_not_stored", "no deep maps are stored for this analysis "
+                                                 "(poundcam explain computes them)")
+        source = source_view(self.source(record), DecodeLimits.from_settings(self.settings))
+        out = self._render_fast(record, [n for n in names if n not in DEEP_RENDERINGS], source)
+        drawn = render_maps(record["deep_real_map"], record["deep_fake_map"], source,
+                            names=("real_overlay", "fake_overlay"))
+        out.update({n: drawn[n[len(DEEP_PREFIX):]] for n in deep})
+        return out
+
+    def _render_fast(self, record: dict[str, Any], names, source=None) -> dict[str, bytes]:
+        from ..cam.ondemand import MAP_ONLY, render_maps, source_view
+        from ..preprocess.decode import DecodeLimits
+
         if record["real_map"] is None or record["fake_map"] is None:
             raise RenderError("maps_not_stored",
                               "this analysis was stored before the maps were kept")
-        source = None
-        if any(n not in MAP_ONLY for n in names):
+        if source is None and any(n not in MAP_ONLY for n in names):
             source = source_view(self.source(record), DecodeLimits.from_settings(self.settings))
         return render_maps(record["real_map"], record["fake_map"], source,
                            p_fake=record["p_fake"], names=names)
@@ -183,10 +205,15 @@ class RenderedPanels:
         for r in rows:
             keys = dict(r.get("heatmap_keys") or {})
             if r.get("analysis_id") in self.records:
-                for name in self.names:
+                for name in self._names(r["analysis_id"]):
                     keys.setdefault(name, f"{RENDERED}{r['analysis_id']}/{name}")
             out.append({**r, "heatmap_keys": keys})
         return out
+
+    def _names(self, analysis_id: int) -> tuple[str, ...]:
+        """What is drawn for an analysis: ``names``, and its deep overlays where it has deep maps."""
+        has_deep = self.records[analysis_id].get("deep_real_map") is not None
+        return self.names + DEEP_RENDERINGS if has_deep else self.names
 
     def fetch(self, key: str) -> bytes:
         if not key.startswith(RENDERED):
@@ -198,8 +225,8 @@ class RenderedPanels:
         with self._locks[analysis_id]:
             if analysis_id not in self._drawn:
                 try:
-                    self._drawn[analysis_id] = self._renderer.render(self.records[analysis_id],
-                                                                     self.names)
+                    self._drawn[analysis_id] = self._renderer.render(
+                        self.records[analysis_id], self._names(analysis_id))
                 except Exception as exc:  # noqa: BLE001 - shown where the picture would be
                     self._drawn[analysis_id] = exc
         drawn = self._drawn[analysis_id]

@@ -30,7 +30,7 @@ from markupsafe import Markup
 
 from ..cam.colormap import css_gradient
 from ..constants import ItemState, Label
-from .data import PANELS, report_items
+from .data import DEEP_PANELS, PANELS, report_items
 from .images import EmbeddedImages, LinkedImages, Picture
 
 
@@ -151,5 +151,5 @@ def build_report(rows: Iterable[Mapping[str, Any]],
     script = page_script()
     summary = json.dumps({**counts, "job_id": job_id, "pictures_unavailable": unavailable})
     return _environment().get_template("report.html.j2").render(
-        title=title, meta=meta, items=items, panels=PANELS, csp=_csp(items, script),
+        title=title, meta=meta, items=items, panels=PANELS, deep_panels=DEEP_PANELS, csp=_csp(items, script),
         script=Markup(script), summary=summary, sort=sort, ramp=css_gradient())

@@ -25,6 +25,10 @@ PANELS = (("original", "original"),
           ("fake_map", "fake map"),
           ("real_map", "real map"))
 HEATMAP_PANELS = ("fake_overlay", "real_overlay")
+# The deep maps' overlays (attention relevance, docs/cam.md), shown for the items that have
+# them (POUNDCAM_DEEP_MAPS, `poundcam explain`): both on one scale of their own.
+DEEP_PANELS = (("deep_fake_overlay", "deep fake evidence"),
+               ("deep_real_overlay", "deep real evidence"))
 SORTS = ("position", "p_fake", "fake_share")  # p_fake and fake_share: highest first
 
 
@@ -67,7 +71,8 @@ def select_rows(rows: Iterable[Mapping], label: str | None = None,
 
 def item_images(row: Mapping, source) -> dict[str, Picture | Unavailable]:
     """The pictures of one item, by panel name: its original from its URI, its evidence maps
-    from the heatmaps stored under its keys (``source`` is an EmbeddedImages or LinkedImages).
+    (and its deep maps' overlays, where it has a key for them) from the heatmaps stored under
+    its keys (``source`` is an EmbeddedImages or LinkedImages).
     An item not analysed has none. Any failure is an Unavailable with its reason, never
     another picture."""
     if row.get("status") != ItemState.DONE:
@@ -87,6 +92,10 @@ def item_images(row: Mapping, source) -> dict[str, Picture | Unavailable]:
     else:
         out.update(dict.fromkeys(("real_map", "fake_map"),
                                  Unavailable("no raw maps recorded", "not_recorded")))
+    for name, _ in DEEP_PANELS:  # only where the item has deep maps
+        key = keys.get(name)
+        if isinstance(key, str):
+            out[name] = _safely(source.heatmap, key)
     return out
 
 

@@ -112,3 +112,25 @@ def test_unknown_target_and_another_model(analysed, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("analysis")]
     assert len(err) == 1 and err[0].startswith(f"analysis {first}: error: model_mismatch: "
                                                f"analysed by model {rows[first]['model_id']}")
+
+
+def test_the_report_shows_the_deep_maps_once_explained(analysed, tmp_path, capsys):
+    import re
+
+    page = tmp_path / "report.html"
+    common = ["--db", analysed["db"], "--out", str(page)]
+    assert main(["report", analysed["job"], *common]) == 0
+    assert 'data-panel="deep_fake_overlay"' not in page.read_text()
+
+    rows = _rows(analysed["db"])
+    first = min(rows)
+    assert main(["explain", str(first), "--db", analysed["db"], "--weights", analysed["ckpt"],
+                 "--device", "cpu"]) == 0
+    assert main(["report", analysed["job"], *common]) == 0
+    html = page.read_text()
+    # one item has them: both deep overlays drawn (embedded pictures), the others none
+    for name in ("deep_fake_overlay", "deep_real_overlay"):
+        thumbs = re.findall(rf'<img class="thumb" data-panel="{name}" data-src="([^"]+)"', html)
+        assert len(thumbs) == 1 and thumbs[0].startswith("data:image/")
+    assert 'class="missing"' not in html
+    capsys.readouterr()
