@@ -9,7 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..constants import LABELS, CamMethod, CamTarget, CompileMode, Device, ErrorCode, ItemState, Label, values
+from ..constants import (
+    LABELS,
+    CamMethod,
+    CamTarget,
+    CompileMode,
+    DeepMaps,
+    Device,
+    ErrorCode,
+    ItemState,
+    Label,
+    values,
+)
 from .common import add_db_option, client_for
 from .output import format_results, results_document, table
 
@@ -85,6 +96,9 @@ def register(sub) -> None:
                    help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)")
     p.add_argument("--compile", choices=values(CompileMode), default=None,
                    help="torch.compile the CAM's no-autograd part (default POUNDCAM_COMPILE or off)")
+    p.add_argument("--deep-maps", choices=values(DeepMaps), default=None,
+                   help="which images also get the deep (relevance) maps: none, flagged (labelled "
+                        "fake) or all (default POUNDCAM_DEEP_MAPS or none)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
 
@@ -220,7 +234,7 @@ def _analyze(args) -> int:
     for field, value in (("weights", args.weights), ("device", args.device),
                          ("batch_size", args.batch_size), ("threshold", args.threshold),
                          ("cam_target", args.target), ("cam_method", args.method),
-                         ("compile", args.compile)):
+                         ("compile", args.compile), ("deep_maps", args.deep_maps)):
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)

@@ -189,3 +189,41 @@ def test_the_pipeline_stores_them_beside_the_fast_maps(tmp_path, db_url, model, 
         finally:
             ctx.close()
             sessions.kw["bind"].dispose()
+
+
+def test_analyze_command_idempotent_per_deep_setting(tmp_path, official_dir, capsys):
+    """`poundcam analyze --deep-maps`: its analyses are rows of their own configuration, reused
+    by a second run with the same setting; the default run neither reuses nor changes them."""
+    import json
+
+    from poundcam.cli import main
+    from poundcam.db import Analysis, make_session_factory
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for key, data in [(f"img{i}", _image(10 + i)) for i in range(2)]:
+        (images / f"{key}.png").write_bytes(data)
+    db = f"sqlite:///{tmp_path / 'poundcam.db'}"
+    base = ["analyze", str(images), "--db", db, "--out", str(tmp_path / "out"), "--device", "cpu",
+            "--weights", str(official_dir / "last.ckpt"), "--json"]
+
+    def rows():
+        sessions = make_session_factory(db)
+        try:
+            with sessions() as s:
+                return {(a.id, a.cam_config_id, a.deep_real_map is not None)
+                        for a in s.execute(sa.select(Analysis)).scalars()}
+        finally:
+            sessions.kw["bind"].dispose()
+
+    assert main([*base, "--deep-maps", "flagged", "--threshold", "0"]) == 0
+    capsys.readouterr()
+    deep = rows()
+    assert len(deep) == 2 and all(c.endswith(".deep-flagged") and has for _, c, has in deep)
+    assert main([*base, "--deep-maps", "flagged", "--threshold", "0"]) == 0  # reused
+    assert json.loads(capsys.readouterr().out)["results"][0]["status"] == "done"
+    assert rows() == deep
+    assert main(base) == 0  # the default configuration: rows of its own, without deep maps
+    capsys.readouterr()
+    fast = rows() - deep
+    assert len(fast) == 2 and all(".deep-" not in c and not has for _, c, has in fast)
