@@ -553,7 +553,8 @@ class Analyzer:
         if self.options.deep_maps == DeepMaps.NONE:
             return []
         skip = set(invalid)
-        flagged = (probs[:, 1] >= self.options.threshold).tolist()
+        # compared as the label is (_make_result): the float32 value against the threshold
+        flagged = [p >= self.options.threshold for p in probs[:, 1].tolist()]
         return [r for r in range(probs.shape[0]) if r not in skip
                 and (self.options.deep_maps == DeepMaps.ALL or flagged[r])]
 
