@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from poundcam.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = "/tmp/poundcam-ready"
 HEARTBEAT = "/tmp/poundcam-heartbeat"
@@ -147,8 +149,9 @@ def test_readiness_follows_the_warm_up_marker(worker_container, dockerfile, comp
     health = [args for word, args in dockerfile if word == "HEALTHCHECK"]
     assert health and READY_MARKER in health[-1]
     assert READY_MARKER in " ".join(compose_config["services"]["worker"]["healthcheck"]["test"])
-    assert f'"{READY_MARKER}"' in (ROOT / "workers" / "runtime.py").read_text(), \
-        "the worker writes the marker the probes read"
+    # the worker writes the marker the probes read: the ready-file setting's default
+    assert Settings.from_env({}).ready_file == READY_MARKER
+    assert "settings().ready_file" in (ROOT / "workers" / "runtime.py").read_text()
     tmp = [m for m in worker_container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert tmp, "/tmp is writable under a read-only root filesystem"
 
