@@ -18,6 +18,7 @@ compilation happens in the warm-up, outside the timed rounds). --no-library leav
 pytorch-grad-cam (slow at ViT-L/14 shapes on a CPU); --only ROW,ROW measures just those rows
 beside the forward.
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,16 +41,24 @@ def main() -> None:
 
     from poundcam import ComparativeCAM
 
-    args = common.parse_args(__doc__.splitlines()[0], default_batch_cpu=4,
-                             extra=[("--compile", dict(action="store_true",
-                                                       help="also ComparativeCAM(compile=True)")),
-                                    ("--relevance", dict(action="store_true",
-                                                         help="also ComparativeCAM(method='relevance')")),
-                                    ("--no-library", dict(action="store_true",
-                                                          help="leave out pytorch-grad-cam")),
-                                    ("--only", dict(default=None, help="comma-separated rows to "
-                                                    "measure besides the forward, e.g. "
-                                                    "relevance_contrastive,cam_contrastive"))])
+    args = common.parse_args(
+        __doc__.splitlines()[0],
+        default_batch_cpu=4,
+        extra=[
+            ("--compile", dict(action="store_true", help="also ComparativeCAM(compile=True)")),
+            ("--relevance", dict(action="store_true", help="also ComparativeCAM(method='relevance')")),
+            ("--no-library", dict(action="store_true", help="leave out pytorch-grad-cam")),
+            (
+                "--only",
+                dict(
+                    default=None,
+                    help="comma-separated rows to "
+                    "measure besides the forward, e.g. "
+                    "relevance_contrastive,cam_contrastive",
+                ),
+            ),
+        ],
+    )
     device = args.device
     model = common.random_poundnet(args.size, device)
     cfg = model.config
@@ -93,8 +102,10 @@ def main() -> None:
         methods["relevance_contrastive"] = lambda: relevance["contrastive"].attribute(x)
         methods["relevance_logit"] = lambda: relevance["logit"].attribute(x)
     if args.compile:
-        compiled = {t: ComparativeCAM(model, target=t, method="gradcam", compile=True)
-                    for t in ("contrastive", "logit")}
+        compiled = {
+            t: ComparativeCAM(model, target=t, method="gradcam", compile=True)
+            for t in ("contrastive", "logit")
+        }
         methods["cam_contrastive_compiled"] = lambda: compiled["contrastive"].attribute(x)
         methods["cam_logit_compiled"] = lambda: compiled["logit"].attribute(x)
     if not args.no_library:
@@ -111,43 +122,78 @@ def main() -> None:
     secs = common.time_side_by_side(methods, device, args.iters, args.warmup)
     ips = {k: args.batch / v for k, v in secs.items()}
     fwd_mem = max(memory["forward"][0], 1)
-    rows = [["method", "images/s", "x forward", "cost x forward", "x grad-cam", "peak MiB (above base)",
-             "x fwd mem", "peak MiB total"]]
+    rows = [
+        [
+            "method",
+            "images/s",
+            "x forward",
+            "cost x forward",
+            "x grad-cam",
+            "peak MiB (above base)",
+            "x fwd mem",
+            "peak MiB total",
+        ]
+    ]
     ratios = {}
     library = ips.get("pytorch_grad_cam")
     for k in methods:
-        r = {"vs_forward": ips[k] / ips["forward"], "cost_vs_forward": ips["forward"] / ips[k],
-             "vs_pytorch_grad_cam": ips[k] / library if library else None,
-             "memory_vs_forward": memory[k][0] / fwd_mem}
+        r = {
+            "vs_forward": ips[k] / ips["forward"],
+            "cost_vs_forward": ips["forward"] / ips[k],
+            "vs_pytorch_grad_cam": ips[k] / library if library else None,
+            "memory_vs_forward": memory[k][0] / fwd_mem,
+        }
         ratios[k] = r
         vs_library = f"{r['vs_pytorch_grad_cam']:.2f}" if library else "-"
-        rows.append([k, f"{ips[k]:.2f}", f"{r['vs_forward']:.3f}", f"{r['cost_vs_forward']:.2f}", vs_library,
-                     f"{memory[k][0] / 2**20:.0f}", f"{r['memory_vs_forward']:.2f}",
-                     f"{memory[k][1] / 2**20:.0f}"])
+        rows.append(
+            [
+                k,
+                f"{ips[k]:.2f}",
+                f"{r['vs_forward']:.3f}",
+                f"{r['cost_vs_forward']:.2f}",
+                vs_library,
+                f"{memory[k][0] / 2**20:.0f}",
+                f"{r['memory_vs_forward']:.2f}",
+                f"{memory[k][1] / 2**20:.0f}",
+            ]
+        )
     checks = {}
     for k in (k for k in methods if k.startswith("cam_")):
-        checks[k] = {"speed_vs_forward": ratios[k]["vs_forward"] >= SPEED_VS_FORWARD,
-                     "memory_vs_forward": ratios[k]["memory_vs_forward"] <= MEMORY_VS_FORWARD}
+        checks[k] = {
+            "speed_vs_forward": ratios[k]["vs_forward"] >= SPEED_VS_FORWARD,
+            "memory_vs_forward": ratios[k]["memory_vs_forward"] <= MEMORY_VS_FORWARD,
+        }
         if library:
             checks[k]["speed_vs_pytorch_grad_cam"] = ratios[k]["vs_pytorch_grad_cam"] >= SPEED_VS_LIBRARY
     for k in (k for k in methods if k.startswith("relevance_")):
         checks[k] = {"cost_vs_forward": ratios[k]["cost_vs_forward"] < RELEVANCE_COST_VS_FORWARD}
     payload = {
-        "benchmark": "cam_bench", "device": device.type, "device_name": common.device_name(device),
-        "size": args.size, "batch": args.batch, "iters": args.iters, "compile": args.compile,
+        "benchmark": "cam_bench",
+        "device": device.type,
+        "device_name": common.device_name(device),
+        "size": args.size,
+        "batch": args.batch,
+        "iters": args.iters,
+        "compile": args.compile,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "memory_measure": common.memory_method(device),
-        "images_per_s": ips, "seconds_per_batch": secs,
+        "images_per_s": ips,
+        "seconds_per_batch": secs,
         "peak_memory_bytes": {k: {"above_base": v[0], "total": v[1]} for k, v in memory.items()},
         "ratios": ratios,
-        "targets": {"speed_vs_forward": SPEED_VS_FORWARD, "speed_vs_pytorch_grad_cam": SPEED_VS_LIBRARY,
-                    "memory_vs_forward": MEMORY_VS_FORWARD,
-                    "relevance_cost_vs_forward": RELEVANCE_COST_VS_FORWARD},
+        "targets": {
+            "speed_vs_forward": SPEED_VS_FORWARD,
+            "speed_vs_pytorch_grad_cam": SPEED_VS_LIBRARY,
+            "memory_vs_forward": MEMORY_VS_FORWARD,
+            "relevance_cost_vs_forward": RELEVANCE_COST_VS_FORWARD,
+        },
         "meets_targets": checks,
     }
     path = common.write_result("cam_bench", payload)
-    print(f"{args.size} on {payload['device_name']}, batch {args.batch}, {payload['precision']}; "
-          f"memory: {payload['memory_measure']}")
+    print(
+        f"{args.size} on {payload['device_name']}, batch {args.batch}, {payload['precision']}; "
+        f"memory: {payload['memory_measure']}"
+    )
     print(common.table(rows))
     for k, c in checks.items():
         print(f"{k}: " + ", ".join(f"{n} {'OK' if ok else 'BELOW TARGET'}" for n, ok in c.items()))

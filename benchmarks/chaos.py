@@ -19,6 +19,7 @@ are printed; exit code 0 when every check holds.
 
 It reuses pipeline_load.py's corpus and servers and local_servers.py's proxy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,9 @@ def chaos_corpus(n: int, n_thin: int) -> list[tuple[str, bytes, str | None]]:
     corpus = make_corpus(n - n_thin, bad_fraction=0.05, side=64)
     for k in range(n_thin):
         w, h = THIN_SIZES[k % len(THIN_SIZES)]
-        corpus.insert(k * len(corpus) // n_thin, (f"thin/{k:03d}-{w}x{h}.png",
-                                                  thin_image(w, h, 7_000 + k), "any"))
+        corpus.insert(
+            k * len(corpus) // n_thin, (f"thin/{k:03d}-{w}x{h}.png", thin_image(w, h, 7_000 + k), "any")
+        )
     return corpus
 
 
@@ -83,17 +85,24 @@ class Run:
 
         self.args, self.work = args, work
         self.proxy = TcpProxy(int(s3_url.rsplit(":", 1)[1]))
-        self.settings = Settings.from_env({}, database_url=db_url, broker_url=broker,
-                                          task_batch_size=args.task_batch_size)
+        self.settings = Settings.from_env(
+            {}, database_url=db_url, broker_url=broker, task_batch_size=args.task_batch_size
+        )
         self.sessions = make_session_factory(db_url)
-        self.env = {"POUNDCAM_BROKER_URL": broker, "POUNDCAM_DATABASE_URL": db_url,
-                    "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.proxy.port}",
-                    "POUNDCAM_HEATMAP_BUCKET": HEAT, "POUNDCAM_ALLOWED_BUCKETS": BUCKET,
-                    "POUNDCAM_WEIGHTS": args.weights, "POUNDCAM_DEVICE": "cpu",
-                    "POUNDCAM_BATCH_SIZE": "16",
-                    "POUNDCAM_VISIBILITY_TIMEOUT_S": str(args.visibility_timeout),
-                    "POUNDCAM_SWEEP_INTERVAL_S": str(args.visibility_timeout),
-                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.env = {
+            "POUNDCAM_BROKER_URL": broker,
+            "POUNDCAM_DATABASE_URL": db_url,
+            "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.proxy.port}",
+            "POUNDCAM_HEATMAP_BUCKET": HEAT,
+            "POUNDCAM_ALLOWED_BUCKETS": BUCKET,
+            "POUNDCAM_WEIGHTS": args.weights,
+            "POUNDCAM_DEVICE": "cpu",
+            "POUNDCAM_BATCH_SIZE": "16",
+            "POUNDCAM_VISIBILITY_TIMEOUT_S": str(args.visibility_timeout),
+            "POUNDCAM_SWEEP_INTERVAL_S": str(args.visibility_timeout),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         self.workers: list[Worker] = []
         self.t0 = time.monotonic()
         self.events: list[tuple[float, str]] = []
@@ -118,7 +127,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while True:
             st = self.status(job_id)
-            if (st["finished"] if done_at_least is None else st["done"] >= done_at_least):
+            if st["finished"] if done_at_least is None else st["done"] >= done_at_least:
                 return st
             if time.monotonic() > deadline:
                 raise RuntimeError(f"job {job_id}: not there after {timeout:.0f}s: {st}")
@@ -132,8 +141,7 @@ def forge(run: Run, job_id: str, victim_refs: list[dict], own_refs: list[dict]) 
     app = make_producer(run.settings)
     forged = 0
     for k, victim in enumerate(victim_refs):
-        items = [(victim["item_id"], own_refs[k % len(own_refs)]["uri"]),
-                 (10**12 + k, own_refs[0]["uri"])]
+        items = [(victim["item_id"], own_refs[k % len(own_refs)]["uri"]), (10**12 + k, own_refs[0]["uri"])]
         app.send_task(TASK_NAME, kwargs={"message": make_message(job_id, items)}, queue=QUEUE)
         forged += 1
     return forged
@@ -150,31 +158,48 @@ def account(run: Run, corpus, uris, job_id: str, victim: str) -> dict:
     wrong = []
     for r in rows:
         want = expected[r["uri"]]
-        ok = ((r["status"] == "done" and r["error_code"] is None) if want is None
-              else (r["status"] in ("done", "failed") and (r["status"] == "done")
-                    == (r["error_code"] is None)) if want == "any"
-              else (r["status"], r["error_code"]) == ("failed", want))
+        ok = (
+            (r["status"] == "done" and r["error_code"] is None)
+            if want is None
+            else (r["status"] in ("done", "failed") and (r["status"] == "done") == (r["error_code"] is None))
+            if want == "any"
+            else (r["status"], r["error_code"]) == ("failed", want)
+        )
         if not ok:
-            wrong.append({"uri": r["uri"], "expected": want, "status": r["status"],
-                          "error_code": r["error_code"]})
+            wrong.append(
+                {"uri": r["uri"], "expected": want, "status": r["status"], "error_code": r["error_code"]}
+            )
     with session_scope(run.sessions) as s:
-        per_sha = dict(s.execute(sa.select(Analysis.sha256, sa.func.count())
-                                 .group_by(Analysis.sha256)).all())
+        per_sha = dict(s.execute(sa.select(Analysis.sha256, sa.func.count()).group_by(Analysis.sha256)).all())
     duplicates = {sha: n for sha, n in per_sha.items() if n != 1}
     good = {hashlib.sha256(d).hexdigest() for _, d, c in corpus if c is None}
     codes = collections.Counter(r["error_code"] for r in rows if r["error_code"])
-    thin = {r["uri"].rsplit("/", 1)[1]: r["status"] + (f" ({r['error_code']})"
-                                                      if r["error_code"] else "")
-            for r in rows if expected[r["uri"]] == "any"}
+    thin = {
+        r["uri"].rsplit("/", 1)[1]: r["status"] + (f" ({r['error_code']})" if r["error_code"] else "")
+        for r in rows
+        if expected[r["uri"]] == "any"
+    }
     victim_status = run.status(victim)
-    return {"items": len(rows), "done": sum(r["status"] == "done" for r in rows),
-            "failed": sum(r["status"] == "failed" for r in rows), "failed_by_code": dict(codes),
-            "thin": thin, "n_wrong": len(wrong), "wrong": wrong[:20],
-            "analyses": sum(per_sha.values()), "duplicates": duplicates,
-            "missing_analyses": len(good - set(per_sha)), "victim_job": victim_status,
-            "ok": (len(rows) == len(uris) and not wrong and not duplicates
-                   and not good - set(per_sha)
-                   and victim_status["queued"] == victim_status["total"])}
+    return {
+        "items": len(rows),
+        "done": sum(r["status"] == "done" for r in rows),
+        "failed": sum(r["status"] == "failed" for r in rows),
+        "failed_by_code": dict(codes),
+        "thin": thin,
+        "n_wrong": len(wrong),
+        "wrong": wrong[:20],
+        "analyses": sum(per_sha.values()),
+        "duplicates": duplicates,
+        "missing_analyses": len(good - set(per_sha)),
+        "victim_job": victim_status,
+        "ok": (
+            len(rows) == len(uris)
+            and not wrong
+            and not duplicates
+            and not good - set(per_sha)
+            and victim_status["queued"] == victim_status["total"]
+        ),
+    }
 
 
 def metric_total(text: str, name: str) -> dict[str, float]:
@@ -215,10 +240,12 @@ def scenario(run: Run, corpus, uris: list[str], poison: dict) -> dict:
     with session_scope(run.sessions) as s:
         own_refs = item_refs(s, job_id)
     n_forged = forge(run, job_id, victim_refs, own_refs)
-    for raw, _ in entries[len(entries) // 2:]:
+    for raw, _ in entries[len(entries) // 2 :]:
         r.lpush("poundcam", raw)
-    run.note(f"job {job_id}: {len(uris)} items submitted, {len(entries)} poison entries and "
-             f"{n_forged} forged messages queued")
+    run.note(
+        f"job {job_id}: {len(uris)} items submitted, {len(entries)} poison entries and "
+        f"{n_forged} forged messages queued"
+    )
 
     run.wait(job_id, len(uris) // 4, run.args.timeout)
     run.proxy.cut()
@@ -237,8 +264,14 @@ def scenario(run: Run, corpus, uris: list[str], poison: dict) -> dict:
     st = run.wait(job_id, None, run.args.timeout)
     seconds = time.monotonic() - t_submit
     run.note(f"job finished: {st['done']} done, {st['failed']} failed in {seconds:.0f}s")
-    return {"job_id": job_id, "victim": victim, "seconds": seconds, "forged_messages": n_forged,
-            "killed": killed, "s3_refused": run.proxy.refused}
+    return {
+        "job_id": job_id,
+        "victim": victim,
+        "seconds": seconds,
+        "forged_messages": n_forged,
+        "killed": killed,
+        "s3_refused": run.proxy.refused,
+    }
 
 
 def main(argv=None) -> int:
@@ -247,14 +280,20 @@ def main(argv=None) -> int:
     ap.add_argument("--thin", type=int, default=8, help="thin images among them")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--task-batch-size", type=int, default=16)
-    ap.add_argument("--visibility-timeout", type=int, default=30,
-                    help="POUNDCAM_VISIBILITY_TIMEOUT_S (and the sweep interval) of the workers")
+    ap.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=30,
+        help="POUNDCAM_VISIBILITY_TIMEOUT_S (and the sweep interval) of the workers",
+    )
     ap.add_argument("--cut-s", type=float, default=15.0, help="how long S3 is cut")
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--redis", default="redis://127.0.0.1:6379")
     ap.add_argument("--redis-db", type=int, default=None)
-    ap.add_argument("--pg-admin", default=os.environ.get(
-        "POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument(
+        "--pg-admin",
+        default=os.environ.get("POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -266,13 +305,20 @@ def main(argv=None) -> int:
 
     corpus = chaos_corpus(args.n, args.thin)
     poison = poison_entries()
-    report: dict = {"benchmark": "chaos", "n": args.n, "thin": args.thin,
-                    "workers": args.workers, "poison_entries": len(poison),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    with tempfile.TemporaryDirectory(prefix="poundcam-chaos-") as tmp, \
-            moto_server(Path(tmp)) as (s3_url, _), \
-            fresh_database(args.pg_admin, "poundcam_chaos_") as db_url, \
-            redis_database(args.redis, args.redis_db) as broker:
+    report: dict = {
+        "benchmark": "chaos",
+        "n": args.n,
+        "thin": args.thin,
+        "workers": args.workers,
+        "poison_entries": len(poison),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="poundcam-chaos-") as tmp,
+        moto_server(Path(tmp)) as (s3_url, _),
+        fresh_database(args.pg_admin, "poundcam_chaos_") as db_url,
+        redis_database(args.redis, args.redis_db) as broker,
+    ):
         s3 = make_s3_client(endpoint_url=s3_url)
         s3.create_bucket(Bucket=BUCKET)
         s3.create_bucket(Bucket=HEAT)
@@ -291,25 +337,36 @@ def main(argv=None) -> int:
             report["killed"] = {"name": killed.name, "returncode": killed.proc.returncode}
             metrics = [worker_metrics(w) for w in survivors]
             report["metrics"] = {
-                name: dict(sum((collections.Counter(metric_total(m, name)) for m in metrics),
-                               collections.Counter()))
-                for name in ("poundcam_dead_letters_total", "poundcam_unbacked_items_total",
-                             "poundcam_swept_items_total")}
+                name: dict(
+                    sum((collections.Counter(metric_total(m, name)) for m in metrics), collections.Counter())
+                )
+                for name in (
+                    "poundcam_dead_letters_total",
+                    "poundcam_unbacked_items_total",
+                    "poundcam_swept_items_total",
+                )
+            }
             import redis
 
             dead = deadletters.entries(redis.Redis.from_url(broker))
             report["dead_letters"] = dict(collections.Counter(d["reason"] for d in dead))
             want = dict(collections.Counter(reason for _, reason in poison.values()))
-            report.update(happened, events=run.events,
-                          images_per_s=len(uris) / happened["seconds"],
-                          accounting=account(run, corpus, uris, happened["job_id"],
-                                             happened["victim"]))
+            report.update(
+                happened,
+                events=run.events,
+                images_per_s=len(uris) / happened["seconds"],
+                accounting=account(run, corpus, uris, happened["job_id"], happened["victim"]),
+            )
             report["retries_logged"] = sum(
-                w.log_path.read_text(errors="replace").count("retrying") for w in run.workers)
-            report["ok"] = (report["accounting"]["ok"] and report["dead_letters"] == want
-                            and all(report["workers_alive"].values())
-                            and killed.proc.returncode == -signal.SIGKILL
-                            and happened["s3_refused"] > 0)  # the cut was felt
+                w.log_path.read_text(errors="replace").count("retrying") for w in run.workers
+            )
+            report["ok"] = (
+                report["accounting"]["ok"]
+                and report["dead_letters"] == want
+                and all(report["workers_alive"].values())
+                and killed.proc.returncode == -signal.SIGKILL
+                and happened["s3_refused"] > 0
+            )  # the cut was felt
         finally:
             for w in run.workers:
                 w.stop()
@@ -325,16 +382,21 @@ def main(argv=None) -> int:
     path = out / f"chaos-n{args.n}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     acc = report["accounting"]
-    print(f"\nitems {acc['items']}: {acc['done']} done, {acc['failed']} failed "
-          f"{acc['failed_by_code']}; wrong outcomes {acc['n_wrong']}; duplicate analyses "
-          f"{len(acc['duplicates'])}; other job {acc['victim_job']['queued']}/"
-          f"{acc['victim_job']['total']} still queued")
+    print(
+        f"\nitems {acc['items']}: {acc['done']} done, {acc['failed']} failed "
+        f"{acc['failed_by_code']}; wrong outcomes {acc['n_wrong']}; duplicate analyses "
+        f"{len(acc['duplicates'])}; other job {acc['victim_job']['queued']}/"
+        f"{acc['victim_job']['total']} still queued"
+    )
     print(f"thin images: {acc['thin']}")
-    print(f"dead letters {report['dead_letters']} (poison entries: {len(poison)}); "
-          f"metrics {report['metrics']}")
-    print(f"workers alive {report['workers_alive']}, killed {report['killed']}; "
-          f"{report['images_per_s']:.1f} images/s end to end; retries logged "
-          f"{report['retries_logged']}")
+    print(
+        f"dead letters {report['dead_letters']} (poison entries: {len(poison)}); metrics {report['metrics']}"
+    )
+    print(
+        f"workers alive {report['workers_alive']}, killed {report['killed']}; "
+        f"{report['images_per_s']:.1f} images/s end to end; retries logged "
+        f"{report['retries_logged']}"
+    )
     print(f"all checks hold: {report['ok']}\nresults: {path}")
     return 0 if report["ok"] else 1
 

@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: model sizes, random PoundNets, side-by-side timing, peak
 memory and result files. Benchmarks compare methods measured in ONE process, interleaved, so
 machine load affects all of them alike; the ratios are what counts."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,17 +20,41 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # Vision sizes; all keep the released prompt layout (16 visual prompts, depth 8 or all blocks).
 SIZES = {
-    "small": dict(vision_width=384, vision_layers=6, patch_size=14, grid_size=16, embed_dim=256,
-                  text_width=256, text_layers=2, prompt_depth_vision=6, prompt_depth_text=2),
-    "B16": dict(vision_width=768, vision_layers=12, patch_size=16, grid_size=14, embed_dim=512,
-                text_width=512, text_layers=12),
-    "L14": dict(vision_width=1024, vision_layers=24, patch_size=14, grid_size=16, embed_dim=768,
-                text_width=768, text_layers=12),
+    "small": dict(
+        vision_width=384,
+        vision_layers=6,
+        patch_size=14,
+        grid_size=16,
+        embed_dim=256,
+        text_width=256,
+        text_layers=2,
+        prompt_depth_vision=6,
+        prompt_depth_text=2,
+    ),
+    "B16": dict(
+        vision_width=768,
+        vision_layers=12,
+        patch_size=16,
+        grid_size=14,
+        embed_dim=512,
+        text_width=512,
+        text_layers=12,
+    ),
+    "L14": dict(
+        vision_width=1024,
+        vision_layers=24,
+        patch_size=14,
+        grid_size=16,
+        embed_dim=768,
+        text_width=768,
+        text_layers=12,
+    ),
 }
 
 
-def parse_args(description: str, default_batch_cpu: int = 8,
-               extra: list[tuple[str, dict]] = ()) -> argparse.Namespace:
+def parse_args(
+    description: str, default_batch_cpu: int = 8, extra: list[tuple[str, dict]] = ()
+) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     for flag, kw in extra:
         p.add_argument(flag, **kw)
@@ -64,8 +89,9 @@ def random_poundnet(size: str, device: torch.device, seed: int = 0):
 def init_clip_like(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                              "ln_final.weight")):
+            if name.endswith(
+                ("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")
+            ):
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()
@@ -143,8 +169,11 @@ def peak_memory(fn, device: torch.device) -> tuple[int, int]:
 
 
 def memory_method(device: torch.device) -> str:
-    return ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-            else "peak RSS during one call of the method (VmHWM after clear_refs and malloc_trim)")
+    return (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "peak RSS during one call of the method (VmHWM after clear_refs and malloc_trim)"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -172,9 +201,29 @@ class OpCounter(TorchDispatchMode):
     GPU every operation is a kernel launch and eager elementwise work is bound by memory
     traffic, so these two figures, exact on any device, say what a stage will cost there."""
 
-    _VIEWS = {"view", "_unsafe_view", "reshape", "permute", "slice", "select", "unbind",
-              "unsqueeze", "squeeze", "expand", "t", "transpose", "detach", "alias", "as_strided",
-              "split", "split_with_sizes", "unflatten", "flatten", "narrow", "lift_fresh"}
+    _VIEWS = {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "permute",
+        "slice",
+        "select",
+        "unbind",
+        "unsqueeze",
+        "squeeze",
+        "expand",
+        "t",
+        "transpose",
+        "detach",
+        "alias",
+        "as_strided",
+        "split",
+        "split_with_sizes",
+        "unflatten",
+        "flatten",
+        "narrow",
+        "lift_fresh",
+    }
 
     def __init__(self):
         super().__init__()
@@ -187,6 +236,9 @@ class OpCounter(TorchDispatchMode):
         if name in self._VIEWS or name.startswith("empty"):  # allocations move nothing either
             return out
         self.ops += 1
-        self.bytes += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
-                          if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > 4096)
+        self.bytes += sum(
+            t.numel() * t.element_size()
+            for t in tree_flatten((args, kwargs, out))[0]
+            if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > 4096
+        )
         return out

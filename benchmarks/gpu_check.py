@@ -8,6 +8,7 @@ CUDA (device preprocessing path) against the CPU Pillow path: P(fake), geometry,
 ComparativeCAM(compile=True) on CUDA against the eager engine there.
 Prints a table and exits non-zero when a check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,22 +68,29 @@ def main() -> int:
             a, b = getattr(rc, cls), getattr(rg, cls).cpu()
             cs = [corr(a[i], b[i]) for i in range(len(files))]
             peaks, nz = same_peaks(a, b)
-            print(f"CAM {target:11s} {cls}: correlation CUDA vs CPU min {min(cs):.4f}; "
-                  f"same peak {peaks}/{nz}")
+            print(
+                f"CAM {target:11s} {cls}: correlation CUDA vs CPU min {min(cs):.4f}; same peak {peaks}/{nz}"
+            )
     for target in ("contrastive", "logit"):
         eager = ComparativeCAM(gpu, target=target).attribute(x.cuda())
-        comp = ComparativeCAM(gpu, target=target, compile=True,
-                              compile_batch=len(files) + 1).attribute(x.cuda())
+        comp = ComparativeCAM(gpu, target=target, compile=True, compile_batch=len(files) + 1).attribute(
+            x.cuda()
+        )
         for cls in ("real", "fake"):
             a, b = getattr(eager, cls).cpu(), getattr(comp, cls).cpu()
             rel = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
             peaks, nz = same_peaks(a, b)
-            print(f"CAM {target:11s} {cls}: compiled vs eager on CUDA: max |d| / peak {rel:.2e}; "
-                  f"same peak {peaks}/{nz}")
+            print(
+                f"CAM {target:11s} {cls}: compiled vs eager on CUDA: max |d| / peak {rel:.2e}; "
+                f"same peak {peaks}/{nz}"
+            )
         ok &= (eager.probs - comp.probs).abs().max().item() < 0.01
     outs = {}
-    for name, dev, path in (("cpu-pillow", "cpu", "pillow"), ("cuda-device", "cuda", "device"),
-                            ("cuda-pillow", "cuda", "pillow")):
+    for name, dev, path in (
+        ("cpu-pillow", "cpu", "pillow"),
+        ("cuda-device", "cuda", "device"),
+        ("cuda-pillow", "cuda", "pillow"),
+    ):
         model = cpu if dev == "cpu" else gpu
         with Analyzer(model, AnalysisOptions(batch_size=4, preprocess=path), device=dev) as an:
             outs[name] = list(an.analyze((f.name, f.read_bytes()) for f in files))
@@ -99,8 +107,10 @@ def main() -> int:
                 ok = False
         first = outs[name][0]
         heatmaps = sorted(first.result.heatmaps) if first.ok else "-"
-        print(f"analysis {name} vs cpu-pillow: max |dP(fake)| {max(dps):.2e}, geometry equal "
-              f"{geo}/{len(dps)}, heatmaps {heatmaps}")
+        print(
+            f"analysis {name} vs cpu-pillow: max |dP(fake)| {max(dps):.2e}, geometry equal "
+            f"{geo}/{len(dps)}, heatmaps {heatmaps}"
+        )
         ok &= max(dps) < 0.01 and geo == len(dps)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

@@ -6,6 +6,7 @@ square, small enough to be upscaled, extreme aspect ratios), chroma subsampling 
 ``photo_like(w, h, seed)`` is a synthetic RGB scene (gradients, shapes, edges, texture, noise)
 that compresses about as a photograph does.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -25,8 +26,9 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     u, v = x / max(width, 1), y / max(height, 1)
     phase = rng.uniform(0, 2 * np.pi, 3)
     freq = rng.uniform(2, 9, 3)
-    img = np.stack([0.5 + 0.35 * np.sin(freq[c] * u + 1.7 * freq[(c + 1) % 3] * v + phase[c])
-                    for c in range(3)], axis=-1)
+    img = np.stack(
+        [0.5 + 0.35 * np.sin(freq[c] * u + 1.7 * freq[(c + 1) % 3] * v + phase[c]) for c in range(3)], axis=-1
+    )
     for _ in range(12):  # flat discs with hard edges
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         r = rng.uniform(0.03, 0.25) * width
@@ -51,8 +53,13 @@ def exif_with_orientation(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def jpeg_bytes(image: Image.Image, quality: int = 90, subsampling: str = "4:2:0",
-               progressive: bool = False, orientation: int | None = None) -> bytes:
+def jpeg_bytes(
+    image: Image.Image,
+    quality: int = 90,
+    subsampling: str = "4:2:0",
+    progressive: bool = False,
+    orientation: int | None = None,
+) -> bytes:
     buf = io.BytesIO()
     kw = {"quality": quality, "progressive": progressive}
     if image.mode != "L":
@@ -63,8 +70,21 @@ def jpeg_bytes(image: Image.Image, quality: int = 90, subsampling: str = "4:2:0"
     return buf.getvalue()
 
 
-SIZES = [(1920, 1080), (1080, 1920), (640, 480), (300, 300), (257, 256), (256, 331),
-         (224, 224), (200, 150), (97, 61), (1000, 229), (37, 500), (2048, 1536), (1201, 799)]
+SIZES = [
+    (1920, 1080),
+    (1080, 1920),
+    (640, 480),
+    (300, 300),
+    (257, 256),
+    (256, 331),
+    (224, 224),
+    (200, 150),
+    (97, 61),
+    (1000, 229),
+    (37, 500),
+    (2048, 1536),
+    (1201, 799),
+]
 
 
 def varied_jpegs(seed: int = 0, sizes=SIZES) -> list[tuple[str, bytes]]:
@@ -74,7 +94,7 @@ def varied_jpegs(seed: int = 0, sizes=SIZES) -> list[tuple[str, bytes]]:
     out = []
     subs = list(SUBSAMPLING)
     k = 0
-    for (w, h) in sizes:
+    for w, h in sizes:
         for variant in range(4):
             img = photo_like(w, h, seed=seed * 1000 + k)
             sub = subs[k % 3]
@@ -84,8 +104,10 @@ def varied_jpegs(seed: int = 0, sizes=SIZES) -> list[tuple[str, bytes]]:
             orientation = (k % 8) + 1 if variant >= 1 else None
             if gray:
                 img = img.convert("L")
-            name = (f"{w}x{h}-{'gray' if gray else sub}-q{quality}"
-                    f"{'-prog' if progressive else ''}{f'-o{orientation}' if orientation else ''}")
+            name = (
+                f"{w}x{h}-{'gray' if gray else sub}-q{quality}"
+                f"{'-prog' if progressive else ''}{f'-o{orientation}' if orientation else ''}"
+            )
             out.append((name, jpeg_bytes(img, quality, sub, progressive, orientation)))
             k += 1
     return out
@@ -102,8 +124,11 @@ def full_hd_jpegs(n: int, seed: int = 0, quality: int = 90, workers: int = 1) ->
         return [full_hd_jpeg(s, quality) for s in seeds]
     ctx = mp.get_context("spawn")  # the caller may already have started OpenMP threads
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(functools.partial(full_hd_jpeg, quality=quality), seeds,
-                             chunksize=max(1, n // (workers * 4))))
+        return list(
+            pool.map(
+                functools.partial(full_hd_jpeg, quality=quality), seeds, chunksize=max(1, n // (workers * 4))
+            )
+        )
 
 
 def fixture_jpegs(folder) -> list[tuple[str, bytes]]:

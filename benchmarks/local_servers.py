@@ -2,6 +2,7 @@
 Redis database number, the ``poundcam`` command. Used by the load script and the test suite,
 so both claim and clean up what they use the same way. Imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,11 @@ import uuid
 from pathlib import Path
 
 # moto's server accepts any credentials; boto3 needs some.
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -55,8 +59,10 @@ def fresh_database(admin_url: str, prefix: str = "poundcam_"):
             yield admin_url.rsplit("/", 1)[0] + f"/{name}"
         finally:
             with admin.connect() as conn:
-                conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                     "WHERE datname = :n"), {"n": name})
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                    {"n": name},
+                )
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
     finally:
         admin.dispose()
@@ -93,8 +99,11 @@ class RedisDatabases:
             r.set(self.claim_key, self.token, ex=self.hold_s)
             self.claimed.append(n)
             return f"{self.base}/{n}"
-        raise RuntimeError("no empty Redis database number (1-15) to claim" if number is None
-                           else f"Redis database {number} is claimed by someone else")
+        raise RuntimeError(
+            "no empty Redis database number (1-15) to claim"
+            if number is None
+            else f"Redis database {number} is claimed by someone else"
+        )
 
     def release(self) -> None:
         for n in self.claimed:
@@ -105,6 +114,7 @@ class RedisDatabases:
 
 
 # --- a TCP proxy that can be cut -----------------------------------------------------------------
+
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target_port``. ``cut()`` resets every open connection and

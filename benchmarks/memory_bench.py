@@ -16,6 +16,7 @@ that passes ``--cap-gb`` of resident memory is stopped and reported as over the 
 Kinds: noise PNGs of 65000x1, 1x65000 and 16000x9 pixels (RGB) and 8000x8000 PNGs (RGB, a
 smooth image with fine detail, 43 MiB: under the 50 MiB byte limit).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,7 @@ def child(kinds: list[str], mode: str, batch_size: int, paths: list[str], copies
     torch.set_num_threads(2)
     datas = [Path(p).read_bytes() for p in paths]
     warm = photos(batch_size)
-    options = AnalysisOptions(batch_size=batch_size, preprocess="pillow", render=True,
-                              decode_threads=4)
+    options = AnalysisOptions(batch_size=batch_size, preprocess="pillow", render=True, decode_threads=4)
     rows = []
     with Analyzer(random_poundnet(**TINY_CONFIG), options, device="cpu") as analyzer:
         if mode == "literal":
@@ -109,22 +109,51 @@ def child(kinds: list[str], mode: str, batch_size: int, paths: list[str], copies
             codes: dict[str, int] = {}
             for o in outcomes:
                 codes[o.error_code or "ok"] = codes.get(o.error_code or "ok", 0) + 1
-            rows.append({"kind": kind, "mode": mode, "batch_size": batch_size,
-                         "copies": copies, "bytes": len(data), "steady_mb": steady / 2**20,
-                         "peak_mb": peak / 2**20, "delta_mb": (peak - steady) / 2**20,
-                         "codes": codes, "seconds": seconds})
+            rows.append(
+                {
+                    "kind": kind,
+                    "mode": mode,
+                    "batch_size": batch_size,
+                    "copies": copies,
+                    "bytes": len(data),
+                    "steady_mb": steady / 2**20,
+                    "peak_mb": peak / 2**20,
+                    "delta_mb": (peak - steady) / 2**20,
+                    "codes": codes,
+                    "seconds": seconds,
+                }
+            )
     return rows
 
 
-def measure(kinds: list[str], mode: str, batch_size: int, paths: list[Path], cap_bytes: int,
-            copies: int | None = None, timeout: float = 3600) -> list[dict]:
+def measure(
+    kinds: list[str],
+    mode: str,
+    batch_size: int,
+    paths: list[Path],
+    cap_bytes: int,
+    copies: int | None = None,
+    timeout: float = 3600,
+) -> list[dict]:
     """Runs ``child`` in a new process, stopping it if its resident memory passes the cap."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     copies = batch_size if copies is None else copies
-    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, str(batch_size),
-                             str(copies), *(f"{k}={p}" for k, p in zip(kinds, paths, strict=True))],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            str(batch_size),
+            str(copies),
+            *(f"{k}={p}" for k, p in zip(kinds, paths, strict=True)),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     start, over = time.monotonic(), False
     while proc.poll() is None:
         try:
@@ -160,8 +189,10 @@ def _row(r: dict) -> str:
     if "error" in r:
         return f"{r['kind']:<22} {r['mode']:<8} error: {r['error'].strip().splitlines()[-1]}"
     codes = ", ".join(f"{k} {v}" for k, v in sorted(r["codes"].items()))
-    return (f"{r['kind']:<22} {r['mode']:<8} {r['steady_mb']:>9.0f} {r['delta_mb']:>10.0f}   "
-            f"{codes}; {r['seconds']:.1f} s")
+    return (
+        f"{r['kind']:<22} {r['mode']:<8} {r['steady_mb']:>9.0f} {r['delta_mb']:>10.0f}   "
+        f"{codes}; {r['seconds']:.1f} s"
+    )
 
 
 def main(argv=None) -> int:
@@ -174,16 +205,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="poundcam-memory-") as tmp:
-        print(f"batch size {args.batch_size}; peak resident memory above steady state, "
-              f"MiB (bound: {LIMIT_MB}); cap {args.cap_gb:g} GB")
+        print(
+            f"batch size {args.batch_size}; peak resident memory above steady state, "
+            f"MiB (bound: {LIMIT_MB}); cap {args.cap_gb:g} GB"
+        )
         print(f"{'input':<22} {'mode':<8} {'steady':>9} {'peak-steady':>10}   outcomes")
         # a fresh process per input and mode: a stopped process loses only its own row
         for kind in args.kinds:
             path = Path(tmp) / f"{kind}.png"
             path.write_bytes(make_image(kind))
             for mode in args.modes:
-                for r in measure([kind], mode, args.batch_size, [path],
-                                 int(args.cap_gb * 2**30)):
+                for r in measure([kind], mode, args.batch_size, [path], int(args.cap_gb * 2**30)):
                     results.append(r)
                     print(_row(r), flush=True)
     if args.out:

@@ -2,6 +2,7 @@
 must dead-letter it for; and forged (well-formed) messages. Shared by the integration tests
 and benchmarks/chaos.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,7 @@ def genuine_entry(message: dict | None = None, **options) -> bytes:
     if message is None:
         message = make_message("00000000-0000-0000-0000-000000000000", [(1, "s3://x/y")])
     with app.connection_for_write() as conn:
-        app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn,
-                      **options)
+        app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn, **options)
         payload = conn.default_channel._get(QUEUE)
     return json.dumps(payload).encode()
 
@@ -52,20 +52,31 @@ def poison_entries(max_message_bytes: int = 1 << 20) -> dict[str, tuple[bytes, s
         "json_list": (b"[1, 2, 3]", envelope.BAD_ENVELOPE),
         "json_string": (b'"hello"', envelope.BAD_ENVELOPE),
         "no_properties": (b'{"body": "e30=", "headers": {}}', envelope.BAD_ENVELOPE),
-        "bad_base64": (edit(g, lambda e: e.update(body="!!! not base64 !!!")),
-                       envelope.BAD_BODY_ENCODING),
+        "bad_base64": (edit(g, lambda e: e.update(body="!!! not base64 !!!")), envelope.BAD_BODY_ENCODING),
         "not_three_parts": (with_body(g, {"message": {}}), envelope.BAD_BODY),
-        "unknown_task": (edit(g, lambda e: e["headers"].update(task="os.system")),
-                         envelope.UNKNOWN_TASK),
-        "pickle": (edit(g, lambda e: e.update({"content-type": "application/x-python-serialize",
-                                                "content-encoding": "binary",
-                                                "body": pickled})),
-                   envelope.UNSUPPORTED_CONTENT),
-        "yaml": (edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
-                 envelope.UNSUPPORTED_CONTENT),
+        "unknown_task": (edit(g, lambda e: e["headers"].update(task="os.system")), envelope.UNKNOWN_TASK),
+        "pickle": (
+            edit(
+                g,
+                lambda e: e.update(
+                    {
+                        "content-type": "application/x-python-serialize",
+                        "content-encoding": "binary",
+                        "body": pickled,
+                    }
+                ),
+            ),
+            envelope.UNSUPPORTED_CONTENT,
+        ),
+        "yaml": (
+            edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
+            envelope.UNSUPPORTED_CONTENT,
+        ),
         "extra_arguments": (with_body(g, [["rm"], {"message": {}}, {}]), envelope.BAD_ARGUMENTS),
-        "callback": (with_body(g, [[], {"message": make_message("j", [])},
-                               {"callbacks": [{"task": "x"}]}]), envelope.BAD_ARGUMENTS),
+        "callback": (
+            with_body(g, [[], {"message": make_message("j", [])}, {"callbacks": [{"task": "x"}]}]),
+            envelope.BAD_ARGUMENTS,
+        ),
         "bad_message": (with_body(g, [[], {"message": {"job": 1}}, {}]), envelope.BAD_MESSAGE),
         "bad_eta": (edit(g, lambda e: e["headers"].update(eta="soon")), envelope.BAD_ENVELOPE),
         "oversized": (g + b" " * max_message_bytes, envelope.OVERSIZED),

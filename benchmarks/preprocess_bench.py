@@ -37,6 +37,7 @@ model and of a random tiny model.
 
 Writes JSON to benchmarks/results/ (ignored by git).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ FIXTURE = HERE.parent / "tests" / "fixtures" / "poundnet-official-tiny"
 
 
 # --- the Pillow path in worker processes ------------------------------------------------------
+
 
 def _pool_init():
     torch.set_num_threads(1)
@@ -106,14 +108,15 @@ def compiled_roundtrip():
         jr.lossy_roundtrip = original
 
 
-def bench_preprocessor(datas: list[bytes], device: str, force: str, threads: int,
-                       batch_size: int, roundtrip: str = "codec") -> float:
+def bench_preprocessor(
+    datas: list[bytes], device: str, force: str, threads: int, batch_size: int, roundtrip: str = "codec"
+) -> float:
     with DevicePreprocessor(device, threads=threads, force=force, roundtrip=roundtrip) as pre:
         pre.preprocess_batch(datas[:batch_size])  # warm-up (CUDA contexts, codec handles)
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(datas), batch_size):
-            batch = pre.preprocess_batch(datas[i:i + batch_size])
+            batch = pre.preprocess_batch(datas[i : i + batch_size])
             assert all(it.ok for it in batch), [it for it in batch if not it.ok]
         _sync(device)  # on a GPU the last batches are still queued when the loop ends
         return len(datas) / (time.perf_counter() - t0)
@@ -157,13 +160,16 @@ def device_stage_times(datas: list[bytes], device: str, batch_size: int) -> dict
     for k in times:
         times[k] = 0.0
     for i in range(0, len(datas), batch_size):
-        run_batch(datas[i:i + batch_size])
+        run_batch(datas[i : i + batch_size])
     n, m = len(datas), len(counted)
-    return {k: {"ms": times[k] / n * 1e3, "ops": counts[k].ops / m, "mb": counts[k].bytes / m / 1e6}
-            for k in names}
+    return {
+        k: {"ms": times[k] / n * 1e3, "ops": counts[k].ops / m, "mb": counts[k].bytes / m / 1e6}
+        for k in names
+    }
 
 
 # --- models -----------------------------------------------------------------------------------
+
 
 def load_model(spec: str, device: str):
     from poundcam import PoundNet
@@ -202,16 +208,22 @@ def bench_model_cam(model, datas, device, batch_size) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
-                   render=True, roundtrip="codec") -> tuple[float | str, dict]:
+def bench_analysis(
+    model, datas, device, batch_size, threads, preprocess="auto", render=True, roundtrip="codec"
+) -> tuple[float | str, dict]:
     """Analyzer.analyze end to end (preprocess + model + both CAMs + statistics + PNG files):
     (images/s, seconds per stage per image from Analyzer.stage_times())."""
     try:
         from poundcam.analysis import AnalysisOptions, Analyzer
     except ImportError as exc:  # the analysis module is not part of this checkout
         return f"not measured: poundcam.analysis unavailable ({exc})", {}
-    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
-                           render=render, jpeg_roundtrip=roundtrip)
+    opts = AnalysisOptions(
+        batch_size=batch_size,
+        decode_threads=threads,
+        preprocess=preprocess,
+        render=render,
+        jpeg_roundtrip=roundtrip,
+    )
     with Analyzer(model, opts, device=device) as analyzer:
         list(analyzer.analyze((i, d) for i, d in enumerate(datas[:batch_size])))  # warm-up
         _sync(device)
@@ -230,8 +242,17 @@ def bench_analysis(model, datas, device, batch_size, threads, preprocess="auto",
     return rate, per_image
 
 
-def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, preprocess="auto",
-                     roundtrip="codec", rows: int = 15) -> Path:
+def profile_analysis(
+    model,
+    datas,
+    device,
+    batch_size,
+    threads,
+    out_dir: Path,
+    preprocess="auto",
+    roundtrip="codec",
+    rows: int = 15,
+) -> Path:
     """torch.profiler over Analyzer.analyze on two batches (threads started inside, so their
     operations are recorded too): the operations that took the most device time (on a GPU) and
     the most CPU time, and a Chrome trace (gzip) in ``out_dir``."""
@@ -243,15 +264,18 @@ def profile_analysis(model, datas, device, batch_size, threads, out_dir: Path, p
 
     on_cuda = torch.device(device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    opts = AnalysisOptions(batch_size=batch_size, decode_threads=threads, preprocess=preprocess,
-                           jpeg_roundtrip=roundtrip)
-    sample = datas[:2 * batch_size]
+    opts = AnalysisOptions(
+        batch_size=batch_size, decode_threads=threads, preprocess=preprocess, jpeg_roundtrip=roundtrip
+    )
+    sample = datas[: 2 * batch_size]
     with profile(activities=activities) as prof:
         with Analyzer(model, opts, device=device) as analyzer:
             outcomes = list(analyzer.analyze(enumerate(sample)))
         _sync(device)
-    print(f"\nprofile of the analysis ({len(sample)} images, {roundtrip} re-encode, "
-          f"{sum(o.ok for o in outcomes)} ok)")
+    print(
+        f"\nprofile of the analysis ({len(sample)} images, {roundtrip} re-encode, "
+        f"{sum(o.ok for o in outcomes)} ok)"
+    )
     averages = prof.key_averages()
     if on_cuda:
         print(averages.table(sort_by="self_cuda_time_total", row_limit=rows))
@@ -276,9 +300,18 @@ def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[st
     """Per re-encode (codec, tensor): the device path against the Pillow path, which runs once
     for both."""
     datas = [d for _, d in named]
-    rows = {rt: {"paths": {}, "tensor_max_abs": 0.0, "tensor_max_levels": 0.0,
-                 "pixels_differing": 0.0, "geometry_mismatches": 0, "p_fake_max_abs": {},
-                 "images": len(datas)} for rt in ROUNDTRIPS}
+    rows = {
+        rt: {
+            "paths": {},
+            "tensor_max_abs": 0.0,
+            "tensor_max_levels": 0.0,
+            "pixels_differing": 0.0,
+            "geometry_mismatches": 0,
+            "p_fake_max_abs": {},
+            "images": len(datas),
+        }
+        for rt in ROUNDTRIPS
+    }
     counts = {rt: [0, 0] for rt in ROUNDTRIPS}  # values differing, values
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
 
@@ -287,14 +320,16 @@ def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[st
 
     with contextlib.ExitStack() as stack:
         pil = stack.enter_context(DevicePreprocessor(device, force="pillow"))
-        devs = {rt: stack.enter_context(DevicePreprocessor(device, force="device", roundtrip=rt))
-                for rt in ROUNDTRIPS}
+        devs = {
+            rt: stack.enter_context(DevicePreprocessor(device, force="device", roundtrip=rt))
+            for rt in ROUNDTRIPS
+        }
         for i in range(0, len(datas), 32):
-            b = pil.preprocess_batch(datas[i:i + 32])
+            b = pil.preprocess_batch(datas[i : i + 32])
             with torch.no_grad():
                 pb = {name: p_fake(model, b.tensor) for name, model in models.items()}
             for rt, dev in devs.items():
-                r, a = rows[rt], dev.preprocess_batch(datas[i:i + 32])
+                r, a = rows[rt], dev.preprocess_batch(datas[i : i + 32])
                 for x in a:
                     r["paths"][x.path] = r["paths"].get(x.path, 0) + 1
                 r["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b, strict=True))
@@ -315,68 +350,101 @@ def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[st
 
 # --- main -------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     ap.add_argument("--n", type=int, default=32, help="generated 1080p JPEGs (default 32)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="threads / processes for CPU work (default: all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="threads / processes for CPU work (default: all cores)",
+    )
     ap.add_argument("--quality", type=int, default=90, help="quality of the generated JPEGs")
-    ap.add_argument("--model", default="fixture",
-                    help="model for the model+cam and analysis rows: fixture (official tiny), "
-                         "vit-l (released architecture, random weights), tiny, or a checkpoint")
+    ap.add_argument(
+        "--model",
+        default="fixture",
+        help="model for the model+cam and analysis rows: fixture (official tiny), "
+        "vit-l (released architecture, random weights), tiny, or a checkpoint",
+    )
     ap.add_argument("--no-analysis", action="store_true", help="skip model+cam and analysis")
-    ap.add_argument("--no-render-row", action="store_true",
-                    help="skip the analysis row without heatmap rendering")
-    ap.add_argument("--preprocess", default="auto", choices=("auto", "device", "pillow"),
-                    help="preprocessing path of the analysis rows (default auto: device on CUDA, "
-                         "Pillow on the CPU)")
+    ap.add_argument(
+        "--no-render-row", action="store_true", help="skip the analysis row without heatmap rendering"
+    )
+    ap.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=("auto", "device", "pillow"),
+        help="preprocessing path of the analysis rows (default auto: device on CUDA, Pillow on the CPU)",
+    )
     ap.add_argument("--no-parity", action="store_true")
-    ap.add_argument("--compiled-roundtrip", action="store_true",
-                    help="add the device-tensor-compiled row (torch.compile of the re-encode)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile the analysis on 2 batches: top operations by device and "
-                         "CPU time, and a Chrome trace next to the results")
+    ap.add_argument(
+        "--compiled-roundtrip",
+        action="store_true",
+        help="add the device-tensor-compiled row (torch.compile of the re-encode)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the analysis on 2 batches: top operations by device and "
+        "CPU time, and a Chrome trace next to the results",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     device = args.device
 
     t0 = time.perf_counter()
     datas = jpeg_corpus.full_hd_jpegs(args.n, seed=0, quality=args.quality, workers=args.threads)
-    print(f"{args.n} generated 1920x1080 JPEGs, mean {np.mean([len(d) for d in datas]) / 1e3:.0f} KB "
-          f"({time.perf_counter() - t0:.1f} s to generate)", flush=True)
+    print(
+        f"{args.n} generated 1920x1080 JPEGs, mean {np.mean([len(d) for d in datas]) / 1e3:.0f} KB "
+        f"({time.perf_counter() - t0:.1f} s to generate)",
+        flush=True,
+    )
 
     rates: dict[str, float | str] = {}
     stages: dict[str, dict] = {}
     rates["pillow-processes"] = bench_pillow_processes(datas, args.threads)
     rates["pillow-threads"] = bench_preprocessor(datas, device, "pillow", args.threads, args.batch_size)
     rates["device"] = bench_preprocessor(datas, device, "device", args.threads, args.batch_size)
-    rates["device-tensor"] = bench_preprocessor(datas, device, "device", args.threads,
-                                                args.batch_size, roundtrip="tensor")
+    rates["device-tensor"] = bench_preprocessor(
+        datas, device, "device", args.threads, args.batch_size, roundtrip="tensor"
+    )
     if args.compiled_roundtrip:
         with compiled_roundtrip():
             rates["device-tensor-compiled"] = bench_preprocessor(
-                datas, device, "device", args.threads, args.batch_size, roundtrip="tensor")
+                datas, device, "device", args.threads, args.batch_size, roundtrip="tensor"
+            )
     tensor_wins = rates["device-tensor"] > rates["device"]
     device_stages = device_stage_times(datas, device, args.batch_size)
     if not args.no_analysis:
         model = load_model(args.model, device)
         rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
         rates["analysis"], stages["analysis"] = bench_analysis(
-            model, datas, device, args.batch_size, args.threads, args.preprocess)
+            model, datas, device, args.batch_size, args.threads, args.preprocess
+        )
         if not args.no_render_row:
             rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
-                model, datas, device, args.batch_size, args.threads, args.preprocess, render=False)
+                model, datas, device, args.batch_size, args.threads, args.preprocess, render=False
+            )
         on_cuda = torch.device(device).type == "cuda"
         if tensor_wins or on_cuda:  # on a GPU the two re-encodes share it differently with the model
             rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
-                model, datas, device, args.batch_size, args.threads, args.preprocess,
-                roundtrip="tensor")
+                model, datas, device, args.batch_size, args.threads, args.preprocess, roundtrip="tensor"
+            )
         if args.profile:
             for roundtrip in ("codec", "tensor") if on_cuda else ("codec",):
-                profile_analysis(model, datas, device, args.batch_size, args.threads, args.out,
-                                 args.preprocess, roundtrip=roundtrip)
+                profile_analysis(
+                    model,
+                    datas,
+                    device,
+                    args.batch_size,
+                    args.threads,
+                    args.out,
+                    args.preprocess,
+                    roundtrip=roundtrip,
+                )
 
     ratios = {}
     if isinstance(rates.get("device"), float):
@@ -389,55 +457,81 @@ def main(argv=None) -> int:
         if isinstance(rates.get(name), float) and isinstance(rates.get("model+cam"), float):
             ratios[f"{name} / model+cam"] = rates[name] / rates["model+cam"]
 
-    print(f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
-          f"batch {args.batch_size}, model {args.model}")
+    print(
+        f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
+        f"batch {args.batch_size}, model {args.model}"
+    )
     print(f"{'path':<24}{'images/s':>12}")
     for name, rate in rates.items():
         print(f"{name:<24}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<24}  {rate}")
     for name, value in ratios.items():
         print(f"{name:<36}{value:>8.2f}x")
-    print("\ndevice path by stage, per image (batches run stage after stage, synchronized; "
-          "operations = kernel launches on a GPU, MB = bytes read + written)")
+    print(
+        "\ndevice path by stage, per image (batches run stage after stage, synchronized; "
+        "operations = kernel launches on a GPU, MB = bytes read + written)"
+    )
     print(f"  {'stage':<18}{'ms':>9}{'ops':>8}{'MB':>9}")
     for k, v in device_stages.items():
         print(f"  {k:<18}{v['ms']:>9.3f}{v['ops']:>8.2f}{v['mb']:>9.1f}")
     for name, per_image in stages.items():
         if per_image:
-            print(f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
-                  "(preprocess: the background thread; encode, wait_encode: summed over the "
-                  "pool's threads; the others: the device thread)")
+            print(
+                f"\n{name} ({per_image['path']} preprocessing): ms per image by stage "
+                "(preprocess: the background thread; encode, wait_encode: summed over the "
+                "pool's threads; the others: the device thread)"
+            )
             print("  " + "  ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items() if k != "path"))
 
     parity_rows = {}
     if not args.no_parity:
         models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
-        sets = {"fixture": jpeg_corpus.fixture_jpegs(FIXTURE / "images"),
-                "varied": jpeg_corpus.varied_jpegs(seed=0),
-                # at most 256 of them: the Pillow side of the comparison runs at ~30 images/s
-                "1080p": list(zip(map(str, range(len(datas))), datas, strict=True))[:256]}
-        print(f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
-              f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths")
+        sets = {
+            "fixture": jpeg_corpus.fixture_jpegs(FIXTURE / "images"),
+            "varied": jpeg_corpus.varied_jpegs(seed=0),
+            # at most 256 of them: the Pillow side of the comparison runs at ~30 images/s
+            "1080p": list(zip(map(str, range(len(datas))), datas, strict=True))[:256],
+        }
+        print(
+            f"\n{'parity set':<16}{'images':>7}{'max|dx|':>10}{'levels':>8}{'px differ':>11}"
+            f"{'geom!=':>8}{'dP fixture':>12}{'dP random':>11}  paths"
+        )
         for name, named in sets.items():
             for roundtrip, r in parity(named, device, models).items():
                 key = f"{name}/{roundtrip}"
                 parity_rows[key] = r
-                print(f"{key:<16}{r['images']:>7}{r['tensor_max_abs']:>10.4f}"
-                      f"{r['tensor_max_levels']:>8.2f}{r['pixels_differing']:>11.2e}"
-                      f"{r['geometry_mismatches']:>8}{r['p_fake_max_abs']['fixture']:>12.2e}"
-                      f"{r['p_fake_max_abs']['random-tiny']:>11.2e}  {r['paths']}")
+                print(
+                    f"{key:<16}{r['images']:>7}{r['tensor_max_abs']:>10.4f}"
+                    f"{r['tensor_max_levels']:>8.2f}{r['pixels_differing']:>11.2e}"
+                    f"{r['geometry_mismatches']:>8}{r['p_fake_max_abs']['fixture']:>12.2e}"
+                    f"{r['p_fake_max_abs']['random-tiny']:>11.2e}  {r['paths']}"
+                )
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = args.out / f"preprocess-{torch.device(device).type}-{stamp}.json"
-    path.write_text(json.dumps({
-        "device": device, "device_name": _device_name(device), "host": platform.node(),
-        "cpu_count": os.cpu_count(), "threads": args.threads, "n": args.n,
-        "batch_size": args.batch_size, "model": args.model, "quality": args.quality,
-        "mean_bytes": float(np.mean([len(d) for d in datas])),
-        "torch": torch.__version__, "images_per_s": rates, "ratios": ratios,
-        "device_path_stages_per_image": device_stages,
-        "analysis_stages_s_per_image": stages, "parity": parity_rows,
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "device": device,
+                "device_name": _device_name(device),
+                "host": platform.node(),
+                "cpu_count": os.cpu_count(),
+                "threads": args.threads,
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "model": args.model,
+                "quality": args.quality,
+                "mean_bytes": float(np.mean([len(d) for d in datas])),
+                "torch": torch.__version__,
+                "images_per_s": rates,
+                "ratios": ratios,
+                "device_path_stages_per_image": device_stages,
+                "analysis_stages_s_per_image": stages,
+                "parity": parity_rows,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {path}")
     return 0
 

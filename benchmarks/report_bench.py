@@ -13,6 +13,7 @@ the same page with one item, in one run:
 
     python benchmarks/report_bench.py --items 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,16 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+]
 
 
 def photo_variants(n: int, seed: int = 0):
@@ -90,17 +98,32 @@ def make_job(n: int, folder: Path) -> list[dict]:
             (folder / key).write_bytes(png)
             keys[name] = key
         p = float(rng.uniform())
-        rows.append({"item_id": i + 1, "position": i, "uri": str(path), "status": "done",
-                     "error_code": None, "error_message": None, "attempts": 1,
-                     "analysis_id": i + 1, "sha256": sha, "p_fake": p, "threshold": 0.5,
-                     "label": "fake" if p >= 0.5 else "real", "model_id": "pn-bench",
-                     "cam_config_id": "hirescam-bench", "width": im.width, "height": im.height,
-                     "stats": {"real": {"max": float(real.max()), "area_half_max": 0.1,
-                                        "peak": [10, 20]},
-                               "fake": {"max": float(fake.max()), "area_half_max": 0.1,
-                                        "peak": [30, 40]},
-                               "comparative": {"fake_share": 0.5, "correlation": 0.0}},
-                     "heatmap_keys": keys})
+        rows.append(
+            {
+                "item_id": i + 1,
+                "position": i,
+                "uri": str(path),
+                "status": "done",
+                "error_code": None,
+                "error_message": None,
+                "attempts": 1,
+                "analysis_id": i + 1,
+                "sha256": sha,
+                "p_fake": p,
+                "threshold": 0.5,
+                "label": "fake" if p >= 0.5 else "real",
+                "model_id": "pn-bench",
+                "cam_config_id": "hirescam-bench",
+                "width": im.width,
+                "height": im.height,
+                "stats": {
+                    "real": {"max": float(real.max()), "area_half_max": 0.1, "peak": [10, 20]},
+                    "fake": {"max": float(fake.max()), "area_half_max": 0.1, "peak": [30, 40]},
+                    "comparative": {"fake_share": 0.5, "correlation": 0.0},
+                },
+                "heatmap_keys": keys,
+            }
+        )
     return rows
 
 
@@ -108,8 +131,12 @@ def open_in_chromium(chromium: str, page: Path, profile: Path) -> tuple[float, i
     """(wall seconds of a headless Chromium that loads ``page`` and dumps its DOM, the page's
     own milliseconds to its load event)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-                           page.as_uri()], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [chromium, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     wall = time.perf_counter() - t0
     found = re.search(r'data-opened-ms="(\d+)"', proc.stdout)
     if proc.returncode != 0 or not found:
@@ -144,10 +171,15 @@ def main() -> None:
         pages["one"].write_text(small, encoding="utf-8")
         stored = sum((folder / k).stat().st_size for r in rows for k in r["heatmap_keys"].values())
         size = pages["items"].stat().st_size
-        result = {"items": args.items, "report_bytes": size, "bytes_per_item": size / args.items,
-                  "stored_png_bytes_per_item": stored / args.items,
-                  "build_seconds": t_build, "job_seconds": t_job,
-                  "machine": f"{platform.machine()}, {platform.node()}"}
+        result = {
+            "items": args.items,
+            "report_bytes": size,
+            "bytes_per_item": size / args.items,
+            "stored_png_bytes_per_item": stored / args.items,
+            "build_seconds": t_build,
+            "job_seconds": t_job,
+            "machine": f"{platform.machine()}, {platform.node()}",
+        }
         if chromium:
             walls: dict[str, list[float]] = {k: [] for k in pages}
             own: dict[str, list[int]] = {k: [] for k in pages}
@@ -156,19 +188,26 @@ def main() -> None:
                     wall, ms = open_in_chromium(chromium, page, folder / f"profile-{name}-{r}")
                     walls[name].append(wall)
                     own[name].append(ms)
-            result.update({
-                "open_ms_page_clock": {k: sorted(v)[len(v) // 2] for k, v in own.items()},
-                "chromium_wall_s": {k: sorted(v)[len(v) // 2] for k, v in walls.items()}})
+            result.update(
+                {
+                    "open_ms_page_clock": {k: sorted(v)[len(v) // 2] for k, v in own.items()},
+                    "chromium_wall_s": {k: sorted(v)[len(v) // 2] for k, v in walls.items()},
+                }
+            )
             w = result["chromium_wall_s"]
             result["wall_ratio_items_vs_one"] = w["items"] / w["one"]
-    print(f"{args.items} items: report {size / 1e6:.1f} MB ({size / args.items / 1e3:.1f} kB "
-          f"per item; stored PNGs {stored / args.items / 1e3:.0f} kB per item), built in "
-          f"{t_build:.1f} s")
+    print(
+        f"{args.items} items: report {size / 1e6:.1f} MB ({size / args.items / 1e3:.1f} kB "
+        f"per item; stored PNGs {stored / args.items / 1e3:.0f} kB per item), built in "
+        f"{t_build:.1f} s"
+    )
     if chromium:
         o, w = result["open_ms_page_clock"], result["chromium_wall_s"]
-        print(f"opened in Chromium: load event at {o['items'] / 1e3:.2f} s (one item: "
-              f"{o['one'] / 1e3:.2f} s); browser wall {w['items']:.2f} s vs {w['one']:.2f} s "
-              f"(x{result['wall_ratio_items_vs_one']:.2f})")
+        print(
+            f"opened in Chromium: load event at {o['items'] / 1e3:.2f} s (one item: "
+            f"{o['one'] / 1e3:.2f} s); browser wall {w['items']:.2f} s vs {w['one']:.2f} s "
+            f"(x{result['wall_ratio_items_vs_one']:.2f})"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"report_bench-{args.items}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ underscore)::
 The load benchmark and the integration tests use it to count what the pipeline asks of S3
 where S3 itself would bill it, not in the client.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ class CountingApp:
             by_method: Counter = Counter()
             for c in self._by_bucket.values():
                 by_method.update(c)
-            return {"total": sum(by_method.values()), "by_method": dict(by_method),
-                    "by_bucket": {b: dict(c) for b, c in self._by_bucket.items()}}
+            return {
+                "total": sum(by_method.values()),
+                "by_method": dict(by_method),
+                "by_bucket": {b: dict(c) for b, c in self._by_bucket.items()},
+            }
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -48,8 +52,9 @@ class CountingApp:
                 with self._lock:
                     self._by_bucket.clear()
             body = json.dumps(self.counts()).encode()
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))])
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         bucket = path.lstrip("/").split("/", 1)[0]
         with self._lock:
@@ -71,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, CountingApp(app), threaded=True,
-               request_handler=MotoRequestHandler)
+    run_simple(args.host, args.port, CountingApp(app), threaded=True, request_handler=MotoRequestHandler)
 
 
 def fetch_counts(url: str, reset: bool = False) -> dict:

@@ -1,6 +1,7 @@
 """Alembic environment: the database URL comes from, in order, a connection or URL handed
 over by poundcam.db.migrate (``config.attributes``), ``-x url=...``, the ini's
 ``sqlalchemy.url``, then the settings' ``database_url`` (POUNDCAM_DATABASE_URL)."""
+
 from __future__ import annotations
 
 from alembic import context
@@ -14,14 +15,21 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return (config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
-            or config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url)
+    return (
+        config.attributes.get("url")
+        or context.get_x_argument(as_dictionary=True).get("url")
+        or config.get_main_option("sqlalchemy.url")
+        or Settings.from_env().database_url
+    )
 
 
 def _configure(**kwargs) -> None:
-    context.configure(target_metadata=target_metadata, compare_type=True,
-                      render_as_batch=True,  # SQLite alters tables by copying them
-                      **kwargs)
+    context.configure(
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=True,  # SQLite alters tables by copying them
+        **kwargs,
+    )
 
 
 def run_offline() -> None:

@@ -3,6 +3,7 @@
 The public names below load on first use (PEP 562), so that commands which only talk to the
 database or the queue (``poundcam status``) start without importing PyTorch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,9 +22,18 @@ _LAZY = {
 # public name -> name in its module, where they differ (``poundcam.preprocess`` is the package)
 _ALIASES = {"preprocess_image": "preprocess"}
 
-__all__ = ["CAMError", "CAMResult", "CheckpointError", "ComparativeCAM", "PoundNet",
-           "PoundNetConfig", "PoundNetGradCAM", "PoundcamError", "WeightsNotFoundError",
-           "preprocess_image"]
+__all__ = [
+    "CAMError",
+    "CAMResult",
+    "CheckpointError",
+    "ComparativeCAM",
+    "PoundNet",
+    "PoundNetConfig",
+    "PoundNetGradCAM",
+    "PoundcamError",
+    "WeightsNotFoundError",
+    "preprocess_image",
+]
 __version__ = "0.1.0"
 
 

@@ -20,6 +20,7 @@ batch of the chosen rows of the same preprocessed input, and stored beside the f
 A device out-of-memory error halves the batch and retries; it never fails the items.
 ``Analyzer.stage_times()`` says where the time went (docs/analysis.md).
 """
+
 from __future__ import annotations
 
 import collections
@@ -69,8 +70,15 @@ from .preprocess.geometry import CropGeometry
 log = logging.getLogger(__name__)
 
 HEATMAP_NAME = "comparative"  # the one heatmap file of an image (poundcam.cam.render)
-STAGES = ("preprocess", "wait_preprocess", "model_cam", "render_device", "encode",
-          "wait_encode", "wait_results")
+STAGES = (
+    "preprocess",
+    "wait_preprocess",
+    "model_cam",
+    "render_device",
+    "encode",
+    "wait_encode",
+    "wait_results",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +86,18 @@ class AnalysisOptions:
     """How an Analyzer works; every field has the service's default (docs/configuration.md
     names the setting behind each)."""
 
-    threshold: float = 0.5          # label "fake" when P(fake) >= threshold
+    threshold: float = 0.5  # label "fake" when P(fake) >= threshold
     cam_layer: int = -1
     cam_target: str = CamTarget.CONTRASTIVE
     cam_method: str = CamMethod.HIRESCAM  # or gradcam; see ComparativeCAM and docs/cam.md
     deep_maps: str = DeepMaps.NONE  # which images also get the deep (relevance) maps
     batch_size: int = 32
-    render: bool = True             # draw the comparative heatmap (one PNG per image)
+    render: bool = True  # draw the comparative heatmap (one PNG per image)
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
     preprocess: str = PreprocessPath.AUTO  # auto | device | pillow (preprocess.batched.choose_path)
-    prefetch: int = 1               # batches preprocessed ahead of the device
-    compile: bool = False           # torch.compile the CAM's no-autograd part (docs/cam.md)
+    prefetch: int = 1  # batches preprocessed ahead of the device
+    compile: bool = False  # torch.compile the CAM's no-autograd part (docs/cam.md)
     jpeg_roundtrip: str = JpegRoundtrip.CODEC  # the device path's quality-90 re-encode
 
 
@@ -111,12 +119,12 @@ class AnalysisResult:
     cam_config_id: str
     stats: dict
     geometry: dict
-    heatmaps: dict[str, bytes]     # {HEATMAP_NAME: PNG}, empty when not drawn
+    heatmaps: dict[str, bytes]  # {HEATMAP_NAME: PNG}, empty when not drawn
     timings: dict[str, float]
-    real_map: Any = None           # the raw maps, float32 numpy arrays [grid, grid]
+    real_map: Any = None  # the raw maps, float32 numpy arrays [grid, grid]
     fake_map: Any = None
-    deep_real_map: Any = None      # the deep maps (same form), for the images chosen by
-    deep_fake_map: Any = None      # AnalysisOptions.deep_maps; None for the others
+    deep_real_map: Any = None  # the deep maps (same form), for the images chosen by
+    deep_fake_map: Any = None  # AnalysisOptions.deep_maps; None for the others
 
     def record(self) -> dict[str, Any]:
         """Everything but the PNG bytes (what the database stores)."""
@@ -167,9 +175,9 @@ class _Piece:
     grid: int
     layer: int
     target: str
-    heat_rows: list[torch.Tensor] | None   # comparative heatmap scanlines, per image
-    compute_s: float             # per item
-    render_s: float              # per item, on the device
+    heat_rows: list[torch.Tensor] | None  # comparative heatmap scanlines, per image
+    compute_s: float  # per item
+    render_s: float  # per item, on the device
     ready: Any = None
     # The deep maps of the rows chosen for them: row r's are deep_real[deep_rows[r]]
     deep_rows: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -210,9 +218,9 @@ class _InputReader:
         self._window = window
         self._feed: queue.SimpleQueue = queue.SimpleQueue()
         self.failures: dict[int, ItemOutcome] = {}
-        self.read = 0          # inputs read so far (their positions are 0 .. read - 1)
-        self.fed = 0           # inputs put on the queue
-        self.batched = 0       # inputs the preprocessing thread has returned in batches
+        self.read = 0  # inputs read so far (their positions are 0 .. read - 1)
+        self.fed = 0  # inputs put on the queue
+        self.batched = 0  # inputs the preprocessing thread has returned in batches
         self.exhausted = False
 
     def inputs(self) -> Iterator:
@@ -241,8 +249,10 @@ class _InputReader:
             data = bytes(data)
         if not isinstance(data, bytes):
             self.failures[idx] = ItemOutcome(
-                key, error_code=ErrorCode.DECODE_FAILED,
-                error_message=f"expected image bytes, got {type(data).__name__}")
+                key,
+                error_code=ErrorCode.DECODE_FAILED,
+                error_message=f"expected image bytes, got {type(data).__name__}",
+            )
             return
         self._feed.put(((idx, key, self._pool.submit(_sha256, data)), data))
         self.fed += 1
@@ -263,7 +273,7 @@ class _OrderedOutcomes:
         self._failures = failures
         self._backlog = backlog
         self._pending: collections.deque[cf.Future] = collections.deque()
-        self._emitted = 0      # positions below this are in _pending or gone
+        self._emitted = 0  # positions below this are in _pending or gone
 
     def add(self, idx: int, future: cf.Future) -> None:
         """The future of the input at position ``idx`` (positions arrive in increasing order)."""
@@ -312,31 +322,41 @@ class Analyzer:
         ...         print(outcome.key, outcome.result.p_fake if outcome.ok else outcome.error_code)
     """
 
-    def __init__(self, model, options: AnalysisOptions | None = None,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self, model, options: AnalysisOptions | None = None, device: str | torch.device | None = None
+    ):
         self.options = options or AnalysisOptions()
         if self.options.deep_maps not in values(DeepMaps):
-            raise ValueError(f"deep_maps must be one of {values(DeepMaps)}, "
-                             f"not {self.options.deep_maps!r}")
+            raise ValueError(f"deep_maps must be one of {values(DeepMaps)}, not {self.options.deep_maps!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.preprocess_path = choose_path(self.device, self.options.preprocess)
         self.model = model.to(self.device).eval()
-        self.cam = ComparativeCAM(self.model, layer=self.options.cam_layer,
-                                 target=self.options.cam_target, method=self.options.cam_method,
-                                 compile=self.options.compile,
-                                 compile_batch=self.options.batch_size)
+        self.cam = ComparativeCAM(
+            self.model,
+            layer=self.options.cam_layer,
+            target=self.options.cam_target,
+            method=self.options.cam_method,
+            compile=self.options.compile,
+            compile_batch=self.options.batch_size,
+        )
         # the deep maps: relevance through every block, same target, on the same inputs
-        self.deep_cam = (None if self.options.deep_maps == DeepMaps.NONE else
-                         ComparativeCAM(self.model, target=self.options.cam_target,
-                                        method=DEEP_METHOD))
+        self.deep_cam = (
+            None
+            if self.options.deep_maps == DeepMaps.NONE
+            else ComparativeCAM(self.model, target=self.options.cam_target, method=DEEP_METHOD)
+        )
         threads = self.options.decode_threads
-        self._pre = DevicePreprocessor(self.device, threads=threads, force=self.preprocess_path,
-                                       limits=self.options.limits,
-                                       keep_originals=self.options.render,
-                                       roundtrip=self.options.jpeg_roundtrip,
-                                       original_view=_display_view if self.options.render else None)
+        self._pre = DevicePreprocessor(
+            self.device,
+            threads=threads,
+            force=self.preprocess_path,
+            limits=self.options.limits,
+            keep_originals=self.options.render,
+            roundtrip=self.options.jpeg_roundtrip,
+            original_view=_display_view if self.options.render else None,
+        )
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="poundcam-io")
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._stage_lock = threading.Lock()
@@ -412,8 +432,9 @@ class Analyzer:
         prefetch = max(1, self.options.prefetch)
         reader = _InputReader(items, self._pool, window=(prefetch + 2) * bs)
         ordered = _OrderedOutcomes(reader.failures, backlog=2 * bs)
-        batches = iter_batches(_TimedPreprocessor(self._pre, self._add), reader.inputs(), bs,
-                               prefetch=prefetch)
+        batches = iter_batches(
+            _TimedPreprocessor(self._pre, self._add), reader.inputs(), bs, prefetch=prefetch
+        )
         try:
             while (batch := self._next_batch(reader, batches)) is not None:
                 reader.batched += len(batch.items)
@@ -430,8 +451,9 @@ class Analyzer:
             reader.close()  # lets the preprocessing thread finish
             batches.close()
 
-    def _next_batch(self, reader: _InputReader, batches: Iterator[PreprocessedBatch]
-                    ) -> PreprocessedBatch | None:
+    def _next_batch(
+        self, reader: _InputReader, batches: Iterator[PreprocessedBatch]
+    ) -> PreprocessedBatch | None:
         """Tops up the preprocessing thread's input, then waits for its next batch."""
         reader.top_up()
         t0 = time.perf_counter()
@@ -459,20 +481,23 @@ class Analyzer:
             if isinstance(item, PreprocessedItem):  # else an ImageDecodeFailure
                 ok.append((j, item))
             else:
-                futures[j] = _done(ItemOutcome(key, error_code=item.code, error_message=item.message,
-                                               sha256=sha.result()))
+                futures[j] = _done(
+                    ItemOutcome(key, error_code=item.code, error_message=item.message, sha256=sha.result())
+                )
         if not ok:
             return futures  # type: ignore[return-value]
-        metas = [_Meta(keys[j][1], keys[j][2], it.geometry, it.format, it.original_mode,
-                       decode_s) for j, it in ok]
+        metas = [
+            _Meta(keys[j][1], keys[j][2], it.geometry, it.format, it.original_mode, decode_s) for j, it in ok
+        ]
         t0 = time.perf_counter()
         displays = self._displays([it for _, it in ok]) if self.options.render else None
         self._add("render_device", time.perf_counter() - t0)
         geometries = [it.geometry for _, it in ok]
         for piece in self._compute(batch.tensor, displays, geometries, 0):
             # submitted first, so taken by a thread before the image tasks that wait for it
-            stats = self._pool.submit(self._piece_stats, piece,
-                                      geometries[piece.start:piece.start + len(piece)])
+            stats = self._pool.submit(
+                self._piece_stats, piece, geometries[piece.start : piece.start + len(piece)]
+            )
             for r in range(len(piece)):
                 j = ok[piece.start + r][0]
                 futures[j] = self._pool.submit(self._finish, piece, r, metas[piece.start + r], stats)
@@ -515,19 +540,30 @@ class Analyzer:
             t1 = time.perf_counter()
             heat_rows = None
             if self.options.render:
-                heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays),
-                                                  geometries)
+                heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays), geometries)
             n = x.shape[0]
             invalid = dict(res.invalid)
             if deep is not None:
                 for r, k in deep_rows.items():
                     if k in deep.invalid:
                         invalid.setdefault(r, f"deep map: {deep.invalid[k]}")
-            piece = _Piece(start, res.real, res.fake, res.logits, res.probs, invalid, res.grid,
-                           res.layer, res.target, heat_rows, (t1 - t0) / n, 0.0,
-                           deep_rows=deep_rows,
-                           deep_real=None if deep is None else deep.real,
-                           deep_fake=None if deep is None else deep.fake)
+            piece = _Piece(
+                start,
+                res.real,
+                res.fake,
+                res.logits,
+                res.probs,
+                invalid,
+                res.grid,
+                res.layer,
+                res.target,
+                heat_rows,
+                (t1 - t0) / n,
+                0.0,
+                deep_rows=deep_rows,
+                deep_real=None if deep is None else deep.real,
+                deep_fake=None if deep is None else deep.fake,
+            )
             self._to_host(piece)
             t2 = time.perf_counter()
             piece.render_s = (t2 - t1) / n
@@ -542,9 +578,13 @@ class Analyzer:
             torch.cuda.empty_cache()
         half = x.shape[0] // 2
         cut = (lambda s: s[:half]), (lambda s: s[half:])
-        return [p for c, off in zip(cut, (0, half), strict=True)
-                for p in self._compute(c(x), None if displays is None else c(displays),
-                                       c(geometries), start + off)]
+        return [
+            p
+            for c, off in zip(cut, (0, half), strict=True)
+            for p in self._compute(
+                c(x), None if displays is None else c(displays), c(geometries), start + off
+            )
+        ]
 
     def deep_rows(self, probs: torch.Tensor, invalid: Iterable[int] = ()) -> list[int]:
         """The rows of a batch that get the deep maps under ``options.deep_maps``: none, those
@@ -555,8 +595,11 @@ class Analyzer:
         skip = set(invalid)
         # compared as the label is (_make_result): the float32 value against the threshold
         flagged = [p >= self.options.threshold for p in probs[:, 1].tolist()]
-        return [r for r in range(probs.shape[0]) if r not in skip
-                and (self.options.deep_maps == DeepMaps.ALL or flagged[r])]
+        return [
+            r
+            for r in range(probs.shape[0])
+            if r not in skip and (self.options.deep_maps == DeepMaps.ALL or flagged[r])
+        ]
 
     def _deep(self, x: torch.Tensor, res) -> tuple[dict[int, int], Any]:
         """The deep maps of the chosen rows of x, in one batch after the fast pass:
@@ -593,7 +636,7 @@ class Analyzer:
         for n, h in zip(names, hosts, strict=False):  # the heat rows follow the named ones
             setattr(piece, n, h)
         if piece.heat_rows is not None:
-            piece.heat_rows = hosts[len(names):]
+            piece.heat_rows = hosts[len(names) :]
 
     # -- statistics + PNG files (thread pool) ----------------------------------------------------
     def _piece_stats(self, piece: _Piece, geometries: list[CropGeometry]) -> list:
@@ -614,45 +657,70 @@ class Analyzer:
             piece.wait()
             waited = time.perf_counter() - t0
             if r in piece.invalid:
-                return ItemOutcome(meta.key, error_code=ErrorCode.CAM_UNAVAILABLE,
-                                   error_message=piece.invalid[r], sha256=sha)
+                return ItemOutcome(
+                    meta.key, error_code=ErrorCode.CAM_UNAVAILABLE, error_message=piece.invalid[r], sha256=sha
+                )
             heatmaps = {}
             if piece.heat_rows is not None:
-                heatmaps = {HEATMAP_NAME: comparative_png(piece.heat_rows[r], piece.real[r],
-                                                          piece.fake[r], float(piece.probs[r, 1]))}
+                heatmaps = {
+                    HEATMAP_NAME: comparative_png(
+                        piece.heat_rows[r], piece.real[r], piece.fake[r], float(piece.probs[r, 1])
+                    )
+                }
             t_stats = time.perf_counter()
             stats = stats_future.result()[r]
             waited += time.perf_counter() - t_stats
             if isinstance(stats, Exception):
                 raise stats
-            result = self._make_result(piece, r, meta, sha, stats, heatmaps,
-                                       render_s=piece.render_s + time.perf_counter() - t0)
+            result = self._make_result(
+                piece, r, meta, sha, stats, heatmaps, render_s=piece.render_s + time.perf_counter() - t0
+            )
             return ItemOutcome(meta.key, result=result, sha256=sha)
         except Exception as exc:  # one image's rendering must never take its batch down
             log.exception("unexpected error rendering %s", meta.key)
-            return ItemOutcome(meta.key, error_code=ErrorCode.RENDER_FAILED,
-                               error_message=f"{type(exc).__name__}: {exc}", sha256=sha)
+            return ItemOutcome(
+                meta.key,
+                error_code=ErrorCode.RENDER_FAILED,
+                error_message=f"{type(exc).__name__}: {exc}",
+                sha256=sha,
+            )
         finally:
             self._add("wait_encode", waited)
             self._add("encode", time.perf_counter() - t0 - waited)
 
-    def _make_result(self, piece: _Piece, r: int, meta: _Meta, sha: str, stats: dict,
-                     heatmaps: dict[str, bytes], render_s: float) -> AnalysisResult:
+    def _make_result(
+        self,
+        piece: _Piece,
+        r: int,
+        meta: _Meta,
+        sha: str,
+        stats: dict,
+        heatmaps: dict[str, bytes],
+        render_s: float,
+    ) -> AnalysisResult:
         p_fake = float(piece.probs[r, 1])
         return AnalysisResult(
-            sha256=sha, image_format=meta.format, width=meta.geometry.original[0],
-            height=meta.geometry.original[1], original_mode=meta.original_mode, p_fake=p_fake,
-            logit_real=float(piece.logits[r, 0]), logit_fake=float(piece.logits[r, 1]),
+            sha256=sha,
+            image_format=meta.format,
+            width=meta.geometry.original[0],
+            height=meta.geometry.original[1],
+            original_mode=meta.original_mode,
+            p_fake=p_fake,
+            logit_real=float(piece.logits[r, 0]),
+            logit_fake=float(piece.logits[r, 1]),
             label=Label.FAKE if p_fake >= self.options.threshold else Label.REAL,
-            threshold=self.options.threshold, model_id=self.model_id,
+            threshold=self.options.threshold,
+            model_id=self.model_id,
             cam_config_id=self.cam_config_id,
             stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
-            geometry=meta.geometry.to_dict(), heatmaps=heatmaps,
-            real_map=piece.real[r].numpy().copy(), fake_map=piece.fake[r].numpy().copy(),
+            geometry=meta.geometry.to_dict(),
+            heatmaps=heatmaps,
+            real_map=piece.real[r].numpy().copy(),
+            fake_map=piece.fake[r].numpy().copy(),
             deep_real_map=_row(piece.deep_real, piece.deep_rows.get(r)),
             deep_fake_map=_row(piece.deep_fake, piece.deep_rows.get(r)),
-            timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s,
-                     "render_s": render_s})
+            timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s, "render_s": render_s},
+        )
 
 
 def cam_config_id(fast: str, deep_maps: str = DeepMaps.NONE) -> str:

@@ -10,6 +10,7 @@ process exits with the error's ``exit_code`` (2, or 75 when a service is unavail
 later try may succeed). ``--debug`` prints the traceback before that line. Any other exception
 is a bug, and its traceback is printed as Python does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,18 +44,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _database(exc: BaseException) -> tuple[str, int]:
-    return (f"database: {_first_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
-            "`poundcam db upgrade` creates the tables)", UNAVAILABLE_EXIT)
+    return (
+        f"database: {_first_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
+        "`poundcam db upgrade` creates the tables)",
+        UNAVAILABLE_EXIT,
+    )
 
 
 def _broker(exc: BaseException) -> tuple[str, int]:
-    return (f"cannot reach the broker: {_first_line(exc)} (check POUNDCAM_BROKER_URL)",
-            UNAVAILABLE_EXIT)
+    return (f"cannot reach the broker: {_first_line(exc)} (check POUNDCAM_BROKER_URL)", UNAVAILABLE_EXIT)
 
 
 def _s3(exc: BaseException) -> tuple[str, int]:
-    return (f"S3: {_first_line(exc)} (check POUNDCAM_S3_ENDPOINT_URL and the AWS_* credentials)",
-            UNAVAILABLE_EXIT)
+    return (
+        f"S3: {_first_line(exc)} (check POUNDCAM_S3_ENDPOINT_URL and the AWS_* credentials)",
+        UNAVAILABLE_EXIT,
+    )
 
 
 def _os_error(exc: BaseException) -> tuple[str, int]:
@@ -92,11 +97,12 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="poundcam",
-        description="PoundNet real/fake detection with faithful comparative CAMs.")
+        prog="poundcam", description="PoundNet real/fake detection with faithful comparative CAMs."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of a failure, not only its one-line reason")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of a failure, not only its one-line reason"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -16,6 +16,7 @@ message in the broker names.
 The module-level functions (``submit``, ``status``, ``results``, ``resend``, ``jobs``)
 do the same through one client per settings, for scripts.
 """
+
 from __future__ import annotations
 
 import time
@@ -57,9 +58,11 @@ class EnqueueError(UnavailableError):
     """The job exists but not every message could be sent; ``job_id`` says which job."""
 
     def __init__(self, job_id: str, reason: str):
-        super().__init__(f"job {job_id} was created but not enqueued: {reason}; "
-                         f"run `poundcam resend {job_id}` once the broker is back "
-                         "(check POUNDCAM_BROKER_URL)")
+        super().__init__(
+            f"job {job_id} was created but not enqueued: {reason}; "
+            f"run `poundcam resend {job_id}` once the broker is back "
+            "(check POUNDCAM_BROKER_URL)"
+        )
         self.job_id = job_id
 
 
@@ -177,12 +180,18 @@ class Client:
             raise InvalidRequestError(str(exc)) from None
         allowed = self.settings.allowed_buckets
         if allowed and ref.bucket not in allowed:
-            raise InvalidRequestError(f"{uri!r}: bucket {ref.bucket!r} is not in "
-                                      f"POUNDCAM_ALLOWED_BUCKETS ({', '.join(allowed)})")
+            raise InvalidRequestError(
+                f"{uri!r}: bucket {ref.bucket!r} is not in POUNDCAM_ALLOWED_BUCKETS ({', '.join(allowed)})"
+            )
         return uri
 
-    def submit(self, uris: Iterable[str], key: str | None = None, batch_size: int | None = None,
-               options: dict | None = None) -> str:
+    def submit(
+        self,
+        uris: Iterable[str],
+        key: str | None = None,
+        batch_size: int | None = None,
+        options: dict | None = None,
+    ) -> str:
         """Create a job for ``uris`` and enqueue it in messages of ``batch_size`` items.
 
         Args:
@@ -237,8 +246,9 @@ class Client:
             if job_id is None:
                 return None
             if job_uris(s, job_id) != uris:
-                raise InvalidRequestError(f"idempotency key {key!r} was used for job {job_id} "
-                                          "with other URIs")
+                raise InvalidRequestError(
+                    f"idempotency key {key!r} was used for job {job_id} with other URIs"
+                )
             return job_id
 
     def enqueue(self, job_id: str, refs: list[dict], batch_size: int | None = None) -> int:
@@ -260,10 +270,13 @@ class Client:
         try:
             with self.app.connection_for_write() as conn:
                 for start in range(0, len(refs), batch_size):
-                    chunk = [(r["item_id"], r["uri"]) for r in refs[start:start + batch_size]]
-                    self.app.send_task(TASK_NAME,
-                                       kwargs={"message": make_message(job_id, chunk)},
-                                       queue=QUEUE, connection=conn)
+                    chunk = [(r["item_id"], r["uri"]) for r in refs[start : start + batch_size]]
+                    self.app.send_task(
+                        TASK_NAME,
+                        kwargs={"message": make_message(job_id, chunk)},
+                        queue=QUEUE,
+                        connection=conn,
+                    )
                     sent += 1
         except PoundcamError:
             raise
@@ -331,8 +344,7 @@ class Client:
         with self.session() as s:
             return job_info(s, job_id)
 
-    def results(self, job_id: str, label: str | None = None,
-                min_prob: float | None = None) -> list[dict]:
+    def results(self, job_id: str, label: str | None = None, min_prob: float | None = None) -> list[dict]:
         """One record per item, in submission order.
 
         Args:
@@ -382,8 +394,10 @@ class Client:
             if st["finished"]:
                 return st
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"job {job_id} not finished after {timeout:g} s: "
-                                  f"{st['queued']} queued, {st['running']} running")
+                raise WaitTimeout(
+                    f"job {job_id} not finished after {timeout:g} s: "
+                    f"{st['queued']} queued, {st['running']} running"
+                )
             left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
             time.sleep(max(left, 0.0))
 
@@ -401,8 +415,13 @@ def client_for(settings: Settings | None = None) -> Client:
     return _clients[settings]
 
 
-def submit(uris: Iterable[str], batch_size: int | None = None, options: dict | None = None,
-           settings: Settings | None = None, key: str | None = None) -> str:
+def submit(
+    uris: Iterable[str],
+    batch_size: int | None = None,
+    options: dict | None = None,
+    settings: Settings | None = None,
+    key: str | None = None,
+) -> str:
     """:meth:`Client.submit` with the shared client for ``settings``."""
     return client_for(settings).submit(uris, key=key, batch_size=batch_size, options=options)
 
@@ -417,8 +436,9 @@ def status(job_id: str, settings: Settings | None = None) -> dict:
     return client_for(settings).status(job_id)
 
 
-def results(job_id: str, label: str | None = None, min_prob: float | None = None,
-            settings: Settings | None = None) -> list[dict]:
+def results(
+    job_id: str, label: str | None = None, min_prob: float | None = None, settings: Settings | None = None
+) -> list[dict]:
     """:meth:`Client.results` with the shared client for ``settings``."""
     return client_for(settings).results(job_id, label=label, min_prob=min_prob)
 

@@ -7,6 +7,7 @@ same strings as before. Settings validation, argparse ``choices=``, the database
 constraints and the documentation's error-code tables (a test compares them) derive from
 here. Importing this module imports nothing heavy (no torch).
 """
+
 from __future__ import annotations
 
 import enum
@@ -15,6 +16,7 @@ import sys
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # pragma: no cover - Python 3.10
+
     class StrEnum(str, enum.Enum):
         """``enum.StrEnum`` of Python 3.11: members are strings and print as their value."""
 
@@ -57,7 +59,7 @@ ITEM_STATES = values(ItemState)
 class CamMethod(StrEnum):
     """How gradients weight the activations (docs/cam.md)."""
 
-    GRADCAM = "gradcam"    # channel weights: the gradient averaged over the patch tokens
+    GRADCAM = "gradcam"  # channel weights: the gradient averaged over the patch tokens
     HIRESCAM = "hirescam"  # each token's own gradient times its activation
 
 
@@ -65,9 +67,9 @@ class DeepMaps(StrEnum):
     """Which analysed images also get the deep maps, attention relevance through every block
     (poundcam.cam.relevance; docs/cam.md), computed after the fast maps of their batch."""
 
-    NONE = "none"        # the fast maps only
+    NONE = "none"  # the fast maps only
     FLAGGED = "flagged"  # images labelled fake: P(fake) >= threshold
-    ALL = "all"          # every image
+    ALL = "all"  # every image
 
 
 # The CAM method behind the deep maps (ComparativeCAM(method=DEEP_METHOD)).
@@ -78,7 +80,7 @@ class CamTarget(StrEnum):
     """What the CAM explains (poundcam.cam.targets)."""
 
     CONTRASTIVE = "contrastive"  # logit(fake) - logit(real), one backward pass
-    LOGIT = "logit"              # each class's own logit
+    LOGIT = "logit"  # each class's own logit
 
 
 class Device(StrEnum):
@@ -105,7 +107,7 @@ PREPROCESS_PATHS = (PreprocessPath.DEVICE.value, PreprocessPath.PILLOW.value)
 class JpegRoundtrip(StrEnum):
     """How the device path performs the transform's quality-90 JPEG re-encode."""
 
-    CODEC = "codec"    # the JPEG encoder and decoder (nvJPEG on CUDA, libjpeg-turbo on the CPU)
+    CODEC = "codec"  # the JPEG encoder and decoder (nvJPEG on CUDA, libjpeg-turbo on the CPU)
     TENSOR = "tensor"  # the same lossy steps as tensor math (poundcam.preprocess.jpeg_tensor)
 
 
@@ -170,16 +172,31 @@ class ErrorCode(StrEnum):
 
 
 # ImageDecodeError's codes (docs/input-handling.md).
-DECODE_ERROR_CODES = frozenset({
-    ErrorCode.EMPTY, ErrorCode.TOO_LARGE, ErrorCode.TOO_MANY_PIXELS, ErrorCode.DECOMPRESSION_BOMB,
-    ErrorCode.NOT_AN_IMAGE, ErrorCode.UNSUPPORTED_FORMAT, ErrorCode.TRUNCATED, ErrorCode.CORRUPT,
-})
+DECODE_ERROR_CODES = frozenset(
+    {
+        ErrorCode.EMPTY,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.TOO_MANY_PIXELS,
+        ErrorCode.DECOMPRESSION_BOMB,
+        ErrorCode.NOT_AN_IMAGE,
+        ErrorCode.UNSUPPORTED_FORMAT,
+        ErrorCode.TRUNCATED,
+        ErrorCode.CORRUPT,
+    }
+)
 # StorageError's codes (docs/input-handling.md).
-STORAGE_ERROR_CODES = frozenset({
-    ErrorCode.INVALID_URI, ErrorCode.INVALID_KEY, ErrorCode.URI_NOT_ALLOWED, ErrorCode.NOT_FOUND,
-    ErrorCode.TOO_LARGE, ErrorCode.ACCESS_DENIED, ErrorCode.STORAGE_UNAVAILABLE,
-    ErrorCode.STORAGE_ERROR,
-})
+STORAGE_ERROR_CODES = frozenset(
+    {
+        ErrorCode.INVALID_URI,
+        ErrorCode.INVALID_KEY,
+        ErrorCode.URI_NOT_ALLOWED,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.ACCESS_DENIED,
+        ErrorCode.STORAGE_UNAVAILABLE,
+        ErrorCode.STORAGE_ERROR,
+    }
+)
 # Codes worth a retry: the message is retried instead of the item failing.
 TRANSIENT_ERROR_CODES = frozenset({ErrorCode.STORAGE_UNAVAILABLE})
 
@@ -188,12 +205,12 @@ class DeadLetterReason(StrEnum):
     """Why a worker refused a raw queue entry (poundcam.broker.envelope): stored with the dead
     letter and a metric label; docs/operations.md lists them."""
 
-    OVERSIZED = "oversized"                        # over POUNDCAM_MAX_MESSAGE_BYTES
-    NOT_JSON = "not_json"                          # not UTF-8 JSON
-    BAD_ENVELOPE = "bad_envelope"                  # not kombu's envelope
-    BAD_BODY_ENCODING = "bad_body_encoding"        # the body is not base64
+    OVERSIZED = "oversized"  # over POUNDCAM_MAX_MESSAGE_BYTES
+    NOT_JSON = "not_json"  # not UTF-8 JSON
+    BAD_ENVELOPE = "bad_envelope"  # not kombu's envelope
+    BAD_BODY_ENCODING = "bad_body_encoding"  # the body is not base64
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"  # pickle, YAML, ...
-    BAD_BODY = "bad_body"                          # not Celery's [args, kwargs, embed]
-    UNKNOWN_TASK = "unknown_task"                  # another task than poundcam.analyze
-    BAD_ARGUMENTS = "bad_arguments"                # other arguments, or a workflow
-    BAD_MESSAGE = "bad_message"                    # the message breaks the contract
+    BAD_BODY = "bad_body"  # not Celery's [args, kwargs, embed]
+    UNKNOWN_TASK = "unknown_task"  # another task than poundcam.analyze
+    BAD_ARGUMENTS = "bad_arguments"  # other arguments, or a workflow
+    BAD_MESSAGE = "bad_message"  # the message breaks the contract

@@ -4,6 +4,7 @@ JSON records carry ``job_id`` and ``items`` (item ids) when the call site passes
 ``extra``. Credentials are never logged: nothing here prints the environment or URLs with
 passwords (see redact()).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,13 @@ def redact(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-               + f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
-               "message": redact(record.getMessage())}
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
         for key in _EXTRA:
             if hasattr(record, key):
                 out[key] = getattr(record, key)

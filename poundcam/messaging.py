@@ -7,6 +7,7 @@ sent as the keyword argument ``message`` of the Celery task ``poundcam.analyze``
 A message is a pointer, not an authority: a worker processes only the items the database
 holds for the message's job, read from the URIs the database records for them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,11 @@ class MessageError(ValueError):
 
 def make_message(job_id: str, items: list[tuple[int, str]]) -> dict[str, Any]:
     """``enqueued_at`` (epoch seconds) lets workers measure how long messages wait."""
-    return {"job_id": job_id, "items": [{"item_id": int(i), "uri": str(u)} for i, u in items],
-            "enqueued_at": time.time()}
+    return {
+        "job_id": job_id,
+        "items": [{"item_id": int(i), "uri": str(u)} for i, u in items],
+        "enqueued_at": time.time(),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,9 @@ def parse_message(message: Any) -> ParsedMessage:
         raise MessageError("message must be a JSON object")
     job_id, items = message.get("job_id"), message.get("items")
     if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_CHARS:
-        raise MessageError("message.job_id must be a non-empty string of at most "
-                           f"{MAX_JOB_ID_CHARS} characters")
+        raise MessageError(
+            f"message.job_id must be a non-empty string of at most {MAX_JOB_ID_CHARS} characters"
+        )
     if not isinstance(items, list):
         raise MessageError("message.items must be a list")
     out, invalid = [], []

@@ -23,6 +23,7 @@ poundcam_broker_up                        1 if the broker answered the last scra
 ``METRIC_TYPES`` lists every metric exported, by name and type; the dashboards name only these
 (a test checks).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,29 +63,50 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY):
-        self.items = Counter("poundcam_items_total", "Items finished by outcome and error code",
-                             ["outcome", "error_code"], registry=registry)
-        self.batch_seconds = Histogram("poundcam_batch_seconds", "Wall time of one message's analysis",
-                                       buckets=BATCH_BUCKETS, registry=registry)
-        self.queue_wait = Histogram("poundcam_queue_wait_seconds", "Time from enqueue to processing",
-                                    buckets=WAIT_BUCKETS, registry=registry)
+        self.items = Counter(
+            "poundcam_items_total",
+            "Items finished by outcome and error code",
+            ["outcome", "error_code"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "poundcam_batch_seconds",
+            "Wall time of one message's analysis",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "poundcam_queue_wait_seconds",
+            "Time from enqueue to processing",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
         # A counter, so that rate() gives the throughput over any window and an idle fleet
         # shows zero (a gauge of each worker's last rate kept showing the last busy value).
-        self.images = Counter("poundcam_images_analyzed", "Images the model analysed",
-                              registry=registry)
-        self.gpu_memory = Gauge("poundcam_gpu_memory_bytes", "Peak device memory allocated",
-                                registry=registry)
-        self.model_info = Gauge("poundcam_model_info", "The loaded model", ["model_id", "cam_config"],
-                                registry=registry)
-        self.dead_letters = Counter("poundcam_dead_letters_total",
-                                    "Queue entries refused and dead-lettered, by reason",
-                                    ["reason"], registry=registry)
-        self.unbacked_items = Counter("poundcam_unbacked_items_total",
-                                      "Item ids in messages that the database does not back",
-                                      registry=registry)
-        self.swept_items = Counter("poundcam_swept_items_total",
-                                   "Abandoned items the sweeper requeued or failed",
-                                   ["outcome"], registry=registry)
+        self.images = Counter("poundcam_images_analyzed", "Images the model analysed", registry=registry)
+        self.gpu_memory = Gauge(
+            "poundcam_gpu_memory_bytes", "Peak device memory allocated", registry=registry
+        )
+        self.model_info = Gauge(
+            "poundcam_model_info", "The loaded model", ["model_id", "cam_config"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "poundcam_dead_letters_total",
+            "Queue entries refused and dead-lettered, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.unbacked_items = Counter(
+            "poundcam_unbacked_items_total",
+            "Item ids in messages that the database does not back",
+            registry=registry,
+        )
+        self.swept_items = Counter(
+            "poundcam_swept_items_total",
+            "Abandoned items the sweeper requeued or failed",
+            ["outcome"],
+            registry=registry,
+        )
 
     # the pipeline's observer interface
     def item(self, outcome: str, code: str | None = None) -> None:
@@ -101,6 +123,7 @@ class WorkerMetrics:
         self.images.inc(n)
         try:
             import torch
+
             if torch.cuda.is_available():
                 self.gpu_memory.set(torch.cuda.max_memory_allocated())
         except Exception:  # metrics never break the work
@@ -127,8 +150,9 @@ class QueueCollector:
         import redis
 
         self.queue = queue
-        self.client = redis.Redis.from_url(broker_url, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s)
+        self.client = redis.Redis.from_url(
+            broker_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -143,12 +167,12 @@ class QueueCollector:
             return
         up.add_metric([], 1)
         yield up
-        yield GaugeMetricFamily("poundcam_queue_messages", "Messages waiting in the queue",
-                                value=length)
+        yield GaugeMetricFamily("poundcam_queue_messages", "Messages waiting in the queue", value=length)
 
 
-def serve_queue_metrics(broker_url: str, port: int, queue: str = "poundcam",
-                        registry: CollectorRegistry | None = None) -> CollectorRegistry:
+def serve_queue_metrics(
+    broker_url: str, port: int, queue: str = "poundcam", registry: CollectorRegistry | None = None
+) -> CollectorRegistry:
     """Serve the queue's metrics on ``port`` (in a thread); returns the registry used."""
     registry = registry or CollectorRegistry()
     registry.register(QueueCollector(broker_url, queue))

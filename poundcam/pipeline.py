@@ -14,6 +14,7 @@ for good) fail that item with an error code and the rest go on. Transient proble
 database unreachable) leave the affected items "running" and raise RetryLater once the rest of
 the message is done.
 """
+
 from __future__ import annotations
 
 import collections
@@ -70,22 +71,21 @@ class Observer(Protocol):
 @dataclasses.dataclass
 class PipelineContext:
     analyzer: Analyzer
-    source: ObjectStore          # where images are read
-    sink: ObjectStore            # where heatmaps are written
+    source: ObjectStore  # where images are read
+    sink: ObjectStore  # where heatmaps are written
     sessions: sessionmaker[Session]
     heatmap_prefix: str = "heatmaps/"
     max_image_bytes: int | None = None
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     io_threads: int = 16
-    store_threads: int = 4          # items stored at once (each puts its one heatmap itself)
-    max_pending_stores: int = 64    # results waiting to be stored (bounds memory)
+    store_threads: int = 4  # items stored at once (each puts its one heatmap itself)
+    max_pending_stores: int = 64  # results waiting to be stored (bounds memory)
     observer: Observer | None = None  # metrics
 
     def __post_init__(self):
         self._io = cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="poundcam-s3")
         # A pool of its own: the uploads run beside the fetches, never queued behind them.
-        self._store_pool = cf.ThreadPoolExecutor(self.store_threads,
-                                                 thread_name_prefix="poundcam-store")
+        self._store_pool = cf.ThreadPoolExecutor(self.store_threads, thread_name_prefix="poundcam-store")
 
     def close(self):
         self._store_pool.shutdown(wait=True)
@@ -147,6 +147,7 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
 @dataclasses.dataclass
 class _Ledger:
     """Settled items waiting for the database, written together in one transaction."""
+
     rows: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (item, analysis)
     failures: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
 
@@ -165,9 +166,12 @@ class _Ledger:
         mark_failed_many(session, self.failures)
 
 
-def process_items(ctx: PipelineContext, items: Iterable[tuple[int, str]],
-                  progress: Callable[[ItemOutcome | None], None] | None = None,
-                  job_id: str | None = None) -> MessageReport:
+def process_items(
+    ctx: PipelineContext,
+    items: Iterable[tuple[int, str]],
+    progress: Callable[[ItemOutcome | None], None] | None = None,
+    job_id: str | None = None,
+) -> MessageReport:
     """Process ``(item_id, uri)`` pairs of one message.
 
     The database is the authority, the message only a pointer: only items of ``job_id`` (if
@@ -196,8 +200,7 @@ class _MessageRun:
     writes them to the database a batch at a time.
     """
 
-    def __init__(self, ctx: PipelineContext,
-                 progress: Callable[[ItemOutcome | None], None] | None):
+    def __init__(self, ctx: PipelineContext, progress: Callable[[ItemOutcome | None], None] | None):
         self.ctx = ctx
         self.progress = progress
         self.report = MessageReport()
@@ -221,8 +224,9 @@ class _MessageRun:
         if self.ctx.observer is not None and self.n_analyzed:
             self.ctx.observer.batch(time.perf_counter() - t0, self.n_analyzed)
         if self.report.retry:
-            raise RetryLater(f"{len(self.report.retry)} item(s) hit a transient storage failure",
-                             self.report.retry)
+            raise RetryLater(
+                f"{len(self.report.retry)} item(s) hit a transient storage failure", self.report.retry
+            )
         return self.report
 
     def _claim(self, items: list[tuple[int, str]], job_id: str | None) -> list[tuple[int, str]]:
@@ -232,26 +236,36 @@ class _MessageRun:
         self.report.unbacked = [i for i in ids if i not in claim.backed]
         self.report.skipped = len(claim.backed) - len(claim.uris)
         if self.report.unbacked:
-            log.warning("job %s: %d item id(s) the database does not back, ignored: %s",
-                        job_id, len(self.report.unbacked), _few(self.report.unbacked),
-                        extra={"job_id": job_id})
+            log.warning(
+                "job %s: %d item id(s) the database does not back, ignored: %s",
+                job_id,
+                len(self.report.unbacked),
+                _few(self.report.unbacked),
+                extra={"job_id": job_id},
+            )
             if self.ctx.observer is not None:
                 self.ctx.observer.unbacked(len(self.report.unbacked))
         moved = sorted({i for i, u in items if i in claim.uris and u != claim.uris[i]})
         if moved:
-            log.warning("job %s: %d item(s) named with another URI than the database's; "
-                        "the database's is used: %s", job_id, len(moved), _few(moved),
-                        extra={"job_id": job_id})
+            log.warning(
+                "job %s: %d item(s) named with another URI than the database's; the database's is used: %s",
+                job_id,
+                len(moved),
+                _few(moved),
+                extra={"job_id": job_id},
+            )
         return [(i, claim.uris[i]) for i in ids if i in claim.uris]
 
     # --- stage 1: fetched bytes -> the analyzer's input -------------------------------------
 
-    def _to_analyze(self, fetched: Iterable[tuple[int, bytes | StorageError]]
-                    ) -> Iterator[tuple[int, bytes]]:
+    def _to_analyze(self, fetched: Iterable[tuple[int, bytes | StorageError]]) -> Iterator[tuple[int, bytes]]:
         """Yield the fetched images not analysed before, a chunk at a time."""
         for chunk in _chunks(fetched, max(1, self.ctx.analyzer.options.batch_size)):
-            fresh = [(item_id, data, hashlib.sha256(data).hexdigest())
-                     for item_id, data in chunk if self._fetched_ok(item_id, data)]
+            fresh = [
+                (item_id, data, hashlib.sha256(data).hexdigest())
+                for item_id, data in chunk
+                if self._fetched_ok(item_id, data)
+            ]
             known = _db(self.ctx, lambda s, fresh=fresh: _link_known(self.ctx, s, fresh)) if fresh else {}
             for item_id, data, sha in fresh:
                 if sha in known:
@@ -265,8 +279,9 @@ class _MessageRun:
         if not isinstance(data, StorageError):
             return True
         if data.transient:
-            log.warning("item %s: %s; will retry", item_id, data,
-                        extra={"item_id": item_id, "error_code": data.code})
+            log.warning(
+                "item %s: %s; will retry", item_id, data, extra={"item_id": item_id, "error_code": data.code}
+            )
             self.report.retry.append(item_id)
         else:
             self._fail(item_id, data.code, str(data))
@@ -301,8 +316,9 @@ class _MessageRun:
         while self.stores and (block or self.stores[0][1] is None or self.stores[0][1].done()):
             outcome, future = self.stores.popleft()
             if future is None:
-                self._fail(outcome.key, outcome.error_code or ErrorCode.ANALYSIS_FAILED,
-                           outcome.error_message or "")
+                self._fail(
+                    outcome.key, outcome.error_code or ErrorCode.ANALYSIS_FAILED, outcome.error_message or ""
+                )
             else:
                 self._settle_upload(outcome, future)
         if block or len(self.ledger) >= self.ctx.analyzer.options.batch_size:
@@ -315,8 +331,12 @@ class _MessageRun:
             if not exc.transient:
                 self._fail(outcome.key, ErrorCode.HEATMAP_NOT_STORED, f"{exc.code}: {exc}")
                 return
-            log.warning("item %s: heatmaps not stored: %s; will retry", outcome.key, exc,
-                        extra={"item_id": outcome.key, "error_code": exc.code})
+            log.warning(
+                "item %s: heatmaps not stored: %s; will retry",
+                outcome.key,
+                exc,
+                extra={"item_id": outcome.key, "error_code": exc.code},
+            )
             self.report.retry.append(outcome.key)
             return
         self.ledger.rows.append((outcome.key, record))
@@ -331,12 +351,12 @@ class _MessageRun:
         self._tick(ItemOutcome(item_id, error_code=code, error_message=message))
 
 
-
 def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str]]) -> dict:
     """Mark done the items whose image was analysed before (same model and CAM configuration),
     linked to that analysis; returns ``{sha256: analysis id}`` of those images."""
-    known = find_analysis_ids(session, [sha for _, _, sha in fresh], ctx.analyzer.model_id,
-                              ctx.analyzer.cam_config_id)
+    known = find_analysis_ids(
+        session, [sha for _, _, sha in fresh], ctx.analyzer.model_id, ctx.analyzer.cam_config_id
+    )
     mark_done_many(session, [(item_id, known[sha]) for item_id, _, sha in fresh if sha in known])
     return known
 
@@ -345,8 +365,10 @@ def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:
     """Store an outcome's heatmaps; returns the analysis record that points to them."""
     r = outcome.result
     assert r is not None  # only analysed outcomes are uploaded
-    keys = {name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
-            for name in r.heatmaps}
+    keys = {
+        name: heatmap_key(ctx.heatmap_prefix, r.sha256, r.model_id, r.cam_config_id, name)
+        for name in r.heatmaps
+    }
     for name, png in r.heatmaps.items():  # at most one object: put from this store thread
         ctx.sink.put(keys[name], png, "image/png")
     record = {**r.record(), "heatmap_keys": keys, "worker": ctx.worker}

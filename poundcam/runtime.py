@@ -1,5 +1,6 @@
 """Build what a worker or the embedded CLI needs from Settings: the model, the analyzer,
 the stores and the database sessions. Loaded once per process."""
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,7 @@ def pick_device(setting: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == Device.CUDA and not torch.cuda.is_available():
         from .settings import SettingsError
+
         raise SettingsError("POUNDCAM_DEVICE=cuda but no CUDA device is available")
     return torch.device(setting)
 
@@ -40,14 +42,19 @@ def load_model(settings: Settings, device: torch.device):
 def make_analyzer(settings: Settings, model=None, device: torch.device | None = None) -> Analyzer:
     device = device or pick_device(settings.device)
     model = model or load_model(settings, device)
-    options = AnalysisOptions(threshold=settings.threshold, cam_layer=settings.cam_layer,
-                              cam_target=settings.cam_target, cam_method=settings.cam_method,
-                              deep_maps=settings.deep_maps,
-                              batch_size=settings.batch_size,
-                              preprocess=settings.preprocess, compile=settings.compile == CompileMode.ON,
-                              jpeg_roundtrip=settings.jpeg_roundtrip,
-                              render=settings.heatmap != "off",
-                              limits=DecodeLimits.from_settings(settings))
+    options = AnalysisOptions(
+        threshold=settings.threshold,
+        cam_layer=settings.cam_layer,
+        cam_target=settings.cam_target,
+        cam_method=settings.cam_method,
+        deep_maps=settings.deep_maps,
+        batch_size=settings.batch_size,
+        preprocess=settings.preprocess,
+        compile=settings.compile == CompileMode.ON,
+        jpeg_roundtrip=settings.jpeg_roundtrip,
+        render=settings.heatmap != "off",
+        limits=DecodeLimits.from_settings(settings),
+    )
     return Analyzer(model, options, device=device)
 
 
@@ -56,9 +63,15 @@ def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_clien
     unless the heatmap is off (POUNDCAM_HEATMAP=off: the maps go only to the database)."""
     if not settings.embedded and not settings.heatmap_bucket and settings.heatmap != HeatmapMode.OFF:
         from .settings import SettingsError
+
         raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set for S3 storage")
     source = sink = make_store(settings, client=s3_client)
-    return PipelineContext(analyzer=analyzer, source=source, sink=sink,
-                           sessions=make_session_factory(settings.database_url),
-                           heatmap_prefix=settings.heatmap_prefix,
-                           max_image_bytes=settings.max_image_bytes, observer=observer)
+    return PipelineContext(
+        analyzer=analyzer,
+        source=source,
+        sink=sink,
+        sessions=make_session_factory(settings.database_url),
+        heatmap_prefix=settings.heatmap_prefix,
+        max_image_bytes=settings.max_image_bytes,
+        observer=observer,
+    )

@@ -5,6 +5,7 @@ typed) win over the environment. Every value is validated when the object is bui
 invalid one raises :class:`SettingsError` naming the variable. docs/configuration.md lists
 every variable with its default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -144,8 +145,7 @@ class Settings:
                 try:
                     values[name] = parse(environ[var])
                 except ValueError:
-                    raise SettingsError(
-                        f"{var}={environ[var]!r} is not a valid {_kind(f)}") from None
+                    raise SettingsError(f"{var}={environ[var]!r} is not a valid {_kind(f)}") from None
         return cls(**values)
 
     @property
@@ -183,9 +183,16 @@ class Settings:
             object.__setattr__(self, name, choices(getattr(self, name)))
         if not 0.0 <= self.threshold <= 1.0:
             self._fail("threshold", "must be between 0 and 1")
-        for name in ("batch_size", "max_image_bytes", "max_image_pixels", "task_batch_size",
-                     "visibility_timeout_s", "max_message_bytes", "dead_letter_max",
-                     "max_attempts"):
+        for name in (
+            "batch_size",
+            "max_image_bytes",
+            "max_image_pixels",
+            "task_batch_size",
+            "visibility_timeout_s",
+            "max_message_bytes",
+            "dead_letter_max",
+            "max_attempts",
+        ):
             if getattr(self, name) < 1:
                 self._fail(name, "must be at least 1")
         if self.sweep_interval_s < 0:

@@ -1,5 +1,6 @@
 """Shared fixtures: the official tiny checkpoint, random tiny PoundNets, and real servers on
 localhost (an S3 server in moto's server mode, PostgreSQL and Redis from the machine)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """poundcam.constants is the one source of labels, states, choices and error codes: the docs'
 error-code tables, the database constraints and the settings derive from it."""
+
 import ast
 import re
 import subprocess
@@ -48,8 +49,7 @@ def test_input_handling_lists_every_error_code_and_no_other():
     assert set(storage) == set(STORAGE_ERROR_CODES)
     assert set(decode) | set(storage) | set(pipeline) == set(values(ErrorCode))
     assert not set(pipeline) & (set(decode) | set(storage))
-    transient = {code for table in (storage, pipeline) for code, cells in table.items()
-                 if cells[0] == "yes"}
+    transient = {code for table in (storage, pipeline) for code, cells in table.items() if cells[0] == "yes"}
     assert transient == set(TRANSIENT_ERROR_CODES)
     assert all(cells[0] in ("yes", "no") for table in (storage, pipeline) for cells in table.values())
     assert all(ErrorCode(code).transient == (code in transient) for code in values(ErrorCode))
@@ -57,8 +57,11 @@ def test_input_handling_lists_every_error_code_and_no_other():
 
 
 def test_other_docs_link_to_the_one_list_of_error_codes():
-    others = [p.relative_to(ROOT / "docs") for p in sorted((ROOT / "docs").rglob("*.md"))
-              if p.name != "input-handling.md"]
+    others = [
+        p.relative_to(ROOT / "docs")
+        for p in sorted((ROOT / "docs").rglob("*.md"))
+        if p.name != "input-handling.md"
+    ]
     assert [str(doc) for doc in others if _code_tables(str(doc))] == []
     assert "(input-handling.md#error-codes)" in (ROOT / "docs" / "configuration.md").read_text()
     assert "(docs/input-handling.md#error-codes)" in (ROOT / "README.md").read_text()
@@ -77,11 +80,15 @@ def _emitted_codes() -> set[str]:
             if path.name == "constants.py":
                 continue
             tree = ast.parse(path.read_text())
-            compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare)
-                        for n in ast.walk(c)}
-            found |= {node.attr for node in ast.walk(tree)
-                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                      and node.value.id == "ErrorCode" and id(node) not in compared}
+            compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare) for n in ast.walk(c)}
+            found |= {
+                node.attr
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "ErrorCode"
+                and id(node) not in compared
+            }
     return {ErrorCode[name].value for name in found}
 
 
@@ -100,8 +107,12 @@ def _string_literals(path: Path):
     skip = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             skip.add(id(body[0].value))
         if isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
             skip.add(id(node.left))
@@ -109,8 +120,12 @@ def _string_literals(path: Path):
             skip.update(id(k) for k in node.keys if k is not None)
         if isinstance(node, ast.Subscript):
             skip.add(id(node.slice))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in ("get", "pop", "setdefault") and node.args:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "pop", "setdefault")
+            and node.args
+        ):
             skip.add(id(node.args[0]))
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
@@ -121,10 +136,14 @@ def test_error_codes_are_spelled_only_in_constants():
     """Code elsewhere names ErrorCode members, so every code it can emit is in the enum (and,
     by the test above, in the docs)."""
     codes = set(values(ErrorCode))
-    found = [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
-             for folder in ("poundcam", "workers") for path in sorted((ROOT / folder).rglob("*.py"))
-             if path.name != "constants.py"
-             for node in _string_literals(path) if node.value in codes]
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for folder in ("poundcam", "workers")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name != "constants.py"
+        for node in _string_literals(path)
+        if node.value in codes
+    ]
     assert found == []
 
 
@@ -159,12 +178,17 @@ def test_check_constraints_of_the_models_match_the_migrations(tmp_path):
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            ddl = "\n".join(r[0] for r in conn.execute(sa.text(
-                "SELECT sql FROM sqlite_master WHERE type = 'table'")))
+            ddl = "\n".join(
+                r[0] for r in conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table'"))
+            )
     finally:
         engine.dispose()
-    model_checks = {str(c.sqltext) for t in Base.metadata.tables.values()
-                    for c in t.constraints if isinstance(c, sa.CheckConstraint)}
+    model_checks = {
+        str(c.sqltext)
+        for t in Base.metadata.tables.values()
+        for c in t.constraints
+        if isinstance(c, sa.CheckConstraint)
+    }
     assert model_checks == {one_of("label", LABELS), one_of("status", ITEM_STATES)}
     assert "label IN ('real', 'fake')" in model_checks
     for check in model_checks:
@@ -172,9 +196,13 @@ def test_check_constraints_of_the_models_match_the_migrations(tmp_path):
 
 
 def test_constants_import_without_torch():
-    out = subprocess.run([sys.executable, "-c", "import sys, poundcam.constants; "
-                          "print('torch' in sys.modules)"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, poundcam.constants; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -186,8 +214,9 @@ def test_argparse_choices_come_from_the_enums():
 
     parser = argparse.ArgumentParser()
     pipeline.register(parser.add_subparsers())
-    actions = {a.dest: a for sub in parser._subparsers._group_actions[0].choices.values()
-               for a in sub._actions}
+    actions = {
+        a.dest: a for sub in parser._subparsers._group_actions[0].choices.values() for a in sub._actions
+    }
     assert tuple(actions["device"].choices) == values(Device)
     assert tuple(actions["target"].choices) == values(CamTarget)
     assert tuple(actions["method"].choices) == values(CamMethod)

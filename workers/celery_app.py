@@ -5,6 +5,7 @@ Broker: Redis, through a transport that dead-letters entries a worker cannot run
 worker dies is delivered again (analyses are idempotent); prefetch 1, so a busy worker holds
 one message. The consumer loop also keeps a heartbeat and runs the sweeper (workers/loop.py).
 """
+
 from __future__ import annotations
 
 from celery import Celery
@@ -16,10 +17,14 @@ from .loop import LoopDuties
 
 app = Celery("poundcam")
 app.conf.update(celery_config(Settings.from_env()))
-app.conf.update(worker_concurrency=1, worker_pool="solo", worker_send_task_events=True,
-                task_send_sent_event=True,
-                # every queue entry is checked before kombu parses it (workers/transport.py)
-                broker_transport="workers.transport:GuardedTransport")
+app.conf.update(
+    worker_concurrency=1,
+    worker_pool="solo",
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    # every queue entry is checked before kombu parses it (workers/transport.py)
+    broker_transport="workers.transport:GuardedTransport",
+)
 app.conf.imports = ("workers.tasks", "workers.signals")
 app.steps["consumer"].add(LoopDuties)
 

@@ -5,6 +5,7 @@ what the liveness probe checks (its age): a worker whose loop is wedged stops to
 though its metrics thread still answers. While a message runs (the solo pool runs it inside
 the loop), the pipeline touches the heartbeat as items finish (``runtime`` wires it in).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,7 @@ class LoopDuties(bootsteps.StartStopStep):
         heartbeat.beat()
         self.timers = [c.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, heartbeat.beat)]
         if settings.sweep_interval_s:
-            self.timers.append(c.timer.call_repeatedly(settings.sweep_interval_s,
-                                                       runtime.sweep_once))
+            self.timers.append(c.timer.call_repeatedly(settings.sweep_interval_s, runtime.sweep_once))
 
     def stop(self, c):
         for entry in self.timers:

@@ -1,5 +1,6 @@
 """Per-process state of a worker: the model, analyzer, stores and sessions, loaded once, and
 checked before the worker takes any message."""
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,7 @@ def context():
                 analyzer.close()
                 raise
             _context = ctx
-            metrics().model_info.labels(model_id=analyzer.model_id,
-                                        cam_config=analyzer.cam_config_id).set(1)
+            metrics().model_info.labels(model_id=analyzer.model_id, cam_config=analyzer.cam_config_id).set(1)
             Path(settings().ready_file).write_text(f"{analyzer.model_id}\n")
             log.info("worker ready: model %s, CAM %s", analyzer.model_id, analyzer.cam_config_id)
         return _context
@@ -108,8 +108,7 @@ def sweep_once() -> None:
     except Exception as exc:  # noqa: BLE001 - an outage; the next sweep tries again
         log.warning("sweep failed: %s", exc)
         return
-    metrics().swept_items.labels(outcome="requeued").inc(
-        sum(len(v) for v in swept.requeued.values()))
+    metrics().swept_items.labels(outcome="requeued").inc(sum(len(v) for v in swept.requeued.values()))
     metrics().swept_items.labels(outcome="failed").inc(len(swept.failed))
 
 

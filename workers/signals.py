@@ -1,4 +1,5 @@
 """Worker start-up and shut-down: load the model before taking messages, serve metrics."""
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ unfinished items after a randomised backoff (full jitter, so that workers do not
 the same moment after an outage); once retries are exhausted those items fail with the code
 ``retries_exhausted``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,11 +31,10 @@ BACKOFF_CAP_S = 300.0
 def backoff(retries: int, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**retries)] (AWS Architecture Blog,
     "Exponential Backoff And Jitter")."""
-    return (rng or random).uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** retries))
+    return (rng or random).uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**retries))
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=MAX_RETRIES)
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
 def analyze(self, message):
     try:
         parsed = parse_message(message)
@@ -43,15 +43,24 @@ def analyze(self, message):
         return {"error": str(exc)}
     job_id, items = parsed.job_id, parsed.items
     if parsed.invalid:
-        log.warning("job %s: %d malformed item entr(ies) ignored: %s", job_id,
-                    len(parsed.invalid), "; ".join(parsed.invalid[:5]), extra={"job_id": job_id})
+        log.warning(
+            "job %s: %d malformed item entr(ies) ignored: %s",
+            job_id,
+            len(parsed.invalid),
+            "; ".join(parsed.invalid[:5]),
+            extra={"job_id": job_id},
+        )
         runtime.metrics().unbacked(len(parsed.invalid))
     ctx = runtime.context()
     enqueued = message.get("enqueued_at")
     if isinstance(enqueued, (int, float)) and self.request.retries == 0:
         runtime.metrics().queue_wait.observe(max(0.0, time.time() - enqueued))
-    log.info("message: job %s, %d items", job_id, len(items),
-             extra={"job_id": job_id, "items": [i for i, _ in items]})
+    log.info(
+        "message: job %s, %d items",
+        job_id,
+        len(items),
+        extra={"job_id": job_id, "items": [i for i, _ in items]},
+    )
     pending = items
     error: Exception
     try:
@@ -64,21 +73,37 @@ def analyze(self, message):
             raise
         reason, error = ErrorCode.DATABASE_UNAVAILABLE, exc
     else:
-        log.info("job %s: %d done, %d reused, %d failed, %d already finished, %d not backed",
-                 job_id, report.done, report.reused, report.failed, report.skipped,
-                 len(report.unbacked), extra={"job_id": job_id})
-        return {"done": report.done, "reused": report.reused, "failed": report.failed,
-                "unbacked": report.unbacked}
+        log.info(
+            "job %s: %d done, %d reused, %d failed, %d already finished, %d not backed",
+            job_id,
+            report.done,
+            report.reused,
+            report.failed,
+            report.skipped,
+            len(report.unbacked),
+            extra={"job_id": job_id},
+        )
+        return {
+            "done": report.done,
+            "reused": report.reused,
+            "failed": report.failed,
+            "unbacked": report.unbacked,
+        }
     if self.request.retries >= MAX_RETRIES:
-        log.error("job %s: giving up on %d items: %s", job_id, len(pending), error,
-                  extra={"job_id": job_id})
+        log.error("job %s: giving up on %d items: %s", job_id, len(pending), error, extra={"job_id": job_id})
         with session_scope(ctx.sessions) as s:
             mark_failed_many(s, [(i, reason, str(error)) for i, _ in pending], job_id=job_id)
         return {"failed": len(pending)}
     _give_back(ctx, job_id, pending)
     countdown = backoff(self.request.retries)
-    log.warning("job %s: retrying %d items in %.0fs: %s", job_id, len(pending), countdown, error,
-                extra={"job_id": job_id})
+    log.warning(
+        "job %s: retrying %d items in %.0fs: %s",
+        job_id,
+        len(pending),
+        countdown,
+        error,
+        extra={"job_id": job_id},
+    )
     raise self.retry(kwargs={"message": make_message(job_id, pending)}, countdown=countdown)
 
 

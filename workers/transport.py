@@ -9,6 +9,7 @@ because that is the one place both of kombu's read paths pass the raw bytes thro
 
 Selected by the worker's Celery app with ``broker_transport`` (producers keep kombu's own).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,11 +39,16 @@ class EntryGuard:
         if refusal is None:
             return True
         record = deadletters.make_record(raw, refusal.reason, refusal.detail, queue)
-        deadletters.push(redis.Redis(connection_pool=client.connection_pool), record,
-                         self.max_dead_letters)
-        log.error("queue entry refused (%s, %d bytes), dead letter %s: %s; entry starts %r",
-                  refusal.reason, len(raw), record["id"], refusal.detail, raw[:PREVIEW_BYTES],
-                  extra={"reason": refusal.reason, "dead_letter": record["id"]})
+        deadletters.push(redis.Redis(connection_pool=client.connection_pool), record, self.max_dead_letters)
+        log.error(
+            "queue entry refused (%s, %d bytes), dead letter %s: %s; entry starts %r",
+            refusal.reason,
+            len(raw),
+            record["id"],
+            refusal.detail,
+            raw[:PREVIEW_BYTES],
+            extra={"reason": refusal.reason, "dead_letter": record["id"]},
+        )
         if self.on_refused is not None:
             self.on_refused(refusal.reason)
         return False

@@ -1,4 +1,5 @@
 """python -m benchmarks.faithfulness [--quick] [--out DIR] [--no-docs] [--threads N]"""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS}/<profile>)")
     ap.add_argument("--no-docs", action="store_true", help="do not copy tables and figures into docs/")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--export", type=Path, default=None,
-                    help="also write the detector as a poundcam .safetensors export here")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="also write the detector as a poundcam .safetensors export here",
+    )
     args = ap.parse_args(argv)
 
     from .evaluate import evaluate
@@ -46,8 +51,7 @@ def main(argv=None) -> int:
         log(f"exported the detector to {args.export}")
     print(paths["markdown"].read_text())
     failed = [c for c in checks(res) if not c[1]]
-    log(f"wrote {out}" + (f" and {docs}" if docs else "") +
-        f"; {len(failed)} target(s) not met")
+    log(f"wrote {out}" + (f" and {docs}" if docs else "") + f"; {len(failed)} target(s) not met")
     return 0
 
 

@@ -11,6 +11,7 @@ blended in with a feathered edge; a final faint noise covers the whole image, so
 alone never marks the region, and every image is quantized to 8 bits. "Real" images carry no
 artifact. The planted mask (blend weight at least 0.5) is returned with every fake.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,21 +29,21 @@ SPLITS = {"train": 0, "test": 1, "localize": 2, "select": 3}
 class DataSettings:
     size: int = 224
     n_shapes: int = 6
-    noise_max: float = 0.03          # sensor noise sigma, uniform in [0, noise_max]
-    post_noise_max: float = 0.008    # faint noise over the whole image after the blend
-    region_min: int = 40             # planted rectangle side, pixels
+    noise_max: float = 0.03  # sensor noise sigma, uniform in [0, noise_max]
+    post_noise_max: float = 0.008  # faint noise over the whole image after the blend
+    region_min: int = 40  # planted rectangle side, pixels
     region_max: int = 96
-    feather: float = 3.0             # soft edge of the blend, pixels
-    checker_min: float = 0.1         # checkerboard amplitude (intensity units 0..1)
+    feather: float = 3.0  # soft edge of the blend, pixels
+    checker_min: float = 0.1  # checkerboard amplitude (intensity units 0..1)
     checker_max: float = 0.2
-    upsample: int = 2                # nearest-neighbour up-sampling factor of the region
+    upsample: int = 2  # nearest-neighbour up-sampling factor of the region
 
 
 @dataclasses.dataclass
 class Batch:
-    images: torch.Tensor   # [B, 3, H, W] float32 in 0..1 (not normalized)
-    labels: torch.Tensor   # [B] int64, 1 = fake
-    masks: torch.Tensor    # [B, H, W] bool, the planted region (all False for real images)
+    images: torch.Tensor  # [B, 3, H, W] float32 in 0..1 (not normalized)
+    labels: torch.Tensor  # [B] int64, 1 = fake
+    masks: torch.Tensor  # [B, H, W] bool, the planted region (all False for real images)
 
     def normalized(self) -> torch.Tensor:
         return normalize(self.images)
@@ -69,7 +70,7 @@ def texture(g: torch.Generator, b: int, size: int) -> torch.Tensor:
     noise = torch.randn(b, 3, size, size, generator=g)
     fy = torch.fft.fftfreq(size)[:, None]
     fx = torch.fft.rfftfreq(size)[None, :]
-    f = torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1.0 / size)
+    f = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / size)
     alpha = _uniform(g, (b, 1, 1, 1), 1.3, 2.2)
     spec = torch.fft.rfft2(noise) * f.pow(-alpha)
     field = torch.fft.irfft2(spec, s=(size, size))
@@ -83,8 +84,11 @@ def texture(g: torch.Generator, b: int, size: int) -> torch.Tensor:
 
 def shapes(g: torch.Generator, b: int, size: int, n: int, base: torch.Tensor) -> torch.Tensor:
     """Paint n soft-edged ellipses and rectangles of flat-ish colour over ``base``."""
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
-                            torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32) + 0.5,
+        torch.arange(size, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
     cx = _uniform(g, (b, n, 1, 1), 0, size)
     cy = _uniform(g, (b, n, 1, 1), 0, size)
     rx = _uniform(g, (b, n, 1, 1), 10, 60)
@@ -152,8 +156,9 @@ def plant(g: torch.Generator, img: torch.Tensor, s: DataSettings) -> tuple[torch
     return out, weight[:, 0] >= 0.5
 
 
-def make_batch(seed: int, split: str, index: int, batch_size: int, s: DataSettings,
-               fake_share: float = 0.5) -> Batch:
+def make_batch(
+    seed: int, split: str, index: int, batch_size: int, s: DataSettings, fake_share: float = 0.5
+) -> Batch:
     """Batch ``index`` of ``split``: a fixed function of its arguments."""
     g = generator(seed, split, index)
     img = scenes(g, batch_size, s)
@@ -172,10 +177,16 @@ def make_batch(seed: int, split: str, index: int, batch_size: int, s: DataSettin
     return Batch(images=img[perm].contiguous(), labels=labels[perm], masks=masks[perm])
 
 
-def make_set(seed: int, split: str, n: int, s: DataSettings, batch_size: int = 32,
-             fake_share: float = 0.5) -> Batch:
+def make_set(
+    seed: int, split: str, n: int, s: DataSettings, batch_size: int = 32, fake_share: float = 0.5
+) -> Batch:
     """``n`` images of ``split`` (generated in batches of ``batch_size``)."""
-    parts = [make_batch(seed, split, i, min(batch_size, n - i * batch_size), s, fake_share)
-             for i in range(math.ceil(n / batch_size))]
-    return Batch(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                 torch.cat([p.masks for p in parts]))
+    parts = [
+        make_batch(seed, split, i, min(batch_size, n - i * batch_size), s, fake_share)
+        for i in range(math.ceil(n / batch_size))
+    ]
+    return Batch(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        torch.cat([p.masks for p in parts]),
+    )

@@ -1,4 +1,5 @@
 """Run the evaluation for one profile: detector, maps, metrics, sanity checks -> one dict."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,10 @@ def select_layer(model, profile: Profile, method: str = "gradcam", log=print) ->
     for layer in range(len(model.visual.transformer.resblocks)):
         m = compute_maps(comparative_cam("contrastive", layer, method), model, x, sel.images, ids)
         curves = deletion_insertion(model, sel.images, m)
-        scores[layer] = {"deletion_auc": _mean(area_under(curves["deletion"])),
-                         "insertion_auc": _mean(area_under(curves["insertion"]))}
+        scores[layer] = {
+            "deletion_auc": _mean(area_under(curves["deletion"])),
+            "insertion_auc": _mean(area_under(curves["insertion"])),
+        }
         log(f"{method} layer {layer}: selection deletion AUC {scores[layer]['deletion_auc']:.3f}")
     best = min(scores, key=lambda k: scores[k]["deletion_auc"])
     return best, scores
@@ -83,8 +86,9 @@ def peer_agreement(maps: dict, n_layers: int, selected: dict[str, int]) -> dict:
                 "ours": ours_name,
                 "max_abs_diff": float((ours - peer).abs().max()),
                 "same_peak_share": float((ours.argmax(1) == peer.argmax(1)).float().mean()),
-                "spearman_mean": _mean(spearman(ours.reshape(maps[ours_name].shape),
-                                                peer.reshape(maps[peer_name].shape))),
+                "spearman_mean": _mean(
+                    spearman(ours.reshape(maps[ours_name].shape), peer.reshape(maps[peer_name].shape))
+                ),
             }
     return out
 
@@ -104,9 +108,11 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
     ids = list(range(profile.n_localize))
     labels = grid_labels(loc.masks, g)
     with torch.no_grad():
-        p_fake = torch.cat([model(x[i:i + 64]).softmax(-1)[:, 1] for i in range(0, len(x), 64)])
-    log(f"localization set: {len(x)} fakes, {float((p_fake > 0.5).float().mean()):.3f} detected, "
-        f"region covers {labels.float().mean().item():.3f} of the grid on average")
+        p_fake = torch.cat([model(x[i : i + 64]).softmax(-1)[:, 1] for i in range(0, len(x), 64)])
+    log(
+        f"localization set: {len(x)} fakes, {float((p_fake > 0.5).float().mean()):.3f} detected, "
+        f"region covers {labels.float().mean().item():.3f} of the grid on average"
+    )
 
     n_layers = len(model.visual.transformer.resblocks)
     selected, per_layer = {}, {}
@@ -117,8 +123,11 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
         per_layer[method] = {}
         for lay in range(n_layers):
             m = compute_maps(comparative_cam("contrastive", lay, method), model, x, loc.images, ids)
-            per_layer[method][lay] = {"pointing_game": _mean(pointing_game(m, labels)),
-                                      "auroc": _mean(auroc(m, labels)), **selection[lay]}
+            per_layer[method][lay] = {
+                "pointing_game": _mean(pointing_game(m, labels)),
+                "auroc": _mean(auroc(m, labels)),
+                **selection[lay],
+            }
     methods = build_methods(n_layers, selected)
 
     maps, rows = {}, {}
@@ -141,46 +150,68 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
             "uses_model": name not in MODEL_FREE,
         }
         r = rows[name]
-        log(f"{name}: pointing {r['pointing_game']:.3f} AUROC {r['auroc']:.3f} "
+        log(
+            f"{name}: pointing {r['pointing_game']:.3f} AUROC {r['auroc']:.3f} "
             f"energy {r['energy_share']:.3f} deletion {r['deletion_auc']:.3f} "
-            f"insertion {r['insertion_auc']:.3f}")
+            f"insertion {r['insertion_auc']:.3f}"
+        )
     ref = labels.float()
     curves = deletion_insertion(model, loc.images[:nc], ref[:nc])
-    reference = {"deletion_auc": _mean(area_under(curves["deletion"])),
-                 "insertion_auc": _mean(area_under(curves["insertion"])),
-                 "deletion_curve": curves["deletion"].mean(0).tolist(),
-                 "insertion_curve": curves["insertion"].mean(0).tolist(),
-                 "uniform_energy_share": float(ref.flatten(1).mean(1).mean())}
+    reference = {
+        "deletion_auc": _mean(area_under(curves["deletion"])),
+        "insertion_auc": _mean(area_under(curves["insertion"])),
+        "deletion_curve": curves["deletion"].mean(0).tolist(),
+        "insertion_curve": curves["insertion"].mean(0).tolist(),
+        "uniform_energy_share": float(ref.flatten(1).mean(1).mean()),
+    }
 
     peers = peer_agreement(maps, n_layers, selected)
     for name, r in peers.items():
-        log(f"{name} vs {r['ours']}: max |diff| {r['max_abs_diff']:.2e}, same peak "
-            f"{r['same_peak_share']:.3f}")
+        log(
+            f"{name} vs {r['ours']}: max |diff| {r['max_abs_diff']:.2e}, same peak {r['same_peak_share']:.3f}"
+        )
 
     ns = profile.n_sanity
     log(f"sanity checks on {ns} fakes")
-    randomization = cascading_randomization(model, x[:ns], loc.images[:ns], ids[:ns], methods,
-                                            seed=profile.seed, log=log)
+    randomization = cascading_randomization(
+        model, x[:ns], loc.images[:ns], ids[:ns], methods, seed=profile.seed, log=log
+    )
     swap = class_swap(model, x[:ns], loc.images[:ns], ids[:ns], methods)
 
     return {
         "profile": profile.name,
-        "detector": {"config": json.loads(profile.model.to_json()),
-                     "model_id": model.model_id, "held_out_accuracy": acc,
-                     "held_out_images": profile.n_eval, "training": train_info,
-                     "data": dataclasses.asdict(profile.data),
-                     "train": dataclasses.asdict(profile.train)},
-        "localization": {"n_fakes": len(x), "n_curves": nc, "grid": g,
-                         "detected_share": float((p_fake > 0.5).float().mean()),
-                         "mask_grid_share": float(labels.float().mean()),
-                         "fractions": list(FRACTIONS), "methods": rows, "reference": reference},
-        "layers": {"default": n_layers - 1, "selected": selected, "n_select": profile.n_select,
-                   "per_layer": per_layer},
+        "detector": {
+            "config": json.loads(profile.model.to_json()),
+            "model_id": model.model_id,
+            "held_out_accuracy": acc,
+            "held_out_images": profile.n_eval,
+            "training": train_info,
+            "data": dataclasses.asdict(profile.data),
+            "train": dataclasses.asdict(profile.train),
+        },
+        "localization": {
+            "n_fakes": len(x),
+            "n_curves": nc,
+            "grid": g,
+            "detected_share": float((p_fake > 0.5).float().mean()),
+            "mask_grid_share": float(labels.float().mean()),
+            "fractions": list(FRACTIONS),
+            "methods": rows,
+            "reference": reference,
+        },
+        "layers": {
+            "default": n_layers - 1,
+            "selected": selected,
+            "n_select": profile.n_select,
+            "per_layer": per_layer,
+        },
         "peer_agreement": peers,
         "randomization": randomization,
         "class_swap": swap,
         "n_sanity": ns,
         "seconds_total": time.perf_counter() - t_start,
         "threads": torch.get_num_threads(),
-        "_maps": maps, "_set": loc, "_labels": labels,
+        "_maps": maps,
+        "_set": loc,
+        "_labels": labels,
     }

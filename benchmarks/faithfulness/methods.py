@@ -9,6 +9,7 @@ random baseline so it is one fixed pattern per image).
 The priors and the random map exist ONLY here, as baselines: they show what a map that
 ignores the model scores. They never belong in the library.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,10 +34,13 @@ CAM_LABEL = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "relevance": "relevan
 
 def comparative_cam(target: str, layer: int | None = -1, method: str = "gradcam") -> MethodFn:
     """ComparativeCAM's map for one class; ``layer=None``: the method's default."""
+
     def run(model, x, images, ids, cls):
         res = ComparativeCAM(model, layer=layer, target=target, method=method).attribute(
-            x, on_invalid="report")
+            x, on_invalid="report"
+        )
         return (res.fake if cls == 1 else res.real).float()
+
     return run
 
 
@@ -44,6 +48,7 @@ def comparative_cam(target: str, layer: int | None = -1, method: str = "gradcam"
 def gradcam_library(layer: int = -1, method: str = "gradcam") -> MethodFn:
     def run(model, x, images, ids, cls):
         return _gradcam_library(model, x, cls, layer, method)
+
     return run
 
 
@@ -92,7 +97,7 @@ def _cell_centres(g: int) -> tuple[torch.Tensor, torch.Tensor]:
 def centre_prior(model, x, images, ids, cls):
     """Gaussian centred on the image, sigma = a quarter of its side."""
     yy, xx = _cell_centres(_grid(model))
-    m = torch.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / (2 * 0.25 ** 2))
+    m = torch.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / (2 * 0.25**2))
     return m.expand(len(x), -1, -1).clone()
 
 
@@ -164,12 +169,20 @@ def library_name(layer: int, method: str = "gradcam") -> str:
 MODEL_FREE = {"Random map", "Centre prior", "Edge (border) prior", "Sobel edges"}
 
 
-def compute_maps(fn: MethodFn, model, x: torch.Tensor, images: torch.Tensor, ids, cls: int = 1,
-                 batch: int = 32, name: str = "") -> torch.Tensor:
+def compute_maps(
+    fn: MethodFn,
+    model,
+    x: torch.Tensor,
+    images: torch.Tensor,
+    ids,
+    cls: int = 1,
+    batch: int = 32,
+    name: str = "",
+) -> torch.Tensor:
     """Maps of one method for a set, in batches; [N, g, g] float32."""
     out = []
     for i in range(0, len(x), batch):
-        out.append(fn(model, x[i:i + batch], images[i:i + batch], ids[i:i + batch], cls).cpu())
+        out.append(fn(model, x[i : i + batch], images[i : i + batch], ids[i : i + batch], cls).cpu())
     maps = torch.cat(out)
     if not torch.isfinite(maps).all():
         raise RuntimeError(f"{name}: non-finite map values")
@@ -177,10 +190,20 @@ def compute_maps(fn: MethodFn, model, x: torch.Tensor, images: torch.Tensor, ids
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
-                         align_corners=False)[:, 0]
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-__all__ = ["BASELINES", "CAM_LABEL", "CAM_METHODS", "MODEL_FREE", "build_methods", "cam_layers",
-           "cam_name", "comparative_cam", "compute_maps", "library_name", "relevance_name",
-           "upsample"]
+__all__ = [
+    "BASELINES",
+    "CAM_LABEL",
+    "CAM_METHODS",
+    "MODEL_FREE",
+    "build_methods",
+    "cam_layers",
+    "cam_name",
+    "comparative_cam",
+    "compute_maps",
+    "library_name",
+    "relevance_name",
+    "upsample",
+]

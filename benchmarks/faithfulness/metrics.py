@@ -3,6 +3,7 @@
 Resolution: everything is scored at the model's grid resolution. A grid cell counts as
 "inside" the planted region when the region covers at least half of the cell's pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,7 +82,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     radius = int(3 * sigma)
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     c = images.shape[1]
     x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
@@ -100,8 +101,9 @@ def cell_order(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor,
-                       fractions=FRACTIONS, batch: int = 64) -> dict[str, np.ndarray]:
+def deletion_insertion(
+    model, images: torch.Tensor, maps: torch.Tensor, fractions=FRACTIONS, batch: int = 64
+) -> dict[str, np.ndarray]:
     """P(fake) curves [N, len(fractions)].
 
     Deletion: the top-ranked cells of the image are replaced by the same cells of the blurred
@@ -122,8 +124,9 @@ def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor,
         chosen = F.interpolate(chosen, scale_factor=cell, mode="nearest")
         for name, (top, rest) in {"deletion": (blurred, images), "insertion": (images, blurred)}.items():
             composite = top * chosen + rest * (1 - chosen)
-            probs = torch.cat([model(normalize(composite[i:i + batch])).softmax(-1)[:, 1]
-                               for i in range(0, n, batch)])
+            probs = torch.cat(
+                [model(normalize(composite[i : i + batch])).softmax(-1)[:, 1] for i in range(0, n, batch)]
+            )
             curves[name][:, j] = probs.numpy()
     return curves
 

@@ -1,4 +1,5 @@
 """Tables (JSON and Markdown) and figures (PNG) from an evaluation result."""
+
 from __future__ import annotations
 
 import io
@@ -27,31 +28,65 @@ def checks(res: dict) -> list[tuple[str, bool, str]]:
     baselines = [m for m in rows if m in MODEL_FREE]
     for name in [m for m in rows if m.startswith("ComparativeCAM")]:
         r = rows[name]
-        out.append((f"{name}: pointing game >= {TARGET_POINTING}", r["pointing_game"] >= TARGET_POINTING,
-                    f"{r['pointing_game']:.3f}"))
+        out.append(
+            (
+                f"{name}: pointing game >= {TARGET_POINTING}",
+                r["pointing_game"] >= TARGET_POINTING,
+                f"{r['pointing_game']:.3f}",
+            )
+        )
         best_pg = max(rows[b]["pointing_game"] for b in baselines)
         best_auc = max(rows[b]["auroc"] for b in baselines)
-        out.append((f"{name}: pointing game above the best baseline by >= 0.3",
-                    r["pointing_game"] - best_pg >= 0.3, f"margin {r['pointing_game'] - best_pg:+.3f}"))
-        out.append((f"{name}: AUROC above the best baseline by >= 0.2",
-                    r["auroc"] - best_auc >= 0.2, f"margin {r['auroc'] - best_auc:+.3f}"))
+        out.append(
+            (
+                f"{name}: pointing game above the best baseline by >= 0.3",
+                r["pointing_game"] - best_pg >= 0.3,
+                f"margin {r['pointing_game'] - best_pg:+.3f}",
+            )
+        )
+        out.append(
+            (
+                f"{name}: AUROC above the best baseline by >= 0.2",
+                r["auroc"] - best_auc >= 0.2,
+                f"margin {r['auroc'] - best_auc:+.3f}",
+            )
+        )
         if name.startswith("ComparativeCAM relevance"):
-            out.append((f"{name}: pointing game >= {RELEVANCE_POINTING}",
-                        r["pointing_game"] >= RELEVANCE_POINTING, f"{r['pointing_game']:.3f}"))
-            out.append((f"{name}: deletion AUC <= {RELEVANCE_DELETION_MAX}",
-                        r["deletion_auc"] <= RELEVANCE_DELETION_MAX, f"{r['deletion_auc']:.3f}"))
+            out.append(
+                (
+                    f"{name}: pointing game >= {RELEVANCE_POINTING}",
+                    r["pointing_game"] >= RELEVANCE_POINTING,
+                    f"{r['pointing_game']:.3f}",
+                )
+            )
+            out.append(
+                (
+                    f"{name}: deletion AUC <= {RELEVANCE_DELETION_MAX}",
+                    r["deletion_auc"] <= RELEVANCE_DELETION_MAX,
+                    f"{r['deletion_auc']:.3f}",
+                )
+            )
     for name, r in res.get("peer_agreement", {}).items():
-        out.append((f"{name} equals {r['ours']} (max abs difference of the 0..1 maps "
-                    f"<= {PEER_MAX_DIFF:g})", r["max_abs_diff"] <= PEER_MAX_DIFF,
-                    f"{r['max_abs_diff']:.1e}"))
+        out.append(
+            (
+                f"{name} equals {r['ours']} (max abs difference of the 0..1 maps <= {PEER_MAX_DIFF:g})",
+                r["max_abs_diff"] <= PEER_MAX_DIFF,
+                f"{r['max_abs_diff']:.1e}",
+            )
+        )
     for name, r in res["randomization"].items():
         final = r["spearman_abs_mean"][-1]
         if name in MODEL_FREE:
             out.append((f"{name}: fails randomization (stays at 1)", final > 0.99, f"{final:.3f}"))
         else:
-            out.append((f"{name}: passes randomization (mean abs Spearman <= "
-                        f"{RANDOMIZED_MAX_SPEARMAN} with every block randomized)",
-                        final <= RANDOMIZED_MAX_SPEARMAN, f"{final:.3f}"))
+            out.append(
+                (
+                    f"{name}: passes randomization (mean abs Spearman <= "
+                    f"{RANDOMIZED_MAX_SPEARMAN} with every block randomized)",
+                    final <= RANDOMIZED_MAX_SPEARMAN,
+                    f"{final:.3f}",
+                )
+            )
     return out
 
 
@@ -84,63 +119,109 @@ def markdown(res: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in loc["methods"].items():
-        lines.append(f"| {name} | {r['pointing_game']:.3f} | {r['auroc']:.3f} | "
-                     f"{r['energy_share']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} | "
-                     f"{1000 * r['seconds_per_image']:.1f} |")
+        lines.append(
+            f"| {name} | {r['pointing_game']:.3f} | {r['auroc']:.3f} | "
+            f"{r['energy_share']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} | "
+            f"{1000 * r['seconds_per_image']:.1f} |"
+        )
     ref = loc["reference"]
-    lines.append(f"| *{REFERENCE}* | 1.000 | 1.000 | 1.000 | {ref['deletion_auc']:.3f} | "
-                 f"{ref['insertion_auc']:.3f} | |")
+    lines.append(
+        f"| *{REFERENCE}* | 1.000 | 1.000 | 1.000 | {ref['deletion_auc']:.3f} | "
+        f"{ref['insertion_auc']:.3f} | |"
+    )
     lay = res["layers"]
     chosen = ", ".join(f"{CAM_LABEL[m]} **block {b}**" for m, b in lay["selected"].items())
-    lines += ["", "### Which layer ComparativeCAM explains", "",
-              f"Chosen without ground truth, per weighting: the block whose `ln_1` gives the lowest "
-              f"deletion AUC for ComparativeCAM (contrastive) on {lay['n_select']} fakes of a "
-              f"separate selection split. Selected: {chosen} (the library default is the last "
-              f"block, {lay['default']}). Pointing game and AUROC (contrastive) on the localization "
-              "set are shown for every block but were not used for the choice.", "",
-              "| weighting | block | selection deletion AUC | selection insertion AUC | "
-              "pointing game | AUROC |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### Which layer ComparativeCAM explains",
+        "",
+        f"Chosen without ground truth, per weighting: the block whose `ln_1` gives the lowest "
+        f"deletion AUC for ComparativeCAM (contrastive) on {lay['n_select']} fakes of a "
+        f"separate selection split. Selected: {chosen} (the library default is the last "
+        f"block, {lay['default']}). Pointing game and AUROC (contrastive) on the localization "
+        "set are shown for every block but were not used for the choice.",
+        "",
+        "| weighting | block | selection deletion AUC | selection insertion AUC | pointing game | AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, per in lay["per_layer"].items():
         for k, v in per.items():
-            mark = [t for t, ok in (("selected", int(k) == lay["selected"][method]),
-                                    ("default", int(k) == lay["default"])) if ok]
+            mark = [
+                t
+                for t, ok in (
+                    ("selected", int(k) == lay["selected"][method]),
+                    ("default", int(k) == lay["default"]),
+                )
+                if ok
+            ]
             mark = f" ({', '.join(mark)})" if mark else ""
-            lines.append(f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | "
-                         f"{v['insertion_auc']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |")
+            lines.append(
+                f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | "
+                f"{v['insertion_auc']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |"
+            )
     if res.get("peer_agreement"):
-        lines += ["", "### Agreement with pytorch-grad-cam", "",
-                  "The library's map against ComparativeCAM's `logit`-target map with the same "
-                  "weighting at the same layer (the library's target is the class logit); ours is "
-                  "min-max scaled to 0..1 as the library scales its own.", "",
-                  "| pytorch-grad-cam | ComparativeCAM | max abs difference | same peak cell | "
-                  "mean Spearman |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Agreement with pytorch-grad-cam",
+            "",
+            "The library's map against ComparativeCAM's `logit`-target map with the same "
+            "weighting at the same layer (the library's target is the class logit); ours is "
+            "min-max scaled to 0..1 as the library scales its own.",
+            "",
+            "| pytorch-grad-cam | ComparativeCAM | max abs difference | same peak cell | mean Spearman |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in res["peer_agreement"].items():
-            lines.append(f"| {name} | {r['ours']} | {r['max_abs_diff']:.1e} | "
-                         f"{r['same_peak_share']:.3f} | {r['spearman_mean']:+.4f} |")
+            lines.append(
+                f"| {name} | {r['ours']} | {r['max_abs_diff']:.1e} | "
+                f"{r['same_peak_share']:.3f} | {r['spearman_mean']:+.4f} |"
+            )
     steps = next(iter(res["randomization"].values()))["steps"]
-    lines += ["", f"### Cascading randomization ({res['n_sanity']} fakes)", "",
-              "Mean Spearman rank correlation between the trained model's fake map and the map "
-              "after re-initializing, cumulatively, the head and then each block from the top; in "
-              "brackets the mean of its absolute value (an inverted map still keeps the structure).", "",
-              "| method | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+    lines += [
+        "",
+        f"### Cascading randomization ({res['n_sanity']} fakes)",
+        "",
+        "Mean Spearman rank correlation between the trained model's fake map and the map "
+        "after re-initializing, cumulatively, the head and then each block from the top; in "
+        "brackets the mean of its absolute value (an inverted map still keeps the structure).",
+        "",
+        "| method | " + " | ".join(steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
     for name, r in res["randomization"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{v:+.2f} ({a:.2f})"
-            for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"], strict=True)) + " |")
-    lines += ["", f"### Class swap ({res['n_sanity']} fakes)", "",
-              "Fake map against the same method's real map: mean Spearman correlation and the share "
-              "of images where the two maps are identical.", "",
-              "| method | Spearman(fake map, real map) | identical maps |", "|---|---|---|"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{v:+.2f} ({a:.2f})" for v, a in zip(r["spearman_mean"], r["spearman_abs_mean"], strict=True)
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"### Class swap ({res['n_sanity']} fakes)",
+        "",
+        "Fake map against the same method's real map: mean Spearman correlation and the share "
+        "of images where the two maps are identical.",
+        "",
+        "| method | Spearman(fake map, real map) | identical maps |",
+        "|---|---|---|",
+    ]
     for name, r in res["class_swap"].items():
         lines.append(f"| {name} | {r['spearman_mean']:+.2f} | {r['identical_share']:.2f} |")
     lines += ["", "### Targets", "", "| check | result | measured |", "|---|---|---|"]
     for text, ok, measured in checks(res):
         lines.append(f"| {text} | {'pass' if ok else 'FAIL'} | {measured} |")
-    trained = ("loaded from the cache; training it took "
-               f"{tr.get('data_seconds', 0) + tr.get('train_seconds', 0):.0f} s" if tr.get("cached")
-               else "trained in this run")
-    lines += ["", f"Whole evaluation: {res['seconds_total']:.0f} s on {res['threads']} CPU threads "
-              f"(detector {trained}, data generation included)."]
+    trained = (
+        "loaded from the cache; training it took "
+        f"{tr.get('data_seconds', 0) + tr.get('train_seconds', 0):.0f} s"
+        if tr.get("cached")
+        else "trained in this run"
+    )
+    lines += [
+        "",
+        f"Whole evaluation: {res['seconds_total']:.0f} s on {res['threads']} CPU threads "
+        f"(detector {trained}, data generation included).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -177,18 +258,39 @@ def figure_curves(res: dict, path: Path) -> None:
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for n in names:
             style = "--" if n in MODEL_FREE else "-"
-            ax.plot(f, loc["methods"][n][f"{kind}_curve"], style, color=col[n], lw=1.4,
-                    label=f"{n} ({loc['methods'][n][f'{kind}_auc']:.2f})")
-        ax.plot(f, loc["reference"][f"{kind}_curve"], ":", color="k", lw=1.2,
-                label=f"{REFERENCE} ({loc['reference'][f'{kind}_auc']:.2f})")
-        ax.set_title(f"{kind.capitalize()}: cells {'blurred' if kind == 'deletion' else 'restored'} "
-                     "in map order", fontsize=9)
+            ax.plot(
+                f,
+                loc["methods"][n][f"{kind}_curve"],
+                style,
+                color=col[n],
+                lw=1.4,
+                label=f"{n} ({loc['methods'][n][f'{kind}_auc']:.2f})",
+            )
+        ax.plot(
+            f,
+            loc["reference"][f"{kind}_curve"],
+            ":",
+            color="k",
+            lw=1.2,
+            label=f"{REFERENCE} ({loc['reference'][f'{kind}_auc']:.2f})",
+        )
+        ax.set_title(
+            f"{kind.capitalize()}: cells {'blurred' if kind == 'deletion' else 'restored'} in map order",
+            fontsize=9,
+        )
         ax.set_xlabel("fraction of grid cells", fontsize=8)
         ax.set_ylabel("mean P(fake)", fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  frameon=False, title="method (area under the curve)", title_fontsize=6)
+        ax.legend(
+            fontsize=5.5,
+            ncol=2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            frameon=False,
+            title="method (area under the curve)",
+            title_fontsize=6,
+        )
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -198,7 +300,7 @@ def _short_title(name: str) -> str:
     """A method's name on up to three lines, to fit a narrow column."""
     for lib in ("ComparativeCAM ", "pytorch-grad-cam "):
         if name.startswith(lib):
-            name = lib.strip() + "\n" + name[len(lib):]
+            name = lib.strip() + "\n" + name[len(lib) :]
     return name.replace(" (", "\n(")
 
 
@@ -218,7 +320,7 @@ def figure_examples(res: dict, path: Path, n: int) -> None:
         if row == 0:
             ax.set_title("image + planted\nregion", fontsize=6)
         for j, name in enumerate(names, start=1):
-            m = maps[name][row:row + 1]
+            m = maps[name][row : row + 1]
             up = upsample(m, size)[0].numpy()
             peak = up.max()
             up = up / peak if peak > 0 else up
@@ -243,8 +345,15 @@ def figure_randomization(res: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.8), dpi=90)
     for n in names:
         r = res["randomization"][n]
-        ax.plot(range(len(r["steps"])), r["spearman_mean"], "--o" if n in MODEL_FREE else "-o",
-                color=col[n], ms=3, lw=1.3, label=n)
+        ax.plot(
+            range(len(r["steps"])),
+            r["spearman_mean"],
+            "--o" if n in MODEL_FREE else "-o",
+            color=col[n],
+            ms=3,
+            lw=1.3,
+            label=n,
+        )
         ticks = r["steps"]
     ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
     ax.set_xlabel("randomized (cumulative, from the top)", fontsize=8)
@@ -278,4 +387,3 @@ def write(res: dict, out_dir: Path, n_examples: int, docs_dir: Path | None = Non
         for f in ("tables.md", *FIGURES):
             shutil.copyfile(out_dir / f, docs_dir / f)
     return paths
-

@@ -9,6 +9,7 @@ destroyed (correlation towards zero); a map that ignores the model stays at 1.
 Class swap: the same method's map for the other class ("real" instead of "fake"). A map that
 ignores the class it is asked about is identical for both.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,15 +37,19 @@ def _reinit(model, step: str, seed: int) -> None:
             return
         i = int(step.split()[1])
         block = visual.transformer.resblocks[i]
-        fresh = type(block)(block.attn.embed_dim, block.attn.num_heads, block.n_prompt,
-                            block.prompt_at_end, block.prompt_offset)
+        fresh = type(block)(
+            block.attn.embed_dim,
+            block.attn.num_heads,
+            block.n_prompt,
+            block.prompt_at_end,
+            block.prompt_offset,
+        )
         if block.n_prompt:
             fresh.VPT_shallow.normal_(0, 0.02)
         block.load_state_dict(fresh.state_dict())
 
 
-def cascading_randomization(model, x, images, ids, methods: dict, seed: int = 0,
-                            log=print) -> dict:
+def cascading_randomization(model, x, images, ids, methods: dict, seed: int = 0, log=print) -> dict:
     """{method: {"steps": [...], "spearman_mean": [...], "spearman_abs_mean": [...]}}."""
     steps = randomization_steps(model)
     reference = {m: compute_maps(fn, model, x, images, ids) for m, fn in methods.items()}
@@ -56,8 +61,10 @@ def cascading_randomization(model, x, images, ids, methods: dict, seed: int = 0,
             rho = spearman(reference[m], compute_maps(fn, work, x, images, ids))
             out[m]["spearman_mean"].append(float(np.mean(rho)))
             out[m]["spearman_abs_mean"].append(float(np.mean(np.abs(rho))))
-        log(f"randomized {step}: " + ", ".join(
-            f"{m[:22]} {out[m]['spearman_mean'][-1]:+.2f}" for m in methods))
+        log(
+            f"randomized {step}: "
+            + ", ".join(f"{m[:22]} {out[m]['spearman_mean'][-1]:+.2f}" for m in methods)
+        )
     return out
 
 
@@ -69,6 +76,5 @@ def class_swap(model, x, images, ids, methods: dict) -> dict:
         real = compute_maps(fn, model, x, images, ids, cls=0)
         rho = spearman(fake, real)
         same = (fake - real).flatten(1).abs().amax(dim=1) == 0
-        out[m] = {"spearman_mean": float(np.mean(rho)),
-                  "identical_share": float(same.float().mean())}
+        out[m] = {"spearman_mean": float(np.mean(rho)), "identical_share": float(same.float().mean())}
     return out

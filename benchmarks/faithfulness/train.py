@@ -4,6 +4,7 @@ and cache it by a hash of every setting that shapes it.
 The cache is a poundcam safetensors export (``poundcam.model.export_safetensors``), so the
 trained detector loads with ``PoundNet.from_checkpoint`` like any other model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,22 +28,33 @@ CODE_VERSION = 1  # bump when the generator or the training loop changes what a 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     seed: int = 0
-    pool: int = 2048            # training images generated once, reused with augmentation
+    pool: int = 2048  # training images generated once, reused with augmentation
     steps: int = 400
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup: int = 30
-    eval_images: int = 256      # held-out images for the accuracy check
+    eval_images: int = 256  # held-out images for the accuracy check
 
 
 def detector_config(width: int = 128, layers: int = 4, patch: int = 16, grid: int = 14) -> PoundNetConfig:
     """Small PoundNet: same modules, prompts and text tower as the released one, small widths."""
-    return PoundNetConfig(vision_width=width, vision_layers=layers, patch_size=patch,
-                          grid_size=grid, embed_dim=64, text_width=64, text_layers=1,
-                          context_length=16, n_ctx_vision=4, n_ctx_text=4,
-                          prompt_depth_vision=layers - 1, prompt_depth_text=1, prompt_num_text=1,
-                          class_names=("photo", "image"))
+    return PoundNetConfig(
+        vision_width=width,
+        vision_layers=layers,
+        patch_size=patch,
+        grid_size=grid,
+        embed_dim=64,
+        text_width=64,
+        text_layers=1,
+        context_length=16,
+        n_ctx_vision=4,
+        n_ctx_text=4,
+        prompt_depth_vision=layers - 1,
+        prompt_depth_text=1,
+        prompt_num_text=1,
+        class_names=("photo", "image"),
+    )
 
 
 def init_weights(model: PoundNet, seed: int) -> PoundNet:
@@ -54,10 +66,10 @@ def init_weights(model: PoundNet, seed: int) -> PoundNet:
     v, t, pl = model.visual, model.text, model.prompt_learner
     with torch.no_grad():
         w = v.class_embedding.shape[0]
-        v.class_embedding.normal_(0, w ** -0.5)
+        v.class_embedding.normal_(0, w**-0.5)
         v.positional_embedding.normal_(0, 0.01)
         v.VPT.normal_(0, 0.02)
-        v.proj.normal_(0, w ** -0.5)
+        v.proj.normal_(0, w**-0.5)
         for block in v.transformer.resblocks[1:]:
             if block.n_prompt:
                 block.VPT_shallow.normal_(0, 0.02)
@@ -75,9 +87,15 @@ def init_weights(model: PoundNet, seed: int) -> PoundNet:
 
 
 def settings_key(cfg: PoundNetConfig, data: DataSettings, train: TrainSettings) -> str:
-    blob = json.dumps({"version": CODE_VERSION, "model": json.loads(cfg.to_json()),
-                       "data": dataclasses.asdict(data), "train": dataclasses.asdict(train)},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "version": CODE_VERSION,
+            "model": json.loads(cfg.to_json()),
+            "data": dataclasses.asdict(data),
+            "train": dataclasses.asdict(train),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -96,13 +114,20 @@ def accuracy(model: PoundNet, images: torch.Tensor, labels: torch.Tensor, batch:
     from .data import normalize
 
     model.eval()
-    preds = torch.cat([model(normalize(images[i:i + batch])).argmax(1)
-                       for i in range(0, len(images), batch)])
+    preds = torch.cat(
+        [model(normalize(images[i : i + batch])).argmax(1) for i in range(0, len(images), batch)]
+    )
     return (preds == labels).float().mean().item()
 
 
-def train(cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, log=print,
-          device: str = "cpu", eval_every: int = 0) -> tuple[PoundNet, dict]:
+def train(
+    cfg: PoundNetConfig,
+    data: DataSettings,
+    s: TrainSettings,
+    log=print,
+    device: str = "cpu",
+    eval_every: int = 0,
+) -> tuple[PoundNet, dict]:
     from .data import normalize
 
     t0 = time.perf_counter()
@@ -117,13 +142,21 @@ def train(cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, log=print,
     model = init_weights(PoundNet(cfg), s.seed).to(device)
     model.autocast_dtype = None
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "VPT" not in n
-             and "positional" not in n and "ctx" not in n]
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and "VPT" not in n and "positional" not in n and "ctx" not in n
+    ]
     no_decay = [p for n, p in model.named_parameters() if not any(p is q for q in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / s.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(i, s.steps) / s.steps)))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=s.lr,
+        betas=(0.9, 0.98),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: min(1.0, (i + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * min(i, s.steps) / s.steps)),
+    )
     g = torch.Generator().manual_seed(s.seed + 1)
     t1 = time.perf_counter()
     running = []
@@ -138,12 +171,16 @@ def train(cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, log=print,
         sched.step()
         running.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == s.steps:
-            log(f"step {step + 1}/{s.steps} loss {sum(running) / len(running):.4f} "
-                f"({time.perf_counter() - t1:.0f} s)")
+            log(
+                f"step {step + 1}/{s.steps} loss {sum(running) / len(running):.4f} "
+                f"({time.perf_counter() - t1:.0f} s)"
+            )
             running = []
         if eval_every and (step + 1) % eval_every == 0:
-            log(f"step {step + 1}: held-out accuracy "
-                f"{accuracy(model, held.images.to(device), held.labels.to(device)):.4f}")
+            log(
+                f"step {step + 1}: held-out accuracy "
+                f"{accuracy(model, held.images.to(device), held.labels.to(device)):.4f}"
+            )
             model.train()
     t_train = time.perf_counter() - t1
     model.eval()
@@ -152,14 +189,19 @@ def train(cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, log=print,
     model.model_id = model_id(model.state_dict())
     acc = accuracy(model, held.images.to(device), held.labels.to(device))
     log(f"held-out accuracy {acc:.4f} on {s.eval_images} images")
-    info = {"data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
-            "held_out_accuracy": acc, "held_out_images": s.eval_images,
-            "threads": torch.get_num_threads()}
+    info = {
+        "data_seconds": round(t_data, 1),
+        "train_seconds": round(t_train, 1),
+        "held_out_accuracy": acc,
+        "held_out_images": s.eval_images,
+        "threads": torch.get_num_threads(),
+    }
     return model, info
 
 
-def load_or_train(cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, cache_dir: Path,
-                  log=print) -> tuple[PoundNet, dict]:
+def load_or_train(
+    cfg: PoundNetConfig, data: DataSettings, s: TrainSettings, cache_dir: Path, log=print
+) -> tuple[PoundNet, dict]:
     """The cached detector for these settings, training it first if it is not there."""
     key = settings_key(cfg, data, s)
     path = Path(cache_dir) / f"detector-{key}.safetensors"

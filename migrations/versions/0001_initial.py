@@ -13,6 +13,7 @@ Revision ID: 0001_initial
 Revises:
 Create Date: 2025-01-01
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -32,8 +33,7 @@ def upgrade() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("options", JSON, nullable=False),
         sa.Column("total_items", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
@@ -59,11 +59,11 @@ def upgrade() -> None:
         sa.Column("geometry", JSON, nullable=True),
         sa.Column("timings", JSON, nullable=True),
         sa.Column("worker", sa.String(255), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_analyses"),
-        sa.UniqueConstraint("sha256", "model_id", "cam_config_id",
-                            name="uq_analyses_sha256_model_id_cam_config_id"),
+        sa.UniqueConstraint(
+            "sha256", "model_id", "cam_config_id", name="uq_analyses_sha256_model_id_cam_config_id"
+        ),
         sa.CheckConstraint("label IN ('real', 'fake')", name=op.f("ck_analyses_label")),
     )
     op.create_index("ix_analyses_label_p_fake", "analyses", ["label", "p_fake"])
@@ -80,16 +80,16 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("analysis_id", ID, nullable=True),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_job_items"),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_job_items_job_id_jobs",
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["analysis_id"], ["analyses.id"],
-                                name="fk_job_items_analysis_id_analyses", ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_job_items_job_id_jobs", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["analysis_id"], ["analyses.id"], name="fk_job_items_analysis_id_analyses", ondelete="SET NULL"
+        ),
         sa.UniqueConstraint("job_id", "position", name="uq_job_items_job_id_position"),
-        sa.CheckConstraint("status IN ('queued', 'running', 'done', 'failed')",
-                           name=op.f("ck_job_items_status")),
+        sa.CheckConstraint(
+            "status IN ('queued', 'running', 'done', 'failed')", name=op.f("ck_job_items_status")
+        ),
     )
     op.create_index("ix_job_items_job_id_status", "job_items", ["job_id", "status"])
     op.create_index("ix_job_items_analysis_id", "job_items", ["analysis_id"])

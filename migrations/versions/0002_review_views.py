@@ -16,6 +16,7 @@ Revision ID: 0002_review_views
 Revises: 0001_initial
 Create Date: 2025-01-02
 """
+
 from __future__ import annotations
 
 from alembic import op
@@ -61,22 +62,23 @@ JSON_COLUMNS = (
 def _pg_json(column: str, path: tuple, kind: str) -> str:
     # #>> returns text (SQL NULL for a missing path or a JSON null).
     expr = f"a.{column} #>> '{{{','.join(str(p) for p in path)}}}'"
-    return {"float": f"CAST({expr} AS DOUBLE PRECISION)", "int": f"CAST({expr} AS INTEGER)",
-            "text": expr}[kind]
+    return {"float": f"CAST({expr} AS DOUBLE PRECISION)", "int": f"CAST({expr} AS INTEGER)", "text": expr}[
+        kind
+    ]
 
 
 def _sqlite_json(column: str, path: tuple, kind: str) -> str:
     # json_extract returns SQL values (REAL, INTEGER, TEXT; NULL for a missing path or null).
     jpath = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
     expr = f"json_extract(a.{column}, '{jpath}')"
-    return {"float": f"CAST({expr} AS REAL)", "int": f"CAST({expr} AS INTEGER)",
-            "text": expr}[kind]
+    return {"float": f"CAST({expr} AS REAL)", "int": f"CAST({expr} AS INTEGER)", "text": expr}[kind]
 
 
 def item_results_sql(dialect: str) -> str:
     extract = _pg_json if dialect == "postgresql" else _sqlite_json
-    json_cols = ",\n    ".join(f"{extract(col, path, kind)} AS {name}"
-                               for name, col, path, kind in JSON_COLUMNS)
+    json_cols = ",\n    ".join(
+        f"{extract(col, path, kind)} AS {name}" for name, col, path, kind in JSON_COLUMNS
+    )
     return f"""CREATE VIEW {ITEM_RESULTS} AS
 SELECT
     i.job_id AS job_id,

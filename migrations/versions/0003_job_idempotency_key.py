@@ -9,6 +9,7 @@ Revision ID: 0003_job_idempotency_key
 Revises: 0002_review_views
 Create Date: 2025-01-03
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -18,6 +18,7 @@ Revision ID: 0004_raw_maps
 Revises: 0003_job_idempotency_key
 Create Date: 2025-01-04
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,16 +53,19 @@ def _map_type(dialect: str):
 def item_results_sql(dialect: str) -> str:
     """0002's item view with ``heatmap_key``, ``real_map`` and ``fake_map`` added at its end."""
     if dialect == "postgresql":
-        added = ["a.heatmap_keys #>> '{comparative}' AS heatmap_key",
-                 *(f"array_to_json(a.{c}) AS {c}" for c in MAP_COLUMNS)]
+        added = [
+            "a.heatmap_keys #>> '{comparative}' AS heatmap_key",
+            *(f"array_to_json(a.{c}) AS {c}" for c in MAP_COLUMNS),
+        ]
     else:
-        added = ["json_extract(a.heatmap_keys, '$.comparative') AS heatmap_key",
-                 *(f"a.{c} AS {c}" for c in MAP_COLUMNS)]
+        added = [
+            "json_extract(a.heatmap_keys, '$.comparative') AS heatmap_key",
+            *(f"a.{c} AS {c}" for c in MAP_COLUMNS),
+        ]
     base = _v0002().item_results_sql(dialect)
     last = "    a.created_at AS analysed_at\nFROM"
     assert last in base, "0002's item view changed shape"
-    return base.replace(last, "    a.created_at AS analysed_at,\n    "
-                        + ",\n    ".join(added) + "\nFROM")
+    return base.replace(last, "    a.created_at AS analysed_at,\n    " + ",\n    ".join(added) + "\nFROM")
 
 
 def map_cells_sql(dialect: str) -> str:

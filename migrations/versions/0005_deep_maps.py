@@ -16,6 +16,7 @@ Revision ID: 0005_deep_maps
 Revises: 0004_raw_maps
 Create Date: 2025-01-05
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -6,6 +6,7 @@ the entry's bytes (base64) so that it can be put back on the queue once whatever
 is fixed; an oversized entry keeps only its first :data:`KEPT_PREFIX_BYTES` and cannot be
 requeued.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,9 +30,16 @@ class DeadLetterError(PoundcamError):
 def make_record(raw: bytes, reason: str, detail: str, queue: str = QUEUE) -> dict[str, Any]:
     """The record stored for a refused entry."""
     kept = raw[:KEPT_PREFIX_BYTES] if reason == OVERSIZED else raw
-    return {"id": uuid.uuid4().hex, "reason": reason, "detail": detail, "queue": queue,
-            "at": time.time(), "size": len(raw), "truncated": len(kept) < len(raw),
-            "raw": base64.b64encode(kept).decode("ascii")}
+    return {
+        "id": uuid.uuid4().hex,
+        "reason": reason,
+        "detail": detail,
+        "queue": queue,
+        "at": time.time(),
+        "size": len(raw),
+        "truncated": len(kept) < len(raw),
+        "raw": base64.b64encode(kept).decode("ascii"),
+    }
 
 
 def push(client, record: dict[str, Any], max_entries: int) -> None:
@@ -61,8 +69,11 @@ def find(client, record_id: str) -> dict[str, Any]:
     """The record with ``record_id`` (or a unique prefix of it)."""
     matches = [r for r in entries(client) if r.get("id") and r["id"].startswith(record_id)]
     if len(matches) != 1:
-        raise DeadLetterError(f"no dead letter {record_id!r}" if not matches
-                              else f"{record_id!r} matches {len(matches)} dead letters")
+        raise DeadLetterError(
+            f"no dead letter {record_id!r}"
+            if not matches
+            else f"{record_id!r} matches {len(matches)} dead letters"
+        )
     return matches[0]
 
 
@@ -73,8 +84,7 @@ def raw_bytes(record: dict[str, Any]) -> bytes:
 def requeue(client, record: dict[str, Any]) -> None:
     """Put the entry back at the tail of its queue and remove it from the list."""
     if record.get("truncated") or record.get("raw") is None:
-        raise DeadLetterError(f"dead letter {record.get('id')} was not kept whole; "
-                              "it cannot be requeued")
+        raise DeadLetterError(f"dead letter {record.get('id')} was not kept whole; it cannot be requeued")
     with client.pipeline(transaction=True) as pipe:
         pipe.lpush(record.get("queue") or QUEUE, raw_bytes(record))
         pipe.lrem(DEAD_LETTER_KEY, 1, record["_stored"])

@@ -8,6 +8,7 @@ Celery's message protocol 2, JSON, one ``poundcam.analyze`` call with ``message`
 argument. Anything else is refused with a reason from :data:`REASONS` and goes to the
 dead-letter list (:mod:`poundcam.broker.deadletters`) instead of the worker.
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,8 +62,7 @@ def check_entry(raw: bytes | str, max_bytes: int) -> Refusal | None:
         ``None`` for a deliverable entry, otherwise the :class:`Refusal`.
     """
     try:
-        _check(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw,
-               max_bytes)
+        _check(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw, max_bytes)
     except _Refused as exc:
         return exc.refusal
     return None
@@ -112,7 +112,8 @@ def _check_envelope(envelope: Any) -> None:
         raise _Refused(BAD_ENVELOPE, "properties.delivery_tag must be a non-empty string")
     info = props.get("delivery_info")
     if not isinstance(info, dict) or not all(
-            isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        isinstance(info.get(k), str) for k in ("exchange", "routing_key")
+    ):
         raise _Refused(BAD_ENVELOPE, "properties.delivery_info needs exchange and routing_key")
     priority = props.get("priority")
     if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
@@ -128,8 +129,7 @@ def _decode_body(envelope: dict) -> Any:
     if content_type != "application/json":
         raise _Refused(UNSUPPORTED_CONTENT, f"content type {_short(content_type)}")
     if envelope.get("content-encoding") != "utf-8":
-        raise _Refused(UNSUPPORTED_CONTENT,
-                       f"content encoding {_short(envelope.get('content-encoding'))}")
+        raise _Refused(UNSUPPORTED_CONTENT, f"content encoding {_short(envelope.get('content-encoding'))}")
     if envelope["properties"].get("body_encoding") != "base64":
         raise _Refused(BAD_BODY_ENCODING, "properties.body_encoding must be base64")
     try:
@@ -152,9 +152,12 @@ def _check_headers(headers: dict) -> None:
             raise _Refused(BAD_ENVELOPE, f"headers.{name} is not an ISO 8601 time") from None
     limits = headers.get("timelimit")
     if limits is not None and not (
-            isinstance(limits, list) and len(limits) == 2
-            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and v >= 0) for v in limits)):
+        isinstance(limits, list)
+        and len(limits) == 2
+        and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0) for v in limits
+        )
+    ):
         raise _Refused(BAD_ENVELOPE, "headers.timelimit must be [soft, hard] seconds")
     retries = headers.get("retries")
     if retries is not None and (type(retries) is not int or retries < 0):

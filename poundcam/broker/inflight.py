@@ -5,6 +5,7 @@ yet acknowledged (kombu's ``unacked`` hash, which also holds messages waiting fo
 failed submit does not double the queue. Entries are read in chunks; only those whose bytes
 contain the job id (Celery copies the arguments into the ``kwargsrepr`` header) are decoded.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import json
 from ..messaging import QUEUE, parse_message
 from .envelope import message_of
 
-UNACKED_KEY = "unacked"            # kombu's Redis transport default
-PRIORITY_SEP = "\x06\x16"          # kombu: "<queue><sep><priority>" for priorities 3, 6, 9
+UNACKED_KEY = "unacked"  # kombu's Redis transport default
+PRIORITY_SEP = "\x06\x16"  # kombu: "<queue><sep><priority>" for priorities 3, 6, 9
 PRIORITY_STEPS = (3, 6, 9)
 CHUNK = 1000
 
@@ -37,8 +38,7 @@ def queued_item_ids(settings, job_id: str) -> set[int]:
                 envelope = json.loads(value)[0]
             except (ValueError, IndexError, KeyError, TypeError):
                 continue
-            found |= _ids_in(json.dumps(envelope).encode(), needle, job_id,
-                             settings.max_message_bytes)
+            found |= _ids_in(json.dumps(envelope).encode(), needle, job_id, settings.max_message_bytes)
     return found
 
 

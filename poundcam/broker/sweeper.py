@@ -9,6 +9,7 @@ has been claimed ``POUNDCAM_MAX_ATTEMPTS`` times. Run by every worker every
 ``POUNDCAM_SWEEP_INTERVAL_S`` and by ``poundcam sweep``; sweepers running at once are safe
 (each row changes once).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,17 @@ def sweep(settings, sessions) -> Sweep:
     with session_scope(sessions) as s:
         swept = sweep_abandoned(s, settings.visibility_timeout_s, settings.max_attempts)
     for job_id, refs in swept.requeued.items():
-        log.warning("job %s: %d item(s) abandoned while running, requeued", job_id, len(refs),
-                    extra={"job_id": job_id})
+        log.warning(
+            "job %s: %d item(s) abandoned while running, requeued",
+            job_id,
+            len(refs),
+            extra={"job_id": job_id},
+        )
         client_for(settings).enqueue(job_id, [{"item_id": i, "uri": u} for i, u in refs])
     if swept.failed:
-        log.warning("%d item(s) abandoned too often, failed with retries_exhausted: %s",
-                    len(swept.failed), swept.failed[:20])
+        log.warning(
+            "%d item(s) abandoned too often, failed with retries_exhausted: %s",
+            len(swept.failed),
+            swept.failed[:20],
+        )
     return swept

@@ -15,6 +15,7 @@ the first batch of each size pays the compilation; ``compile_batch=N`` pads smal
 rows there, so one compilation serves them all). The graph from the explained activation on
 stays eager, so the gradients are computed as without it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -34,8 +35,15 @@ class ActivationCAM(CAMMethod):
     default_layer = -1
     default_point = "ln_1"
 
-    def __init__(self, model, layer: int = -1, target: str = CamTarget.CONTRASTIVE, point: str = "ln_1",
-                 compile: bool = False, compile_batch: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int = -1,
+        target: str = CamTarget.CONTRASTIVE,
+        point: str = "ln_1",
+        compile: bool = False,
+        compile_batch: int | None = None,
+    ):
         if point not in POINTS:
             raise ValueError(f"point must be one of {POINTS}, not {point!r}")
         super().__init__(model, layer, target, point)
@@ -96,7 +104,9 @@ def _gradient_problems(grad: torch.Tensor, layer: int, point: str, name: str) ->
     for i in torch.nonzero(~finite).flatten().tolist():
         problems[i] = f"non-finite gradients at block {layer} ({point}) for the {name} target"
     for i in torch.nonzero(finite & ~nonzero).flatten().tolist():
-        problems[i] = (f"all patch-token gradients are zero at block {layer} ({point}) for the "
-                       f"{name} target: the explained point does not reach the logits through the "
-                       "patch tokens (a point after the last attention?)")
+        problems[i] = (
+            f"all patch-token gradients are zero at block {layer} ({point}) for the "
+            f"{name} target: the explained point does not reach the logits through the "
+            "patch tokens (a point after the last attention?)"
+        )
     return problems

@@ -3,6 +3,7 @@
 One small file per method builds on it (``gradcam.py``, ``hirescam.py``, ``relevance.py``);
 ``ComparativeCAM`` (engine.py) picks one and turns its maps into a :class:`CAMResult`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -50,9 +51,17 @@ class CAMResult:
 
     def item(self, i: int) -> CAMResult:
         """Image ``i`` of the batch as a result of batch size 1."""
-        return CAMResult(self.real[i:i + 1], self.fake[i:i + 1], self.logits[i:i + 1],
-                         self.probs[i:i + 1], self.layer, self.target, self.point,
-                         {0: self.invalid[i]} if i in self.invalid else {}, self.method)
+        return CAMResult(
+            self.real[i : i + 1],
+            self.fake[i : i + 1],
+            self.logits[i : i + 1],
+            self.probs[i : i + 1],
+            self.layer,
+            self.target,
+            self.point,
+            {0: self.invalid[i]} if i in self.invalid else {},
+            self.method,
+        )
 
 
 @dataclasses.dataclass
@@ -80,8 +89,15 @@ class CAMMethod(abc.ABC):
     default_layer: ClassVar[int]
     default_point: ClassVar[str]
 
-    def __init__(self, model, layer: int, target: str, point: str, compile: bool = False,
-                 compile_batch: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int,
+        target: str,
+        point: str,
+        compile: bool = False,
+        compile_batch: int | None = None,
+    ):
         # ``compile`` and ``compile_batch`` are part of every method's constructor (ComparativeCAM
         # passes them); a method that compiles something handles them itself.
         if target not in TARGETS:

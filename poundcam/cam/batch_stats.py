@@ -6,6 +6,7 @@ analysis would otherwise make while holding the GIL for every image of every bat
 fail stats.py's checks (not finite, negative) go through ``compute_stats`` itself: their
 entry is the ValueError it raises, and the other images are unaffected.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,14 @@ def _class_stats(a: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[dict]:
     cx, cy = (p * X).sum(axis=1), (p * Y).sum(axis=1)
     out = []
     for i in range(n):
-        d: dict = {"max": float(peak[i]), "mean": float(mean[i]), "area_half_max": 0.0,
-                   "entropy": None, "peak": None, "centroid": None}
+        d: dict = {
+            "max": float(peak[i]),
+            "mean": float(mean[i]),
+            "area_half_max": 0.0,
+            "entropy": None,
+            "peak": None,
+            "centroid": None,
+        }
         if live[i]:
             d["area_half_max"] = float(area[i])
             d["entropy"] = float(entropy[i])
@@ -60,8 +67,13 @@ def _comparative(r: np.ndarray, f: np.ndarray) -> list[dict]:
     corr = np.clip(corr, -1.0, 1.0)  # as np.corrcoef clips
     total = r.sum(axis=1) + f.sum(axis=1)
     share = f.sum(axis=1) / np.where(total > 0, total, 1.0)
-    return [{"correlation": float(corr[i]) if rs[i] > 0 and fs[i] > 0 else None,
-             "fake_share": float(share[i]) if total[i] > 0 else None} for i in range(n)]
+    return [
+        {
+            "correlation": float(corr[i]) if rs[i] > 0 and fs[i] > 0 else None,
+            "fake_share": float(share[i]) if total[i] > 0 else None,
+        }
+        for i in range(n)
+    ]
 
 
 def compute_stats_batch(real, fake, geometries: Sequence[CropGeometry]) -> list[dict | ValueError]:
@@ -70,11 +82,17 @@ def compute_stats_batch(real, fake, geometries: Sequence[CropGeometry]) -> list[
     r = np.asarray(real.detach().cpu().double() if hasattr(real, "detach") else real, dtype=np.float64)
     f = np.asarray(fake.detach().cpu().double() if hasattr(fake, "detach") else fake, dtype=np.float64)
     if r.ndim != 3 or r.shape != f.shape or r.shape[1] != r.shape[2] or r.shape[0] != len(geometries):
-        raise ValueError(f"expected two [n, g, g] batches of maps for {len(geometries)} images, "
-                         f"got {r.shape} and {f.shape}")
+        raise ValueError(
+            f"expected two [n, g, g] batches of maps for {len(geometries)} images, "
+            f"got {r.shape} and {f.shape}"
+        )
     n, g = r.shape[0], r.shape[1]
-    ok = (np.isfinite(r).all(axis=(1, 2)) & (r >= 0).all(axis=(1, 2))
-          & np.isfinite(f).all(axis=(1, 2)) & (f >= 0).all(axis=(1, 2)))
+    ok = (
+        np.isfinite(r).all(axis=(1, 2))
+        & (r >= 0).all(axis=(1, 2))
+        & np.isfinite(f).all(axis=(1, 2))
+        & (f >= 0).all(axis=(1, 2))
+    )
     if not ok.all():  # stats.py's own error for the refused ones
         return [_one(r[i], f[i], geometries[i]) for i in range(n)]
     centres = [_centres(g, geom) for geom in geometries]

@@ -1,6 +1,7 @@
 """The interface of the GradCAM document that started this project, as a thin layer over
 ComparativeCAM, with the same defaults as the library and the service. Maps come from the
 model's gradients; nothing is synthesized."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,14 @@ class PoundNetGradCAM:
         ValueError: For an unknown scale (and whatever ComparativeCAM refuses).
     """
 
-    def __init__(self, model, layer: int | None = None, target: str = CamTarget.CONTRASTIVE,
-                 method: str = DEFAULT_METHOD, scale: str = "shared"):
+    def __init__(
+        self,
+        model,
+        layer: int | None = None,
+        target: str = CamTarget.CONTRASTIVE,
+        method: str = DEFAULT_METHOD,
+        scale: str = "shared",
+    ):
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
         self.model = model
@@ -110,13 +117,19 @@ class PoundNetGradCAM:
         if res.target == CamTarget.CONTRASTIVE:
             signed = fake - real
         else:
-            contrastive = ComparativeCAM(self.model, layer=self.cam.layer, target=CamTarget.CONTRASTIVE,
-                                         method=self.cam.method)
+            contrastive = ComparativeCAM(
+                self.model, layer=self.cam.layer, target=CamTarget.CONTRASTIVE, method=self.cam.method
+            )
             signed = self._upsample(contrastive.attribute(input_tensor).signed(), size)
         if self.scale == "per_map":
             real, fake, signed = (self._normalize(m) for m in (real, fake, signed))
         else:
             peak = torch.maximum(self._peak(real), self._peak(fake))
             real, fake, signed = (self._divide(m, peak) for m in (real, fake, signed))
-        return {"real_cam": real, "fake_cam": fake, "difference": signed,
-                "probs": res.probs, "logits": res.logits}
+        return {
+            "real_cam": real,
+            "fake_cam": fake,
+            "difference": signed,
+            "probs": res.probs,
+            "logits": res.logits,
+        }

@@ -5,6 +5,7 @@ The methods live one per file on a shared base (base.py): ``hirescam`` (the defa
 propagates gradient-weighted attention through every block (relevance.py). Each uses only the
 model's public entry points (protocol.py), never its blocks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,12 @@ from .gradcam import GradCAM
 from .hirescam import HiResCAM
 from .relevance import AttentionRelevance
 
-METHODS: dict[str, type[CAMMethod]] = {CamMethod.HIRESCAM: HiResCAM, CamMethod.GRADCAM: GradCAM,
-                                       # the deep maps (POUNDCAM_DEEP_MAPS), not a cam_method
-                                       AttentionRelevance.name: AttentionRelevance}
+METHODS: dict[str, type[CAMMethod]] = {
+    CamMethod.HIRESCAM: HiResCAM,
+    CamMethod.GRADCAM: GradCAM,
+    # the deep maps (POUNDCAM_DEEP_MAPS), not a cam_method
+    AttentionRelevance.name: AttentionRelevance,
+}
 DEFAULT_METHOD = CamMethod.HIRESCAM
 ON_INVALID = ("raise", "report")
 
@@ -58,17 +62,29 @@ class ComparativeCAM:
         ValueError: For an unknown method, target or point, or a layer out of range.
     """
 
-    def __init__(self, model, layer: int | None = None, target: str = CamTarget.CONTRASTIVE,
-                 point: str | None = None, method: str = DEFAULT_METHOD, compile: bool = False,
-                 compile_batch: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int | None = None,
+        target: str = CamTarget.CONTRASTIVE,
+        point: str | None = None,
+        method: str = DEFAULT_METHOD,
+        compile: bool = False,
+        compile_batch: int | None = None,
+    ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, not {method!r}")
         cls = METHODS[method]
         self.model = model
         self.method = method
-        self.explainer = cls(model, layer=cls.default_layer if layer is None else layer,
-                             target=target, point=cls.default_point if point is None else point,
-                             compile=compile, compile_batch=compile_batch)
+        self.explainer = cls(
+            model,
+            layer=cls.default_layer if layer is None else layer,
+            target=target,
+            point=cls.default_point if point is None else point,
+            compile=compile,
+            compile_batch=compile_batch,
+        )
 
     @property
     def layer(self) -> int:
@@ -137,7 +153,14 @@ class ComparativeCAM:
                 real[i] = 0
                 fake[i] = 0
         logits = maps.logits.detach().float()
-        return CAMResult(real=real.detach().contiguous(), fake=fake.detach().contiguous(),
-                         logits=logits, probs=logits.softmax(dim=-1), layer=self.layer,
-                         target=self.target, point=self.point, invalid=invalid,
-                         method=self.method)
+        return CAMResult(
+            real=real.detach().contiguous(),
+            fake=fake.detach().contiguous(),
+            logits=logits,
+            probs=logits.softmax(dim=-1),
+            layer=self.layer,
+            target=self.target,
+            point=self.point,
+            invalid=invalid,
+            method=self.method,
+        )

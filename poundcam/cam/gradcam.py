@@ -1,5 +1,6 @@
 """GradCAM (Selvaraju et al., ICCV 2017) on a ViT block: one weight per channel, the gradient
 averaged over the patch tokens."""
+
 from __future__ import annotations
 
 import torch

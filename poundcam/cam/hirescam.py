@@ -1,4 +1,5 @@
 """HiResCAM (Draelos and Carin, 2020) on a ViT block: each token keeps its own gradient."""
+
 from __future__ import annotations
 
 import torch

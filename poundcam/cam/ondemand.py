@@ -12,6 +12,7 @@ for byte, what the analysis would have drawn:
 - ``comparative``: the heatmap file the analysis writes (fake minus real over the original,
   with its legend).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,15 @@ from ..preprocess.geometry import CropGeometry
 from ..preprocess.transform import preprocess_with_geometry
 from . import render
 
-RENDERINGS = ("real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
-              "real_raw16", "fake_raw16", "comparative")
+RENDERINGS = (
+    "real_overlay",
+    "fake_overlay",
+    "real_overlay_original",
+    "fake_overlay_original",
+    "real_raw16",
+    "fake_raw16",
+    "comparative",
+)
 MAP_ONLY = ("real_raw16", "fake_raw16")  # drawn from the maps alone
 
 
@@ -49,13 +57,13 @@ def source_view(data: bytes, limits: DecodeLimits | None = None) -> SourceView:
     """
     decoded = decode_image(data, limits or DecodeLimits())
     x, geometry, _ = preprocess_with_geometry(decoded.image)
-    shown = render.display_original_pil(decoded.image, geometry,
-                                        reducing_gap=render.DISPLAY_REDUCING_GAP)
+    shown = render.display_original_pil(decoded.image, geometry, reducing_gap=render.DISPLAY_REDUCING_GAP)
     return SourceView(x[None], geometry, torch.from_numpy(shown).permute(2, 0, 1))
 
 
-def render_maps(real, fake, source: SourceView | None, p_fake: float | None = None,
-                names: Iterable[str] = RENDERINGS) -> dict[str, bytes]:
+def render_maps(
+    real, fake, source: SourceView | None, p_fake: float | None = None, names: Iterable[str] = RENDERINGS
+) -> dict[str, bytes]:
     """PNG files drawn from one image's stored maps.
 
     Args:
@@ -78,8 +86,9 @@ def render_maps(real, fake, source: SourceView | None, p_fake: float | None = No
         for k, cls in enumerate(render.MAPS):
             out[f"{cls}_overlay"] = render.png_rgb(rows[k])
     if source is not None and {"real_overlay_original", "fake_overlay_original"} & set(names):
-        rows = render.original_overlay_scanlines(real[None], fake[None], [source.display],
-                                                 [source.geometry])[0]
+        rows = render.original_overlay_scanlines(real[None], fake[None], [source.display], [source.geometry])[
+            0
+        ]
         for k, cls in enumerate(render.MAPS):
             out[f"{cls}_overlay_original"] = render.png_rgb(rows[k])
     for k, cls in enumerate(render.MAPS):
@@ -87,7 +96,6 @@ def render_maps(real, fake, source: SourceView | None, p_fake: float | None = No
     if source is not None and "comparative" in names:
         if p_fake is None:
             raise ValueError("the comparative heatmap needs P(fake)")
-        rows = render.comparative_scanlines(real[None], fake[None], [source.display],
-                                            [source.geometry])[0]
+        rows = render.comparative_scanlines(real[None], fake[None], [source.display], [source.geometry])[0]
         out["comparative"] = render.comparative_png(rows, real, fake, p_fake)
     return {n: out[n] for n in names}

@@ -3,6 +3,7 @@
 PoundNet implements both protocols; any vision transformer that does can be explained (the
 tests explain a toy model that implements only this).
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

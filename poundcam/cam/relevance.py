@@ -27,6 +27,7 @@ out (the probabilities are kept for the backward pass anyway); while the backwar
 each block's gradient is reduced to mean_heads((dA * A)^+) as it arrives, so the per-head
 gradients of all blocks are never held at once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,13 +44,22 @@ class AttentionRelevance(CAMMethod):
     default_layer = 0
     default_point = "input"
 
-    def __init__(self, model, layer: int = 0, target: str = CamTarget.CONTRASTIVE, point: str = "input",
-                 compile: bool = False, compile_batch: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int = 0,
+        target: str = CamTarget.CONTRASTIVE,
+        point: str = "input",
+        compile: bool = False,
+        compile_batch: int | None = None,
+    ):
         # ``compile`` is accepted for a uniform interface; the only no-autograd part here is
         # the patch embedding, which a compilation would not speed up measurably.
         if point != "input":
-            raise ValueError("method 'relevance' explains the tokens entering a block: point "
-                             f"must be 'input', not {point!r}")
+            raise ValueError(
+                "method 'relevance' explains the tokens entering a block: point "
+                f"must be 'input', not {point!r}"
+            )
         super().__init__(model, layer, target, point)
         self.compiled = False
         self.compile_batch = None
@@ -62,26 +72,27 @@ class AttentionRelevance(CAMMethod):
         with torch.enable_grad():
             logits, attentions = model.attention_from(start.with_activation(leaf))
             if self.target == CamTarget.CONTRASTIVE:
-                weighted = _weighted_attention((logits[:, FAKE] - logits[:, REAL]).sum(),
-                                               attentions, signs=(1, -1))
+                weighted = _weighted_attention(
+                    (logits[:, FAKE] - logits[:, REAL]).sum(), attentions, signs=(1, -1)
+                )
                 fake_w, real_w = weighted[1], weighted[-1]
             else:
-                (real_w,) = _weighted_attention(logits[:, REAL].sum(), attentions, signs=(1,),
-                                                retain_graph=True).values()
-                (fake_w,) = _weighted_attention(logits[:, FAKE].sum(), attentions,
-                                                signs=(1,)).values()
+                (real_w,) = _weighted_attention(
+                    logits[:, REAL].sum(), attentions, signs=(1,), retain_graph=True
+                ).values()
+                (fake_w,) = _weighted_attention(logits[:, FAKE].sum(), attentions, signs=(1,)).values()
         n_tokens = leaf.shape[1]
         real = to_grid(model, cls_relevance(real_w, n_tokens))
         fake = to_grid(model, cls_relevance(fake_w, n_tokens))
         invalid = {}
         for i in sorted(set(non_finite(real) + non_finite(fake) + non_finite(logits))):
-            invalid[i] = (f"non-finite attention relevance from block {self.layer} on "
-                          f"(target {self.target})")
+            invalid[i] = f"non-finite attention relevance from block {self.layer} on (target {self.target})"
         return ClassMaps(real, fake, logits, invalid)
 
 
-def _weighted_attention(score: torch.Tensor, attentions, signs: tuple[int, ...],
-                        retain_graph: bool = False) -> dict[int, list[torch.Tensor]]:
+def _weighted_attention(
+    score: torch.Tensor, attentions, signs: tuple[int, ...], retain_graph: bool = False
+) -> dict[int, list[torch.Tensor]]:
     """For each sign s: per block, mean over heads of (s * dA * A)^+ [B, queries, tokens] fp32,
     from one backward pass of ``score``.
 
@@ -95,6 +106,7 @@ def _weighted_attention(score: torch.Tensor, attentions, signs: tuple[int, ...],
             weighted = grad.float() * probs.detach().float()
             for s in signs:
                 out[s][i] = (weighted if s > 0 else -weighted).clamp_min(0).mean(dim=1)
+
         return hook
 
     handles = [a.probs.register_hook(reducer(i, a.probs)) for i, a in enumerate(attentions)]

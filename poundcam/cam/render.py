@@ -21,6 +21,7 @@ The work is split so that a batch can be drawn where its maps are (the GPU durin
 
 ``render_heatmaps`` draws one image with the same functions on the CPU.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,26 +48,37 @@ except ImportError:  # pragma: no cover - depends on the installation
 MAX_ORIGINAL_SIDE = 512  # overlays on the original geometry are drawn at most this large
 DISPLAY_REDUCING_GAP = 1.5  # Pillow originals: box-reduce, then bilinear (display only)
 ALPHA = OVERLAY_ALPHA
-COMPRESS_LEVEL = 1       # deflate level of the overlays (the fast end; raw maps are tiny)
+COMPRESS_LEVEL = 1  # deflate level of the overlays (the fast end; raw maps are tiny)
 MAPS = LABELS  # index 0 and 1 of the map axis in the batched functions
 PNG_FILTER_UP = 2
 
 _RAMP = np.array(RAMP)  # poundcam/cam/colormap.py: shared with the report's legend
 _x = np.linspace(0, 1, 256)
-COLORMAP = (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
-            * 255).round().astype(np.uint8)
+COLORMAP = (
+    (np.stack([np.interp(_x, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1) * 255)
+    .round()
+    .astype(np.uint8)
+)
 # Diverging ramp of the comparative heatmap, from -1 (all real) through 0 to +1 (all fake):
 # Moreland's cool-warm control points, interpolated to 256 (index = round((v + 1) * 127.5)).
-_DIVERGING = np.array([
-    [-1.0, 59, 76, 192], [-0.5, 124, 159, 249], [0.0, 221, 221, 221], [0.5, 246, 154, 123],
-    [1.0, 180, 4, 38],
-])
+_DIVERGING = np.array(
+    [
+        [-1.0, 59, 76, 192],
+        [-0.5, 124, 159, 249],
+        [0.0, 221, 221, 221],
+        [0.5, 246, 154, 123],
+        [1.0, 180, 4, 38],
+    ]
+)
 _v = np.linspace(-1, 1, 256)
-DIVERGING = np.stack([np.interp(_v, _DIVERGING[:, 0], _DIVERGING[:, c]) for c in (1, 2, 3)],
-                     axis=1).round().astype(np.uint8)
-LEGEND_HEIGHT = 30       # rows of the legend strip under the comparative heatmap
+DIVERGING = (
+    np.stack([np.interp(_v, _DIVERGING[:, 0], _DIVERGING[:, c]) for c in (1, 2, 3)], axis=1)
+    .round()
+    .astype(np.uint8)
+)
+LEGEND_HEIGHT = 30  # rows of the legend strip under the comparative heatmap
 MIN_HEATMAP_WIDTH = 200  # narrower images are drawn on a canvas this wide (room for the legend)
-BACKGROUND = 48          # grey level of the canvas around a narrow image and of the legend
+BACKGROUND = 48  # grey level of the canvas around a narrow image and of the legend
 _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 _DIVERGING_LUT: dict[torch.device, torch.Tensor] = {}
 _CHUNK_VALUES = 1 << 25  # bound on float values per blend call (memory on the device)
@@ -80,13 +92,15 @@ def _to_tensor(m) -> torch.Tensor:
 
 # --- maps ---------------------------------------------------------------------------------------
 
+
 def shared_normalized(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """[n, g, g] x 2 -> [n, 2, g, g]: both maps of each image divided by the larger of their two
     maxima (all zero where both maps are)."""
     maps = torch.stack([_to_tensor(real), _to_tensor(fake)], dim=1)
     scale = maps.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-    return torch.where(scale > 0, maps / scale.clamp_min(torch.finfo(maps.dtype).tiny),
-                       torch.zeros_like(maps))
+    return torch.where(
+        scale > 0, maps / scale.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps)
+    )
 
 
 def upsample(m, height: int, width: int) -> torch.Tensor:
@@ -121,7 +135,7 @@ def _visible_patch(norm: torch.Tensor, geometry: CropGeometry, size: tuple[int, 
     x0, y0, x1, y1 = _crop_box(geometry, size)
     patch = upsample(norm, y1 - y0, x1 - x0)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    return patch[..., cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], (cx0, cy0, cx1, cy1)
+    return patch[..., cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], (cx0, cy0, cx1, cy1)
 
 
 def original_heat(norm: torch.Tensor, geometry: CropGeometry, size: tuple[int, int]) -> torch.Tensor:
@@ -142,11 +156,13 @@ def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.
         consts = _CONSTANTS[device] = (
             torch.from_numpy(COLORMAP).float().to(device),
             torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(device),
-            torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1).to(device))
+            torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+        )
     return consts
 
 
 # --- pixels -------------------------------------------------------------------------------------
+
 
 def crop_pixels(x: torch.Tensor) -> torch.Tensor:
     """The uint8 crops [n, 3, H, W] the model saw, recovered exactly from its normalized input
@@ -160,8 +176,9 @@ def display_original(image: torch.Tensor, geometry: CropGeometry) -> torch.Tenso
     return display_originals([image], [geometry])[0]
 
 
-def display_originals(images: Sequence[torch.Tensor],
-                      geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+def display_originals(
+    images: Sequence[torch.Tensor], geometries: Sequence[CropGeometry]
+) -> list[torch.Tensor]:
     """Upright originals uint8 [3, H, W] (any device) -> uint8 [3, h, w] at ``display_size``,
     antialiased bilinear (torch's uint8 kernel on the CPU, float elsewhere); originals of one
     size are resized together, a bounded number at a time."""
@@ -176,16 +193,20 @@ def display_originals(images: Sequence[torch.Tensor],
         y = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
         return y.round_().clamp_(0, 255).to(torch.uint8)
 
-    resized = map_in_groups([images[i] for i in todo],
-                            [(images[i].shape, images[i].device, sizes[i]) for i in todo],
-                            resize, _CHUNK_VALUES)
+    resized = map_in_groups(
+        [images[i] for i in todo],
+        [(images[i].shape, images[i].device, sizes[i]) for i in todo],
+        resize,
+        _CHUNK_VALUES,
+    )
     for i, y in zip(todo, resized, strict=True):
         out[i] = y
     return out
 
 
-def display_original_pil(image: Image.Image, geometry: CropGeometry,
-                         reducing_gap: float | None = None) -> np.ndarray:
+def display_original_pil(
+    image: Image.Image, geometry: CropGeometry, reducing_gap: float | None = None
+) -> np.ndarray:
     """A PIL original -> uint8 [h, w, 3] at ``display_size`` (Pillow's bilinear resize;
     ``reducing_gap`` as in ``Image.resize``: 1.5 halves the time of a 1080p image for a mean
     difference under one level, for display only)."""
@@ -228,14 +249,17 @@ def overlay_scanlines(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -
     out = x.new_empty((x.shape[0], 2, size[0], 1 + 3 * size[1]), dtype=torch.uint8)
     step = max(1, _CHUNK_VALUES // (6 * size[0] * size[1]))
     for a in range(0, x.shape[0], step):
-        heat = upsample(norm[a:a + step], *size)
-        out[a:a + step] = png_rows(blend(crop_pixels(x[a:a + step]), heat))
+        heat = upsample(norm[a : a + step], *size)
+        out[a : a + step] = png_rows(blend(crop_pixels(x[a : a + step]), heat))
     return out
 
 
-def original_overlay_scanlines(real: torch.Tensor, fake: torch.Tensor,
-                               displays: Sequence[torch.Tensor],
-                               geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+def original_overlay_scanlines(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    displays: Sequence[torch.Tensor],
+    geometries: Sequence[CropGeometry],
+) -> list[torch.Tensor]:
     """Original-geometry overlays for a batch: maps [n, g, g], per image its original at
     ``display_size`` (uint8 [3, h, w], on the maps' device) and its geometry -> per image PNG
     scanlines uint8 [2, h, 1 + 3w]. Images that share a geometry are drawn together."""
@@ -245,19 +269,19 @@ def original_overlay_scanlines(real: torch.Tensor, fake: torch.Tensor,
         w, h = display_size(geometry)
         base = torch.stack([displays[i] for i in part])
         # outside the crop the heat is zero and the image shows unchanged: blend the box only
-        patch, (cx0, cy0, cx1, cy1) = _visible_patch(
-            torch.stack([norm[i] for i in part]), geometry, (w, h))
+        patch, (cx0, cy0, cx1, cy1) = _visible_patch(torch.stack([norm[i] for i in part]), geometry, (w, h))
         pixels = base.permute(0, 2, 3, 1).unsqueeze(1).repeat(1, 2, 1, 1, 1)
         pixels[:, :, cy0:cy1, cx0:cx1] = blend(base[..., cy0:cy1, cx0:cx1], patch)
         return png_rows(pixels)
 
-    return _draw_by_geometry(geometries, lambda g: 6 * display_size(g)[0] * display_size(g)[1],
-                             draw)
+    return _draw_by_geometry(geometries, lambda g: 6 * display_size(g)[0] * display_size(g)[1], draw)
 
 
-def _draw_by_geometry(geometries: Sequence[CropGeometry], values: Callable[[CropGeometry], int],
-                      draw: Callable[[CropGeometry, list[int]], torch.Tensor]
-                      ) -> list[torch.Tensor]:
+def _draw_by_geometry(
+    geometries: Sequence[CropGeometry],
+    values: Callable[[CropGeometry], int],
+    draw: Callable[[CropGeometry, list[int]], torch.Tensor],
+) -> list[torch.Tensor]:
     """Per image the rows ``draw(geometry, indices)`` gives for the images that share a
     geometry, drawn together in chunks of at most ``_CHUNK_VALUES`` (``values(geometry)``: one
     image's share)."""
@@ -268,7 +292,7 @@ def _draw_by_geometry(geometries: Sequence[CropGeometry], values: Callable[[Crop
     for geometry, idx in groups.items():
         step = max(1, _CHUNK_VALUES // values(geometry))
         for a in range(0, len(idx), step):
-            part = idx[a:a + step]
+            part = idx[a : a + step]
             rows = draw(geometry, part)
             for j, i in enumerate(part):
                 out[i] = rows[j]
@@ -300,9 +324,12 @@ def heatmap_width(geometry: CropGeometry) -> int:
     return max(display_size(geometry)[0], MIN_HEATMAP_WIDTH)
 
 
-def comparative_scanlines(real: torch.Tensor, fake: torch.Tensor,
-                          displays: Sequence[torch.Tensor],
-                          geometries: Sequence[CropGeometry]) -> list[torch.Tensor]:
+def comparative_scanlines(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    displays: Sequence[torch.Tensor],
+    geometries: Sequence[CropGeometry],
+) -> list[torch.Tensor]:
     """The comparative heatmaps of a batch, without their legend: maps [n, g, g], per image
     its original at ``display_size`` (uint8 [3, h, w], on the maps' device) and its geometry
     -> per image PNG scanlines uint8 [h, 1 + 3W] (W = ``heatmap_width``). The evidence is
@@ -314,15 +341,13 @@ def comparative_scanlines(real: torch.Tensor, fake: torch.Tensor,
     def draw(geometry: CropGeometry, part: list[int]) -> torch.Tensor:
         w, h = display_size(geometry)
         base = torch.stack([displays[i] for i in part])
-        patch, (cx0, cy0, cx1, cy1) = _visible_patch(
-            torch.stack([signed[i] for i in part]), geometry, (w, h))
+        patch, (cx0, cy0, cx1, cy1) = _visible_patch(torch.stack([signed[i] for i in part]), geometry, (w, h))
         pixels = base.new_full((len(part), h, heatmap_width(geometry), 3), BACKGROUND)
         pixels[:, :, :w] = base.permute(0, 2, 3, 1)
         pixels[:, cy0:cy1, cx0:cx1] = blend_signed(base[..., cy0:cy1, cx0:cx1], patch)
         return png_rows(pixels)
 
-    return _draw_by_geometry(
-        geometries, lambda g: 4 * display_size(g)[1] * heatmap_width(g), draw)
+    return _draw_by_geometry(geometries, lambda g: 4 * display_size(g)[1] * heatmap_width(g), draw)
 
 
 @functools.lru_cache(maxsize=64)
@@ -355,8 +380,9 @@ def legend_rows(width: int, p_fake: float, scale: float) -> np.ndarray:
     from PIL import ImageDraw
 
     img = _legend_base(width).copy()
-    ImageDraw.Draw(img).text((3, 16), f"P(fake) {p_fake:.3f}   |max| {scale:.3g}",
-                             fill=(230, 230, 230), font=_font())
+    ImageDraw.Draw(img).text(
+        (3, 16), f"P(fake) {p_fake:.3f}   |max| {scale:.3g}", fill=(230, 230, 230), font=_font()
+    )
     pixels = np.asarray(img).reshape(LEGEND_HEIGHT, 3 * width)
     rows = np.zeros((LEGEND_HEIGHT, 1 + 3 * width), dtype=np.uint8)
     rows[:, 1:] = pixels
@@ -371,23 +397,41 @@ def comparative_png(scanlines, real, fake, p_fake: float) -> bytes:
     scale = max(float(_to_tensor(real).max()), float(_to_tensor(fake).max()), 0.0)
     width = (a.shape[1] - 1) // 3
     rows = np.concatenate([a, legend_rows(width, p_fake, scale)])
-    return _png(rows, width, rows.shape[0], 8, 2,
-                {"poundcam.scale": repr(scale), "poundcam.p_fake": repr(float(p_fake)),
-                 "poundcam.legend": "blue: real evidence, red: fake evidence, fake - real "
-                                    "on the shared scale"})
+    return _png(
+        rows,
+        width,
+        rows.shape[0],
+        8,
+        2,
+        {
+            "poundcam.scale": repr(scale),
+            "poundcam.p_fake": repr(float(p_fake)),
+            "poundcam.legend": "blue: real evidence, red: fake evidence, fake - real on the shared scale",
+        },
+    )
 
 
 # --- PNG files ----------------------------------------------------------------------------------
+
 
 def _chunk(kind: bytes, data) -> bytes:
     crc = _deflate.crc32(data, _deflate.crc32(kind))
     return struct.pack(">I", len(data)) + kind + bytes(data) + struct.pack(">I", crc)
 
 
-def _png(scanlines, width: int, height: int, bit_depth: int, colour_type: int,
-         text: dict[str, str] | None = None, level: int = COMPRESS_LEVEL) -> bytes:
-    parts = [b"\x89PNG\r\n\x1a\n",
-             _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))]
+def _png(
+    scanlines,
+    width: int,
+    height: int,
+    bit_depth: int,
+    colour_type: int,
+    text: dict[str, str] | None = None,
+    level: int = COMPRESS_LEVEL,
+) -> bytes:
+    parts = [
+        b"\x89PNG\r\n\x1a\n",
+        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)),
+    ]
     for k, v in (text or {}).items():
         parts.append(_chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1")))
     parts.append(_chunk(b"IDAT", _deflate.compress(scanlines, level)))
@@ -434,8 +478,9 @@ def encode_heatmaps(crop_rows, original_rows, real, fake) -> dict[str, bytes]:
     return out
 
 
-def render_heatmaps(real, fake, crop_img: Image.Image, original_img: Image.Image | None,
-                    geometry: CropGeometry) -> dict[str, bytes]:
+def render_heatmaps(
+    real, fake, crop_img: Image.Image, original_img: Image.Image | None, geometry: CropGeometry
+) -> dict[str, bytes]:
     """PNGs for one image: ``{real,fake}_overlay`` over the model's input crop,
     ``{real,fake}_overlay_original`` over the original image, ``{real,fake}_raw16``."""
     real, fake = _to_tensor(real).cpu(), _to_tensor(fake).cpu()

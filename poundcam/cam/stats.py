@@ -20,6 +20,7 @@ Comparative:
   "fake" (None if both are zero). For the contrastive target the maps are disjoint parts of one
   signed map, so this is the balance of that map.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,14 @@ def class_stats(m, geometry: CropGeometry) -> dict:
     a = _as_array(m)
     grid = a.shape[0]
     total, peak_value = float(a.sum()), float(a.max())
-    out: dict = {"max": peak_value, "mean": float(a.mean()), "area_half_max": 0.0,
-                 "entropy": None, "peak": None, "centroid": None}
+    out: dict = {
+        "max": peak_value,
+        "mean": float(a.mean()),
+        "area_half_max": 0.0,
+        "entropy": None,
+        "peak": None,
+        "centroid": None,
+    }
     if peak_value <= 0:
         return out
     out["area_half_max"] = float((a >= peak_value / 2).mean())
@@ -85,5 +92,8 @@ def comparative_stats(real, fake) -> dict:
 
 def compute_stats(real, fake, geometry: CropGeometry) -> dict:
     """All statistics of one image: {"real": {...}, "fake": {...}, "comparative": {...}}."""
-    return {"real": class_stats(real, geometry), "fake": class_stats(fake, geometry),
-            "comparative": comparative_stats(real, fake)}
+    return {
+        "real": class_stats(real, geometry),
+        "fake": class_stats(fake, geometry),
+        "comparative": comparative_stats(real, fake),
+    }

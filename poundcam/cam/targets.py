@@ -5,6 +5,7 @@ part of the resulting signed map and the real map the negative part (evidence fo
 against "fake" is exactly the negation). ``logit``: each class's own logit, two backward
 passes through the one retained graph.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """What several commands share: the ``--db`` option and the settings and client it selects."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,9 +7,12 @@ import argparse
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
     """``--db URL``: the database a command reads or writes, instead of POUNDCAM_DATABASE_URL."""
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="database URL (default POUNDCAM_DATABASE_URL, else "
-                             "sqlite:///./poundcam.db)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="database URL (default POUNDCAM_DATABASE_URL, else sqlite:///./poundcam.db)",
+    )
 
 
 def settings_for(args: argparse.Namespace, **overrides):

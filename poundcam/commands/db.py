@@ -1,11 +1,14 @@
 """Database commands: `poundcam db upgrade|downgrade|current` on POUNDCAM_DATABASE_URL."""
+
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("db", help="apply or inspect database migrations",
-                       description="Alembic migrations of the database at "
-                                   "POUNDCAM_DATABASE_URL (or --db).")
+    p = sub.add_parser(
+        "db",
+        help="apply or inspect database migrations",
+        description="Alembic migrations of the database at POUNDCAM_DATABASE_URL (or --db).",
+    )
     p.add_argument("--db", metavar="URL", help="database URL (default: POUNDCAM_DATABASE_URL)")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 

@@ -7,6 +7,7 @@ analysed bytes) with the analysis's own model and CAM configuration, and stored 
 analysis row (``analyses.deep_real_map``, ``deep_fake_map``). One line per analysis; an
 analysis whose deep maps cannot be computed is reported with its reason and the rest go on.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,19 +28,20 @@ class ExplainError(PoundcamError):
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "explain", help="compute and store the deep maps of analysed images",
+        "explain",
+        help="compute and store the deep maps of analysed images",
         description="Compute the deep maps (attention relevance through every block) of a "
-                    "job's analyses, or of one analysis, that have none, and store them in the "
-                    "database. The model is loaded (POUNDCAM_WEIGHTS or --weights; it must be "
-                    "the analyses' model) and each image is read again from its submitted "
-                    "source: S3 (POUNDCAM_ALLOWED_BUCKETS) or a local path "
-                    "(POUNDCAM_ALLOWED_ROOTS); a source whose bytes differ from the analysed "
-                    "image is not explained. One line per analysis.")
+        "job's analyses, or of one analysis, that have none, and store them in the "
+        "database. The model is loaded (POUNDCAM_WEIGHTS or --weights; it must be "
+        "the analyses' model) and each image is read again from its submitted "
+        "source: S3 (POUNDCAM_ALLOWED_BUCKETS) or a local path "
+        "(POUNDCAM_ALLOWED_ROOTS); a source whose bytes differ from the analysed "
+        "image is not explained. One line per analysis.",
+    )
     p.add_argument("target", metavar="JOB|ANALYSIS", help="job id or analysis id (a number)")
     p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
     p.add_argument("--device", choices=values(Device), default=None)
-    p.add_argument("--again", action="store_true",
-                   help="compute them again where they are stored already")
+    p.add_argument("--again", action="store_true", help="compute them again where they are stored already")
     add_db_option(p)
     p.set_defaults(handler=_explain)
 
@@ -83,21 +85,21 @@ def _explain(args) -> int:
                 aid = outcome.key
                 if not outcome.ok:
                     failed += 1
-                    print(f"analysis {aid}: error: {outcome.error_code}: "
-                          f"{_one_line(outcome.error_message)}", file=sys.stderr)
+                    print(
+                        f"analysis {aid}: error: {outcome.error_code}: {_one_line(outcome.error_message)}",
+                        file=sys.stderr,
+                    )
                     continue
                 r = outcome.result
                 assert r is not None  # outcome.ok
                 if r.sha256 != by_id[aid]["sha256"] or r.deep_real_map is None:
                     failed += 1  # cannot happen: the bytes were checked and every image chosen
-                    print(f"analysis {aid}: error: analysis_failed: no deep maps computed",
-                          file=sys.stderr)
+                    print(f"analysis {aid}: error: analysis_failed: no deep maps computed", file=sys.stderr)
                     continue
                 with session_scope(sessions) as s:
                     store_deep_maps(s, aid, r.deep_real_map, r.deep_fake_map)
                 grid = r.deep_real_map.shape[0]
-                print(f"analysis {aid}: deep maps stored ({grid}x{grid}, "
-                      f"P(fake) {r.p_fake:.3f})")
+                print(f"analysis {aid}: deep maps stored ({grid}x{grid}, P(fake) {r.p_fake:.3f})")
         finally:
             analyzer.close()
         return 1 if failed else 0
@@ -110,14 +112,25 @@ def _inputs(records: list[dict], analyzer, renderer):
     for r in records:
         aid = r["analysis_id"]
         if r["model_id"] != analyzer.model_id:
-            yield aid, ExplainError("model_mismatch", f"analysed by model {r['model_id']}, the "
-                                    f"loaded model is {analyzer.model_id} (POUNDCAM_WEIGHTS)")
+            yield (
+                aid,
+                ExplainError(
+                    "model_mismatch",
+                    f"analysed by model {r['model_id']}, the "
+                    f"loaded model is {analyzer.model_id} (POUNDCAM_WEIGHTS)",
+                ),
+            )
             continue
         if fast_config_id(r["cam_config_id"]) != analyzer.cam.config_id:
-            yield aid, ExplainError(
-                "config_mismatch", f"analysed with CAM configuration {r['cam_config_id']}, "
-                f"this one is {analyzer.cam.config_id} (POUNDCAM_CAM_LAYER, POUNDCAM_CAM_TARGET, "
-                "POUNDCAM_CAM_METHOD)")
+            yield (
+                aid,
+                ExplainError(
+                    "config_mismatch",
+                    f"analysed with CAM configuration {r['cam_config_id']}, "
+                    f"this one is {analyzer.cam.config_id} (POUNDCAM_CAM_LAYER, POUNDCAM_CAM_TARGET, "
+                    "POUNDCAM_CAM_METHOD)",
+                ),
+            )
             continue
         try:
             yield aid, renderer.source(r)

@@ -9,6 +9,7 @@ are ``POUNDCAM_ALLOWED_ROOTS`` when it is set; unset, the real path of each file
 given (:func:`default_roots`). A path that fails the check is skipped with its code and
 reason, never read. Each real file is listed once, each skipped path once.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,10 +108,8 @@ class _Walk:
             with os.scandir(real) as entries:
                 names = sorted(entry.name for entry in entries)
         except OSError as exc:
-            code = (ErrorCode.ACCESS_DENIED if isinstance(exc, PermissionError)
-                    else ErrorCode.NOT_FOUND)
-            self._skip(Skipped(path, code, f"{path!r}: folder not readable: "
-                                           f"{exc.strerror or exc}"))
+            code = ErrorCode.ACCESS_DENIED if isinstance(exc, PermissionError) else ErrorCode.NOT_FOUND
+            self._skip(Skipped(path, code, f"{path!r}: folder not readable: {exc.strerror or exc}"))
             return
         base = str(real) if path.startswith("file://") else path  # children: plain paths
         for name in names:

@@ -1,4 +1,5 @@
 """`poundcam queue-exporter`: the queue's length for Prometheus, from the broker."""
+
 from __future__ import annotations
 
 import threading
@@ -6,10 +7,12 @@ import threading
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "queue-exporter", help="serve the queue's length as Prometheus metrics",
+        "queue-exporter",
+        help="serve the queue's length as Prometheus metrics",
         description="Serve poundcam_queue_messages and poundcam_broker_up on PORT/metrics, read "
-                    "from POUNDCAM_BROKER_URL at each scrape. One per fleet: workers scale to "
-                    "zero, so the queue cannot be measured by them.")
+        "from POUNDCAM_BROKER_URL at each scrape. One per fleet: workers scale to "
+        "zero, so the queue cannot be measured by them.",
+    )
     p.add_argument("--port", type=int, default=9809, help="HTTP port (default 9809)")
     p.set_defaults(handler=_queue_exporter)
 

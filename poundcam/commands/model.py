@@ -1,14 +1,18 @@
 """Model commands: `poundcam convert`, `poundcam model-info`."""
+
 from __future__ import annotations
 
 import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="export a PoundNet checkpoint to safetensors",
-                       description="Read an official Lightning .ckpt (safely: no code runs) and "
-                                   "write OUT.safetensors with the config, model id and the "
-                                   "source file's sha256 in its metadata.")
+    p = sub.add_parser(
+        "convert",
+        help="export a PoundNet checkpoint to safetensors",
+        description="Read an official Lightning .ckpt (safely: no code runs) and "
+        "write OUT.safetensors with the config, model id and the "
+        "source file's sha256 in its metadata.",
+    )
     p.add_argument("checkpoint", help="official .ckpt (local path, s3:// or hf://)")
     p.add_argument("out", help="output .safetensors path")
     p.add_argument("--config", help="the run's config.yaml (default: beside the checkpoint)")

@@ -6,6 +6,7 @@ shape: ``{"job_id": ..., "results": [record, ...]}``, each record with the keys 
 ``poundcam.db.RESULT_FIELDS``; ``analyze --json`` adds ``"skipped": [{"path", "code",
 "reason"}, ...]``, the paths it did not read.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,17 @@ import json
 from ..constants import LABELS
 
 # The leading CSV columns, in order; CAM statistics and heatmap keys follow.
-RESULT_COLUMNS = ("uri", "status", "error_code", "error_message", "sha256", "p_fake",
-                  "threshold", "label", "model_id")
+RESULT_COLUMNS = (
+    "uri",
+    "status",
+    "error_code",
+    "error_message",
+    "sha256",
+    "p_fake",
+    "threshold",
+    "label",
+    "model_id",
+)
 
 
 def results_document(job_id: str, rows: list[dict], skipped: list[dict] | None = None) -> str:
@@ -58,8 +68,7 @@ def format_results(rows: list[dict], fmt: str, job_id: str = "") -> str:
         for r in flat:
             w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
         return buf.getvalue()
-    return table(flat, ("uri", "status", "label", "p_fake", "fake_share", "fake_peak",
-                        "error_code"))
+    return table(flat, ("uri", "status", "label", "p_fake", "fake_share", "fake_peak", "error_code"))
 
 
 def table(rows: list[dict], cols: tuple[str, ...], first_width: int = 60) -> str:
@@ -70,7 +79,7 @@ def table(rows: list[dict], cols: tuple[str, ...], first_width: int = 60) -> str
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     for row in cells:
         if len(row[0]) > first_width:
-            row[0] = "…" + row[0][-(first_width - 1):]
+            row[0] = "…" + row[0][-(first_width - 1) :]
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
 """Pipeline commands: worker, submit, status, results, resend, analyze (embedded)."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,14 @@ SKIPPED_SHOWN = 20
 
 
 def register(sub) -> None:
-    p = sub.add_parser("worker", help="start a worker (solo pool; run one per GPU)",
-                       description="Start a Celery worker on the 'poundcam' queue. Reads "
-                                   "POUNDCAM_BROKER_URL, POUNDCAM_DATABASE_URL, "
-                                   "POUNDCAM_S3_ENDPOINT_URL, POUNDCAM_HEATMAP_BUCKET, "
-                                   "POUNDCAM_WEIGHTS and the AWS credential variables.")
+    p = sub.add_parser(
+        "worker",
+        help="start a worker (solo pool; run one per GPU)",
+        description="Start a Celery worker on the 'poundcam' queue. Reads "
+        "POUNDCAM_BROKER_URL, POUNDCAM_DATABASE_URL, "
+        "POUNDCAM_S3_ENDPOINT_URL, POUNDCAM_HEATMAP_BUCKET, "
+        "POUNDCAM_WEIGHTS and the AWS credential variables.",
+    )
     p.add_argument("--name", default="poundcam@%h", help="worker node name (default poundcam@%%h)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(handler=_worker)
@@ -41,10 +45,15 @@ def register(sub) -> None:
     p = sub.add_parser("submit", help="create a job and enqueue its images")
     p.add_argument("uris", nargs="*", metavar="URI", help="s3://bucket/key of each image")
     p.add_argument("--from-file", metavar="FILE", help="read URIs from FILE, one per line ('-': stdin)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="items per message (default POUNDCAM_TASK_BATCH_SIZE)")
-    p.add_argument("--key", default=None, metavar="KEY",
-                   help="idempotency key: submitting again with KEY returns the same job")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="items per message (default POUNDCAM_TASK_BATCH_SIZE)"
+    )
+    p.add_argument(
+        "--key",
+        default=None,
+        metavar="KEY",
+        help="idempotency key: submitting again with KEY returns the same job",
+    )
     p.add_argument("--json", action="store_true", help='print {"job_id": ..., "items": ...}')
     add_db_option(p)
     p.set_defaults(handler=_submit)
@@ -57,18 +66,26 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="totals by state and whether a job is finished")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                   help="first wait up to SECONDS for the job to finish (exit 75 if it does not)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the job to finish (exit 75 if it does not)",
+    )
     add_db_option(p)
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("results", help="one record per item of a job")
     p.add_argument("job_id")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                   help='json: {"job_id", "results": [...]}, the shape of `analyze --json`')
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help='json: {"job_id", "results": [...]}, the shape of `analyze --json`',
+    )
     p.add_argument("--label", choices=LABELS)
-    p.add_argument("--min-prob", type=probability, metavar="P",
-                   help="only items with P(fake) >= P (0 to 1)")
+    p.add_argument("--min-prob", type=probability, metavar="P", help="only items with P(fake) >= P (0 to 1)")
     add_db_option(p)
     p.set_defaults(handler=_results)
 
@@ -78,12 +95,15 @@ def register(sub) -> None:
     add_db_option(p)
     p.set_defaults(handler=_jobs)
 
-    p = sub.add_parser("analyze", help="analyze local images embedded: SQLite + a local folder",
-                       description="Analyze image files or folders on this machine, without "
-                                   "Redis or S3: results go to SQLite and heatmaps to a folder. "
-                                   "Each path, symlinks resolved, must lie under "
-                                   "POUNDCAM_ALLOWED_ROOTS (unset: the paths given); others "
-                                   "are skipped, each with its reason.")
+    p = sub.add_parser(
+        "analyze",
+        help="analyze local images embedded: SQLite + a local folder",
+        description="Analyze image files or folders on this machine, without "
+        "Redis or S3: results go to SQLite and heatmaps to a folder. "
+        "Each path, symlinks resolved, must lie under "
+        "POUNDCAM_ALLOWED_ROOTS (unset: the paths given); others "
+        "are skipped, each with its reason.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--db", default=None, help="database URL (default sqlite:///./poundcam.db)")
     p.add_argument("--out", default=None, help="heatmap folder (default ./poundcam-out)")
@@ -92,13 +112,25 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
     p.add_argument("--target", choices=values(CamTarget), default=None, help="CAM target")
-    p.add_argument("--method", choices=values(CamMethod), default=None,
-                   help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)")
-    p.add_argument("--compile", choices=values(CompileMode), default=None,
-                   help="torch.compile the CAM's no-autograd part (default POUNDCAM_COMPILE or off)")
-    p.add_argument("--deep-maps", choices=values(DeepMaps), default=None,
-                   help="which images also get the deep (relevance) maps: none, flagged (labelled "
-                        "fake) or all (default POUNDCAM_DEEP_MAPS or none)")
+    p.add_argument(
+        "--method",
+        choices=values(CamMethod),
+        default=None,
+        help="CAM weighting (default POUNDCAM_CAM_METHOD or hirescam)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=values(CompileMode),
+        default=None,
+        help="torch.compile the CAM's no-autograd part (default POUNDCAM_COMPILE or off)",
+    )
+    p.add_argument(
+        "--deep-maps",
+        choices=values(DeepMaps),
+        default=None,
+        help="which images also get the deep (relevance) maps: none, flagged (labelled "
+        "fake) or all (default POUNDCAM_DEEP_MAPS or none)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
 
@@ -116,9 +148,25 @@ def probability(text: str) -> float:
 
 def _worker(args) -> int:
     # The worker lives in workers/ (Celery); poundcam itself never imports it.
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--pool=solo", "--concurrency=1", "-Q", "poundcam", "-E",
-            "--without-gossip", "--without-mingle", "-n", args.name, "--loglevel", args.loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "-Q",
+        "poundcam",
+        "-E",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        args.name,
+        "--loglevel",
+        args.loglevel,
+    ]
     os.execv(sys.executable, argv)
     return 0  # not reached
 
@@ -145,8 +193,11 @@ def _submit(args) -> int:
         try:
             job_id = client.submit(uris, key=args.key, batch_size=args.batch_size)
         except EnqueueError as exc:  # the job exists: print its id, so it can be resent
-            print(json.dumps({"job_id": exc.job_id, "items": len(uris), "enqueued": False})
-                  if args.json else exc.job_id)
+            print(
+                json.dumps({"job_id": exc.job_id, "items": len(uris), "enqueued": False})
+                if args.json
+                else exc.job_id
+            )
             raise
     print(json.dumps({"job_id": job_id, "items": len(uris)}) if args.json else job_id)
     return 0
@@ -167,8 +218,10 @@ def _status(args) -> int:
         print(json.dumps(st))
     else:
         state = "finished" if st["finished"] else "in progress"
-        print(f"job {st['job_id']}: {state}; {st['total']} items: {st['done']} done, "
-              f"{st['failed']} failed, {st['running']} running, {st['queued']} queued")
+        print(
+            f"job {st['job_id']}: {state}; {st['total']} items: {st['done']} done, "
+            f"{st['failed']} failed, {st['running']} running, {st['queued']} queued"
+        )
     return 0
 
 
@@ -185,8 +238,14 @@ def _jobs(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        print(table(rows, ("job_id", "created_at", "mode", "total", "done", "failed",
-                           "running", "queued", "finished"), first_width=36), end="")
+        print(
+            table(
+                rows,
+                ("job_id", "created_at", "mode", "total", "done", "failed", "running", "queued", "finished"),
+                first_width=36,
+            ),
+            end="",
+        )
     return 0
 
 
@@ -201,10 +260,15 @@ class Progress:
         stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
         tty = stream.isatty()
         self.failed = 0
-        self.bar = tqdm(total=total, file=stream, unit="img", dynamic_ncols=True,
-                        mininterval=0.1 if tty else 10.0, smoothing=0.1,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self.bar = tqdm(
+            total=total,
+            file=stream,
+            unit="img",
+            dynamic_ncols=True,
+            mininterval=0.1 if tty else 10.0,
+            smoothing=0.1,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+        )
         self.bar.set_postfix_str("0 failed", refresh=False)
 
     def __call__(self, outcome) -> None:
@@ -231,10 +295,16 @@ def _analyze(args) -> int:
     overrides: dict[str, Any] = {"local_root": str(out)}
     if args.db:
         overrides["database_url"] = args.db
-    for field, value in (("weights", args.weights), ("device", args.device),
-                         ("batch_size", args.batch_size), ("threshold", args.threshold),
-                         ("cam_target", args.target), ("cam_method", args.method),
-                         ("compile", args.compile), ("deep_maps", args.deep_maps)):
+    for field, value in (
+        ("weights", args.weights),
+        ("device", args.device),
+        ("batch_size", args.batch_size),
+        ("threshold", args.threshold),
+        ("cam_target", args.target),
+        ("cam_method", args.method),
+        ("compile", args.compile),
+        ("deep_maps", args.deep_maps),
+    ):
         if value is not None:
             overrides[field] = value
     settings = Settings.from_env(**overrides)
@@ -264,11 +334,17 @@ def _analyze(args) -> int:
     upgrade(settings.database_url)
     ctx = make_context(settings, analyzer)
     with session_scope(ctx.sessions) as s:
-        job_id = create_job(s, inputs.files,
-                            {"mode": "embedded", "model_id": analyzer.model_id,
-                             "cam_config_id": analyzer.cam_config_id,
-                             "heatmap_root": str(out),
-                             "image_roots": list(roots)})
+        job_id = create_job(
+            s,
+            inputs.files,
+            {
+                "mode": "embedded",
+                "model_id": analyzer.model_id,
+                "cam_config_id": analyzer.cam_config_id,
+                "heatmap_root": str(out),
+                "image_roots": list(roots),
+            },
+        )
         refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)
@@ -276,10 +352,13 @@ def _analyze(args) -> int:
         with logging_redirect_tqdm():
             for start in range(0, len(refs), chunk):
                 try:
-                    process_items(ctx, refs[start:start + chunk], progress=progress)
+                    process_items(ctx, refs[start : start + chunk], progress=progress)
                 except RetryLater as exc:  # a local disk hiccup: one more try
-                    process_items(ctx, [r for r in refs[start:start + chunk]
-                                        if r[0] in exc.item_ids], progress=progress)
+                    process_items(
+                        ctx,
+                        [r for r in refs[start : start + chunk] if r[0] in exc.item_ids],
+                        progress=progress,
+                    )
     finally:
         progress.close()
         analyzer.close()
@@ -293,9 +372,11 @@ def _analyze(args) -> int:
         print(format_results(rows, "table"), end="")
         done = sum(r["status"] == ItemState.DONE for r in rows)
         fake = sum(r.get("label") == Label.FAKE for r in rows)
-        print(f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "
-              f"{len(rows) - done} failed, {len(skipped)} skipped; "
-              f"database {settings.database_url}, heatmaps in {out}")
+        print(
+            f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "
+            f"{len(rows) - done} failed, {len(skipped)} skipped; "
+            f"database {settings.database_url}, heatmaps in {out}"
+        )
     return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
 
 
@@ -305,8 +386,9 @@ def _report_skipped(skipped, roots: tuple[str, ...], roots_from: str) -> None:
     for k in skipped[:SKIPPED_SHOWN]:
         print(f"poundcam analyze: skipped ({k.code}) {k.reason}", file=sys.stderr)
     if len(skipped) > SKIPPED_SHOWN:
-        print(f"poundcam analyze: ... and {len(skipped) - SKIPPED_SHOWN} more skipped "
-              f"(--json lists them all)", file=sys.stderr)
+        print(
+            f"poundcam analyze: ... and {len(skipped) - SKIPPED_SHOWN} more skipped (--json lists them all)",
+            file=sys.stderr,
+        )
     if any(k.code == ErrorCode.URI_NOT_ALLOWED for k in skipped):
-        print(f"poundcam analyze: allowed roots: {', '.join(roots)} ({roots_from})",
-              file=sys.stderr)
+        print(f"poundcam analyze: allowed roots: {', '.join(roots)} ({roots_from})", file=sys.stderr)

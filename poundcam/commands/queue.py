@@ -1,4 +1,5 @@
 """Queue commands: `poundcam dead-letters list|show|requeue|purge` and `poundcam sweep`."""
+
 from __future__ import annotations
 
 import datetime
@@ -7,10 +8,13 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("dead-letters", help="queue entries the workers refused, with the reason",
-                       description="Entries of the 'poundcam' queue that no worker could run "
-                                   "(not JSON, a wrong envelope, an unknown task, pickle, "
-                                   "oversized, ...), kept in Redis at POUNDCAM_BROKER_URL.")
+    p = sub.add_parser(
+        "dead-letters",
+        help="queue entries the workers refused, with the reason",
+        description="Entries of the 'poundcam' queue that no worker could run "
+        "(not JSON, a wrong envelope, an unknown task, pickle, "
+        "oversized, ...), kept in Redis at POUNDCAM_BROKER_URL.",
+    )
     dl = p.add_subparsers(dest="dl_command", metavar="ACTION", required=True)
     ls = dl.add_parser("list", help="one line per dead letter, newest first")
     ls.add_argument("--json", action="store_true")
@@ -26,11 +30,14 @@ def register(sub) -> None:
     pg.add_argument("--all", action="store_true", help="delete every dead letter")
     pg.set_defaults(handler=_purge)
 
-    p = sub.add_parser("sweep", help="requeue items left running by a worker that is gone",
-                       description="Items 'running' for longer than POUNDCAM_VISIBILITY_TIMEOUT_S "
-                                   "go back to the queue, or fail with retries_exhausted after "
-                                   "POUNDCAM_MAX_ATTEMPTS claims. Workers also sweep every "
-                                   "POUNDCAM_SWEEP_INTERVAL_S.")
+    p = sub.add_parser(
+        "sweep",
+        help="requeue items left running by a worker that is gone",
+        description="Items 'running' for longer than POUNDCAM_VISIBILITY_TIMEOUT_S "
+        "go back to the queue, or fail with retries_exhausted after "
+        "POUNDCAM_MAX_ATTEMPTS claims. Workers also sweep every "
+        "POUNDCAM_SWEEP_INTERVAL_S.",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_sweep)
 
@@ -40,14 +47,14 @@ def _client():
 
     from ..settings import Settings
 
-    return redis.Redis.from_url(Settings.from_env().broker_url, socket_timeout=30,
-                                socket_connect_timeout=10)
+    return redis.Redis.from_url(Settings.from_env().broker_url, socket_timeout=30, socket_connect_timeout=10)
 
 
 def _when(epoch) -> str:
     try:
         return datetime.datetime.fromtimestamp(float(epoch), datetime.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M:%SZ")
+            "%Y-%m-%d %H:%M:%SZ"
+        )
     except (TypeError, ValueError, OverflowError):
         return "-"
 
@@ -64,8 +71,10 @@ def _list(args) -> int:
         print(json.dumps([{k: v for k, v in _public(r).items() if k != "raw"} for r in records]))
         return 0
     for r in records:
-        print(f"{(r.get('id') or '-')[:12]}  {_when(r.get('at'))}  {r.get('reason', '-'):<24} "
-              f"{r.get('size', '-'):>8} B  {str(r.get('detail', ''))[:80]}")
+        print(
+            f"{(r.get('id') or '-')[:12]}  {_when(r.get('at'))}  {r.get('reason', '-'):<24} "
+            f"{r.get('size', '-'):>8} B  {str(r.get('detail', ''))[:80]}"
+        )
     print(f"{len(records)} dead letter(s)")
     return 0
 
@@ -114,9 +123,10 @@ def _sweep(args) -> int:
     swept = sweep(settings, make_session_factory(settings.database_url))
     requeued = sum(len(v) for v in swept.requeued.values())
     if args.json:
-        print(json.dumps({"requeued": requeued, "jobs": sorted(swept.requeued),
-                          "failed": swept.failed}))
+        print(json.dumps({"requeued": requeued, "jobs": sorted(swept.requeued), "failed": swept.failed}))
     else:
-        print(f"{requeued} item(s) requeued in {len(swept.requeued)} job(s), "
-              f"{len(swept.failed)} failed with retries_exhausted")
+        print(
+            f"{requeued} item(s) requeued in {len(swept.requeued)} job(s), "
+            f"{len(swept.failed)} failed with retries_exhausted"
+        )
     return 0

@@ -5,6 +5,7 @@ model's crop and on the original, the 16-bit maps) is drawn here from the maps i
 and the source image, exactly as the analysis would have drawn it (poundcam.cam.ondemand).
 The report uses the same ``Renderer``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,22 +30,31 @@ class RenderError(PoundcamError):
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "render", help="draw heatmap files from the stored maps",
+        "render",
+        help="draw heatmap files from the stored maps",
         description="Draw heatmap files of an analysis (its id) or of every analysed item of a "
-                    "job from the maps in the database: the overlays on the model's crop and "
-                    "on the original, the 16-bit raw maps and the comparative heatmap. Source "
-                    "images are read from S3 (POUNDCAM_ALLOWED_BUCKETS) or local paths "
-                    "(POUNDCAM_ALLOWED_ROOTS); a source whose bytes differ from the analysed "
-                    "image is not drawn.")
+        "job from the maps in the database: the overlays on the model's crop and "
+        "on the original, the 16-bit raw maps and the comparative heatmap. Source "
+        "images are read from S3 (POUNDCAM_ALLOWED_BUCKETS) or local paths "
+        "(POUNDCAM_ALLOWED_ROOTS); a source whose bytes differ from the analysed "
+        "image is not drawn.",
+    )
     p.add_argument("target", metavar="ANALYSIS|JOB", help="analysis id (a number) or job id")
-    p.add_argument("--out", default="poundcam-render", metavar="DIR",
-                   help="folder to write OUT/<analysis id>/<name>.png (default poundcam-render)")
-    p.add_argument("--only", default=None, metavar="NAMES",
-                   help="comma list of files to draw (default all: real_overlay, fake_overlay, "
-                        "real_overlay_original, fake_overlay_original, real_raw16, fake_raw16, "
-                        "comparative)")
-    p.add_argument("--db", default=None, metavar="URL",
-                   help="database URL (default POUNDCAM_DATABASE_URL)")
+    p.add_argument(
+        "--out",
+        default="poundcam-render",
+        metavar="DIR",
+        help="folder to write OUT/<analysis id>/<name>.png (default poundcam-render)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="NAMES",
+        help="comma list of files to draw (default all: real_overlay, fake_overlay, "
+        "real_overlay_original, fake_overlay_original, real_raw16, fake_raw16, "
+        "comparative)",
+    )
+    p.add_argument("--db", default=None, metavar="URL", help="database URL (default POUNDCAM_DATABASE_URL)")
     p.set_defaults(handler=_render)
 
 
@@ -72,8 +82,11 @@ class Renderer:
             store = self._s3
         else:
             if self._local is None:  # the bytes are checked against the analysed image below
-                self._local = make_store(self.settings, local_root=str(Path.cwd()),
-                                         allowed_roots=self.settings.allowed_roots or ("/",))
+                self._local = make_store(
+                    self.settings,
+                    local_root=str(Path.cwd()),
+                    allowed_roots=self.settings.allowed_roots or ("/",),
+                )
             store = self._local
         return store.get(uri, max_bytes=self.settings.max_image_bytes)
 
@@ -107,13 +120,16 @@ class Renderer:
         if not deep:
             return self._render_fast(record, names)
         if record.get("deep_real_map") is None or record.get("deep_fake_map") is None:
-            raise RenderError("maps_not_stored", "no deep maps are stored for this analysis "
-                                                 "(poundcam explain computes them)")
+            raise RenderError(
+                "maps_not_stored",
+                "no deep maps are stored for this analysis (poundcam explain computes them)",
+            )
         source = source_view(self.source(record), DecodeLimits.from_settings(self.settings))
         out = self._render_fast(record, [n for n in names if n not in DEEP_RENDERINGS], source)
-        drawn = render_maps(record["deep_real_map"], record["deep_fake_map"], source,
-                            names=("real_overlay", "fake_overlay"))
-        out.update({n: drawn[n[len(DEEP_PREFIX):]] for n in deep})
+        drawn = render_maps(
+            record["deep_real_map"], record["deep_fake_map"], source, names=("real_overlay", "fake_overlay")
+        )
+        out.update({n: drawn[n[len(DEEP_PREFIX) :]] for n in deep})
         return out
 
     def _render_fast(self, record: dict[str, Any], names, source=None) -> dict[str, bytes]:
@@ -121,12 +137,12 @@ class Renderer:
         from ..preprocess.decode import DecodeLimits
 
         if record["real_map"] is None or record["fake_map"] is None:
-            raise RenderError("maps_not_stored",
-                              "this analysis was stored before the maps were kept")
+            raise RenderError("maps_not_stored", "this analysis was stored before the maps were kept")
         if source is None and any(n not in MAP_ONLY for n in names):
             source = source_view(self.source(record), DecodeLimits.from_settings(self.settings))
-        return render_maps(record["real_map"], record["fake_map"], source,
-                           p_fake=record["p_fake"], names=names)
+        return render_maps(
+            record["real_map"], record["fake_map"], source, p_fake=record["p_fake"], names=names
+        )
 
 
 def _render(args) -> int:
@@ -138,8 +154,11 @@ def _render(args) -> int:
     names = RENDERINGS if not args.only else tuple(n.strip() for n in args.only.split(","))
     unknown = [n for n in names if n not in RENDERINGS]
     if unknown:
-        print(f"poundcam render: unknown file name(s) {', '.join(unknown)}; "
-              f"choose from {', '.join(RENDERINGS)}", file=sys.stderr)
+        print(
+            f"poundcam render: unknown file name(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(RENDERINGS)}",
+            file=sys.stderr,
+        )
         return 2
     settings = Settings.from_env(**({"database_url": args.db} if args.db else {}))
     sessions = make_session_factory(settings.database_url)
@@ -157,8 +176,9 @@ def _render(args) -> int:
             files = renderer.render(record, names)
         except (RenderError, PoundcamError) as exc:
             failed += 1
-            print(f"analysis {record['analysis_id']}: {getattr(exc, 'code', 'error')}: {exc}",
-                  file=sys.stderr)
+            print(
+                f"analysis {record['analysis_id']}: {getattr(exc, 'code', 'error')}: {exc}", file=sys.stderr
+            )
             continue
         for name, png in files.items():
             out.put(f"{record['analysis_id']}/{name}.png", png, "image/png")
@@ -220,13 +240,14 @@ class RenderedPanels:
             if self._fetch_stored is None:
                 raise RenderError("not_configured", f"{key}: stored objects are not read here")
             return self._fetch_stored(key)
-        analysis, name = key[len(RENDERED):].split("/", 1)
+        analysis, name = key[len(RENDERED) :].split("/", 1)
         analysis_id = int(analysis)
         with self._locks[analysis_id]:
             if analysis_id not in self._drawn:
                 try:
                     self._drawn[analysis_id] = self._renderer.render(
-                        self.records[analysis_id], self._names(analysis_id))
+                        self.records[analysis_id], self._names(analysis_id)
+                    )
                 except Exception as exc:  # noqa: BLE001 - shown where the picture would be
                     self._drawn[analysis_id] = exc
         drawn = self._drawn[analysis_id]

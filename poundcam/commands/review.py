@@ -1,4 +1,5 @@
 """Review commands: ``poundcam report JOB --out report.html``."""
+
 from __future__ import annotations
 
 import os
@@ -17,32 +18,50 @@ def register(sub) -> None:
     from ..report.data import SORTS
 
     p = sub.add_parser(
-        "report", help="write a self-contained HTML review page for a job",
+        "report",
+        help="write a self-contained HTML review page for a job",
         description="Write one HTML file with, per image, the original and the fake and real "
-                    "evidence maps side by side with a colour legend and its scale, P(fake) "
-                    "against the threshold, the label and the key CAM statistics; pictures zoom "
-                    "on click; the page sorts and filters by P(fake) and label. Reads the job "
-                    "from POUNDCAM_DATABASE_URL (or --db), the heatmaps from the folder "
-                    "`poundcam analyze` recorded, POUNDCAM_LOCAL_ROOT or the S3 bucket "
-                    "POUNDCAM_HEATMAP_BUCKET, and originals from the job's own folders or the "
-                    "buckets in POUNDCAM_ALLOWED_BUCKETS.")
+        "evidence maps side by side with a colour legend and its scale, P(fake) "
+        "against the threshold, the label and the key CAM statistics; pictures zoom "
+        "on click; the page sorts and filters by P(fake) and label. Reads the job "
+        "from POUNDCAM_DATABASE_URL (or --db), the heatmaps from the folder "
+        "`poundcam analyze` recorded, POUNDCAM_LOCAL_ROOT or the S3 bucket "
+        "POUNDCAM_HEATMAP_BUCKET, and originals from the job's own folders or the "
+        "buckets in POUNDCAM_ALLOWED_BUCKETS.",
+    )
     p.add_argument("job_id", metavar="JOB")
     p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
     p.add_argument("--label", choices=LABELS, help="only items with this label")
     p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
-    p.add_argument("--sort", choices=SORTS, default="position",
-                   help="order of the items: position (as submitted, default), p_fake or "
-                        "fake_share (highest first)")
+    p.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="position",
+        help="order of the items: position (as submitted, default), p_fake or fake_share (highest first)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="at most N items (after sorting)")
-    p.add_argument("--images", choices=("embed", "presigned"), default="embed",
-                   help="embed compressed thumbnails as data: URIs (default; the file opens "
-                        "anywhere) or reference the images by presigned URLs that expire")
-    p.add_argument("--expires", type=int, default=3600, metavar="SECONDS",
-                   help="lifetime of presigned URLs (default 3600, at most 604800)")
+    p.add_argument(
+        "--images",
+        choices=("embed", "presigned"),
+        default="embed",
+        help="embed compressed thumbnails as data: URIs (default; the file opens "
+        "anywhere) or reference the images by presigned URLs that expire",
+    )
+    p.add_argument(
+        "--expires",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime of presigned URLs (default 3600, at most 604800)",
+    )
     add_db_option(p)
-    p.add_argument("--heatmaps", default=None, metavar="DIR",
-                   help="local heatmap folder (default: the folder `poundcam analyze` "
-                        "recorded with the job, else POUNDCAM_LOCAL_ROOT; unset: S3)")
+    p.add_argument(
+        "--heatmaps",
+        default=None,
+        metavar="DIR",
+        help="local heatmap folder (default: the folder `poundcam analyze` "
+        "recorded with the job, else POUNDCAM_LOCAL_ROOT; unset: S3)",
+    )
     p.set_defaults(handler=_report)
 
 
@@ -55,8 +74,10 @@ def heatmap_store(settings):
     if settings.embedded:
         return make_store(settings, allowed_roots=())
     if not settings.heatmap_bucket:
-        raise SettingsError("POUNDCAM_HEATMAP_BUCKET must be set to read heatmaps from S3 "
-                            "(or give --heatmaps DIR for a local folder)")
+        raise SettingsError(
+            "POUNDCAM_HEATMAP_BUCKET must be set to read heatmaps from S3 "
+            "(or give --heatmaps DIR for a local folder)"
+        )
     return make_store(settings, allowed_buckets=(settings.heatmap_bucket,))
 
 
@@ -70,8 +91,7 @@ def original_store(settings, job: dict):
         roots = settings.allowed_roots or tuple(options.get("image_roots") or ())
         if not roots:
             return None
-        return make_store(settings, local_root=settings.local_root or roots[0],
-                          allowed_roots=roots)
+        return make_store(settings, local_root=settings.local_root or roots[0], allowed_roots=roots)
     return make_store(settings, local_root=None, heatmap_bucket=None)
 
 
@@ -128,31 +148,48 @@ def _report(args) -> int:
     if not settings.embedded and not settings.heatmap_bucket and job["options"].get("heatmap_root"):
         # `poundcam analyze` recorded where it wrote the heatmaps
         settings = settings.replace(local_root=str(job["options"]["heatmap_root"]))
-    selected = select_rows(all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort,
-                           limit=args.limit)
+    selected = select_rows(
+        all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort, limit=args.limit
+    )
     store, originals = heatmap_store(settings), original_store(settings, job)
     # the overlays and raw maps are drawn from the stored maps (poundcam render); the one
     # stored heatmap per image is read from the store
-    drawn = RenderedPanels(settings, args.job_id, DRAWN_PANELS,
-                           lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES))
+    drawn = RenderedPanels(
+        settings,
+        args.job_id,
+        DRAWN_PANELS,
+        lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
+    )
     rows = drawn.rows(selected)
     if args.images == "embed":
         source = EmbeddedImages(
             drawn.fetch,
-            None if originals is None else
-            (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
-            limits=DecodeLimits.from_settings(settings))
+            None
+            if originals is None
+            else (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
+            limits=DecodeLimits.from_settings(settings),
+        )
     else:
-        source = _LinkedOrDrawn(drawn, lambda key: store.presigned_url(key, args.expires),
-                                None if originals is None else
-                                (lambda uri: _presigned_original(originals, uri, args.expires)))
-    html = build_report(rows, source=source, job_id=args.job_id, status=status,
-                        selection=_selection(args, len(rows), len(all_rows)), sort=args.sort)
+        source = _LinkedOrDrawn(
+            drawn,
+            lambda key: store.presigned_url(key, args.expires),
+            None if originals is None else (lambda uri: _presigned_original(originals, uri, args.expires)),
+        )
+    html = build_report(
+        rows,
+        source=source,
+        job_id=args.job_id,
+        status=status,
+        selection=_selection(args, len(rows), len(all_rows)),
+        sort=args.sort,
+    )
     out = Path(args.out)
     write_atomically(out, html)
     done = sum(r["status"] == ItemState.DONE for r in rows)
-    print(f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
-          f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}")
+    print(
+        f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
+        f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}"
+    )
     return 0
 
 
@@ -176,4 +213,5 @@ def _presigned_original(store, uri: str, expires_s: int) -> str:
     """A presigned URL of an original in an allowed bucket (``store.ref`` checks the bucket)."""
     ref = store.ref(uri)
     return store.client.generate_presigned_url(
-        "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s))
+        "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s)
+    )

@@ -4,6 +4,7 @@ SQLite runs in WAL mode with a busy timeout so that readers (a reviewer's query)
 the writer and two writers wait for each other instead of failing; PostgreSQL connections are
 checked before use so that a restarted server costs a reconnect, not an error.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -105,7 +106,8 @@ def require_database(url: str) -> None:
         raise UnavailableError(
             f"no database at {redact(url)} ({Path(path).resolve()} does not exist); set "
             "POUNDCAM_DATABASE_URL or --db to the job's database, or create one with "
-            "`poundcam db upgrade`")
+            "`poundcam db upgrade`"
+        )
 
 
 def explain_db_error(url: str, exc: BaseException):
@@ -114,8 +116,7 @@ def explain_db_error(url: str, exc: BaseException):
     from ..errors import UnavailableError
     from ..logs import redact
 
-    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError,
-                            sa.exc.ProgrammingError)):
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError)):
         return None
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = redact(text[0] if text else type(exc).__name__)
@@ -123,6 +124,6 @@ def explain_db_error(url: str, exc: BaseException):
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
         return UnavailableError(
             f"database {redact(url)} has no poundcam tables ({reason}); run `poundcam db "
-            "upgrade`, or set POUNDCAM_DATABASE_URL or --db to the job's database")
-    return UnavailableError(f"database {redact(url)}: {reason} (check POUNDCAM_DATABASE_URL "
-                            "or --db)")
+            "upgrade`, or set POUNDCAM_DATABASE_URL or --db to the job's database"
+        )
+    return UnavailableError(f"database {redact(url)}: {reason} (check POUNDCAM_DATABASE_URL or --db)")

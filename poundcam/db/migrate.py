@@ -1,5 +1,6 @@
 """Apply the Alembic migrations in the ``migrations`` package, from a checkout or an
 installed poundcam alike: ``upgrade(url)``, ``downgrade(url, revision)``, ``current(url)``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ links a source URI to the analysis it produced, or records why it failed. The sc
 created by the Alembic migrations in migrations/; these models must match them (a test compares
 the two).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -59,7 +60,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_job_id)
     created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now())
+        sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now()
+    )
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     total_items: Mapped[int | None] = mapped_column(sa.Integer)
     # the caller's key: submitting again with it returns this job (unique where set)
@@ -89,7 +91,8 @@ class Analysis(Base):
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now())
+        sa.DateTime(timezone=True), default=utcnow, server_default=sa.func.now()
+    )
     # The raw maps (NULL for analyses stored before they were kept; migration 0004).
     real_map: Mapped[list[Any] | None] = mapped_column(MapType)
     fake_map: Mapped[list[Any] | None] = mapped_column(MapType)
@@ -111,20 +114,19 @@ class JobItem(Base):
     __tablename__ = "job_items"
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(
-        sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(sa.Integer)
     uri: Mapped[str] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16), default=ItemState.QUEUED.value,
-                                        server_default=ItemState.QUEUED.value)
+    status: Mapped[str] = mapped_column(
+        sa.String(16), default=ItemState.QUEUED.value, server_default=ItemState.QUEUED.value
+    )
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
-    analysis_id: Mapped[int | None] = mapped_column(
-        IdType, sa.ForeignKey("analyses.id", ondelete="SET NULL"))
+    analysis_id: Mapped[int | None] = mapped_column(IdType, sa.ForeignKey("analyses.id", ondelete="SET NULL"))
     updated_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow,
-        server_default=sa.func.now())
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=sa.func.now()
+    )
 
     __table_args__ = (
         # One row per position in a job; its index serves "the items of a job, in order".

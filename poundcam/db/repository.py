@@ -4,6 +4,7 @@ Functions take a Session and never commit: the caller owns the transaction (see
 ``session_scope``). Every write here is safe to repeat: a redelivered message or a retried
 batch leaves the same rows behind.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,19 +23,56 @@ from .models import Analysis, Job, JobItem, new_job_id, utcnow
 
 MAX_ERROR_MESSAGE = 2000
 
-ANALYSIS_REQUIRED = ("sha256", "model_id", "cam_config_id", "p_fake", "logit_real",
-                     "logit_fake", "label", "threshold", "stats", "heatmap_keys")
-ANALYSIS_OPTIONAL = ("image_format", "width", "height", "geometry", "timings", "worker",
-                     "real_map", "fake_map", "deep_real_map", "deep_fake_map")
+ANALYSIS_REQUIRED = (
+    "sha256",
+    "model_id",
+    "cam_config_id",
+    "p_fake",
+    "logit_real",
+    "logit_fake",
+    "label",
+    "threshold",
+    "stats",
+    "heatmap_keys",
+)
+ANALYSIS_OPTIONAL = (
+    "image_format",
+    "width",
+    "height",
+    "geometry",
+    "timings",
+    "worker",
+    "real_map",
+    "fake_map",
+    "deep_real_map",
+    "deep_fake_map",
+)
 MAPS = ("real_map", "fake_map", "deep_real_map", "deep_fake_map")
 _IDENTITY = ("sha256", "model_id", "cam_config_id")
 # The Core tables behind the ORM classes, as Tables (``__table__`` is typed as a FromClause).
 _ANALYSES = Analysis.metadata.tables[Analysis.__tablename__]
 _ITEMS = JobItem.metadata.tables[JobItem.__tablename__]
 # The keys of a job_results record, in order: the one record shape of every output.
-RESULT_FIELDS = ("item_id", "position", "uri", "status", "error_code", "error_message",
-                 "attempts", "analysis_id", "sha256", "p_fake", "threshold", "label", "model_id",
-                 "cam_config_id", "width", "height", "stats", "heatmap_keys")
+RESULT_FIELDS = (
+    "item_id",
+    "position",
+    "uri",
+    "status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "analysis_id",
+    "sha256",
+    "p_fake",
+    "threshold",
+    "label",
+    "model_id",
+    "cam_config_id",
+    "width",
+    "height",
+    "stats",
+    "heatmap_keys",
+)
 
 
 class JobNotFoundError(PoundcamError):
@@ -42,6 +80,7 @@ class JobNotFoundError(PoundcamError):
 
 
 # --- analyses ------------------------------------------------------------------------------
+
 
 def _analysis_values(record: Mapping[str, Any], dialect: str) -> dict[str, Any]:
     missing = [k for k in ANALYSIS_REQUIRED if record.get(k) is None]
@@ -100,7 +139,7 @@ def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> l
         return []
     table = _ANALYSES
     for start in range(0, len(rows), UPSERT_CHUNK):
-        chunk = rows[start:start + UPSERT_CHUNK]
+        chunk = rows[start : start + UPSERT_CHUNK]
         if dialect in ("postgresql", "sqlite"):
             from sqlalchemy.dialects import postgresql, sqlite
 
@@ -110,11 +149,17 @@ def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> l
                 by_columns.setdefault(tuple(sorted(row)), []).append(row)
             for group in by_columns.values():
                 if dialect == "postgresql":
-                    session.execute(postgresql.insert(table).values(group).on_conflict_do_nothing(
-                        index_elements=list(_IDENTITY)))
+                    session.execute(
+                        postgresql.insert(table)
+                        .values(group)
+                        .on_conflict_do_nothing(index_elements=list(_IDENTITY))
+                    )
                 else:
-                    session.execute(sqlite.insert(table).values(group).on_conflict_do_nothing(
-                        index_elements=list(_IDENTITY)))
+                    session.execute(
+                        sqlite.insert(table)
+                        .values(group)
+                        .on_conflict_do_nothing(index_elements=list(_IDENTITY))
+                    )
         else:  # any other backend: a savepoint per row absorbs the duplicate
             for row in chunk:
                 try:
@@ -124,52 +169,73 @@ def upsert_analyses(session: Session, records: Iterable[Mapping[str, Any]]) -> l
                     pass
     ids: dict[tuple, int] = {}
     for model_id, cam_config_id in {(r["model_id"], r["cam_config_id"]) for r in rows}:
-        shas = [r["sha256"] for r in rows
-                if (r["model_id"], r["cam_config_id"]) == (model_id, cam_config_id)]
+        shas = [r["sha256"] for r in rows if (r["model_id"], r["cam_config_id"]) == (model_id, cam_config_id)]
         for sha, analysis_id in find_analysis_ids(session, shas, model_id, cam_config_id).items():
             ids[(sha, model_id, cam_config_id)] = analysis_id
     return [ids[(r["sha256"], r["model_id"], r["cam_config_id"])] for r in rows]
 
 
-def find_analysis(session: Session, sha256: str, model_id: str,
-                  cam_config_id: str) -> Analysis | None:
-    return session.execute(sa.select(Analysis).where(
-        Analysis.sha256 == sha256, Analysis.model_id == model_id,
-        Analysis.cam_config_id == cam_config_id)).scalar_one_or_none()
+def find_analysis(session: Session, sha256: str, model_id: str, cam_config_id: str) -> Analysis | None:
+    return session.execute(
+        sa.select(Analysis).where(
+            Analysis.sha256 == sha256, Analysis.model_id == model_id, Analysis.cam_config_id == cam_config_id
+        )
+    ).scalar_one_or_none()
 
 
-def find_analysis_ids(session: Session, sha256s: Iterable[str], model_id: str,
-                      cam_config_id: str) -> dict[str, int]:
+def find_analysis_ids(
+    session: Session, sha256s: Iterable[str], model_id: str, cam_config_id: str
+) -> dict[str, int]:
     """``{sha256: analysis id}`` for those of ``sha256s`` already analysed with this model and
     CAM configuration, in one query per 500 hashes."""
     shas = sorted(set(sha256s))
     t = _ANALYSES
     found: dict[str, int] = {}
     for start in range(0, len(shas), 500):
-        rows = session.execute(sa.select(t.c.sha256, t.c.id).where(
-            t.c.sha256.in_(shas[start:start + 500]), t.c.model_id == model_id,
-            t.c.cam_config_id == cam_config_id))
+        rows = session.execute(
+            sa.select(t.c.sha256, t.c.id).where(
+                t.c.sha256.in_(shas[start : start + 500]),
+                t.c.model_id == model_id,
+                t.c.cam_config_id == cam_config_id,
+            )
+        )
         found.update((sha, analysis_id) for sha, analysis_id in rows)
     return found
 
 
 # --- jobs and items ------------------------------------------------------------------------
 
-def create_job(session: Session, uris: Iterable[str], options: Mapping[str, Any] | None = None,
-               job_id: str | None = None, key: str | None = None) -> str:
+
+def create_job(
+    session: Session,
+    uris: Iterable[str],
+    options: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    key: str | None = None,
+) -> str:
     """A job with one queued item per URI (in order); returns the job id. ``key`` is the
     caller's idempotency key (unique: a second job with it fails with an IntegrityError; see
     :func:`find_job_by_key`)."""
     uris = [str(u) for u in uris]
     job_id = job_id or new_job_id()
-    session.add(Job(id=job_id, options=dict(options or {}), total_items=len(uris),
-                    idempotency_key=key))
+    session.add(Job(id=job_id, options=dict(options or {}), total_items=len(uris), idempotency_key=key))
     session.flush()
     if uris:
         now = utcnow()
-        session.execute(sa.insert(_ITEMS), [
-            {"job_id": job_id, "position": i, "uri": u, "status": ItemState.QUEUED, "attempts": 0,
-             "updated_at": now} for i, u in enumerate(uris)])
+        session.execute(
+            sa.insert(_ITEMS),
+            [
+                {
+                    "job_id": job_id,
+                    "position": i,
+                    "uri": u,
+                    "status": ItemState.QUEUED,
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                for i, u in enumerate(uris)
+            ],
+        )
     return job_id
 
 
@@ -195,10 +261,14 @@ def mark_running(session: Session, item_ids: int | Iterable[int]) -> list[int]:
         return []
     t = _ITEMS
     claimable = t.c.status.in_((ItemState.QUEUED, ItemState.RUNNING))
-    session.execute(sa.update(t).where(t.c.id.in_(ids), claimable)
-                    .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow()))
-    return list(session.execute(
-        sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING)).scalars())
+    session.execute(
+        sa.update(t)
+        .where(t.c.id.in_(ids), claimable)
+        .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow())
+    )
+    return list(
+        session.execute(sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING)).scalars()
+    )
 
 
 @dataclasses.dataclass
@@ -219,8 +289,11 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
     if not ids:
         return Claim({}, set())
     claimable = t.c.status.in_((ItemState.QUEUED, ItemState.RUNNING))
-    session.execute(sa.update(t).where(*scope, claimable)
-                    .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow()))
+    session.execute(
+        sa.update(t)
+        .where(*scope, claimable)
+        .values(status=ItemState.RUNNING, attempts=t.c.attempts + 1, updated_at=utcnow())
+    )
     rows = session.execute(sa.select(t.c.id, t.c.uri, t.c.status).where(*scope)).all()
     return Claim({r.id: r.uri for r in rows if r.status == ItemState.RUNNING}, {r.id for r in rows})
 
@@ -228,9 +301,17 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
 def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
     """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
     t = _ITEMS
-    session.execute(sa.update(t).where(t.c.id == int(item_id)).values(
-        status=ItemState.DONE, analysis_id=int(analysis_id), error_code=None, error_message=None,
-        updated_at=utcnow()))
+    session.execute(
+        sa.update(t)
+        .where(t.c.id == int(item_id))
+        .values(
+            status=ItemState.DONE,
+            analysis_id=int(analysis_id),
+            error_code=None,
+            error_message=None,
+            updated_at=utcnow(),
+        )
+    )
 
 
 def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
@@ -238,9 +319,18 @@ def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
     rows = [{"b_id": int(i), "b_analysis": int(a)} for i, a in done]
     if rows:
         t = _ITEMS
-        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id")).values(
-            status=ItemState.DONE, analysis_id=sa.bindparam("b_analysis"), error_code=None,
-            error_message=None, updated_at=utcnow()), rows)
+        session.execute(
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("b_id"))
+            .values(
+                status=ItemState.DONE,
+                analysis_id=sa.bindparam("b_analysis"),
+                error_code=None,
+                error_message=None,
+                updated_at=utcnow(),
+            ),
+            rows,
+        )
 
 
 def mark_failed(session: Session, item_id: int, code: str, message: str) -> None:
@@ -248,20 +338,29 @@ def mark_failed(session: Session, item_id: int, code: str, message: str) -> None
     mark_failed_many(session, [(item_id, code, message)])
 
 
-def mark_failed_many(session: Session, failures: Iterable[tuple[int, str, str]],
-                     job_id: str | None = None) -> None:
+def mark_failed_many(
+    session: Session, failures: Iterable[tuple[int, str, str]], job_id: str | None = None
+) -> None:
     """:func:`mark_failed` for ``(item_id, code, message)`` triples, in one statement; with
     ``job_id``, only items of that job change."""
-    rows = [{"b_id": int(i), "b_code": str(c)[:64], "b_message": str(m)[:MAX_ERROR_MESSAGE]}
-            for i, c, m in failures]
+    rows = [
+        {"b_id": int(i), "b_code": str(c)[:64], "b_message": str(m)[:MAX_ERROR_MESSAGE]}
+        for i, c, m in failures
+    ]
     if rows:
         t = _ITEMS
         scope = [t.c.job_id == job_id] if job_id is not None else []
-        session.execute(sa.update(t).where(t.c.id == sa.bindparam("b_id"), t.c.status != ItemState.DONE,
-                                           *scope)
-                        .values(status=ItemState.FAILED, error_code=sa.bindparam("b_code"),
-                                error_message=sa.bindparam("b_message"), updated_at=utcnow()),
-                        rows)
+        session.execute(
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("b_id"), t.c.status != ItemState.DONE, *scope)
+            .values(
+                status=ItemState.FAILED,
+                error_code=sa.bindparam("b_code"),
+                error_message=sa.bindparam("b_message"),
+                updated_at=utcnow(),
+            ),
+            rows,
+        )
 
 
 @dataclasses.dataclass
@@ -273,8 +372,9 @@ class Sweep:
     failed: list[int]
 
 
-def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
-                    now: datetime | None = None, limit: int = 10000) -> Sweep:
+def sweep_abandoned(
+    session: Session, older_than_s: float, max_attempts: int, now: datetime | None = None, limit: int = 10000
+) -> Sweep:
     """Give back items left "running" for more than ``older_than_s`` seconds (their worker is
     gone): back to queued, or failed with ``retries_exhausted`` once claimed ``max_attempts``
     times. Each row changes only if it is still running and stale when updated, so sweepers
@@ -282,20 +382,34 @@ def sweep_abandoned(session: Session, older_than_s: float, max_attempts: int,
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
     t = _ITEMS
     stale = (t.c.status == ItemState.RUNNING, t.c.updated_at < cutoff)
-    rows = session.execute(sa.select(t.c.id, t.c.attempts).where(*stale)
-                           .order_by(t.c.id).limit(limit)).all()
+    rows = session.execute(sa.select(t.c.id, t.c.attempts).where(*stale).order_by(t.c.id).limit(limit)).all()
     exhausted = [r.id for r in rows if r.attempts >= max_attempts]
     back = [r.id for r in rows if r.attempts < max_attempts]
-    failed = list(session.execute(
-        sa.update(t).where(t.c.id.in_(exhausted), *stale).values(
-            status=ItemState.FAILED, error_code=ErrorCode.RETRIES_EXHAUSTED, updated_at=utcnow(),
-            error_message=f"abandoned while running, {max_attempts} attempts used")
-        .returning(t.c.id)).scalars()) if exhausted else []
+    failed = (
+        list(
+            session.execute(
+                sa.update(t)
+                .where(t.c.id.in_(exhausted), *stale)
+                .values(
+                    status=ItemState.FAILED,
+                    error_code=ErrorCode.RETRIES_EXHAUSTED,
+                    updated_at=utcnow(),
+                    error_message=f"abandoned while running, {max_attempts} attempts used",
+                )
+                .returning(t.c.id)
+            ).scalars()
+        )
+        if exhausted
+        else []
+    )
     requeued: dict[str, list[tuple[int, str]]] = {}
     if back:
-        for r in session.execute(sa.update(t).where(t.c.id.in_(back), *stale)
-                                 .values(status=ItemState.QUEUED, updated_at=utcnow())
-                                 .returning(t.c.id, t.c.job_id, t.c.uri)):
+        for r in session.execute(
+            sa.update(t)
+            .where(t.c.id.in_(back), *stale)
+            .values(status=ItemState.QUEUED, updated_at=utcnow())
+            .returning(t.c.id, t.c.job_id, t.c.uri)
+        ):
             requeued.setdefault(r.job_id, []).append((r.id, r.uri))
     return Sweep(requeued, sorted(failed))
 
@@ -307,8 +421,11 @@ def requeue(session: Session, item_ids: int | Iterable[int], job_id: str | None 
     if ids:
         t = _ITEMS
         scope = [t.c.job_id == job_id] if job_id is not None else []
-        session.execute(sa.update(t).where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING, *scope)
-                        .values(status=ItemState.QUEUED, updated_at=utcnow()))
+        session.execute(
+            sa.update(t)
+            .where(t.c.id.in_(ids), t.c.status == ItemState.RUNNING, *scope)
+            .values(status=ItemState.QUEUED, updated_at=utcnow())
+        )
 
 
 def find_job_by_key(session: Session, key: str) -> str | None:
@@ -318,41 +435,61 @@ def find_job_by_key(session: Session, key: str) -> str | None:
 
 def job_uris(session: Session, job_id: str) -> list[str]:
     """The URIs of a job's items, in submission order."""
-    return list(session.execute(sa.select(JobItem.uri).where(JobItem.job_id == job_id)
-                                .order_by(JobItem.position)).scalars())
+    return list(
+        session.execute(
+            sa.select(JobItem.uri).where(JobItem.job_id == job_id).order_by(JobItem.position)
+        ).scalars()
+    )
 
 
 # --- what reviewers ask ---------------------------------------------------------------------
+
 
 def job_info(session: Session, job_id: str) -> dict[str, Any]:
     """``{"job_id", "created_at", "options", "idempotency_key", "total"}`` of one job."""
     job = session.get(Job, job_id)
     if job is None:
         raise JobNotFoundError(f"no job {job_id!r}")
-    return {"job_id": job.id, "created_at": job.created_at, "options": dict(job.options or {}),
-            "idempotency_key": job.idempotency_key, "total": job.total_items}
+    return {
+        "job_id": job.id,
+        "created_at": job.created_at,
+        "options": dict(job.options or {}),
+        "idempotency_key": job.idempotency_key,
+        "total": job.total_items,
+    }
 
 
 def list_jobs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
     """The ``limit`` most recent jobs, newest first, each with its counts by state:
     ``{"job_id", "created_at", "mode", "total", "queued", "running", "done", "failed",
     "finished"}``."""
-    jobs = session.execute(sa.select(Job.id, Job.created_at, Job.options, Job.total_items)
-                           .order_by(Job.created_at.desc(), Job.id).limit(int(limit))).all()
+    jobs = session.execute(
+        sa.select(Job.id, Job.created_at, Job.options, Job.total_items)
+        .order_by(Job.created_at.desc(), Job.id)
+        .limit(int(limit))
+    ).all()
     counts: dict[str, dict[str, int]] = {j.id: dict.fromkeys(ITEM_STATES, 0) for j in jobs}
     if jobs:
-        rows = session.execute(sa.select(JobItem.job_id, JobItem.status, sa.func.count())
-                               .where(JobItem.job_id.in_(list(counts)))
-                               .group_by(JobItem.job_id, JobItem.status))
+        rows = session.execute(
+            sa.select(JobItem.job_id, JobItem.status, sa.func.count())
+            .where(JobItem.job_id.in_(list(counts)))
+            .group_by(JobItem.job_id, JobItem.status)
+        )
         for job_id, status, n in rows:
             counts[job_id][status] = int(n)
     out = []
     for j in jobs:
         c = counts[j.id]
-        out.append({"job_id": j.id, "created_at": j.created_at,
-                    "mode": (j.options or {}).get("mode", "distributed"),
-                    "total": sum(c.values()), **c,
-                    "finished": c[ItemState.QUEUED] == 0 and c[ItemState.RUNNING] == 0})
+        out.append(
+            {
+                "job_id": j.id,
+                "created_at": j.created_at,
+                "mode": (j.options or {}).get("mode", "distributed"),
+                "total": sum(c.values()),
+                **c,
+                "finished": c[ItemState.QUEUED] == 0 and c[ItemState.RUNNING] == 0,
+            }
+        )
     return out
 
 
@@ -361,17 +498,23 @@ def job_status(session: Session, job_id: str) -> dict[str, Any]:
     if session.get(Job, job_id) is None:
         raise JobNotFoundError(f"no job {job_id!r}")
     counts = dict.fromkeys(ITEM_STATES, 0)
-    rows = session.execute(sa.select(JobItem.status, sa.func.count())
-                           .where(JobItem.job_id == job_id).group_by(JobItem.status))
+    rows = session.execute(
+        sa.select(JobItem.status, sa.func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+    )
     for status, n in rows:
         counts[status] = int(n)
     total = sum(counts.values())
-    return {"job_id": job_id, "total": total, **counts,
-            "finished": counts[ItemState.QUEUED] == 0 and counts[ItemState.RUNNING] == 0}
+    return {
+        "job_id": job_id,
+        "total": total,
+        **counts,
+        "finished": counts[ItemState.QUEUED] == 0 and counts[ItemState.RUNNING] == 0,
+    }
 
 
-def job_results(session: Session, job_id: str, label: str | None = None,
-                min_prob: float | None = None) -> list[dict[str, Any]]:
+def job_results(
+    session: Session, job_id: str, label: str | None = None, min_prob: float | None = None
+) -> list[dict[str, Any]]:
     """One record per item, in submission order. ``label`` / ``min_prob`` (on P(fake)) keep
     only analysed items that match. Every record has the same keys (RESULT_FIELDS); those of
     the analysis are None for an item not analysed."""
@@ -380,25 +523,59 @@ def job_results(session: Session, job_id: str, label: str | None = None,
     if label is not None and label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, not {label!r}")
     a = Analysis
-    q = (sa.select(JobItem.id, JobItem.position, JobItem.uri, JobItem.status,
-                   JobItem.error_code, JobItem.error_message, JobItem.attempts,
-                   a.id.label("analysis_id"), a.sha256, a.p_fake, a.threshold, a.label,
-                   a.model_id, a.cam_config_id, a.width, a.height, a.stats, a.heatmap_keys)
-         .select_from(JobItem).outerjoin(a, JobItem.analysis_id == a.id)
-         .where(JobItem.job_id == job_id))
+    q = (
+        sa.select(
+            JobItem.id,
+            JobItem.position,
+            JobItem.uri,
+            JobItem.status,
+            JobItem.error_code,
+            JobItem.error_message,
+            JobItem.attempts,
+            a.id.label("analysis_id"),
+            a.sha256,
+            a.p_fake,
+            a.threshold,
+            a.label,
+            a.model_id,
+            a.cam_config_id,
+            a.width,
+            a.height,
+            a.stats,
+            a.heatmap_keys,
+        )
+        .select_from(JobItem)
+        .outerjoin(a, JobItem.analysis_id == a.id)
+        .where(JobItem.job_id == job_id)
+    )
     if label is not None:
         q = q.where(a.label == label)
     if min_prob is not None:
         q = q.where(a.p_fake >= float(min_prob))
     out = []
     for r in session.execute(q.order_by(JobItem.position)):
-        out.append({"item_id": r.id, "position": r.position, "uri": r.uri, "status": r.status,
-                    "error_code": r.error_code, "error_message": r.error_message,
-                    "attempts": r.attempts, "analysis_id": r.analysis_id, "sha256": r.sha256,
-                    "p_fake": r.p_fake, "threshold": r.threshold, "label": r.label,
-                    "model_id": r.model_id, "cam_config_id": r.cam_config_id,
-                    "width": r.width, "height": r.height, "stats": r.stats,
-                    "heatmap_keys": r.heatmap_keys})
+        out.append(
+            {
+                "item_id": r.id,
+                "position": r.position,
+                "uri": r.uri,
+                "status": r.status,
+                "error_code": r.error_code,
+                "error_message": r.error_message,
+                "attempts": r.attempts,
+                "analysis_id": r.analysis_id,
+                "sha256": r.sha256,
+                "p_fake": r.p_fake,
+                "threshold": r.threshold,
+                "label": r.label,
+                "model_id": r.model_id,
+                "cam_config_id": r.cam_config_id,
+                "width": r.width,
+                "height": r.height,
+                "stats": r.stats,
+                "heatmap_keys": r.heatmap_keys,
+            }
+        )
     return out
 
 
@@ -412,28 +589,50 @@ def analyses_for_rendering(session: Session, target: str) -> list[dict[str, Any]
         JobNotFoundError: ``target`` is neither an analysis id nor a job id.
     """
     a, i = Analysis, JobItem
-    cols = (a.id, a.sha256, a.p_fake, a.model_id, a.cam_config_id, a.real_map, a.fake_map,
-            a.deep_real_map, a.deep_fake_map, i.uri)
+    cols = (
+        a.id,
+        a.sha256,
+        a.p_fake,
+        a.model_id,
+        a.cam_config_id,
+        a.real_map,
+        a.fake_map,
+        a.deep_real_map,
+        a.deep_fake_map,
+        i.uri,
+    )
     if target.isdigit():
-        latest = (sa.select(sa.func.max(i.id)).where(i.analysis_id == int(target))
-                  .scalar_subquery())
-        q = (sa.select(*cols).select_from(a).outerjoin(i, i.id == latest)
-             .where(a.id == int(target)))
+        latest = sa.select(sa.func.max(i.id)).where(i.analysis_id == int(target)).scalar_subquery()
+        q = sa.select(*cols).select_from(a).outerjoin(i, i.id == latest).where(a.id == int(target))
     else:
         if session.get(Job, target) is None:
             raise JobNotFoundError(f"no analysis or job {target!r}")
-        q = (sa.select(*cols).select_from(i).join(a, a.id == i.analysis_id)
-             .where(i.job_id == target, i.status == "done").order_by(i.position))
+        q = (
+            sa.select(*cols)
+            .select_from(i)
+            .join(a, a.id == i.analysis_id)
+            .where(i.job_id == target, i.status == "done")
+            .order_by(i.position)
+        )
     rows, seen = [], set()
     for r in session.execute(q):
         if r.id in seen:  # a job may hold the same image twice
             continue
         seen.add(r.id)
-        rows.append({"analysis_id": r.id, "sha256": r.sha256, "p_fake": r.p_fake,
-                     "model_id": r.model_id, "cam_config_id": r.cam_config_id,
-                     "real_map": stored_map(r.real_map), "fake_map": stored_map(r.fake_map),
-                     "deep_real_map": stored_map(r.deep_real_map),
-                     "deep_fake_map": stored_map(r.deep_fake_map), "uri": r.uri})
+        rows.append(
+            {
+                "analysis_id": r.id,
+                "sha256": r.sha256,
+                "p_fake": r.p_fake,
+                "model_id": r.model_id,
+                "cam_config_id": r.cam_config_id,
+                "real_map": stored_map(r.real_map),
+                "fake_map": stored_map(r.fake_map),
+                "deep_real_map": stored_map(r.deep_real_map),
+                "deep_fake_map": stored_map(r.deep_fake_map),
+                "uri": r.uri,
+            }
+        )
     if not rows and target.isdigit():
         raise JobNotFoundError(f"no analysis or job {target!r}")
     return rows

@@ -4,6 +4,7 @@ The names below load on first use (PEP 562), so that ``poundcam.model.weights`` 
 fetching weights) works without importing PyTorch: a command fails on missing weights before
 it pays for that import.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -7,6 +7,7 @@ Official names (after stripping ``model.``) map to poundcam's module names::
     text_encoder.*   -> text.*
     prompt_learner.* -> prompt_learner.*   logit_scale -> logit_scale
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,12 +49,12 @@ def official_to_poundcam(official: dict[str, torch.Tensor], source: Path) -> dic
     for key, value in official.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: state_dict entry {key!r} is not a tensor")
-        name = key[len("model."):] if key.startswith("model.") else key
+        name = key[len("model.") :] if key.startswith("model.") else key
         if UNUSED_OFFICIAL_KEYS.match(name):
             continue
         for old, new in OFFICIAL_PREFIXES.items():
             if name.startswith(old):
-                name = new + name[len(old):]
+                name = new + name[len(old) :]
                 break
         out[name] = value
     return out
@@ -63,7 +64,7 @@ def official_name(name: str) -> str:
     """A poundcam tensor name as it is spelled in an official Lightning checkpoint."""
     for old, new in OFFICIAL_PREFIXES.items():
         if name.startswith(new):
-            name = old + name[len(new):]
+            name = old + name[len(new) :]
             break
     return "model." + name
 
@@ -82,14 +83,18 @@ def _count_blocks(state: dict[str, torch.Tensor], tower: str) -> tuple[int, int]
     """(number of blocks, prompt depth = 1 + blocks carrying VPT_shallow)."""
     pat = re.compile(rf"^{tower}\.transformer\.resblocks\.(\d+)\.")
     blocks = {int(m.group(1)) for k in state if (m := pat.match(k))}
-    prompted = {int(k.split(".")[3]) for k in state
-                if k.startswith(f"{tower}.transformer.resblocks.") and k.endswith(".VPT_shallow")}
+    prompted = {
+        int(k.split(".")[3])
+        for k in state
+        if k.startswith(f"{tower}.transformer.resblocks.") and k.endswith(".VPT_shallow")
+    }
     layers = max(blocks) + 1 if blocks else 0
     return layers, (max(prompted) + 1 if prompted else 1)
 
 
-def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: Path,
-                 name=_same_name) -> PoundNetConfig:
+def infer_config(
+    state: dict[str, torch.Tensor], settings: RunSettings, source: Path, name=_same_name
+) -> PoundNetConfig:
     """Architecture from tensor shapes; class names from the run settings.
 
     ``name`` spells a tensor name as the file does, for error messages (``official_name``)."""
@@ -97,45 +102,63 @@ def infer_config(state: dict[str, torch.Tensor], settings: RunSettings, source: 
     pos = _shape(state, "visual.positional_embedding", source, name)
     grid = round((pos[0] - 1) ** 0.5)
     if grid * grid + 1 != pos[0]:
-        raise CheckpointError(f"{source}: {name('visual.positional_embedding')} has {pos[0]} rows, "
-                              "not 1 + grid^2")
+        raise CheckpointError(
+            f"{source}: {name('visual.positional_embedding')} has {pos[0]} rows, not 1 + grid^2"
+        )
     ctx = _shape(state, "prompt_learner.ctx_positive", source, name)
     prefix = _shape(state, "prompt_learner.token_prefix", source, name)
     text_pos = _shape(state, "text.positional_embedding", source, name)
     v_layers, v_depth = _count_blocks(state, "visual")
     t_layers, t_depth = _count_blocks(state, "text")
     if not v_layers or not t_layers:
-        raise CheckpointError(f"{source}: no transformer blocks found for the "
-                              f"{'vision' if not v_layers else 'text'} tower")
+        raise CheckpointError(
+            f"{source}: no transformer blocks found for the {'vision' if not v_layers else 'text'} tower"
+        )
     n_classes = prefix[0]
     names = settings.class_names
     if names is None:
         from .config import RELEASED_CLASS_NAMES
+
         names = RELEASED_CLASS_NAMES
     if len(names) != n_classes:
         raise CheckpointError(
             f"{source}: {name('prompt_learner.token_prefix')} holds {n_classes} class names but the config "
-            f"lists {len(names)}; give the run's config.yaml")
+            f"lists {len(names)}; give the run's config.yaml"
+        )
     cfg = PoundNetConfig(
-        vision_width=conv[0], vision_layers=v_layers, patch_size=conv[-1], grid_size=grid,
-        embed_dim=_shape(state, "visual.proj", source, name)[1], text_width=text_pos[1],
-        text_layers=t_layers, context_length=text_pos[0],
-        n_ctx_vision=_shape(state, "visual.VPT", source, name)[0], n_ctx_text=ctx[1],
-        prompt_depth_vision=v_depth, prompt_depth_text=t_depth, prompt_num_text=ctx[0],
+        vision_width=conv[0],
+        vision_layers=v_layers,
+        patch_size=conv[-1],
+        grid_size=grid,
+        embed_dim=_shape(state, "visual.proj", source, name)[1],
+        text_width=text_pos[1],
+        text_layers=t_layers,
+        context_length=text_pos[0],
+        n_ctx_vision=_shape(state, "visual.VPT", source, name)[0],
+        n_ctx_text=ctx[1],
+        prompt_depth_vision=v_depth,
+        prompt_depth_text=t_depth,
+        prompt_num_text=ctx[0],
         class_names=tuple(names),
     )
-    for field in ("n_ctx_vision", "n_ctx_text", "prompt_depth_vision", "prompt_depth_text",
-                  "prompt_num_text"):
+    for field in (
+        "n_ctx_vision",
+        "n_ctx_text",
+        "prompt_depth_vision",
+        "prompt_depth_text",
+        "prompt_num_text",
+    ):
         said = getattr(settings, field)
         if said is not None and said != getattr(cfg, field):
             raise CheckpointError(
-                f"{source}: the config says {field}={said} but the tensors imply "
-                f"{getattr(cfg, field)}")
+                f"{source}: the config says {field}={said} but the tensors imply {getattr(cfg, field)}"
+            )
     return cfg
 
 
-def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source: Path,
-                     name=_same_name) -> PoundNet:
+def build_from_state(
+    state: dict[str, torch.Tensor], cfg: PoundNetConfig, source: Path, name=_same_name
+) -> PoundNet:
     """Create the model and load ``state`` strictly: every tensor present, none extra, all shapes right.
 
     Error messages spell tensor names with ``name`` (as the file does)."""
@@ -144,8 +167,11 @@ def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source
     expected = model.state_dict()
     missing = sorted(map(name, set(expected) - set(state)))
     unexpected = sorted(map(name, set(state) - set(expected)))
-    wrong = sorted(f"{name(k)} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                   for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+    wrong = sorted(
+        f"{name(k)} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
     problems = []
     if missing:
         problems.append(f"missing tensors: {', '.join(missing)}")
@@ -158,8 +184,9 @@ def build_from_state(state: dict[str, torch.Tensor], cfg: PoundNetConfig, source
     bad = [name(k) for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{source}: tensors with NaN or infinite values: {', '.join(sorted(bad))}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                          strict=True, assign=True)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True
+    )
     model.text.attn_mask = model.text.causal_mask(cfg.context_length)
     model.model_id = model_id(model.state_dict())
     # An inference model: frozen, so a plain forward neither builds a graph over the weights
@@ -194,8 +221,10 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file: {exc}") from None
     if meta.get("format") != SAFETENSORS_FORMAT:
-        raise CheckpointError(f"{path}: not a poundcam PoundNet export (metadata format "
-                              f"{meta.get('format')!r}, expected {SAFETENSORS_FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not a poundcam PoundNet export (metadata format "
+            f"{meta.get('format')!r}, expected {SAFETENSORS_FORMAT!r})"
+        )
     return state, meta
 
 
@@ -231,8 +260,11 @@ def export_safetensors(model: PoundNet, out: str | Path, source_digest: str | No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": SAFETENSORS_FORMAT, "config": model.config.to_json(),
-            "model_id": model.model_id or model_id(state)}
+    meta = {
+        "format": SAFETENSORS_FORMAT,
+        "config": model.config.to_json(),
+        "model_id": model.model_id or model_id(state),
+    }
     if source_digest:
         meta["source_sha256"] = source_digest
     tmp = out.with_name(out.name + ".partial")

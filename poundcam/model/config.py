@@ -1,5 +1,6 @@
 """PoundNet run configuration: the settings that tensor shapes cannot tell (class names)
 plus the prompt settings, which are cross-checked against the shapes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,25 @@ from typing import Any
 from ..errors import CheckpointError
 
 RELEASED_CLASS_NAMES: tuple[str, ...] = (
-    "airplane", "bird", "bottle", "car", "chair", "diningtable", "horse", "person", "sheep",
-    "train", "bicycle", "boat", "bus", "cat", "cow", "dog", "motorbike", "pottedplant", "sofa",
+    "airplane",
+    "bird",
+    "bottle",
+    "car",
+    "chair",
+    "diningtable",
+    "horse",
+    "person",
+    "sheep",
+    "train",
+    "bicycle",
+    "boat",
+    "bus",
+    "cat",
+    "cow",
+    "dog",
+    "motorbike",
+    "pottedplant",
+    "sofa",
     "tvmonitor",
 )
 
@@ -103,7 +121,7 @@ def read_run_config(path: str | Path) -> RunSettings:
                 values[field] = int(model[yaml_key])
             except (TypeError, ValueError):
                 raise CheckpointError(f"{path}: model.{yaml_key} must be an integer") from None
-    train = ((data.get("datasets") or {}).get("train") or {})
+    train = (data.get("datasets") or {}).get("train") or {}
     # The official configs spell the key "multicalss_names"; accept the correct spelling too.
     names = train.get("multicalss_names", train.get("multiclass_names"))
     if names is not None:

@@ -1,4 +1,5 @@
 """The sha256 of a file, read in chunks (checkpoints are gigabytes); no PyTorch needed."""
+
 from __future__ import annotations
 
 import hashlib

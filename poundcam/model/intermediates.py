@@ -6,6 +6,7 @@ the forward from one (to the logits) and ``PoundNet.attention_from`` does the sa
 every block's attention probabilities in the graph. These are the only entry points the CAM
 uses, in the spirit of timm's ``forward_intermediates`` / ``forward_head``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,9 @@ class BlockActivation:
             ValueError: If the shape differs.
         """
         if activation.shape != self.activation.shape:
-            raise ValueError(f"activation shape {tuple(activation.shape)} differs from "
-                             f"{tuple(self.activation.shape)}")
+            raise ValueError(
+                f"activation shape {tuple(activation.shape)} differs from {tuple(self.activation.shape)}"
+            )
         residual = None if self.residual is None else self.residual.detach()
         return dataclasses.replace(self, activation=activation, residual=residual)
 

@@ -4,6 +4,7 @@ Layout and names follow open_clip (``model.visual.transformer.resblocks``) so th
 hook layers find them. The released model's prompt tokens ride on the blocks themselves
 (``VPT_shallow``), as in the official checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,9 @@ class PromptedBlock(ResidualAttentionBlock):
     runs, the prompt tokens of the sequence (``prompt_slice``) are replaced by it.
     """
 
-    def __init__(self, width: int, heads: int, n_prompt: int = 0, prompt_at_end: bool = True,
-                 prompt_offset: int = 1):
+    def __init__(
+        self, width: int, heads: int, n_prompt: int = 0, prompt_at_end: bool = True, prompt_offset: int = 1
+    ):
         super().__init__(width, heads, act_layer=QuickGELU, norm_layer=LayerNorm, batch_first=True)
         self.n_prompt = n_prompt
         self.prompt_at_end = prompt_at_end
@@ -49,10 +51,11 @@ class PromptedBlock(ResidualAttentionBlock):
         if self.prompt_at_end:
             return torch.cat([x[:, : -self.n_prompt], prompt], dim=1)
         start = self.prompt_offset
-        return torch.cat([x[:, :start], prompt, x[:, start + self.n_prompt:]], dim=1)
+        return torch.cat([x[:, :start], prompt, x[:, start + self.n_prompt :]], dim=1)
 
-    def forward_attention(self, x: torch.Tensor, normed: torch.Tensor,
-                          attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_attention(
+        self, x: torch.Tensor, normed: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Finish the block from its ``ln_1`` activation ``normed`` (an explanation starts here)."""
         x = x + self.ls_1(self.attention(q_x=normed, attn_mask=attn_mask))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
@@ -75,14 +78,14 @@ class PromptedBlock(ResidualAttentionBlock):
         w_q, w_kv = attn.in_proj_weight.split([c, 2 * c])
         b_q, b_kv = attn.in_proj_bias.split([c, 2 * c])
         q = F.linear(q_x, w_q, b_q).reshape(b, nq, h, d).transpose(1, 2)
-        k, v = (t.reshape(b, -1, h, d).transpose(1, 2)
-                for t in F.linear(kv_x, w_kv, b_kv).split(c, dim=-1))
-        probs = torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), dim=-1)
+        k, v = (t.reshape(b, -1, h, d).transpose(1, 2) for t in F.linear(kv_x, w_kv, b_kv).split(c, dim=-1))
+        probs = torch.softmax((q * d**-0.5) @ k.transpose(-1, -2), dim=-1)
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, nq, c)
         return attn.out_proj(out), probs
 
-    def forward_attending(self, x: torch.Tensor, normed: torch.Tensor,
-                          cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_attending(
+        self, x: torch.Tensor, normed: torch.Tensor, cls_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward_attention`` (or ``forward_cls`` with ``cls_only``) that also returns the
         attention probabilities, in the graph."""
         q_x, x = (normed[:, :1], x[:, :1]) if cls_only else (normed, x)
@@ -96,8 +99,9 @@ class PromptedBlock(ResidualAttentionBlock):
 
 
 class PromptedTransformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, n_prompt: int, prompt_depth: int,
-                 prompt_at_end: bool):
+    def __init__(
+        self, width: int, layers: int, heads: int, n_prompt: int, prompt_depth: int, prompt_at_end: bool
+    ):
         super().__init__()
         self.width = width
         self.resblocks = nn.ModuleList(
@@ -129,12 +133,17 @@ class PromptedVisionTransformer(nn.Module):
         self.output_dim = cfg.embed_dim
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(width))
-        self.positional_embedding = nn.Parameter(torch.zeros(cfg.grid_size ** 2 + 1, width))
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.grid_size**2 + 1, width))
         self.VPT = nn.Parameter(torch.zeros(cfg.n_ctx_vision, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = PromptedTransformer(width, cfg.vision_layers, cfg.vision_heads,
-                                               cfg.n_ctx_vision, cfg.prompt_depth_vision,
-                                               prompt_at_end=True)
+        self.transformer = PromptedTransformer(
+            width,
+            cfg.vision_layers,
+            cfg.vision_heads,
+            cfg.n_ctx_vision,
+            cfg.prompt_depth_vision,
+            prompt_at_end=True,
+        )
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.zeros(width, cfg.embed_dim))
 
@@ -235,9 +244,14 @@ class PromptedTextEncoder(nn.Module):
         super().__init__()
         self.context_length = cfg.context_length
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
-        self.transformer = PromptedTransformer(cfg.text_width, cfg.text_layers, cfg.text_heads,
-                                               cfg.n_ctx_text, cfg.prompt_depth_text,
-                                               prompt_at_end=False)
+        self.transformer = PromptedTransformer(
+            cfg.text_width,
+            cfg.text_layers,
+            cfg.text_heads,
+            cfg.n_ctx_text,
+            cfg.prompt_depth_text,
+            prompt_at_end=False,
+        )
         self.ln_final = LayerNorm(cfg.text_width)
         self.text_projection = nn.Parameter(torch.zeros(cfg.text_width, cfg.embed_dim))
         self.register_buffer("attn_mask", self.causal_mask(cfg.context_length), persistent=False)
@@ -497,8 +511,12 @@ class PoundNet(nn.Module):
         return self.logits_from_features(feats), attentions
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None,
-                        device: str | torch.device | None = None) -> PoundNet:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        config: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+    ) -> PoundNet:
         """Load an official Lightning ``.ckpt`` or a poundcam ``.safetensors`` export.
 
         Args:

@@ -4,6 +4,7 @@ The weights are scaled so that the logits move with the input (layer-norm gains 
 matrices at 1/sqrt(fan-in), CLIP's logit scale of 100): a model whose outputs are flat would
 hide differences that a comparison is meant to find. Not a detector: its P(fake) means nothing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,10 +15,21 @@ from .poundnet import PoundNet
 
 # Small widths and depths that keep the released layout (prompts, masks, class names); a
 # forward pass takes milliseconds on a CPU.
-TINY_CONFIG = dict(vision_width=64, vision_layers=4, patch_size=32, grid_size=7, embed_dim=32,
-                   text_width=64, text_layers=2, n_ctx_vision=4, n_ctx_text=4,
-                   prompt_depth_vision=3, prompt_depth_text=2, prompt_num_text=1,
-                   class_names=("cat", "dog", "pottedplant"))
+TINY_CONFIG = dict(
+    vision_width=64,
+    vision_layers=4,
+    patch_size=32,
+    grid_size=7,
+    embed_dim=32,
+    text_width=64,
+    text_layers=2,
+    n_ctx_vision=4,
+    n_ctx_text=4,
+    prompt_depth_vision=3,
+    prompt_depth_text=2,
+    prompt_num_text=1,
+    class_names=("cat", "dog", "pottedplant"),
+)
 
 _NORM_GAINS = ("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")
 

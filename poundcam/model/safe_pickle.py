@@ -6,6 +6,7 @@ states. Those objects are loaded as inert data (tagged OrderedDicts; nothing of 
 imported or run), but only for globals from the training frameworks listed below; anything else
 is refused before unpickling starts.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -21,8 +22,18 @@ from ..errors import CheckpointError
 
 # Namespaces whose objects may be replaced by placeholders: training-framework bookkeeping.
 PLACEHOLDER_NAMESPACES = (
-    "lightning.", "pytorch_lightning.", "lightning_fabric.", "omegaconf.", "argparse.Namespace",
-    "numpy.", "collections.", "pathlib.", "typing.", "enum.", "yacs.config.", "easydict.",
+    "lightning.",
+    "pytorch_lightning.",
+    "lightning_fabric.",
+    "omegaconf.",
+    "argparse.Namespace",
+    "numpy.",
+    "collections.",
+    "pathlib.",
+    "typing.",
+    "enum.",
+    "yacs.config.",
+    "easydict.",
 )
 
 
@@ -55,7 +66,8 @@ def load_checkpoint_dict(path: str | Path) -> dict:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint (expected the zip format written by torch.save; "
-            "the file is of another kind, or truncated)")
+            "the file is of another kind, or truncated)"
+        )
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:  # a damaged archive fails here first
@@ -64,14 +76,24 @@ def load_checkpoint_dict(path: str | Path) -> dict:
     if refused:
         raise CheckpointError(
             f"{path}: refusing to load: the checkpoint references {', '.join(sorted(refused))}, "
-            "which could run code when unpickled")
+            "which could run code when unpickled"
+        )
     stubs: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
-        (_placeholder_for(g), g) for g in unsafe]
+        (_placeholder_for(g), g) for g in unsafe
+    ]
     try:
         with torch.serialization.safe_globals(stubs):
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError,
-            TypeError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        OSError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint: {exc}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")

@@ -9,6 +9,7 @@ The cache is looked at before the network. An unreachable Hub fails within
 for about 30 s, logging each attempt) decides, and the Hub's log records go through the
 application's logging once instead of also through the library's own handler.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poundcam"
 
 
-def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str | None = None,
-                    cache_dir: str | Path | None = None, s3_client=None,
-                    hf_endpoint: str | None = None, s3_endpoint_url: str | None = None) -> Path:
+def resolve_weights(
+    uri: str | os.PathLike | None = None,
+    expected_sha256: str | None = None,
+    cache_dir: str | Path | None = None,
+    s3_client=None,
+    hf_endpoint: str | None = None,
+    s3_endpoint_url: str | None = None,
+) -> Path:
     """Return a local path holding verified weights for ``uri`` (default: the paper's run).
 
     Reads no ``POUNDCAM_*`` variable: :func:`weights_for` resolves what the settings name.
@@ -65,17 +71,25 @@ def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str |
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        return _cached(cache / "s3" / parsed.netloc / parsed.path.lstrip("/"), expected_sha256,
-                       lambda dest: _download_s3(parsed.netloc, parsed.path.lstrip("/"), dest, s3_client,
-                                                 s3_endpoint_url),
-                       uri)
+        return _cached(
+            cache / "s3" / parsed.netloc / parsed.path.lstrip("/"),
+            expected_sha256,
+            lambda dest: _download_s3(
+                parsed.netloc, parsed.path.lstrip("/"), dest, s3_client, s3_endpoint_url
+            ),
+            uri,
+        )
     if parsed.scheme == "hf":
         parts = (parsed.netloc + parsed.path).split("/")
         if len(parts) < 3:
             raise WeightsNotFoundError(f"{uri}: expected hf://owner/repo/path/to/file")
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-        return _cached(cache / "hf" / repo / filename, expected_sha256,
-                       lambda dest: _download_hf(repo, filename, dest, hf_endpoint), uri)
+        return _cached(
+            cache / "hf" / repo / filename,
+            expected_sha256,
+            lambda dest: _download_hf(repo, filename, dest, hf_endpoint),
+            uri,
+        )
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
@@ -89,8 +103,12 @@ def resolve_weights(uri: str | os.PathLike | None = None, expected_sha256: str |
 def weights_for(settings) -> Path:
     """The weights ``settings`` name (``Settings.weights``, default the paper's run), verified
     against ``weights_sha256`` and cached in ``cache_dir``; ``s3://`` through its S3 endpoint."""
-    return resolve_weights(settings.weights, expected_sha256=settings.weights_sha256,
-                           cache_dir=settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url)
+    return resolve_weights(
+        settings.weights,
+        expected_sha256=settings.weights_sha256,
+        cache_dir=settings.cache_dir,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )
 
 
 def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
@@ -111,7 +129,8 @@ def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
         digest = digest_file(tmp)
         if expected and digest != expected.lower():
             raise WeightsNotFoundError(
-                f"{uri}: downloaded file has sha256 {digest}, expected {expected}; not used")
+                f"{uri}: downloaded file has sha256 {digest}, expected {expected}; not used"
+            )
         tmp.replace(dest)
         sidecar.write_text(digest + "\n")
         return dest
@@ -119,22 +138,24 @@ def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def _download_s3(bucket: str, key: str, dest: Path, client=None,
-                 endpoint_url: str | None = None) -> None:
+def _download_s3(bucket: str, key: str, dest: Path, client=None, endpoint_url: str | None = None) -> None:
     import botocore.exceptions
 
     if client is None:
         from ..storage.s3 import make_s3_client
+
         client = make_s3_client(endpoint_url=endpoint_url)
     try:
         client.download_file(bucket, key, str(dest))
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        raise WeightsNotFoundError(f"s3://{bucket}/{key}: cannot download weights ({code}: {exc}). "
-                                   f"{HOW_TO_PROVIDE}") from None
+        raise WeightsNotFoundError(
+            f"s3://{bucket}/{key}: cannot download weights ({code}: {exc}). {HOW_TO_PROVIDE}"
+        ) from None
     except botocore.exceptions.BotoCoreError as exc:
         raise WeightsNotFoundError(
-            f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}") from None
+            f"s3://{bucket}/{key}: cannot reach S3 ({exc}). {HOW_TO_PROVIDE}"
+        ) from None
 
 
 def _quiet_hub() -> None:
@@ -153,21 +174,27 @@ def _download_hf(repo: str, filename: str, dest: Path, endpoint: str | None = No
     _quiet_hub()
     where = f"hf://{repo}/{filename}"
     try:  # one quick look, no retries: offline or unknown fails here, in seconds
-        get_hf_file_metadata(hf_hub_url(repo, filename, endpoint=endpoint),
-                             timeout=HUB_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+        get_hf_file_metadata(
+            hf_hub_url(repo, filename, endpoint=endpoint),
+            timeout=HUB_TIMEOUT_S,
+            endpoint=endpoint,
+            retry_on_errors=False,
+        )
     except Exception as exc:  # offline, unknown repo, HTTP errors: all mean "not available"
         raise WeightsNotFoundError(
             f"{where}: cannot reach the weights on the Hub ({type(exc).__name__}: "
-            f"{_short(exc)}). {HOW_TO_PROVIDE}") from None
+            f"{_short(exc)}). {HOW_TO_PROVIDE}"
+        ) from None
     try:
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-            got = hf_hub_download(repo_id=repo, filename=filename, local_dir=tmp,
-                                  endpoint=endpoint, etag_timeout=HUB_TIMEOUT_S)
+            got = hf_hub_download(
+                repo_id=repo, filename=filename, local_dir=tmp, endpoint=endpoint, etag_timeout=HUB_TIMEOUT_S
+            )
             shutil.move(got, dest)
     except Exception as exc:  # the connection dropped during the download
         raise WeightsNotFoundError(
-            f"{where}: cannot download weights ({type(exc).__name__}: {_short(exc)}). "
-            f"{HOW_TO_PROVIDE}") from None
+            f"{where}: cannot download weights ({type(exc).__name__}: {_short(exc)}). {HOW_TO_PROVIDE}"
+        ) from None
 
 
 def _short(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ Two paths compute the same transform (poundcam.preprocess.transform; docs/prepro
 (where the Pillow path is the model's calibration and not slower), unless the setting
 (POUNDCAM_PREPROCESS = auto | device | pillow) forces one.
 """
+
 from __future__ import annotations
 
 import collections
@@ -73,8 +74,7 @@ def choose_path(device: str | torch.device, setting: str | None = PreprocessPath
     ``setting`` ("auto" | "device" | "pillow"; None means "auto") forces one."""
     setting = PreprocessPath.AUTO if setting is None else setting
     if setting not in SETTINGS:
-        raise ValueError(f"preprocessing setting must be one of {', '.join(SETTINGS)}, "
-                         f"got {setting!r}")
+        raise ValueError(f"preprocessing setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if setting != PreprocessPath.AUTO:
         return PreprocessPath(setting)
     return PreprocessPath.DEVICE if torch.device(device).type == "cuda" else PreprocessPath.PILLOW
@@ -217,6 +217,7 @@ class PreprocessedBatch:
 
 # --- the device path, stage by stage ----------------------------------------------------------
 
+
 def plan_input(data: bytes, limits: DecodeLimits) -> tuple[JpegHeader | None, str | None]:
     """(header, None) if the device path can take ``data``, else (None, reason)."""
     if len(data) == 0 or len(data) > limits.max_bytes:
@@ -279,7 +280,7 @@ def resize_crop(image: torch.Tensor, geom: CropGeometry, exact_uint8: bool | Non
     if exact_uint8:
         rw, rh = geom.resized
         out = F.interpolate(image.unsqueeze(0), size=(rh, rw), mode="bilinear", antialias=True)
-        return out[0, :, geom.crop_top:geom.crop_top + CROP, geom.crop_left:geom.crop_left + CROP]
+        return out[0, :, geom.crop_top : geom.crop_top + CROP, geom.crop_left : geom.crop_left + CROP]
     return _resize_crop_float(image.unsqueeze(0), geom)[0]
 
 
@@ -291,15 +292,18 @@ def _resize_crop_float(images: torch.Tensor, geom: CropGeometry) -> torch.Tensor
     x = images.float()
     if rw != w:
         x = F.interpolate(x, size=(h, rw), mode="bilinear", antialias=True).round_().clamp_(0, 255)
-    x = x[..., left:left + CROP]  # the vertical pass works column by column
+    x = x[..., left : left + CROP]  # the vertical pass works column by column
     if rh != h:
         x = F.interpolate(x, size=(rh, CROP), mode="bilinear", antialias=True).round_().clamp_(0, 255)
-    return x[..., top:top + CROP, :].to(torch.uint8)
+    return x[..., top : top + CROP, :].to(torch.uint8)
 
 
-def resize_crops(images: Sequence[torch.Tensor], geoms: Sequence[CropGeometry],
-                 exact_uint8: bool | None = None,
-                 max_pixels: int = 32 * 1024 * 1024) -> list[torch.Tensor]:
+def resize_crops(
+    images: Sequence[torch.Tensor],
+    geoms: Sequence[CropGeometry],
+    exact_uint8: bool | None = None,
+    max_pixels: int = 32 * 1024 * 1024,
+) -> list[torch.Tensor]:
     """``resize_crop`` for many images. The float form (CUDA) runs images of the same size as
     one batch, at most ``max_pixels`` at a time (16 bytes per pixel at the peak), so its number
     of operations does not grow with the batch; the uint8 form (CPU) runs image by image, on
@@ -310,8 +314,12 @@ def resize_crops(images: Sequence[torch.Tensor], geoms: Sequence[CropGeometry],
         exact_uint8 = images[0].device.type == "cpu"
     if exact_uint8:
         return [resize_crop(im, g, True) for im, g in zip(images, geoms, strict=True)]
-    return map_in_groups(images, [(im.shape, g) for im, g in zip(images, geoms, strict=True)],
-                         lambda stack, key: _resize_crop_float(stack, key[1]), 3 * max_pixels)
+    return map_in_groups(
+        images,
+        [(im.shape, g) for im, g in zip(images, geoms, strict=True)],
+        lambda stack, key: _resize_crop_float(stack, key[1]),
+        3 * max_pixels,
+    )
 
 
 # The operators behind torchvision.io.decode_jpeg / encode_jpeg, called directly: the Python
@@ -363,9 +371,13 @@ def _each(fn, inputs: list, **kw) -> list:
     return out
 
 
-def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], device: torch.device,
-                     keep_originals: bool = False,
-                     roundtrip: str = JpegRoundtrip.CODEC) -> list[tuple | Exception]:
+def device_transform(
+    datas: Sequence[bytes],
+    headers: Sequence[JpegHeader],
+    device: torch.device,
+    keep_originals: bool = False,
+    roundtrip: str = JpegRoundtrip.CODEC,
+) -> list[tuple | Exception]:
     """The transform on ``device`` for planned JPEG inputs: per input, (uint8 crop [3,224,224]
     on the device, geometry, the upright decoded original or None) or the exception that
     stopped it. ``roundtrip``: "codec" (the JPEG encoder and decoder) or "tensor"
@@ -397,8 +409,9 @@ def device_transform(datas: Sequence[bytes], headers: Sequence[JpegHeader], devi
     return out
 
 
-def _codec_roundtrip(live: list[int], upright: list[torch.Tensor], out: list,
-                     device: torch.device) -> tuple[list[int], list]:
+def _codec_roundtrip(
+    live: list[int], upright: list[torch.Tensor], out: list, device: torch.device
+) -> tuple[list[int], list]:
     """Encode at quality 90 and decode again (the decoder reads host bytes); failures go to
     ``out``. Returns the inputs still alive and their decoded images (or exceptions)."""
     live2, encoded = _set_aside_failures(live, _each(encode_jpegs, upright), out)
@@ -427,8 +440,13 @@ def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(joined.split([t.numel() for t in tensors]))
 
 
-def _pillow_one(data: bytes, limits: DecodeLimits, budget: MemoryBudget | None = None,
-                original_view=None, keep_original: bool = True):
+def _pillow_one(
+    data: bytes,
+    limits: DecodeLimits,
+    budget: MemoryBudget | None = None,
+    original_view=None,
+    keep_original: bool = True,
+):
     """The Pillow path for one input: (tensor, geometry, crop, decoded, view) or (code, message).
 
     The decode reserves its estimated memory from ``budget`` once the header is read, and holds
@@ -436,9 +454,10 @@ def _pillow_one(data: bytes, limits: DecodeLimits, budget: MemoryBudget | None =
     original is returned only with ``keep_original``; otherwise it is dropped here, and with it
     the largest buffer an input has."""
     try:
-        with (budget.lease() if budget is not None else contextlib.nullcontext()) as lease:
-            reserve = (lambda w, h, mode: lease.acquire(decode_cost(w, h, mode))) \
-                if lease is not None else None
+        with budget.lease() if budget is not None else contextlib.nullcontext() as lease:
+            reserve = (
+                (lambda w, h, mode: lease.acquire(decode_cost(w, h, mode))) if lease is not None else None
+            )
             decoded = decode_image(data, limits, before_load=reserve)
             tensor, geom, crop = preprocess_with_geometry(decoded.image)
             view = original_view(decoded.image, geom) if original_view is not None else None
@@ -454,6 +473,7 @@ def _pillow_one(data: bytes, limits: DecodeLimits, budget: MemoryBudget | None =
 
 
 # --- the preprocessor -------------------------------------------------------------------------
+
 
 class DevicePreprocessor:
     """The official transform for batches of image bytes, on ``device``.
@@ -471,10 +491,17 @@ class DevicePreprocessor:
     then dropped instead of kept with the batch (``original_image()`` decodes it again).
     """
 
-    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None,
-                 force: str | None = None, limits: DecodeLimits | None = None,
-                 keep_originals: bool = False, roundtrip: str = JpegRoundtrip.CODEC,
-                 memory_budget: int = DEFAULT_BUDGET, original_view=None):
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        force: str | None = None,
+        limits: DecodeLimits | None = None,
+        keep_originals: bool = False,
+        roundtrip: str = JpegRoundtrip.CODEC,
+        memory_budget: int = DEFAULT_BUDGET,
+        original_view=None,
+    ):
         if roundtrip not in ROUNDTRIPS:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIPS)}, got {roundtrip!r}")
         self.roundtrip = roundtrip
@@ -524,9 +551,11 @@ class DevicePreprocessor:
                 raise TypeError(f"preprocess_batch needs bytes, got {type(d).__name__}")
         plans = [self.plan(d) for d in datas]
         reasons = {i: r for i, (_, _, r) in enumerate(plans) if r is not None}
-        pillow_futures = {i: self._pool.submit(self._pillow, d)
-                          for i, (d, (path, _, _)) in enumerate(zip(datas, plans, strict=True))
-                          if path == PreprocessPath.PILLOW}
+        pillow_futures = {
+            i: self._pool.submit(self._pillow, d)
+            for i, (d, (path, _, _)) in enumerate(zip(datas, plans, strict=True))
+            if path == PreprocessPath.PILLOW
+        }
         dev_idx = [i for i, (path, _, _) in enumerate(plans) if path == PreprocessPath.DEVICE]
         dev_headers = [h for i in dev_idx if (h := plans[i][1]) is not None]  # all: planned with one
         dev_out = self._run_device([datas[i] for i in dev_idx], dev_headers)
@@ -547,8 +576,9 @@ class DevicePreprocessor:
         return batch
 
     def _pillow(self, data: bytes):
-        return _pillow_one(data, self.limits, self.budget, self.original_view,
-                           keep_original=self.original_view is None)
+        return _pillow_one(
+            data, self.limits, self.budget, self.original_view, keep_original=self.original_view is None
+        )
 
     def _on_stream(self):
         if self._stream is None:
@@ -560,14 +590,16 @@ class DevicePreprocessor:
             return []
         if self._stream is not None:  # CUDA: one batched call per stage, on a side stream
             with torch.cuda.device(self.device), self._on_stream():
-                return device_transform(datas, headers, self.device, self.keep_originals,
-                                        self.roundtrip)
+                return device_transform(datas, headers, self.device, self.keep_originals, self.roundtrip)
         # CPU: the same stages, the batch split in chunks over the thread pool
         n = min(self.threads, len(datas))
         bounds = [len(datas) * k // n for k in range(n + 1)]
-        futures = [self._pool.submit(device_transform, datas[a:b], headers[a:b], self.device,
-                                     self.keep_originals, self.roundtrip)
-                   for a, b in zip(bounds, bounds[1:], strict=False)]  # consecutive pairs
+        futures = [
+            self._pool.submit(
+                device_transform, datas[a:b], headers[a:b], self.device, self.keep_originals, self.roundtrip
+            )
+            for a, b in zip(bounds, bounds[1:], strict=False)
+        ]  # consecutive pairs
         return [res for f in futures for res in f.result()]
 
     def _assemble(self, datas, headers, dev_results, pillow_results, reasons) -> PreprocessedBatch:
@@ -583,10 +615,20 @@ class DevicePreprocessor:
         for i, data in enumerate(datas):
             if i in dev_results:
                 crop, geom, original = dev_results[i]
-                batch.items.append(PreprocessedItem(
-                    index=i, row=row, path=PreprocessPath.DEVICE, geometry=geom, format="JPEG",
-                    original_mode="L" if headers[i].components == 1 else "RGB",
-                    reason=None, _batch=batch, _data=data, _original=original))
+                batch.items.append(
+                    PreprocessedItem(
+                        index=i,
+                        row=row,
+                        path=PreprocessPath.DEVICE,
+                        geometry=geom,
+                        format="JPEG",
+                        original_mode="L" if headers[i].components == 1 else "RGB",
+                        reason=None,
+                        _batch=batch,
+                        _data=data,
+                        _original=original,
+                    )
+                )
                 batch._crop_rows[row] = len(dev_crops)
                 dev_rows.append(row)
                 dev_crops.append(crop)
@@ -596,11 +638,22 @@ class DevicePreprocessor:
                     batch.items.append(ImageDecodeFailure(index=i, code=res[0], message=res[1]))
                     continue
                 t, geom, crop, decoded, view = res
-                batch.items.append(PreprocessedItem(
-                    index=i, row=row, path=PreprocessPath.PILLOW, geometry=geom, format=decoded.format,
-                    original_mode=decoded.original_mode, reason=reasons.get(i), _batch=batch,
-                    _data=data, _crop=crop,
-                    _decoded=decoded if decoded.image is not None else None, view=view))
+                batch.items.append(
+                    PreprocessedItem(
+                        index=i,
+                        row=row,
+                        path=PreprocessPath.PILLOW,
+                        geometry=geom,
+                        format=decoded.format,
+                        original_mode=decoded.original_mode,
+                        reason=reasons.get(i),
+                        _batch=batch,
+                        _data=data,
+                        _crop=crop,
+                        _decoded=decoded if decoded.image is not None else None,
+                        view=view,
+                    )
+                )
                 pil_rows.append(row)
                 pil_tensors.append(t)
             row += 1
@@ -608,11 +661,13 @@ class DevicePreprocessor:
             if dev_crops:
                 crops = torch.stack(dev_crops)
                 batch._crops = crops
-                tensor.index_copy_(0, self._to_device(torch.tensor(dev_rows)),
-                                   normalize(crops.float().div_(255)))
+                tensor.index_copy_(
+                    0, self._to_device(torch.tensor(dev_rows)), normalize(crops.float().div_(255))
+                )
             if pil_tensors:
-                tensor.index_copy_(0, self._to_device(torch.tensor(pil_rows)),
-                                   self._to_device(torch.stack(pil_tensors)))
+                tensor.index_copy_(
+                    0, self._to_device(torch.tensor(pil_rows)), self._to_device(torch.stack(pil_tensors))
+                )
         if self._stream is not None:
             batch.ready = torch.cuda.Event(blocking=True)  # host waits sleep, not spin
             batch.ready.record(self._stream)
@@ -620,8 +675,11 @@ class DevicePreprocessor:
             # reusing their memory for a later batch before that stream is done with them
             consumer = torch.cuda.current_stream(self.device)
             kept = [tensor] + ([batch._crops] if batch._crops is not None else [])
-            kept += [it._original for it in batch.items
-                     if isinstance(it, PreprocessedItem) and it._original is not None]
+            kept += [
+                it._original
+                for it in batch.items
+                if isinstance(it, PreprocessedItem) and it._original is not None
+            ]
             for t in kept:
                 t.record_stream(consumer)
         return batch
@@ -645,8 +703,9 @@ class BatchPreprocessor(Protocol):
     def preprocess_batch(self, items: Sequence[bytes], wait: bool = True) -> PreprocessedBatch: ...
 
 
-def iter_batches(preprocessor: BatchPreprocessor, source: Iterable[tuple[Any, bytes]],
-                 batch_size: int, prefetch: int = 1) -> Generator[PreprocessedBatch, None, None]:
+def iter_batches(
+    preprocessor: BatchPreprocessor, source: Iterable[tuple[Any, bytes]], batch_size: int, prefetch: int = 1
+) -> Generator[PreprocessedBatch, None, None]:
     """Batches of up to ``batch_size`` from ``(key, bytes)`` pairs, preprocessed on a background
     thread up to ``prefetch`` batches ahead of the consumer (a bounded queue). Each batch has
     ``keys`` in input order. An exception from ``source`` or the preprocessor is raised here,

@@ -7,6 +7,7 @@ budget; an input whose estimate alone is over the budget waits until it can hold
 budget, then runs alone. So a batch of large images is decoded one or a few at a time, and
 many small ones in parallel, whatever the number of threads.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,18 @@ import threading
 MiB = 1024 * 1024
 DEFAULT_BUDGET = 256 * MiB
 TRANSFORM_BYTES = 48 * MiB  # the transform's bands, JPEG buffers and display image, at most
-_PILLOW_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2,
-                           "I;16N": 2, "LA": 4, "La": 4, "PA": 4}
+_PILLOW_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "LA": 4,
+    "La": 4,
+    "PA": 4,
+}
 
 
 def decode_cost(width: int, height: int, mode: str) -> int:
@@ -79,8 +90,7 @@ class MemoryBudget:
         with self._cond:
             self._queue.append(ticket)
             try:
-                self._cond.wait_for(lambda: self._queue[0] is ticket
-                                    and self._used + need <= self.budget)
+                self._cond.wait_for(lambda: self._queue[0] is ticket and self._used + need <= self.budget)
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()

@@ -20,6 +20,7 @@ The function is safe to call from many threads at once: it changes no global Pil
 limit is checked per call) and installs no warning filters. Warnings Pillow emits stay
 warnings; where a filter turns one into an exception, it is mapped to a code like any error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -139,8 +140,11 @@ class DecodedImage:
     exif_orientation: int | None
 
 
-def decode_image(data: bytes, limits: DecodeLimits | None = None,
-                 before_load: Callable[[int, int, str], None] | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    limits: DecodeLimits | None = None,
+    before_load: Callable[[int, int, str], None] | None = None,
+) -> DecodedImage:
     """Decode untrusted image bytes under ``limits``; raises ImageDecodeError on bad input.
 
     ``before_load(width, height, mode)``, if given, is called with the header's size and mode
@@ -157,7 +161,8 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None,
         raise ImageDecodeError(
             ErrorCode.TOO_LARGE,
             f"the image is {len(data):,} bytes, over the limit of {limits.max_bytes:,} bytes "
-            f"({ENV_MAX_BYTES})")
+            f"({ENV_MAX_BYTES})",
+        )
     digest = hashlib.sha256(data).hexdigest()
 
     fmt = sniff_format(data)
@@ -175,7 +180,8 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None,
             raise _unsupported(fmt, limits)
         if fmt not in Image.OPEN:
             raise ImageDecodeError(
-                ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} images cannot be decoded by this installation")
+                ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} images cannot be decoded by this installation"
+            )
         image = _identify(data, fmt)
 
     try:
@@ -191,8 +197,9 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None,
     return decoded
 
 
-def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits,
-            before_load=None) -> DecodedImage:
+def _decode(
+    image, data: bytes, fmt: str, digest: str, limits: DecodeLimits, before_load=None
+) -> DecodedImage:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(ErrorCode.CORRUPT, f"{fmt} header declares an empty size {width}x{height}")
@@ -200,7 +207,8 @@ def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits,
         raise ImageDecodeError(
             ErrorCode.TOO_MANY_PIXELS,
             f"the {fmt} image declares {width}x{height} = {width * height:,} pixels, over the "
-            f"limit of {limits.max_pixels:,} ({ENV_MAX_PIXELS}); it was not decoded")
+            f"limit of {limits.max_pixels:,} ({ENV_MAX_PIXELS}); it was not decoded",
+        )
     n_frames = int(getattr(image, "n_frames", 1) or 1)
     if image.tell() != 0:
         image.seek(0)
@@ -222,9 +230,16 @@ def _decode(image, data: bytes, fmt: str, digest: str, limits: DecodeLimits,
         # The turned image must not carry the orientation on: turning it again would be wrong.
         for key in ("exif", "xmp", "XML:com.adobe.xmp"):
             rgb.info.pop(key, None)
-    return DecodedImage(image=rgb, format=fmt, original_mode=original_mode, width=rgb.width,
-                        height=rgb.height, n_frames=n_frames, sha256=digest,
-                        exif_orientation=orientation)
+    return DecodedImage(
+        image=rgb,
+        format=fmt,
+        original_mode=original_mode,
+        width=rgb.width,
+        height=rgb.height,
+        n_frames=n_frames,
+        sha256=digest,
+        exif_orientation=orientation,
+    )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -276,9 +291,16 @@ def _as_orientation(value) -> int | None:
 _NETPBM = re.compile(rb"P[1-7Ff][\s#]")
 _BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 _ISO_IMAGE_BRANDS = {
-    b"avif": "AVIF", b"avis": "AVIF",
-    b"heic": "HEIF", b"heix": "HEIF", b"heim": "HEIF", b"heis": "HEIF", b"hevc": "HEIF",
-    b"hevx": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+    b"heic": "HEIF",
+    b"heix": "HEIF",
+    b"heim": "HEIF",
+    b"heis": "HEIF",
+    b"hevc": "HEIF",
+    b"hevx": "HEIF",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
 }
 
 
@@ -293,8 +315,7 @@ def sniff_format(data: bytes) -> str | None:
         return "GIF"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "WEBP"
-    if head.startswith(b"BM") and (len(head) < 18 or
-                                   int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES):
+    if head.startswith(b"BM") and (len(head) < 18 or int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES):
         return "BMP"
     if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return "TIFF"
@@ -304,13 +325,26 @@ def sniff_format(data: bytes) -> str | None:
         return "JPEG2000"
     if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
         return "JXL"
-    if head[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and len(head) >= 22 \
-            and int.from_bytes(head[4:6], "little") > 0 and head[9] == 0:
+    if (
+        head[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")
+        and len(head) >= 22
+        and int.from_bytes(head[4:6], "little") > 0
+        and head[9] == 0
+    ):
         return "ICO" if head[2] == 1 else "CUR"
-    for magic, name in ((b"8BPS", "PSD"), (b"qoif", "QOI"), (b"DDS ", "DDS"),
-                        (b"icns", "ICNS"), (b"\x01\xda", "SGI"), (b"\x59\xa6\x6a\x95", "SUN"),
-                        (b"BLP1", "BLP"), (b"BLP2", "BLP"), (b"\xb1\x68\xde\x3a", "DCX"),
-                        (b"SIMPLE  =", "FITS"), (b"/* XPM */", "XPM")):
+    for magic, name in (
+        (b"8BPS", "PSD"),
+        (b"qoif", "QOI"),
+        (b"DDS ", "DDS"),
+        (b"icns", "ICNS"),
+        (b"\x01\xda", "SGI"),
+        (b"\x59\xa6\x6a\x95", "SUN"),
+        (b"BLP1", "BLP"),
+        (b"BLP2", "BLP"),
+        (b"\xb1\x68\xde\x3a", "DCX"),
+        (b"SIMPLE  =", "FITS"),
+        (b"/* XPM */", "XPM"),
+    ):
         if head.startswith(magic):
             return name
     if _NETPBM.match(head):
@@ -360,7 +394,7 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:  # not just a character cut by the 4096-byte window
             return False
-        text = head[:exc.start].decode("utf-8")
+        text = head[: exc.start].decode("utf-8")
     if not text:
         return False
     printable = sum(1 for ch in text if ch.isprintable() or ch in "\t\n\r\f")
@@ -374,8 +408,9 @@ def _family(pillow_format: str | None) -> str:
 
 def _unsupported(fmt: str, limits: DecodeLimits) -> ImageDecodeError:
     allowed = ", ".join(sorted(limits.allowed_formats))
-    return ImageDecodeError(ErrorCode.UNSUPPORTED_FORMAT,
-                            f"{fmt} images are not accepted (accepted: {allowed})")
+    return ImageDecodeError(
+        ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} images are not accepted (accepted: {allowed})"
+    )
 
 
 def _identify(data: bytes, fmt: str):
@@ -392,34 +427,37 @@ def _identify_unknown(data: bytes):
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE,
-                               "not an image: unrecognised binary data") from None
+        raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE, "not an image: unrecognised binary data") from None
     except Exception as exc:  # noqa: BLE001
         error = _classify(exc, data, None)
         if error.code == ErrorCode.DECOMPRESSION_BOMB:
             raise error from exc
-        raise ImageDecodeError(ErrorCode.NOT_AN_IMAGE,
-                               f"not an image: unrecognised binary data ({exc})") from exc
+        raise ImageDecodeError(
+            ErrorCode.NOT_AN_IMAGE, f"not an image: unrecognised binary data ({exc})"
+        ) from exc
 
 
 # --- error classification ---------------------------------------------------------------------
 
+
 def _classify(exc: BaseException, data: bytes, fmt: str | None) -> ImageDecodeError:
     name = fmt or "image"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
-                                f"bomb before decoding: {exc}")
+        return ImageDecodeError(
+            ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression bomb before decoding: {exc}"
+        )
     text = str(exc)
     lower = text.lower()
     # PNG text/ICC chunk bombs: one chunk over Pillow's limit ("decompressed data too large")
     # or all text chunks together over MAX_TEXT_MEMORY ("too much memory used in text chunks")
     if "decompressed data too large" in lower or "too much memory used in text chunks" in lower:
-        return ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression "
-                                f"bomb: {text}")
-    if (isinstance(exc, EOFError) or "truncated" in text.lower()
-            or _looks_truncated(data, fmt)):
-        return ImageDecodeError(ErrorCode.TRUNCATED,
-                                f"{name} file is truncated: {text or type(exc).__name__}")
+        return ImageDecodeError(
+            ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression bomb: {text}"
+        )
+    if isinstance(exc, EOFError) or "truncated" in text.lower() or _looks_truncated(data, fmt):
+        return ImageDecodeError(
+            ErrorCode.TRUNCATED, f"{name} file is truncated: {text or type(exc).__name__}"
+        )
     if isinstance(exc, UnidentifiedImageError):
         text = "the header cannot be parsed"
     return ImageDecodeError(ErrorCode.CORRUPT, f"{name} file is corrupt: {text or type(exc).__name__}")

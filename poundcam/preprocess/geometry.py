@@ -1,5 +1,6 @@
 """Where the model's 224x224 input crop lies in the original image: torchvision's Resize(256)
 and CenterCrop(224) arithmetic, and the mapping of the model's grid back to original pixels."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ whether an input is a plain JPEG that its decoder reproduces exactly as Pillow w
 check the pixel limit. Anything this reader does not fully understand yields ``None``: such
 inputs take the Pillow path, which owns every error message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +22,15 @@ XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
 
 @dataclasses.dataclass(frozen=True)
 class JpegHeader:
-    width: int              # as stored (before EXIF orientation)
+    width: int  # as stored (before EXIF orientation)
     height: int
-    components: int         # 1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK
-    precision: int          # bits per sample
-    process: str            # "baseline" | "extended" | "progressive" | "other"
+    components: int  # 1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK
+    precision: int  # bits per sample
+    process: str  # "baseline" | "extended" | "progressive" | "other"
     orientation: int | None  # EXIF orientation (1 when absent); None if present but unreadable
     adobe_transform: int | None  # Adobe APP14 colour transform flag, None without that segment
-    complete: bool          # ends with an EOI marker (trailing zero padding allowed)
-    huffman_tables: bool    # a DHT segment precedes the first scan
+    complete: bool  # ends with an EOI marker (trailing zero padding allowed)
+    huffman_tables: bool  # a DHT segment precedes the first scan
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -74,7 +75,7 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
         (length,) = struct.unpack_from(">H", data, i)
         if length < 2 or i + length > n:
             return None
-        seg = data[i + 2:i + length]
+        seg = data[i + 2 : i + length]
         i += length
         if marker == 0xDA:  # start of scan: the headers are over
             break
@@ -100,9 +101,17 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
     if orientation == 0:
         orientation = None if xmp_orientation else 1
     complete = data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
-    return JpegHeader(width=width, height=height, components=components, precision=precision,
-                      process=process, orientation=orientation, adobe_transform=adobe,
-                      complete=complete, huffman_tables=dht)
+    return JpegHeader(
+        width=width,
+        height=height,
+        components=components,
+        precision=precision,
+        process=process,
+        orientation=orientation,
+        adobe_transform=adobe,
+        complete=complete,
+        huffman_tables=dht,
+    )
 
 
 def _exif_orientation(tiff: bytes) -> int | None:

@@ -19,6 +19,7 @@ integer 8x8 matrix, applied here in float64 where those integers are exact) and 
 quantization its reciprocal multiplication, over all 8x8 blocks of the batch at once. On the
 same pixels the result equals Pillow's bit for bit (tests/transform/test_jpeg_roundtrip.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,15 +33,137 @@ from .transform import JPEG_QUALITY
 
 # The example tables of the JPEG standard (Annex K), row-major, as libjpeg's jcparam.c has them.
 STD_LUMINANCE = (
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+)
 STD_CHROMINANCE = (
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
-    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
-    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99)
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+)
 
 _SCALEBITS = 16
 _ONE_HALF = 1 << (_SCALEBITS - 1)
@@ -54,8 +177,9 @@ def quant_table(base: tuple[int, ...], quality: int = JPEG_QUALITY) -> torch.Ten
     """libjpeg's jpeg_set_quality(quality, force_baseline=TRUE) scaling of a base table: [8, 8]."""
     quality = min(max(quality, 1), 100)
     scale = 5000 // quality if quality < 50 else 200 - quality * 2
-    return torch.tensor([min(max((b * scale + 50) // 100, 1), 255) for b in base],
-                        dtype=torch.float32).view(8, 8)
+    return torch.tensor([min(max((b * scale + 50) // 100, 1), 255) for b in base], dtype=torch.float32).view(
+        8, 8
+    )
 
 
 # libjpeg's "islow" DCT: 13-bit fixed-point constants, 2 extra bits between the passes
@@ -71,8 +195,7 @@ def _odd_part(t0, t1, t2, t3):
     z5 = (z3 + z4) * _C1_175
     z1, z2 = z1 * -_C0_899, z2 * -_C2_562
     z3, z4 = z3 * -_C1_961 + z5, z4 * -_C0_390 + z5
-    return (t0 * _C0_298 + z1 + z3, t1 * _C2_053 + z2 + z4,
-            t2 * _C3_072 + z2 + z3, t3 * _C1_501 + z1 + z4)
+    return (t0 * _C0_298 + z1 + z3, t1 * _C2_053 + z2 + z4, t2 * _C3_072 + z2 + z3, t3 * _C1_501 + z1 + z4)
 
 
 def _fdct_pass(d: list[int], first: bool) -> tuple[list[int], list[int]]:
@@ -105,8 +228,7 @@ def _idct_pass(c: list[int], first: bool) -> tuple[list[int], list[int]]:
     t10, t13, t11, t12 = t0 + t3, t0 - t3, t1 + t2, t1 - t2
     o0, o1, o2, o3 = _odd_part(c[7], c[5], c[3], c[1])
     shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS + 3
-    return ([t10 + o3, t11 + o2, t12 + o1, t13 + o0, t13 - o0, t12 - o1, t11 - o2, t10 - o3],
-            [shift] * 8)
+    return ([t10 + o3, t11 + o2, t12 + o1, t13 + o0, t13 - o0, t12 - o1, t11 - o2, t10 - o3], [shift] * 8)
 
 
 def _pass_matrix(one_pass, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,12 +238,12 @@ def _pass_matrix(one_pass, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     for j in range(8):
         pre, shifts = one_pass([int(i == j) for i in range(8)], first)
         cols.append(pre)
-    return (torch.tensor(cols, dtype=torch.float64).T.contiguous(),
-            torch.tensor(shifts, dtype=torch.float64))
+    return (torch.tensor(cols, dtype=torch.float64).T.contiguous(), torch.tensor(shifts, dtype=torch.float64))
 
 
-def _rounded_pass(one_pass, first: bool, input_offset: float = 0.0,
-                  output_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _rounded_pass(
+    one_pass, first: bool, input_offset: float = 0.0, output_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A pass with its rounding as ``floor(a @ x + bias)``: libjpeg's DESCALE,
     (x + 2**(n-1)) >> n, is floor(x * 2**-n + 1/2) (n = 0 keeps x), so each output's
     power-of-two scale goes into its row of the matrix and the half into its bias. Also folded
@@ -163,19 +285,38 @@ def _colour_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     rgb_ycc_convert: Y = (0.299 R + 0.587 G + 0.114 B + 1/2) >> 16, Cb and Cr with the centre
     128 and a rounding of 1/2 - 2**-16. ycc_rgb_convert: R = Y + ((1.402 (Cr-128) + 1/2) >> 16)
     and so on, where Y + floor(t) = floor(Y + t) since Y is an integer."""
-    s = 2.0 ** -_SCALEBITS
-    to_ycc = torch.tensor([[_fix(0.29900), _fix(0.58700), _fix(0.11400)],
-                           [-_fix(0.16874), -_fix(0.33126), _fix(0.5)],
-                           [_fix(0.5), -_fix(0.41869), -_fix(0.08131)]], dtype=torch.float64) * s
+    s = 2.0**-_SCALEBITS
+    to_ycc = (
+        torch.tensor(
+            [
+                [_fix(0.29900), _fix(0.58700), _fix(0.11400)],
+                [-_fix(0.16874), -_fix(0.33126), _fix(0.5)],
+                [_fix(0.5), -_fix(0.41869), -_fix(0.08131)],
+            ],
+            dtype=torch.float64,
+        )
+        * s
+    )
     centre = ((128 << _SCALEBITS) + _ONE_HALF - 1) * s
     ycc_bias = torch.tensor([_ONE_HALF * s, centre, centre], dtype=torch.float64)
     cb_g, cr_g = _fix(0.34414), _fix(0.71414)
-    to_rgb = torch.tensor([[1 / s, 0, _fix(1.40200)],
-                           [1 / s, -cb_g, -cr_g],
-                           [1 / s, _fix(1.77200), 0]], dtype=torch.float64) * s
-    rgb_bias = torch.tensor([_ONE_HALF - 128 * _fix(1.40200),
-                             _ONE_HALF + 128 * (cb_g + cr_g),
-                             _ONE_HALF - 128 * _fix(1.77200)], dtype=torch.float64) * s
+    to_rgb = (
+        torch.tensor(
+            [[1 / s, 0, _fix(1.40200)], [1 / s, -cb_g, -cr_g], [1 / s, _fix(1.77200), 0]], dtype=torch.float64
+        )
+        * s
+    )
+    rgb_bias = (
+        torch.tensor(
+            [
+                _ONE_HALF - 128 * _fix(1.40200),
+                _ONE_HALF + 128 * (cb_g + cr_g),
+                _ONE_HALF - 128 * _fix(1.77200),
+            ],
+            dtype=torch.float64,
+        )
+        * s
+    )
     return to_ycc, ycc_bias, to_rgb, rgb_bias
 
 
@@ -207,11 +348,13 @@ def _upsample_fancy(planes: torch.Tensor, out: torch.Tensor) -> None:
     n, c, h, w = planes.shape
     p = F.pad(planes, (1, 1, 1, 1), mode="replicate").to(torch.int16)
     mid = p[:, :, 1:-1]
-    sums = torch.stack([torch.add(p[:, :, :-2], mid, alpha=3), torch.add(p[:, :, 2:], mid, alpha=3)],
-                       dim=3).view(n, c, 2 * h, w + 2)
+    sums = torch.stack(
+        [torch.add(p[:, :, :-2], mid, alpha=3), torch.add(p[:, :, 2:], mid, alpha=3)], dim=3
+    ).view(n, c, 2 * h, w + 2)
     mid = sums[..., 1:-1]
-    up = torch.stack([torch.add(sums[..., :-2], mid, alpha=3), torch.add(sums[..., 2:], mid, alpha=3)],
-                     dim=-1)
+    up = torch.stack(
+        [torch.add(sums[..., :-2], mid, alpha=3), torch.add(sums[..., 2:], mid, alpha=3)], dim=-1
+    )
     up = up.add_(8 - torch.arange(2, dtype=torch.int16, device=planes.device))  # 8, 7
     up = up.bitwise_right_shift_(4).view(n, c, 2 * h, 2 * w)
     oh, ow = out.shape[-2:]
@@ -238,23 +381,29 @@ def roundtrip_constants(quality: int = JPEG_QUALITY, device: str = "cpu") -> Rou
         recip, corr, shift = (t.to(torch.float64) for t in _reciprocals(table))
         factor = recip * torch.exp2(-shift)  # exact: a power of two times an integer
         quant = tuple(t.view(8, 1, 8) for t in (corr, factor, table))
-        passes = (*_rounded_pass(_fdct_pass, True, input_offset=-128.0),
-                  *_rounded_pass(_fdct_pass, False),
-                  *_rounded_pass(_idct_pass, True),
-                  *_rounded_pass(_idct_pass, False, output_offset=128.0))
+        passes = (
+            *_rounded_pass(_fdct_pass, True, input_offset=-128.0),
+            *_rounded_pass(_fdct_pass, False),
+            *_rounded_pass(_idct_pass, True),
+            *_rounded_pass(_idct_pass, False, output_offset=128.0),
+        )
         return tuple(t.to(device) for t in (*passes[:4], *quant, *passes[4:]))
 
     to_ycc, ycc_bias, to_rgb, rgb_bias = (t.to(device) for t in _colour_matrices())
-    return RoundtripConstants((to_ycc, ycc_bias.view(3, 1)), (to_rgb, rgb_bias.view(3, 1)),
-                              component(STD_LUMINANCE), component(STD_CHROMINANCE))
+    return RoundtripConstants(
+        (to_ycc, ycc_bias.view(3, 1)),
+        (to_rgb, rgb_bias.view(3, 1)),
+        component(STD_LUMINANCE),
+        component(STD_CHROMINANCE),
+    )
 
 
-def _rows_pass(planes: torch.Tensor, a: torch.Tensor, bias: torch.Tensor,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+def _rows_pass(
+    planes: torch.Tensor, a: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The pass along the rows of every block: [M, H, W] (contiguous, W a multiple of 8) seen
     as rows of 8 samples, one product for all of them, then the rounding."""
-    flat = torch.addmm(bias, planes.view(-1, 8), a.T,
-                       out=None if out is None else out.view(-1, 8))
+    flat = torch.addmm(bias, planes.view(-1, 8), a.T, out=None if out is None else out.view(-1, 8))
     return flat.floor_().view(planes.shape)
 
 
@@ -323,8 +472,9 @@ def jpeg_roundtrip_batch(rgb: torch.Tensor, quality: int = JPEG_QUALITY) -> torc
     return lossy_roundtrip(rgb, roundtrip_constants(quality, str(rgb.device)))
 
 
-def jpeg_roundtrip_tensors(images: list[torch.Tensor], quality: int = JPEG_QUALITY,
-                   max_pixels: int | None = None) -> list[torch.Tensor]:
+def jpeg_roundtrip_tensors(
+    images: list[torch.Tensor], quality: int = JPEG_QUALITY, max_pixels: int | None = None
+) -> list[torch.Tensor]:
     """uint8 [3, H, W] images (any sizes, one device) -> their JPEG round trips. Images of the
     same size go through ``jpeg_roundtrip_batch`` together, at most ``max_pixels`` at a time
     (its intermediates peak at about 60 bytes per pixel). Default: 8 Mpixels on the CPU
@@ -333,5 +483,9 @@ def jpeg_roundtrip_tensors(images: list[torch.Tensor], quality: int = JPEG_QUALI
     if max_pixels is None:
         on_cpu = not images or images[0].device.type == "cpu"
         max_pixels = (8 if on_cpu else 32) * 1024 * 1024
-    return map_in_groups(images, [im.shape for im in images],
-                         lambda stack, _: jpeg_roundtrip_batch(stack, quality), 3 * max_pixels)
+    return map_in_groups(
+        images,
+        [im.shape for im in images],
+        lambda stack, _: jpeg_roundtrip_batch(stack, quality),
+        3 * max_pixels,
+    )

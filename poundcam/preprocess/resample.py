@@ -13,6 +13,7 @@ bit (tests/transform/test_bounded_transform.py checks it against Pillow on many 
 Pillow's ``box`` argument cannot do this exactly: it changes the float arithmetic of the
 filter centres, and with it some weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,10 +100,10 @@ def resample(samples: np.ndarray, axis: int, weights: AxisWeights, offset: int =
     out = np.empty((flat.shape[0], n), dtype=np.uint8)
     step = max(1, _MAX_TAPS_VALUES // max(n_in, n))
     for a in range(0, flat.shape[0], step):
-        acc = flat[a:a + step].astype(np.float64) @ matrix
+        acc = flat[a : a + step].astype(np.float64) @ matrix
         acc += _HALF
         acc *= 1.0 / (1 << PRECISION_BITS)
-        out[a:a + step] = np.clip(np.floor(acc), 0, 255)
+        out[a : a + step] = np.clip(np.floor(acc), 0, 255)
     return np.moveaxis(out.reshape(x.shape[:-1] + (n,)), -1, axis)
 
 
@@ -113,8 +114,9 @@ def _horizontal_first(size: tuple[int, int], out: tuple[int, int]) -> bool:
     return not (h - oh > 0 and h - oh > (w - ow) * 2)
 
 
-def window_inputs(size: tuple[int, int], out: tuple[int, int],
-                  window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+def window_inputs(
+    size: tuple[int, int], out: tuple[int, int], window: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
     """The input box (left, top, right, bottom) that the output ``window`` (same form) of a
     resize from ``size`` to ``out`` reads."""
     (w, h), (ow, oh) = size, out
@@ -128,8 +130,13 @@ def _span(weights: AxisWeights) -> tuple[int, int]:
     return weights.lo, weights.hi
 
 
-def resize_window(region: np.ndarray, origin: tuple[int, int], size: tuple[int, int],
-                  out: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+def resize_window(
+    region: np.ndarray,
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    out: tuple[int, int],
+    window: tuple[int, int, int, int],
+) -> np.ndarray:
     """The ``window`` (left, top, right, bottom) of Pillow's bilinear resize of an image of
     ``size`` (w, h) to ``out`` (w, h), computed from ``region``: uint8 [rows, cols, channels]
     holding the image's pixels from ``origin`` (x, y) on, at least ``window_inputs(...)``."""
@@ -139,7 +146,7 @@ def resize_window(region: np.ndarray, origin: tuple[int, int], size: tuple[int, 
     ox, oy = origin
     if x0 < ox or y0 < oy or x1 > ox + region.shape[1] or y1 > oy + region.shape[0]:
         raise ValueError("the region does not cover the inputs the window reads")
-    x = region[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    x = region[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     passes = []
     if ow != w:
         passes.append((1, axis_weights(w, ow, left, right), x0))

@@ -7,6 +7,7 @@ RGB -> JPEG re-encode at quality 90 (optimize=True) and decode -> resize the sho
 (poundcam.preprocess.window); ``reference_crop`` is the transform done literally, on the whole
 image, which the tests and the memory benchmark compare it with.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,9 +20,23 @@ from torchvision.transforms import functional as TF
 from .geometry import CROP, RESIZE, CropGeometry, crop_offsets, geometry_for, resized_size
 from .window import bounded_crop
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "CROP", "JPEG_QUALITY", "RESIZE", "CropGeometry", "crop_image",
-           "crop_offsets", "geometry_for", "jpeg_roundtrip", "normalize", "preprocess",
-           "preprocess_with_geometry", "reference_crop", "resized_size"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CROP",
+    "JPEG_QUALITY",
+    "RESIZE",
+    "CropGeometry",
+    "crop_image",
+    "crop_offsets",
+    "geometry_for",
+    "jpeg_roundtrip",
+    "normalize",
+    "preprocess",
+    "preprocess_with_geometry",
+    "reference_crop",
+    "resized_size",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -63,10 +78,10 @@ def reference_crop(image: Image.Image) -> tuple[Image.Image, CropGeometry]:
     rgb = image.convert("RGB")
     geom = geometry_for(*rgb.size)
     rgb = jpeg_roundtrip(rgb)
-    resized = TF.resize(rgb, [geom.resized[1], geom.resized[0]],
-                        interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    crop = resized.crop((geom.crop_left, geom.crop_top,
-                         geom.crop_left + CROP, geom.crop_top + CROP))
+    resized = TF.resize(
+        rgb, [geom.resized[1], geom.resized[0]], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+    )
+    crop = resized.crop((geom.crop_left, geom.crop_top, geom.crop_left + CROP, geom.crop_top + CROP))
     return crop, geom
 
 

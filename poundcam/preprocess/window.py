@@ -21,6 +21,7 @@ whole image at every step. Here the same pixels are computed from bounded pieces
 tests/transform/test_bounded_transform.py checks the result against the literal transform
 (``transform.reference_crop``) bit for bit, on many sizes and aspect ratios.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,8 @@ from PIL import Image
 from .geometry import CROP, CropGeometry, geometry_for
 from .resample import _horizontal_first, resize_window, window_inputs
 
-MCU = 16                 # 4:2:0 minimum coded unit of the quality-90 re-encode
-BAND = 512               # rows (or columns) per band of the banded path
+MCU = 16  # 4:2:0 minimum coded unit of the quality-90 re-encode
+BAND = 512  # rows (or columns) per band of the banded path
 BANDED_MAX_PIXELS = 4 * 1024 * 1024  # largest Pillow image the banded path makes (16 MB)
 WINDOW_MAX_FLOPS = 64 * 1024 * 1024  # the window path's NumPy passes, when cheaper than bands
 
@@ -47,8 +48,10 @@ def bounded_crop(image: Image.Image, roundtrip) -> tuple[np.ndarray, CropGeometr
     geom = geometry_for(*size)
     window = (geom.crop_left, geom.crop_top, geom.crop_left + CROP, geom.crop_top + CROP)
     box = window_inputs(size, geom.resized, window)
-    if (_window_flops(box) > WINDOW_MAX_FLOPS
-            and max(_banded_pixels(size, geom.resized, box)) <= BANDED_MAX_PIXELS):
+    if (
+        _window_flops(box) > WINDOW_MAX_FLOPS
+        and max(_banded_pixels(size, geom.resized, box)) <= BANDED_MAX_PIXELS
+    ):
         return _banded(image, geom, window, box, roundtrip), geom
     region = roundtrip_region(image, box, roundtrip)
     return resize_window(region, box[:2], size, geom.resized, window), geom
@@ -76,11 +79,15 @@ def roundtrip_region(image: Image.Image, box: tuple[int, int, int, int], roundtr
     trip of the whole ``image``, computed from the box's MCUs and a margin of one MCU."""
     w, h = image.size
     x0, y0, x1, y1 = box
-    cut = (max(0, (x0 // MCU - 1) * MCU), max(0, (y0 // MCU - 1) * MCU),
-           min(w, (-(-x1 // MCU) + 1) * MCU), min(h, (-(-y1 // MCU) + 1) * MCU))
+    cut = (
+        max(0, (x0 // MCU - 1) * MCU),
+        max(0, (y0 // MCU - 1) * MCU),
+        min(w, (-(-x1 // MCU) + 1) * MCU),
+        min(h, (-(-y1 // MCU) + 1) * MCU),
+    )
     piece = image if cut == (0, 0, w, h) else image.crop(cut)
     decoded = roundtrip(piece)
-    out = np.asarray(decoded)[y0 - cut[1]:y1 - cut[1], x0 - cut[0]:x1 - cut[0]]
+    out = np.asarray(decoded)[y0 - cut[1] : y1 - cut[1], x0 - cut[0] : x1 - cut[0]]
     return np.ascontiguousarray(out)
 
 

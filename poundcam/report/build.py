@@ -13,6 +13,7 @@ string is HTML-escaped by the template engine, URIs are text and never links, an
 Content-Security-Policy lets the page run only its own script (by hash) and load images only
 from ``data:`` or the schemes of the given URLs. There are no external resources.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,9 +39,13 @@ from .images import EmbeddedImages, LinkedImages, Picture
 def _environment():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("poundcam.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("poundcam.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = _num
     env.filters["point"] = _point
     return env
@@ -74,20 +79,29 @@ def _csp(items, script: str) -> str:
         for pic in item.pictures.values():
             if isinstance(pic, Picture) and not pic.src.startswith("data:"):
                 img.add(urlparse(pic.src).scheme.lower() + ":")
-    return ("default-src 'none'; style-src 'unsafe-inline'; "
-            f"img-src {' '.join(sorted(img))}; script-src 'sha256-{digest}'; "
-            "base-uri 'none'; form-action 'none'")
+    return (
+        "default-src 'none'; style-src 'unsafe-inline'; "
+        f"img-src {' '.join(sorted(img))}; script-src 'sha256-{digest}'; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
-def build_report(rows: Iterable[Mapping[str, Any]],
-                 fetch_png: Callable[[str], bytes] | None = None, *,
-                 image_url: Callable[[str], str] | None = None,
-                 fetch_original: Callable[[str], bytes] | None = None,
-                 original_url: Callable[[str], str] | None = None,
-                 source=None, job_id: str | None = None,
-                 status: Mapping[str, Any] | None = None, title: str | None = None,
-                 generated_at: datetime | None = None, selection: str | None = None,
-                 sort: str = "position", workers: int = 8) -> str:
+def build_report(
+    rows: Iterable[Mapping[str, Any]],
+    fetch_png: Callable[[str], bytes] | None = None,
+    *,
+    image_url: Callable[[str], str] | None = None,
+    fetch_original: Callable[[str], bytes] | None = None,
+    original_url: Callable[[str], str] | None = None,
+    source=None,
+    job_id: str | None = None,
+    status: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    generated_at: datetime | None = None,
+    selection: str | None = None,
+    sort: str = "position",
+    workers: int = 8,
+) -> str:
     """The HTML page for ``rows`` (records of ``job_results``, in the order to show).
 
     Args:
@@ -124,18 +138,23 @@ def build_report(rows: Iterable[Mapping[str, Any]],
     title = title or (f"poundcam review: job {job_id}" if job_id else "poundcam review")
 
     done = [r for r in rows if r.get("status") == ItemState.DONE]
-    counts = {"items": len(rows), "done": len(done),
-              "failed": sum(r.get("status") == ItemState.FAILED for r in rows),
-              "fake": sum(r.get("label") == Label.FAKE for r in done),
-              "real": sum(r.get("label") == Label.REAL for r in done)}
+    counts = {
+        "items": len(rows),
+        "done": len(done),
+        "failed": sum(r.get("status") == ItemState.FAILED for r in rows),
+        "fake": sum(r.get("label") == Label.FAKE for r in done),
+        "real": sum(r.get("label") == Label.REAL for r in done),
+    }
     pending = len(rows) - counts["done"] - counts["failed"]
     unavailable = sum(not isinstance(p, Picture) for i in items for p in i.pictures.values())
     models = sorted({str(r.get("model_id")) for r in done if r.get("model_id")})
     cams = sorted({str(r.get("cam_config_id")) for r in done if r.get("cam_config_id")})
     thresholds = sorted({float(r["threshold"]) for r in done if r.get("threshold") is not None})
-    meta = [f"{counts['items']} items: {counts['done']} analysed "
-            f"({counts['fake']} fake, {counts['real']} real), {counts['failed']} failed"
-            + (f", {pending} not finished" if pending else "")]
+    meta = [
+        f"{counts['items']} items: {counts['done']} analysed "
+        f"({counts['fake']} fake, {counts['real']} real), {counts['failed']} failed"
+        + (f", {pending} not finished" if pending else "")
+    ]
     if selection:
         meta.append(selection)
     if status is not None and not status.get("finished", True):
@@ -146,10 +165,22 @@ def build_report(rows: Iterable[Mapping[str, Any]],
         meta.append("label fake at P(fake) ≥ " + ", ".join(f"{t:.2f}" for t in thresholds))
     if unavailable:
         meta.append(f"{unavailable} picture(s) could not be shown")
-    meta.append("generated " + generated_at.astimezone(timezone.utc)
-                .strftime("%Y-%m-%d %H:%M:%S UTC"))
+    meta.append("generated " + generated_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     script = page_script()
     summary = json.dumps({**counts, "job_id": job_id, "pictures_unavailable": unavailable})
-    return _environment().get_template("report.html.j2").render(
-        title=title, meta=meta, items=items, panels=PANELS, deep_panels=DEEP_PANELS, csp=_csp(items, script),
-        script=Markup(script), summary=summary, sort=sort, ramp=css_gradient())
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            meta=meta,
+            items=items,
+            panels=PANELS,
+            deep_panels=DEEP_PANELS,
+            csp=_csp(items, script),
+            script=Markup(script),
+            summary=summary,
+            sort=sort,
+            ramp=css_gradient(),
+        )
+    )

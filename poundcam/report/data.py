@@ -5,6 +5,7 @@ pictures of one item (the one place to change where they come from: a renderer t
 overlays on demand from stored maps replaces it); ``report_item`` gathers what the template
 shows for one item.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -19,16 +20,17 @@ from .images import Picture, Unavailable
 # Panels in the order shown: (name, caption). "original" is the source image, unchanged; the
 # overlays are heatmaps stored under the analysis's keys of the same name; the maps alone are
 # drawn from the stored raw maps ({real,fake}_raw16).
-PANELS = (("original", "original"),
-          ("fake_overlay", "fake evidence"),
-          ("real_overlay", "real evidence"),
-          ("fake_map", "fake map"),
-          ("real_map", "real map"))
+PANELS = (
+    ("original", "original"),
+    ("fake_overlay", "fake evidence"),
+    ("real_overlay", "real evidence"),
+    ("fake_map", "fake map"),
+    ("real_map", "real map"),
+)
 HEATMAP_PANELS = ("fake_overlay", "real_overlay")
 # The deep maps' overlays (attention relevance, docs/cam.md), shown for the items that have
 # them (POUNDCAM_DEEP_MAPS, `poundcam explain`): both on one scale of their own.
-DEEP_PANELS = (("deep_fake_overlay", "deep fake evidence"),
-               ("deep_real_overlay", "deep real evidence"))
+DEEP_PANELS = (("deep_fake_overlay", "deep fake evidence"), ("deep_real_overlay", "deep real evidence"))
 SORTS = ("position", "p_fake", "fake_share")  # p_fake and fake_share: highest first
 
 
@@ -42,9 +44,13 @@ def _fake_share(row: Mapping) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def select_rows(rows: Iterable[Mapping], label: str | None = None,
-                min_prob: float | None = None, sort: str = "position",
-                limit: int | None = None) -> list[Mapping]:
+def select_rows(
+    rows: Iterable[Mapping],
+    label: str | None = None,
+    min_prob: float | None = None,
+    sort: str = "position",
+    limit: int | None = None,
+) -> list[Mapping]:
     """The rows a report shows.
 
     Args:
@@ -60,9 +66,12 @@ def select_rows(rows: Iterable[Mapping], label: str | None = None,
     """
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    out = [r for r in rows
-           if (label is None or (r.get("status") == ItemState.DONE and r.get("label") == label))
-           and (min_prob is None or ((p := _p(r)) is not None and p >= min_prob))]
+    out = [
+        r
+        for r in rows
+        if (label is None or (r.get("status") == ItemState.DONE and r.get("label") == label))
+        and (min_prob is None or ((p := _p(r)) is not None and p >= min_prob))
+    ]
     if sort != "position":
         key = _p if sort == "p_fake" else _fake_share
         out.sort(key=lambda r: (key(r) is None, -(key(r) or 0.0), r.get("position") or 0))
@@ -81,8 +90,11 @@ def item_images(row: Mapping, source) -> dict[str, Picture | Unavailable]:
     keys = row.get("heatmap_keys") or {}
     for name in HEATMAP_PANELS:
         key = keys.get(name)
-        out[name] = (_safely(source.heatmap, key) if isinstance(key, str)
-                     else Unavailable(f"no {name} heatmap recorded", "not_recorded"))
+        out[name] = (
+            _safely(source.heatmap, key)
+            if isinstance(key, str)
+            else Unavailable(f"no {name} heatmap recorded", "not_recorded")
+        )
     raw = keys.get("real_raw16"), keys.get("fake_raw16")
     if all(isinstance(k, str) for k in raw):
         try:
@@ -90,8 +102,9 @@ def item_images(row: Mapping, source) -> dict[str, Picture | Unavailable]:
         except Exception as exc:  # noqa: BLE001 - shown in the panels
             out.update(dict.fromkeys(("real_map", "fake_map"), _safely(_raise, exc)))
     else:
-        out.update(dict.fromkeys(("real_map", "fake_map"),
-                                 Unavailable("no raw maps recorded", "not_recorded")))
+        out.update(
+            dict.fromkeys(("real_map", "fake_map"), Unavailable("no raw maps recorded", "not_recorded"))
+        )
     for name, _ in DEEP_PANELS:  # only where the item has deep maps
         key = keys.get(name)
         if isinstance(key, str):
@@ -107,8 +120,7 @@ def _safely(fn: Callable, arg) -> Picture | Unavailable:
     try:
         return fn(arg)
     except Exception as exc:  # noqa: BLE001 - shown in the panel; the report goes on
-        return Unavailable(str(exc) or type(exc).__name__,
-                           getattr(exc, "code", None) or type(exc).__name__)
+        return Unavailable(str(exc) or type(exc).__name__, getattr(exc, "code", None) or type(exc).__name__)
 
 
 @dataclass
@@ -132,8 +144,9 @@ def shared_scale(row: Mapping) -> float | None:
     return max(values) if values else None
 
 
-def report_items(rows: list[Mapping], source, workers: int = 8,
-                 images: Callable[[Mapping, Any], dict] = item_images) -> list[ReportItem]:
+def report_items(
+    rows: list[Mapping], source, workers: int = 8, images: Callable[[Mapping, Any], dict] = item_images
+) -> list[ReportItem]:
     """One ReportItem per row; pictures are made with ``workers`` threads."""
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
         pictures = list(pool.map(lambda r: images(r, source), rows))

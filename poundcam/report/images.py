@@ -13,6 +13,7 @@ A :class:`Picture` is what a panel shows (a ``src`` for an ``<img>``); an
 Originals are untrusted bytes: they are decoded by ``poundcam.preprocess.decode`` under the
 same limits as the analysis.
 """
+
 from __future__ import annotations
 
 import base64
@@ -83,9 +84,13 @@ def _fitted(image, quality: int, budget: int) -> Picture:
     for scale, q in _SMALLER:
         if len(data) <= budget:
             break
-        shown = image if scale == 1.0 else image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-            resample=3)  # bicubic
+        shown = (
+            image
+            if scale == 1.0
+            else image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3
+            )
+        )  # bicubic
         data = _webp(shown, q)
     src = "data:image/webp;base64," + base64.b64encode(data).decode("ascii")
     return Picture(src, shown.width, shown.height)
@@ -102,9 +107,13 @@ class EmbeddedImages:
         limits: decode limits of originals (default: the analysis defaults).
     """
 
-    def __init__(self, fetch_heatmap: Callable[[str], bytes],
-                 fetch_original: Callable[[str], bytes] | None = None,
-                 spec: ThumbnailSpec | None = None, limits=None):
+    def __init__(
+        self,
+        fetch_heatmap: Callable[[str], bytes],
+        fetch_original: Callable[[str], bytes] | None = None,
+        spec: ThumbnailSpec | None = None,
+        limits=None,
+    ):
         self.fetch_heatmap, self.fetch_original = fetch_heatmap, fetch_original
         self.spec = spec or ThumbnailSpec()
         self.limits = limits
@@ -133,12 +142,10 @@ class EmbeddedImages:
             why = Unavailable(f"raw map unreadable ({exc})", getattr(exc, "code", "not_a_png"))
             return {"real_map": why, "fake_map": why}
         scale = max(float(real.max(initial=0.0)), float(fake.max(initial=0.0)))
-        return {"real_map": self._map_picture(real, scale),
-                "fake_map": self._map_picture(fake, scale)}
+        return {"real_map": self._map_picture(real, scale), "fake_map": self._map_picture(fake, scale)}
 
     def _map_picture(self, m, scale: float) -> Picture:
-        return _fitted(colour_map(m, scale, self.spec.map_side), self.spec.quality,
-                       self.spec.map_budget)
+        return _fitted(colour_map(m, scale, self.spec.map_side), self.spec.quality, self.spec.map_budget)
 
     def original(self, uri: str) -> Picture | Unavailable:
         from ..preprocess.decode import ImageDecodeError, decode_image
@@ -184,8 +191,9 @@ def colour_map(m, scale: float, side: int):
     from ..cam.colormap import RAMP
 
     v = np.zeros(m.shape, dtype=np.float32) if scale <= 0 else (m / scale).astype(np.float32)
-    v = np.asarray(Image.fromarray(np.clip(v, 0, 1), mode="F")
-                   .resize((side, side), Image.Resampling.BILINEAR))
+    v = np.asarray(
+        Image.fromarray(np.clip(v, 0, 1), mode="F").resize((side, side), Image.Resampling.BILINEAR)
+    )
     ramp = np.array(RAMP)
     rgb = np.stack([np.interp(v, ramp[:, 0], ramp[:, c]) for c in (1, 2, 3)], axis=-1)
     return Image.fromarray((rgb * 255).round().astype(np.uint8), mode="RGB")
@@ -195,8 +203,7 @@ def checked_url(url: str) -> Picture | Unavailable:
     """A URL as a Picture if its scheme is one a report may load, else Unavailable."""
     scheme = urlparse(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in URL_SCHEMES:
-        return Unavailable(f"refused an image URL with scheme {scheme or 'none'!r}",
-                           "refused_url")
+        return Unavailable(f"refused an image URL with scheme {scheme or 'none'!r}", "refused_url")
     return Picture(url)
 
 
@@ -208,8 +215,7 @@ class LinkedImages:
         original_url: ``uri -> URL`` of an item's source image; None: not shown.
     """
 
-    def __init__(self, heatmap_url: Callable[[str], str],
-                 original_url: Callable[[str], str] | None = None):
+    def __init__(self, heatmap_url: Callable[[str], str], original_url: Callable[[str], str] | None = None):
         self.heatmap_url, self.original_url = heatmap_url, original_url
 
     def heatmap(self, key: str) -> Picture | Unavailable:

@@ -1,4 +1,5 @@
 """The one place object stores are made: from the settings, and the changes a caller needs."""
+
 from __future__ import annotations
 
 from .stores import LocalStore, ObjectStore, S3Store
@@ -24,5 +25,9 @@ def make_store(settings, client=None, **changes) -> ObjectStore:
         settings = settings.replace(**changes)
     if settings.embedded:
         return LocalStore(settings.local_root, settings.allowed_roots)
-    return S3Store(settings.heatmap_bucket, settings.allowed_buckets, client=client,
-                   endpoint_url=settings.s3_endpoint_url)
+    return S3Store(
+        settings.heatmap_bucket,
+        settings.allowed_buckets,
+        client=client,
+        endpoint_url=settings.s3_endpoint_url,
+    )

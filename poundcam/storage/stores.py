@@ -8,6 +8,7 @@ Every failure is a :class:`StorageError` with a stable ``code`` and a ``transien
 transient errors (the store is unreachable or overloaded) are worth retrying, the others are
 final for that object.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,7 @@ def heatmap_key(prefix: str, sha256: str, model_id: str, cam_config_id: str, nam
     ``<prefix><model_id>/<cam_config_id>/<sha[:2]>/<sha>/<name>.png``."""
     if not _SHA256_RE.match(sha256 or ""):
         raise StorageError(ErrorCode.INVALID_KEY, f"{sha256!r} is not a lowercase hex sha256")
-    for what, value in (("model id", model_id), ("CAM config id", cam_config_id),
-                        ("heatmap name", name)):
+    for what, value in (("model id", model_id), ("CAM config id", cam_config_id), ("heatmap name", name)):
         if not _SEGMENT_RE.match(value or "") or value in (".", ".."):
             raise StorageError(ErrorCode.INVALID_KEY, f"{what} {value!r} is not a safe key segment")
     if prefix and not prefix.endswith("/"):
@@ -147,9 +147,17 @@ def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
 
 # --- S3 ----------------------------------------------------------------------------------
 
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                    "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
-                    "RequestLimitExceeded", "TooManyRequests"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+}
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled"}
 
@@ -178,8 +186,13 @@ def _from_boto(exc: Exception, what: str) -> StorageError:
 class S3Store(ObjectStore):
     """Images from allow-listed buckets; heatmaps into ``bucket``."""
 
-    def __init__(self, bucket: str | None, allowed_buckets: Iterable[str] = (), client=None,
-                 endpoint_url: str | None = None):
+    def __init__(
+        self,
+        bucket: str | None,
+        allowed_buckets: Iterable[str] = (),
+        client=None,
+        endpoint_url: str | None = None,
+    ):
         if client is None:
             from .s3 import make_s3_client
 
@@ -191,19 +204,22 @@ class S3Store(ObjectStore):
     def ref(self, uri: str) -> S3Ref:
         """Parse and authorise a read URI."""
         if isinstance(uri, str) and not uri.startswith("s3://"):
-            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
-                               f"{uri!r}: only s3:// URIs are read here (local paths only in "
-                               f"the embedded mode)")
+            raise StorageError(
+                ErrorCode.URI_NOT_ALLOWED,
+                f"{uri!r}: only s3:// URIs are read here (local paths only in the embedded mode)",
+            )
         ref = parse_s3_uri(uri)
         if ref.bucket not in self.allowed_buckets:
-            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
-                               f"{uri}: bucket {ref.bucket!r} is not in POUNDCAM_ALLOWED_BUCKETS")
+            raise StorageError(
+                ErrorCode.URI_NOT_ALLOWED, f"{uri}: bucket {ref.bucket!r} is not in POUNDCAM_ALLOWED_BUCKETS"
+            )
         return ref
 
     def _own(self, key: str) -> S3Ref:
         if not self.bucket:
-            raise StorageError(ErrorCode.STORAGE_ERROR, "no heatmap bucket configured "
-                                              "(POUNDCAM_HEATMAP_BUCKET)")
+            raise StorageError(
+                ErrorCode.STORAGE_ERROR, "no heatmap bucket configured (POUNDCAM_HEATMAP_BUCKET)"
+            )
         return S3Ref(self.bucket, validate_key(key))
 
     def head(self, uri: str) -> int:
@@ -248,8 +264,7 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         ref = self._own(key)
         try:
-            self.client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data,
-                                   ContentType=content_type)
+            self.client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data, ContentType=content_type)
         except Exception as exc:  # noqa: BLE001
             raise _from_boto(exc, ref.uri) from exc
         return ref.uri
@@ -267,7 +282,8 @@ class S3Store(ObjectStore):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         ref = self._own(key)
         return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s))
+            "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=int(expires_s)
+        )
 
     def uri_for(self, key: str) -> str:
         return self._own(key).uri
@@ -303,6 +319,7 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 # --- local folder (embedded mode) ----------------------------------------------------------
 
+
 def _file_error(exc: OSError, uri: str) -> StorageError:
     if isinstance(exc, FileNotFoundError):
         return StorageError(ErrorCode.NOT_FOUND, f"{uri}: no such file")
@@ -334,8 +351,9 @@ class LocalStore(ObjectStore):
                 raise StorageError(ErrorCode.URI_NOT_ALLOWED, f"{uri!r}: remote file URIs are not read")
             raw = unquote(parsed.path)
         elif "://" in uri:
-            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
-                               f"{uri!r}: the embedded mode reads local paths only")
+            raise StorageError(
+                ErrorCode.URI_NOT_ALLOWED, f"{uri!r}: the embedded mode reads local paths only"
+            )
         else:
             raw = uri
         if "\x00" in raw:
@@ -347,8 +365,7 @@ class LocalStore(ObjectStore):
             raise StorageError(ErrorCode.INVALID_URI, f"{uri!r}: {exc}") from exc
         if not any(path == r or path.is_relative_to(r) for r in self.read_roots):
             real = "" if str(path) == uri else f" (real path {path})"
-            raise StorageError(ErrorCode.URI_NOT_ALLOWED,
-                               f"{uri!r}{real} is outside the allowed roots")
+            raise StorageError(ErrorCode.URI_NOT_ALLOWED, f"{uri!r}{real} is outside the allowed roots")
         return path
 
     def _own(self, key: str) -> Path:

@@ -1,5 +1,6 @@
 """Analyzer end to end on the CPU, on both preprocessing paths: results, failures with their
 codes, input order, batching, the out-of-memory split and rendering."""
+
 from __future__ import annotations
 
 import io
@@ -113,8 +114,17 @@ def test_both_paths_agree(outcomes):
             continue
         ra, rb = a.result.record(), b.result.record()
         assert set(ra) == set(rb)
-        for field in ("sha256", "image_format", "width", "height", "original_mode", "geometry",
-                      "model_id", "cam_config_id", "threshold"):
+        for field in (
+            "sha256",
+            "image_format",
+            "width",
+            "height",
+            "original_mode",
+            "geometry",
+            "model_id",
+            "cam_config_id",
+            "threshold",
+        ):
             assert ra[field] == rb[field], field
         assert abs(ra["p_fake"] - rb["p_fake"]) <= 0.01
         assert set(a.result.heatmaps) == set(b.result.heatmaps)
@@ -130,7 +140,8 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
     from poundcam.preprocess.transform import preprocess
 
     res = ComparativeCAM(official_model, method=AnalysisOptions().cam_method).attribute(
-        torch.stack([preprocess(decode_image(d).image) for k, d in inputs if k in ("jpeg", "png")]))
+        torch.stack([preprocess(decode_image(d).image) for k, d in inputs if k in ("jpeg", "png")])
+    )
     got = {o.key: o.result for o in outcomes["pillow"]}
     for i, key in enumerate(("jpeg", "png")):
         assert got[key].p_fake == pytest.approx(float(res.probs[i, 1]), abs=1e-5)
@@ -140,7 +151,8 @@ def test_matches_the_model_and_cam_directly(official_model, outcomes, inputs):
         direct = compute_stats(res.real[i], res.fake[i], geometry_for(got[key].width, got[key].height))
         assert got[key].stats["fake"]["peak_cell"] == direct["fake"]["peak_cell"]
         assert got[key].stats["comparative"]["fake_share"] == pytest.approx(
-            direct["comparative"]["fake_share"], abs=1e-4)
+            direct["comparative"]["fake_share"], abs=1e-4
+        )
 
 
 def test_overlays_sizes_and_modes(outcomes, inputs):
@@ -184,8 +196,8 @@ def test_crop_overlay_is_the_models_input_where_no_evidence(official_model, inpu
     # a zero cell whose neighbours are zero too (bilinear upsampling reaches them) is drawn
     # as the crop itself
     padded = np.pad(grid, 1, mode="edge")
-    for (i, j) in zip(*np.nonzero(grid == 0), strict=True):
-        if padded[i:i + 3, j:j + 3].max() == 0:
+    for i, j in zip(*np.nonzero(grid == 0), strict=True):
+        if padded[i : i + 3, j : j + 3].max() == 0:
             ys, xs = slice(i * cell, (i + 1) * cell), slice(j * cell, (j + 1) * cell)
             assert np.array_equal(drawn[ys, xs], base[ys, xs])
     assert np.abs(drawn - base).max() > 0
@@ -239,6 +251,7 @@ def test_out_of_memory_splits_the_batch(tiny_model, inputs, path, monkeypatch, c
 
 def test_single_image_out_of_memory_is_raised(tiny_model, inputs, monkeypatch):
     with Analyzer(tiny_model, AnalysisOptions(batch_size=4, decode_threads=2), device="cpu") as analyzer:
+
         def attribute(x, **kw):
             raise torch.OutOfMemoryError("simulated")
 
@@ -260,8 +273,11 @@ def test_empty_input_and_only_failures(tiny_model):
     with Analyzer(tiny_model, AnalysisOptions(decode_threads=2), device="cpu") as analyzer:
         assert list(analyzer.analyze([])) == []
         out = list(analyzer.analyze([("a", b""), ("b", ValueError("gone")), ("c", 42)]))
-    assert [(o.key, o.error_code) for o in out] == [("a", "empty"), ("b", "fetch_failed"),
-                                                    ("c", "decode_failed")]
+    assert [(o.key, o.error_code) for o in out] == [
+        ("a", "empty"),
+        ("b", "fetch_failed"),
+        ("c", "decode_failed"),
+    ]
 
 
 def test_stage_times(tiny_model, inputs):
@@ -279,8 +295,9 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
     from poundcam.runtime import make_analyzer
     from poundcam.settings import Settings
 
-    settings = Settings.from_env(environ={"POUNDCAM_JPEG_ROUNDTRIP": "tensor"},
-                                 preprocess="device", batch_size=5)
+    settings = Settings.from_env(
+        environ={"POUNDCAM_JPEG_ROUNDTRIP": "tensor"}, preprocess="device", batch_size=5
+    )
     analyzer = make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
     try:
         assert analyzer.options.preprocess == "device" and analyzer.preprocess_path == "device"
@@ -290,15 +307,13 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
         analyzer.close()
 
 
-def test_compiled_cam_setting_reaches_the_engine_and_keeps_the_results(official_model, outcomes,
-                                                                         inputs):
+def test_compiled_cam_setting_reaches_the_engine_and_keeps_the_results(official_model, outcomes, inputs):
     """POUNDCAM_COMPILE=on: the CAM's no-autograd part is compiled for the configured batch size
     (the last, smaller batch is padded to it) and the results are those of the eager engine."""
     from poundcam.runtime import make_analyzer
     from poundcam.settings import Settings
 
-    settings = Settings.from_env(environ={"POUNDCAM_COMPILE": "on"}, batch_size=4,
-                                 preprocess="pillow")
+    settings = Settings.from_env(environ={"POUNDCAM_COMPILE": "on"}, batch_size=4, preprocess="pillow")
     analyzer = make_analyzer(settings, model=official_model, device=torch.device("cpu"))
     try:
         assert analyzer.cam.compiled and analyzer.cam.compile_batch == 4
@@ -329,8 +344,9 @@ def test_items_are_read_in_the_calling_thread(tiny_model, inputs):
             threads.add(threading.get_ident())
             yield pair
 
-    with Analyzer(tiny_model, AnalysisOptions(batch_size=2, decode_threads=2, render=False),
-                  device="cpu") as analyzer:
+    with Analyzer(
+        tiny_model, AnalysisOptions(batch_size=2, decode_threads=2, render=False), device="cpu"
+    ) as analyzer:
         out = list(analyzer.analyze(gen()))
     assert threads == {caller}
     assert [o.key for o in out] == [k for k, _ in inputs * 3]

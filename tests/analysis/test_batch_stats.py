@@ -1,4 +1,5 @@
 """compute_stats_batch equals compute_stats image by image."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,16 +31,25 @@ def test_equals_compute_stats(grid):
     n = 9
     real = torch.rand(n, grid, grid) * 3
     fake = torch.rand(n, grid, grid)
-    real[1] = 0                        # one map all zero
-    real[2] = fake[2] = 0              # both
-    fake[3] = 0.5                      # constant: no correlation
+    real[1] = 0  # one map all zero
+    real[2] = fake[2] = 0  # both
+    fake[3] = 0.5  # constant: no correlation
     real[4] = 0
-    real[4, 0, grid - 1] = 2.0         # one hot cell
+    real[4, 0, grid - 1] = 2.0  # one hot cell
     fake[5] = torch.where(fake[5] > 0.5, fake[5], torch.zeros(()))  # sparse
     real[6, 0, 0] = real[6].max() + 1  # ties for the maximum
     real[6, grid - 1, grid - 1] = real[6, 0, 0]
-    sizes = [(1920, 1080), (300, 900), (224, 224), (97, 61), (5000, 300), (640, 480),
-             (1920, 1080), (800, 800), (123, 4567)]
+    sizes = [
+        (1920, 1080),
+        (300, 900),
+        (224, 224),
+        (97, 61),
+        (5000, 300),
+        (640, 480),
+        (1920, 1080),
+        (800, 800),
+        (123, 4567),
+    ]
     geoms = [geometry_for(*s) for s in sizes]
     batch = compute_stats_batch(real, fake, geoms)
     for i in range(n):

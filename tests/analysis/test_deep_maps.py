@@ -1,6 +1,7 @@
 """The deep maps (POUNDCAM_DEEP_MAPS): the setting, which images get them, that they are
 ComparativeCAM(method="relevance")'s maps of the same input, how they enter the configuration
 id, and that the pipeline stores them beside the fast maps."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,7 @@ def model(tiny_model_factory):
 
 
 def _run(model, inputs, **opts) -> list:
-    options = AnalysisOptions(**{"batch_size": 3, "decode_threads": 2, "preprocess": "pillow",
-                                 **opts})
+    options = AnalysisOptions(**{"batch_size": 3, "decode_threads": 2, "preprocess": "pillow", **opts})
     with Analyzer(model, options, device="cpu") as analyzer:
         return list(analyzer.analyze(inputs))
 
@@ -113,8 +113,11 @@ def test_cam_config_id_names_the_deep_setting(model):
     assert ids["none"] == fast_id == f"hirescam-ln_1-L{last}-contrastive"  # unchanged
     assert ids["flagged"] == f"{fast_id}.deep-flagged" and ids["all"] == f"{fast_id}.deep-all"
     assert all(len(i) <= 64 for i in ids.values())  # analyses.cam_config_id is String(64)
-    with Analyzer(model, AnalysisOptions(deep_maps="all", cam_method="gradcam", cam_layer=1,
-                                         cam_target="logit"), device="cpu") as analyzer:
+    with Analyzer(
+        model,
+        AnalysisOptions(deep_maps="all", cam_method="gradcam", cam_layer=1, cam_target="logit"),
+        device="cpu",
+    ) as analyzer:
         assert analyzer.cam_config_id == "gradcam-ln_1-L1-logit.deep-all"
 
 
@@ -166,8 +169,9 @@ def test_the_pipeline_stores_them_beside_the_fast_maps(tmp_path, db_url, model, 
     store = LocalStore(tmp_path / "out", read_roots=[images])
     options = AnalysisOptions(batch_size=3, decode_threads=2, preprocess="pillow", deep_maps="all")
     with Analyzer(model, options, device="cpu") as analyzer:
-        ctx = PipelineContext(analyzer=analyzer, source=store, sink=store, sessions=sessions,
-                              io_threads=2, store_threads=1)
+        ctx = PipelineContext(
+            analyzer=analyzer, source=store, sink=store, sessions=sessions, io_threads=2, store_threads=1
+        )
         try:
             with session_scope(sessions) as s:
                 job = create_job(s, [str(images / f"{k}.png") for k, _ in inputs[:4]])
@@ -204,15 +208,28 @@ def test_analyze_command_idempotent_per_deep_setting(tmp_path, official_dir, cap
     for key, data in [(f"img{i}", _image(10 + i)) for i in range(2)]:
         (images / f"{key}.png").write_bytes(data)
     db = f"sqlite:///{tmp_path / 'poundcam.db'}"
-    base = ["analyze", str(images), "--db", db, "--out", str(tmp_path / "out"), "--device", "cpu",
-            "--weights", str(official_dir / "last.ckpt"), "--json"]
+    base = [
+        "analyze",
+        str(images),
+        "--db",
+        db,
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--weights",
+        str(official_dir / "last.ckpt"),
+        "--json",
+    ]
 
     def rows():
         sessions = make_session_factory(db)
         try:
             with sessions() as s:
-                return {(a.id, a.cam_config_id, a.deep_real_map is not None)
-                        for a in s.execute(sa.select(Analysis)).scalars()}
+                return {
+                    (a.id, a.cam_config_id, a.deep_real_map is not None)
+                    for a in s.execute(sa.select(Analysis)).scalars()
+                }
         finally:
             sessions.kw["bind"].dispose()
 

@@ -1,6 +1,7 @@
 """No input within the limits raises the analysis' peak resident memory by more than 512 MiB
 above its steady state, at batch size 32 (benchmarks/memory_bench.py measures the same, 32
 copies of each input in a fresh process per input kind, with the literal transform beside it)."""
+
 from __future__ import annotations
 
 import pytest

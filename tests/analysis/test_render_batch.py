@@ -1,5 +1,6 @@
 """The batched drawing the Analyzer uses gives the pixels of render_heatmaps, image by image;
 the PNG writer makes files that Pillow reads back exactly."""
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,10 @@ def test_batch_equals_one_by_one():
     real[1] = 0  # one image with an all-zero map, one with both maps zero
     real[3] = fake[3] = 0
     crop_rows = render.overlay_scanlines(x, real, fake)
-    shown = [torch.from_numpy(render.display_original_pil(im, g)).permute(2, 0, 1)
-             for im, g in zip(images, geoms, strict=True)]
+    shown = [
+        torch.from_numpy(render.display_original_pil(im, g)).permute(2, 0, 1)
+        for im, g in zip(images, geoms, strict=True)
+    ]
     original_rows = render.original_overlay_scanlines(real, fake, shown, geoms)
     for i, (im, (_, g, crop)) in enumerate(zip(images, prepared, strict=True)):
         batch = render.encode_heatmaps(crop_rows[i], original_rows[i], real[i], fake[i])

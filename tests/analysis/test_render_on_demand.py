@@ -2,6 +2,7 @@
 before it wrote only one heatmap per image: the old way (overlays drawn for the batch from the
 model's input, as the Analyzer did) against the new way (maps through the database, the source
 image decoded again, poundcam.cam.ondemand)."""
+
 from __future__ import annotations
 
 import io
@@ -35,11 +36,13 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
 def images(official_dir) -> list[bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6
-    return [_encode(_scene(320, 240, 0), "JPEG", quality=92),
-            _encode(_scene(200, 300, 1), "PNG"),
-            _encode(_scene(300, 180, 2), "JPEG", quality=90, exif=exif.tobytes()),
-            _encode(_scene(900, 140, 3, "L"), "JPEG", quality=85),
-            (official_dir / "images" / "img0.png").read_bytes()]
+    return [
+        _encode(_scene(320, 240, 0), "JPEG", quality=92),
+        _encode(_scene(200, 300, 1), "PNG"),
+        _encode(_scene(300, 180, 2), "JPEG", quality=90, exif=exif.tobytes()),
+        _encode(_scene(900, 140, 3, "L"), "JPEG", quality=85),
+        (official_dir / "images" / "img0.png").read_bytes(),
+    ]
 
 
 def _old_way(model, images: list[bytes]) -> list[dict[str, bytes]]:
@@ -49,15 +52,24 @@ def _old_way(model, images: list[bytes]) -> list[dict[str, bytes]]:
         batch = pre.preprocess_batch(images)
         items = batch.ok
         res = ComparativeCAM(model, method="hirescam", target="contrastive").attribute(
-            batch.tensor, on_invalid="report")
+            batch.tensor, on_invalid="report"
+        )
         crop_rows = render.overlay_scanlines(batch.tensor, res.real, res.fake)
-        displays = [torch.from_numpy(render.display_original_pil(
-            it.original_image(), it.geometry, reducing_gap=render.DISPLAY_REDUCING_GAP))
-            .permute(2, 0, 1) for it in items]
-        original_rows = render.original_overlay_scanlines(res.real, res.fake, displays,
-                                                          [it.geometry for it in items])
-        return [render.encode_heatmaps(crop_rows[i], original_rows[i], res.real[i], res.fake[i])
-                for i in range(len(items))]
+        displays = [
+            torch.from_numpy(
+                render.display_original_pil(
+                    it.original_image(), it.geometry, reducing_gap=render.DISPLAY_REDUCING_GAP
+                )
+            ).permute(2, 0, 1)
+            for it in items
+        ]
+        original_rows = render.original_overlay_scanlines(
+            res.real, res.fake, displays, [it.geometry for it in items]
+        )
+        return [
+            render.encode_heatmaps(crop_rows[i], original_rows[i], res.real[i], res.fake[i])
+            for i in range(len(items))
+        ]
 
 
 def _row(record: dict) -> dict:
@@ -120,9 +132,11 @@ def test_comparative_heatmap_reads_as_it_stands():
     w, h = 300, 200
     g = view.geometry
     left, top, right, bottom = g.original_box()
+
     def at(cell_row, cell_col):  # the display pixel at the centre of a grid cell
         x = left + (cell_col + 0.5) / 7 * (right - left)
         y = top + (cell_row + 0.5) / 7 * (bottom - top)
         return a[int(y * h / g.original[1]), int(x * w / g.original[0])]
+
     red, blue = at(5, 5), at(1, 1)
     assert red[0] > red[2] + 40 and blue[2] > blue[0] + 40

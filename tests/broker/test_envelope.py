@@ -1,4 +1,5 @@
 """Which raw queue entries a worker accepts: exactly what our producers send, nothing else."""
+
 import base64
 import pickle
 
@@ -17,46 +18,64 @@ def test_a_genuine_message_is_accepted():
     assert check_entry(genuine_entry(countdown=5), LIMIT) is None  # an ETA (retries)
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda g: b"\xff\xfe not json", envelope.NOT_JSON),
-    (lambda g: b"{truncated", envelope.NOT_JSON),
-    (lambda g: b"[1, 2, 3]", envelope.BAD_ENVELOPE),
-    (lambda g: b"42", envelope.BAD_ENVELOPE),
-    (lambda g: b'{"body": "x"}', envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["properties"].pop("delivery_tag")), envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["properties"].update(delivery_info=[])),
-     envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["headers"].update(compression="application/x-gzip")),
-     envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["headers"].update(eta="tomorrow")), envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["headers"].update(timelimit="x")), envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e["headers"].update(id=7)), envelope.BAD_ENVELOPE),
-    (lambda g: edit(g, lambda e: e.update(body="%%% not base64 %%%")),
-     envelope.BAD_BODY_ENCODING),
-    (lambda g: edit(g, lambda e: e["properties"].update(body_encoding="hex")),
-     envelope.BAD_BODY_ENCODING),
-    (lambda g: edit(g, lambda e: e.update({"content-type": "application/x-python-serialize",
-                                           "content-encoding": "binary",
-                                           "body": base64.b64encode(pickle.dumps(
-                                               ((), {}, {}))).decode()})),
-     envelope.UNSUPPORTED_CONTENT),
-    (lambda g: edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
-     envelope.UNSUPPORTED_CONTENT),
-    (lambda g: with_body(g, {"message": {}}), envelope.BAD_BODY),
-    (lambda g: with_body(g, [[], {}]), envelope.BAD_BODY),
-    (lambda g: with_body(g, b"\x80 not json"), envelope.BAD_BODY),
-    (lambda g: edit(g, lambda e: e["headers"].update(task="celery.backend_cleanup")),
-     envelope.UNKNOWN_TASK),
-    (lambda g: edit(g, lambda e: e["headers"].pop("task")), envelope.UNKNOWN_TASK),
-    (lambda g: with_body(g, [[1], {}, {}]), envelope.BAD_ARGUMENTS),
-    (lambda g: with_body(g, [[], {"message": {}, "x": 1}, {}]), envelope.BAD_ARGUMENTS),
-    (lambda g: with_body(g, [[], {"message": make_message("j", [])},
-                             {"callbacks": [{"task": "x"}]}]), envelope.BAD_ARGUMENTS),
-    (lambda g: with_body(g, [[], {"message": {"job_id": 3, "items": []}}, {}]),
-     envelope.BAD_MESSAGE),
-    (lambda g: with_body(g, [[], {"message": "hello"}, {}]), envelope.BAD_MESSAGE),
-    (lambda g: g + b" " * LIMIT, envelope.OVERSIZED),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda g: b"\xff\xfe not json", envelope.NOT_JSON),
+        (lambda g: b"{truncated", envelope.NOT_JSON),
+        (lambda g: b"[1, 2, 3]", envelope.BAD_ENVELOPE),
+        (lambda g: b"42", envelope.BAD_ENVELOPE),
+        (lambda g: b'{"body": "x"}', envelope.BAD_ENVELOPE),
+        (lambda g: edit(g, lambda e: e["properties"].pop("delivery_tag")), envelope.BAD_ENVELOPE),
+        (lambda g: edit(g, lambda e: e["properties"].update(delivery_info=[])), envelope.BAD_ENVELOPE),
+        (
+            lambda g: edit(g, lambda e: e["headers"].update(compression="application/x-gzip")),
+            envelope.BAD_ENVELOPE,
+        ),
+        (lambda g: edit(g, lambda e: e["headers"].update(eta="tomorrow")), envelope.BAD_ENVELOPE),
+        (lambda g: edit(g, lambda e: e["headers"].update(timelimit="x")), envelope.BAD_ENVELOPE),
+        (lambda g: edit(g, lambda e: e["headers"].update(id=7)), envelope.BAD_ENVELOPE),
+        (lambda g: edit(g, lambda e: e.update(body="%%% not base64 %%%")), envelope.BAD_BODY_ENCODING),
+        (
+            lambda g: edit(g, lambda e: e["properties"].update(body_encoding="hex")),
+            envelope.BAD_BODY_ENCODING,
+        ),
+        (
+            lambda g: edit(
+                g,
+                lambda e: e.update(
+                    {
+                        "content-type": "application/x-python-serialize",
+                        "content-encoding": "binary",
+                        "body": base64.b64encode(pickle.dumps(((), {}, {}))).decode(),
+                    }
+                ),
+            ),
+            envelope.UNSUPPORTED_CONTENT,
+        ),
+        (
+            lambda g: edit(g, lambda e: e.update({"content-type": "application/x-yaml"})),
+            envelope.UNSUPPORTED_CONTENT,
+        ),
+        (lambda g: with_body(g, {"message": {}}), envelope.BAD_BODY),
+        (lambda g: with_body(g, [[], {}]), envelope.BAD_BODY),
+        (lambda g: with_body(g, b"\x80 not json"), envelope.BAD_BODY),
+        (
+            lambda g: edit(g, lambda e: e["headers"].update(task="celery.backend_cleanup")),
+            envelope.UNKNOWN_TASK,
+        ),
+        (lambda g: edit(g, lambda e: e["headers"].pop("task")), envelope.UNKNOWN_TASK),
+        (lambda g: with_body(g, [[1], {}, {}]), envelope.BAD_ARGUMENTS),
+        (lambda g: with_body(g, [[], {"message": {}, "x": 1}, {}]), envelope.BAD_ARGUMENTS),
+        (
+            lambda g: with_body(g, [[], {"message": make_message("j", [])}, {"callbacks": [{"task": "x"}]}]),
+            envelope.BAD_ARGUMENTS,
+        ),
+        (lambda g: with_body(g, [[], {"message": {"job_id": 3, "items": []}}, {}]), envelope.BAD_MESSAGE),
+        (lambda g: with_body(g, [[], {"message": "hello"}, {}]), envelope.BAD_MESSAGE),
+        (lambda g: g + b" " * LIMIT, envelope.OVERSIZED),
+    ],
+)
 def test_every_other_entry_is_refused_with_its_reason(make, reason):
     refusal = check_entry(make(genuine_entry()), LIMIT)
     assert refusal is not None and refusal.reason == reason

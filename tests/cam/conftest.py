@@ -1,4 +1,5 @@
 """Fixtures of the CAM tests: random tiny PoundNets from tests/conftest.py."""
+
 from __future__ import annotations
 
 import pytest

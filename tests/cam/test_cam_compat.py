@@ -1,5 +1,6 @@
 """The seed document's interface, PoundNetGradCAM, as a thin layer over ComparativeCAM with the
 library's and the service's defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,14 +36,21 @@ def test_one_default_per_setting_in_library_facade_and_service(official_model):
     settings = {f.name: f.default for f in dataclasses.fields(Settings)}
     options = AnalysisOptions()
     for setting, param in (("cam_method", "method"), ("cam_target", "target")):
-        values = {settings[setting], getattr(options, setting), _default(ComparativeCAM, param),
-                  _default(PoundNetGradCAM, param)}
+        values = {
+            settings[setting],
+            getattr(options, setting),
+            _default(ComparativeCAM, param),
+            _default(PoundNetGradCAM, param),
+        }
         assert len(values) == 1, f"{setting}: {values}"
     assert settings["cam_method"] == "hirescam"
     # the layer: None in the library means the method's default, the service's -1 for HiResCAM
-    layers = {official_model.block_index(settings["cam_layer"]),
-              official_model.block_index(options.cam_layer), ComparativeCAM(official_model).layer,
-              PoundNetGradCAM(official_model).cam.layer}
+    layers = {
+        official_model.block_index(settings["cam_layer"]),
+        official_model.block_index(options.cam_layer),
+        ComparativeCAM(official_model).layer,
+        PoundNetGradCAM(official_model).cam.layer,
+    }
     assert layers == {official_model.num_blocks - 1}
 
 
@@ -90,15 +98,15 @@ def test_generate_comparative_cam_difference_is_the_signed_contrastive_map(offic
     assert out["real_cam"].shape == out["fake_cam"].shape == (3, 224, 224)
     torch.testing.assert_close(out["difference"], out["fake_cam"] - out["real_cam"])
     signed = _up(ComparativeCAM(official_model).attribute(x).signed())
-    torch.testing.assert_close(out["difference"], signed / _peaks(signed)[:, None, None],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out["difference"], signed / _peaks(signed)[:, None, None], rtol=1e-5, atol=1e-6
+    )
     assert out["probs"].shape == (3, 2)
     torch.testing.assert_close(out["probs"].sum(-1), torch.ones(3))
     with torch.no_grad():
         torch.testing.assert_close(out["logits"], official_model(x), rtol=1e-5, atol=1e-4)
     # one shared scale: the stronger of the two maps peaks at 1
-    torch.testing.assert_close(torch.maximum(_peaks(out["real_cam"]), _peaks(out["fake_cam"])),
-                               torch.ones(3))
+    torch.testing.assert_close(torch.maximum(_peaks(out["real_cam"]), _peaks(out["fake_cam"])), torch.ones(3))
 
 
 def test_logit_target_difference_is_still_the_contrastive_map(official_model, x):

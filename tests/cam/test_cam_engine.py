@@ -1,6 +1,7 @@
 """ComparativeCAM (method="gradcam") equals GradCAM computed from the full autograd graph of the input; it is
 batch independent, works on a frozen model with a plain input, and refuses points whose
 gradients vanish."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,8 +63,16 @@ def _models(request, make_model):
         return request.getfixturevalue("official_model")
     if request.param == "tiny":
         return make_model(seed=11)
-    return make_model(seed=12, vision_width=128, vision_layers=3, patch_size=16, grid_size=5,
-                      n_ctx_vision=3, prompt_depth_vision=3, prompt_num_text=2)
+    return make_model(
+        seed=12,
+        vision_width=128,
+        vision_layers=3,
+        patch_size=16,
+        grid_size=5,
+        n_ctx_vision=3,
+        prompt_depth_vision=3,
+        prompt_num_text=2,
+    )
 
 
 @pytest.fixture(params=["official", "tiny", "tiny-grid5"])
@@ -121,15 +130,16 @@ def test_batch_independence(official_model, fixture_inputs):
         cam = ComparativeCAM(official_model, target=target)
         batch = cam.attribute(fixture_inputs)
         for i in range(fixture_inputs.shape[0]):
-            one = cam.attribute(fixture_inputs[i:i + 1])
+            one = cam.attribute(fixture_inputs[i : i + 1])
             for name in ("real", "fake"):
                 a, b = getattr(one, name)[0], getattr(batch, name)[i]
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max() + 1e-30))
             torch.testing.assert_close(one.logits[0], batch.logits[i], rtol=1e-5, atol=1e-4)
         # an image's maps do not depend on which images share its batch
         shuffled = cam.attribute(fixture_inputs.flip(0))
-        torch.testing.assert_close(shuffled.fake.flip(0), batch.fake, rtol=1e-5,
-                                   atol=1e-5 * float(batch.fake.max()))
+        torch.testing.assert_close(
+            shuffled.fake.flip(0), batch.fake, rtol=1e-5, atol=1e-5 * float(batch.fake.max())
+        )
 
 
 def test_frozen_model_and_plain_input(make_model):

@@ -1,5 +1,6 @@
 """Peaks land on the right pixels of the ORIGINAL image, for wide and tall images: checked
 against the transform's arithmetic and against a bright square drawn into the image."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """ComparativeCAM(method="gradcam") gives pytorch-grad-cam's GradCAM at the same layer (ln_1 of a
 vision block, patch tokens only), compared on the library's own un-scaled CAM and on its final
 scaled output."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_equal_to_pytorch_grad_cam_logit_targets(model_and_input, layer):
         # the library's final output is the same map resized and min-max scaled (cv2 resize)
         for i in range(n):
             if mine[i].max() > 0:
-                ref = minmax_upsampled(mine[i:i + 1], x.shape[-2:])[0]
+                ref = minmax_upsampled(mine[i : i + 1], x.shape[-2:])[0]
                 assert (ref - scaled[i]).abs().max() < 1e-4
 
 

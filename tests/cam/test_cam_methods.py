@@ -1,4 +1,5 @@
 """ComparativeCAM's two weightings: GradCAM (channel means) and HiResCAM (token-wise)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """ComparativeCAM explains any model that implements the explanation protocol: a toy ViT that is
 not a PoundNet (no ``visual``, no ``resblocks``) gets the textbook maps from the full graph."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,5 +63,6 @@ def test_maps_of_a_model_that_only_implements_the_protocol(toy, x, method, layer
     res = ComparativeCAM(toy, layer=layer, method=method, target="logit").attribute(x)
     for name, cls in (("real", 0), ("fake", 1)):
         ref, _ = full_graph_maps(toy, x, layer, lambda lg, c=cls: lg[:, c], method)
-        torch.testing.assert_close(getattr(res, name), ref.clamp_min(0), rtol=1e-5,
-                                   atol=1e-5 * float(ref.abs().max()))
+        torch.testing.assert_close(
+            getattr(res, name), ref.clamp_min(0), rtol=1e-5, atol=1e-5 * float(ref.abs().max())
+        )

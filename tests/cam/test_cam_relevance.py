@@ -2,6 +2,7 @@
 relevance, both classes, against an implementation written here from the checkpoint's tensors
 and the published rule (full N x N relevance matrices, graph from the input, every attention
 row computed), independent of the model's entry points and of the engine's shortcuts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +56,7 @@ def scratch_relevance(model, x, score):
         a = _ln(h, sd, f"{p}.ln_1")
         q, k, v = (a @ sd[f"{p}.attn.in_proj_weight"].t() + sd[f"{p}.attn.in_proj_bias"]).split(width, -1)
         q, k, v = (t.reshape(b, n, heads, d).transpose(1, 2) for t in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, -1)
         probs.append(att)
         o = (att @ v).transpose(1, 2).reshape(b, n, width)
         h = h + o @ sd[f"{p}.attn.out_proj.weight"].t() + sd[f"{p}.attn.out_proj.bias"]
@@ -69,10 +70,10 @@ def scratch_relevance(model, x, score):
     rel = eye.clone()
     for att, grad, fresh in zip(probs, grads, replaced, strict=True):
         if fresh:
-            rel[:, n - n_ctx:] = eye[:, n - n_ctx:]
+            rel[:, n - n_ctx :] = eye[:, n - n_ctx :]
         rel = rel + (grad * att).clamp_min(0).mean(1) @ rel
     g = cfg.grid_size
-    return rel[:, 0, 1:1 + g * g].reshape(b, g, g).detach(), logits.detach()
+    return rel[:, 0, 1 : 1 + g * g].reshape(b, g, g).detach(), logits.detach()
 
 
 def toy_scratch_relevance(toy, x, score):
@@ -116,8 +117,16 @@ def fixture_inputs(official_dir):
 def model_and_input(request, make_model, fixture_inputs):
     if request.param == "official":
         return request.getfixturevalue("official_model"), fixture_inputs
-    model = make_model(seed=12, vision_width=128, vision_layers=3, patch_size=16, grid_size=5,
-                       n_ctx_vision=3, prompt_depth_vision=3, prompt_num_text=2)
+    model = make_model(
+        seed=12,
+        vision_width=128,
+        vision_layers=3,
+        patch_size=16,
+        grid_size=5,
+        n_ctx_vision=3,
+        prompt_depth_vision=3,
+        prompt_num_text=2,
+    )
     return model, torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
 
 
@@ -166,7 +175,7 @@ def test_batch_independence_and_class_swap(official_model, fixture_inputs):
         cam = ComparativeCAM(official_model, method="relevance", target=target)
         batch = cam.attribute(fixture_inputs)
         for i in range(fixture_inputs.shape[0]):
-            one = cam.attribute(fixture_inputs[i:i + 1])
+            one = cam.attribute(fixture_inputs[i : i + 1])
             for name in ("real", "fake"):
                 a, b = getattr(one, name)[0], getattr(batch, name)[i]
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))

@@ -1,5 +1,6 @@
 """Heatmap PNGs: valid files of the right sizes, a shared scale, nothing drawn where there is
 no evidence, and a 16-bit raw map that reads back."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,14 @@ from PIL import Image
 from poundcam.cam.render import MAX_ORIGINAL_SIDE, display_size, read_raw16_png, render_heatmaps
 from poundcam.preprocess.transform import preprocess_with_geometry
 
-KEYS = {"real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
-        "real_raw16", "fake_raw16"}
+KEYS = {
+    "real_overlay",
+    "fake_overlay",
+    "real_overlay_original",
+    "fake_overlay_original",
+    "real_raw16",
+    "fake_raw16",
+}
 
 
 def _image(size, seed=0):
@@ -92,9 +99,9 @@ def test_original_overlay_only_inside_the_crop():
     left, top, right, bottom = (v * f for v in geom.original_box())
     cols = np.nonzero(diff.any(0))[0]
     assert cols.min() >= int(left) - 1 and cols.max() <= int(np.ceil(right)) + 1
-    assert diff[int(top) + 2: int(bottom) - 2, int(left) + 5: int(right) - 5].mean() > 0.95
-    assert not diff[:, : int(left) - 1].any() and not diff[:, int(np.ceil(right)) + 1:].any()
-    assert not diff[: int(top) - 1].any() and not diff[int(np.ceil(bottom)) + 1:].any()
+    assert diff[int(top) + 2 : int(bottom) - 2, int(left) + 5 : int(right) - 5].mean() > 0.95
+    assert not diff[:, : int(left) - 1].any() and not diff[:, int(np.ceil(right)) + 1 :].any()
+    assert not diff[: int(top) - 1].any() and not diff[int(np.ceil(bottom)) + 1 :].any()
 
 
 @pytest.mark.parametrize("size,cell", [((300, 900), (5, 2)), ((1000, 229), (1, 6)), ((2000, 500), (3, 0))])

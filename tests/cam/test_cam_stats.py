@@ -1,4 +1,5 @@
 """Statistics of hand-made maps, against values worked out by hand."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,14 @@ def test_uniform_map_has_entropy_one_and_full_area():
 
 def test_all_zero_map():
     s = class_stats(np.zeros((7, 7)), SQUARE)
-    assert s == {"max": 0.0, "mean": 0.0, "area_half_max": 0.0, "entropy": None, "peak": None,
-                 "centroid": None}
+    assert s == {
+        "max": 0.0,
+        "mean": 0.0,
+        "area_half_max": 0.0,
+        "entropy": None,
+        "peak": None,
+        "centroid": None,
+    }
 
 
 def test_correlation_and_fake_share():
@@ -82,8 +89,9 @@ def test_compute_stats_is_json_ready():
     assert s["comparative"]["fake_share"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("bad", [np.full((3, 3), -1.0), np.full((3, 3), np.nan), np.zeros((3, 4)),
-                                 np.zeros(9)])
+@pytest.mark.parametrize(
+    "bad", [np.full((3, 3), -1.0), np.full((3, 3), np.nan), np.zeros((3, 4)), np.zeros(9)]
+)
 def test_invalid_maps_are_rejected(bad):
     with pytest.raises(ValueError):
         class_stats(bad, SQUARE)

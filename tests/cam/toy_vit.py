@@ -1,5 +1,6 @@
 """A small ViT classifier that is not a PoundNet and implements only the explanation entry
 points (poundcam.cam.protocol): what ComparativeCAM may rely on, and nothing else."""
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,8 @@ class ToyBlock(nn.Module):
     def attend(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c = normed.shape
         d = c // self.heads
-        q, k, v = (t.reshape(b, n, self.heads, d).transpose(1, 2)
-                   for t in self.qkv(normed).split(c, dim=-1))
-        probs = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)
+        q, k, v = (t.reshape(b, n, self.heads, d).transpose(1, 2) for t in self.qkv(normed).split(c, dim=-1))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1)
         return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c)), probs
 
     def finish(self, x: torch.Tensor, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,14 +38,15 @@ class ToyBlock(nn.Module):
 class ToyViT(nn.Module):
     """Patch embedding, a CLS token, pre-LN blocks, a linear head on CLS: logits [B, 2]."""
 
-    def __init__(self, seed: int = 0, width: int = 32, layers: int = 3, heads: int = 4,
-                 patch: int = 8, image: int = 32):
+    def __init__(
+        self, seed: int = 0, width: int = 32, layers: int = 3, heads: int = 4, patch: int = 8, image: int = 32
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.grid = image // patch
         self.embed = nn.Conv2d(3, width, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.1)
-        self.pos = nn.Parameter(torch.randn(1, 1 + self.grid ** 2, width) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 1 + self.grid**2, width) * 0.1)
         self.blocks = nn.ModuleList(ToyBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 2)
@@ -61,7 +62,7 @@ class ToyViT(nn.Module):
 
     @property
     def patch_tokens(self) -> slice:
-        return slice(1, 1 + self.grid ** 2)
+        return slice(1, 1 + self.grid**2)
 
     def block_index(self, layer: int) -> int:
         if not -self.num_blocks <= layer < self.num_blocks:

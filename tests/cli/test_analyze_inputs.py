@@ -2,6 +2,7 @@
 followed, must lie under an allowed root: the local store's own check), the roots from
 POUNDCAM_ALLOWED_ROOTS or, unset, the paths given; every other path skipped with its code and
 reason, never a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,7 @@ def tree(tmp_path) -> Path:
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     (allowed / "sub").mkdir(parents=True)
     (outside / "d").mkdir(parents=True)
-    for path in (allowed / "a.jpg", allowed / "sub" / "in.jpg", outside / "o.jpg",
-                 outside / "d" / "od.png"):
+    for path in (allowed / "a.jpg", allowed / "sub" / "in.jpg", outside / "o.jpg", outside / "d" / "od.png"):
         path.write_bytes(b"bytes of " + path.name.encode())
     (allowed / "notes.txt").write_text("not an image name")
     (allowed / "link-out.jpg").symlink_to(outside / "o.jpg")
@@ -54,15 +54,15 @@ def test_links_pointing_outside_are_skipped_alike_and_inside_followed_alike(tree
     assert inputs.files == [str(allowed / "a.jpg"), str(allowed / "sub" / "in.jpg")]
     out = skipped(inputs)
     assert set(out) == {"link-out.jpg", "dir-out"}
-    for name, target in (("link-out.jpg", tree / "outside" / "o.jpg"),
-                         ("dir-out", tree / "outside" / "d")):
+    for name, target in (("link-out.jpg", tree / "outside" / "o.jpg"), ("dir-out", tree / "outside" / "d")):
         code, reason = out[name]
         assert code == "uri_not_allowed"
         assert name in reason and str(target) in reason and "outside the allowed roots" in reason
 
 
-@pytest.mark.parametrize("name, inside", [("link-out.jpg", False), ("dir-out", False),
-                                          ("link-in.jpg", True), ("dir-in", True)])
+@pytest.mark.parametrize(
+    "name, inside", [("link-out.jpg", False), ("dir-out", False), ("link-in.jpg", True), ("dir-in", True)]
+)
 def test_a_link_named_on_the_command_line_follows_the_same_rule(tree, name, inside):
     allowed = tree / "allowed"
     inputs = collect([str(allowed / name)], store(tree, allowed))
@@ -74,16 +74,18 @@ def test_a_link_named_on_the_command_line_follows_the_same_rule(tree, name, insi
 
 def test_a_path_outside_the_allowed_roots_is_skipped_with_its_reason(tree):
     allowed, outside = tree / "allowed", tree / "outside"
-    inputs = collect([str(outside / "o.jpg"), str(outside), str(allowed / "a.jpg")],
-                     store(tree, allowed))
+    inputs = collect([str(outside / "o.jpg"), str(outside), str(allowed / "a.jpg")], store(tree, allowed))
     assert inputs.files == [str(allowed / "a.jpg")]
     assert [(k.path, k.code) for k in inputs.skipped] == [
-        (str(outside / "o.jpg"), "uri_not_allowed"), (str(outside), "uri_not_allowed")]
-    assert all(k.path in k.reason and "outside the allowed roots" in k.reason
-               for k in inputs.skipped)
-    assert inputs.skipped[0].as_dict() == {"path": str(outside / "o.jpg"),
-                                           "code": "uri_not_allowed",
-                                           "reason": inputs.skipped[0].reason}
+        (str(outside / "o.jpg"), "uri_not_allowed"),
+        (str(outside), "uri_not_allowed"),
+    ]
+    assert all(k.path in k.reason and "outside the allowed roots" in k.reason for k in inputs.skipped)
+    assert inputs.skipped[0].as_dict() == {
+        "path": str(outside / "o.jpg"),
+        "code": "uri_not_allowed",
+        "reason": inputs.skipped[0].reason,
+    }
 
 
 def test_unset_roots_are_the_paths_given_files_and_folders_alike(tree):
@@ -112,29 +114,43 @@ def test_malformed_and_missing_paths(tree):
 def test_relative_paths_and_file_uris(tree, monkeypatch):
     monkeypatch.chdir(tree)
     allowed = tree / "allowed"
-    inputs = collect(["allowed/dir-in", allowed.as_uri(), "allowed/../outside/o.jpg"],
-                     store(tree, Path("allowed")))
+    inputs = collect(
+        ["allowed/dir-in", allowed.as_uri(), "allowed/../outside/o.jpg"], store(tree, Path("allowed"))
+    )
     assert inputs.files == [str(allowed / "sub" / "in.jpg"), str(allowed / "a.jpg")]
     assert set(skipped(inputs)) == {"link-out.jpg", "dir-out", "o.jpg"}
 
 
 def run_analyze(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("POUNDCAM_", "HF_"))}
-    return subprocess.run(poundcam_cmd() + ["analyze", *args], cwd=cwd, env={**base, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        poundcam_cmd() + ["analyze", *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_says_what_it_skipped_and_stops_before_loading_anything(tree):
     before = sorted(p.name for p in tree.iterdir())
-    proc = run_analyze("outside/o.jpg", "allowed/link-out.jpg", "allowed/dir-out", "--json",
-                       cwd=tree, POUNDCAM_ALLOWED_ROOTS=str(tree / "allowed"),
-                       POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
+    proc = run_analyze(
+        "outside/o.jpg",
+        "allowed/link-out.jpg",
+        "allowed/dir-out",
+        "--json",
+        cwd=tree,
+        POUNDCAM_ALLOWED_ROOTS=str(tree / "allowed"),
+        POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"),
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.splitlines()
     for name in ("'outside/o.jpg'", "'allowed/link-out.jpg'", "'allowed/dir-out'"):
-        assert sum(ln.startswith("poundcam analyze: skipped (uri_not_allowed) " + name)
-                   for ln in lines) == 1, proc.stderr
+        assert (
+            sum(ln.startswith("poundcam analyze: skipped (uri_not_allowed) " + name) for ln in lines) == 1
+        ), proc.stderr
     assert f"poundcam analyze: allowed roots: {tree / 'allowed'} (POUNDCAM_ALLOWED_ROOTS)" in lines
     assert lines[-1] == "poundcam analyze: no image files found"
     assert len(lines) == 5
@@ -149,8 +165,7 @@ def test_cli_lists_the_first_skipped_and_counts_the_rest(tree):
     assert sum(ln.startswith("poundcam analyze: skipped (uri_not_allowed)") for ln in lines) == 20
     assert "poundcam analyze: ... and 5 more skipped (--json lists them all)" in lines
     # unset, the paths given are the roots: the same files are simply missing, no skip
-    proc = run_analyze("outside/nope.jpg", cwd=tree,
-                       POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
+    proc = run_analyze("outside/nope.jpg", cwd=tree, POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.splitlines()  # on to the weights, which are missing
     assert line.startswith("poundcam: error: ") and "no-weights.ckpt" in line

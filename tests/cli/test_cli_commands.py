@@ -1,6 +1,7 @@
 """The commands work together: ``jobs`` lists what ``submit`` made, ``--db`` selects the
 database of every command that reads one, ``results --format json`` has the shape of
 ``analyze --json``, and the CSV carries the error message."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,9 @@ def test_every_reading_command_takes_db(command):
 def test_jobs_lists_the_job_with_counts(job, sqlite_url, capsys):
     assert main(["jobs", "--db", sqlite_url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(j["job_id"], j["total"], j["failed"], j["queued"], j["finished"])
-            for j in listed] == [(job, 2, 1, 1, False)]
+    assert [(j["job_id"], j["total"], j["failed"], j["queued"], j["finished"]) for j in listed] == [
+        (job, 2, 1, 1, False)
+    ]
     assert main(["jobs", "--db", sqlite_url]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["job_id", "created_at", "mode", "total"]

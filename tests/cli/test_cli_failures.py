@@ -1,6 +1,7 @@
 """Expected failures of the CLI are one line on stderr and a non-zero exit; ``--debug`` adds
 the traceback; nothing is created on the way to such a failure. Run as a user runs them: the
 ``poundcam`` command in a subprocess, in an empty folder, without POUNDCAM_* variables."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ from benchmarks.local_servers import poundcam_cmd
 
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("POUNDCAM_", "HF_"))}
-    return subprocess.run(poundcam_cmd() + list(args), cwd=cwd, env={**base, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        poundcam_cmd() + list(args), cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 def closed_port() -> int:
@@ -34,8 +36,16 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [("results", "JOB"), ("status", "JOB"), ("jobs",),
-                                     ("report", "JOB", "--out", "r.html"), ("db", "current")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("results", "JOB"),
+        ("status", "JOB"),
+        ("jobs",),
+        ("report", "JOB", "--out", "r.html"),
+        ("db", "current"),
+    ],
+)
 def test_missing_database_names_url_and_variable_and_creates_nothing(tmp_path, command):
     proc = run(*command, cwd=tmp_path)
     assert proc.returncode == 75, proc.stderr
@@ -88,8 +98,14 @@ def test_unreachable_weights_fail_fast_before_creating_anything(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     t0 = time.monotonic()
-    proc = run("analyze", str(images), cwd=work, POUNDCAM_CACHE_DIR=str(tmp_path / "cache"),
-               HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"))
+    proc = run(
+        "analyze",
+        str(images),
+        cwd=work,
+        POUNDCAM_CACHE_DIR=str(tmp_path / "cache"),
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+        HF_HOME=str(tmp_path / "hf"),
+    )
     elapsed = time.monotonic() - t0
     print(f"analyze with unreachable weights: {elapsed:.1f} s")
     assert proc.returncode == 2, proc.stderr
@@ -130,8 +146,11 @@ def test_a_silent_hub_costs_one_request_and_at_most_its_timeout(tmp_path):
     t0 = time.monotonic()
     try:
         with pytest.raises(WeightsNotFoundError, match="POUNDCAM_WEIGHTS"):
-            resolve_weights("hf://nebula/PoundNet/run/last.ckpt", cache_dir=tmp_path,
-                            hf_endpoint=f"http://127.0.0.1:{server.getsockname()[1]}")
+            resolve_weights(
+                "hf://nebula/PoundNet/run/last.ckpt",
+                cache_dir=tmp_path,
+                hf_endpoint=f"http://127.0.0.1:{server.getsockname()[1]}",
+            )
         elapsed = time.monotonic() - t0
     finally:
         server.close()
@@ -139,4 +158,3 @@ def test_a_silent_hub_costs_one_request_and_at_most_its_timeout(tmp_path):
             conn.close()
     assert len(held) == 1  # no retry
     assert HUB_TIMEOUT_S <= elapsed < 2 * HUB_TIMEOUT_S, elapsed
-

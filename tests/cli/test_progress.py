@@ -1,5 +1,6 @@
 """The analyze progress bar (tqdm) on a terminal: one update per image with the rate and an
 ETA, and a log record written during the run comes out whole, on a line of its own."""
+
 from __future__ import annotations
 
 import fcntl

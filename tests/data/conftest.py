@@ -1,4 +1,5 @@
 """Fixtures of the data-layer tests: a database URL on both backends, migrated or not."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """poundcam.client.Client on both database backends: one engine and one Celery app per
 client, idempotency keys, URI validation before anything is written, wait() with a timeout,
 the job listing. Messages go to kombu's in-memory broker, where they can be counted."""
+
 from __future__ import annotations
 
 import threading
@@ -18,8 +19,7 @@ from poundcam.settings import Settings
 @pytest.fixture
 def client(db_url):
     upgrade(db_url)
-    settings = Settings.from_env({}, database_url=db_url, broker_url="memory://",
-                                 allowed_buckets=("images",))
+    settings = Settings.from_env({}, database_url=db_url, broker_url="memory://", allowed_buckets=("images",))
     with Client(settings) as c:
         yield c
 
@@ -48,8 +48,9 @@ def test_same_key_same_job_and_one_set_of_messages(client):
 
 def test_uris_are_validated_before_anything_is_written(client):
     with pytest.raises(InvalidRequestError) as info:
-        client.submit(["s3://images/ok.jpg", "http://example.com/a.jpg", "s3://other/a.jpg",
-                       "s3://images/"], key="bad")
+        client.submit(
+            ["s3://images/ok.jpg", "http://example.com/a.jpg", "s3://other/a.jpg", "s3://images/"], key="bad"
+        )
     text = str(info.value)
     assert text.startswith("3 invalid URI(s)")
     assert "http://example.com/a.jpg" in text and "'other' is not in POUNDCAM_ALLOWED_BUCKETS" in text
@@ -69,10 +70,21 @@ def test_wait_returns_when_finished_and_times_out_otherwise(client):
         time.sleep(0.3)
         with client.session() as s:
             ids = mark_running(s, [r["item_id"] for r in client.results(job)])
-            analysis = upsert_analysis(s, {
-                "sha256": "a" * 64, "model_id": "m", "cam_config_id": "c", "p_fake": 0.9,
-                "logit_real": 0.0, "logit_fake": 1.0, "label": "fake", "threshold": 0.5,
-                "stats": {}, "heatmap_keys": {}})
+            analysis = upsert_analysis(
+                s,
+                {
+                    "sha256": "a" * 64,
+                    "model_id": "m",
+                    "cam_config_id": "c",
+                    "p_fake": 0.9,
+                    "logit_real": 0.0,
+                    "logit_fake": 1.0,
+                    "label": "fake",
+                    "threshold": 0.5,
+                    "stats": {},
+                    "heatmap_keys": {},
+                },
+            )
             for i in ids:
                 mark_done(s, i, analysis)
 
@@ -97,7 +109,9 @@ def test_jobs_lists_recent_jobs_with_counts(client):
 
 def test_missing_sqlite_database_is_not_created(tmp_path):
     url = f"sqlite:///{tmp_path / 'absent.db'}"
-    with Client(Settings.from_env({}, database_url=url)) as c, \
-            pytest.raises(UnavailableError, match="POUNDCAM_DATABASE_URL"):
+    with (
+        Client(Settings.from_env({}, database_url=url)) as c,
+        pytest.raises(UnavailableError, match="POUNDCAM_DATABASE_URL"),
+    ):
         c.status("x")
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
 """Migrations on both backends: empty -> head -> base -> head, and head matches the models."""
+
 import pytest
 import sqlalchemy as sa
 
@@ -6,8 +7,13 @@ from poundcam.db import make_engine
 from poundcam.db.migrate import current, downgrade, head, migrations_dir, upgrade
 
 TABLES = {"jobs", "job_items", "analyses"}
-INDEXES = {"ix_jobs_created_at", "ix_analyses_label_p_fake", "ix_analyses_created_at",
-           "ix_job_items_job_id_status", "ix_job_items_analysis_id"}
+INDEXES = {
+    "ix_jobs_created_at",
+    "ix_analyses_label_p_fake",
+    "ix_analyses_created_at",
+    "ix_job_items_job_id_status",
+    "ix_job_items_analysis_id",
+}
 
 
 def _schema(url):
@@ -69,10 +75,12 @@ def test_environment_url_and_cli(sqlite_url, monkeypatch, capsys):
     with pytest.raises(UnavailableError, match="no database at"):  # reading creates nothing
         args = parser.parse_args(["db", "current"])
         args.handler(args)
-    for argv, expected in ((["db", "upgrade"], head()),
-                           (["db", "current"], "up to date"),
-                           (["db", "downgrade", "base"], "database at base"),
-                           (["db", "upgrade", "--revision", head()], head())):
+    for argv, expected in (
+        (["db", "upgrade"], head()),
+        (["db", "current"], "up to date"),
+        (["db", "downgrade", "base"], "database at base"),
+        (["db", "upgrade", "--revision", head()], head()),
+    ):
         args = parser.parse_args(argv)
         assert args.handler(args) == 0
         assert expected in capsys.readouterr().out

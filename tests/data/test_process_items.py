@@ -3,6 +3,7 @@
 The worker-process and real-server versions live in tests/integration; these pin down the
 bookkeeping of a message: counts, progress, batched writes, reuse, redelivery and retries.
 """
+
 import hashlib
 import io
 
@@ -41,17 +42,31 @@ class FlakyStore(LocalStore):
 def setup(tmp_path, db_url, tiny_model_factory):
     images = tmp_path / "images"
     images.mkdir()
-    files = {"a.png": png(1), "b.png": png(2), "c.png": png(3), "a-again.png": png(1),
-             "d.png": png(4, (64, 20)), "e.png": png(5), "empty.png": b"",
-             "notes.png": b"plain text, not an image\n"}
+    files = {
+        "a.png": png(1),
+        "b.png": png(2),
+        "c.png": png(3),
+        "a-again.png": png(1),
+        "d.png": png(4, (64, 20)),
+        "e.png": png(5),
+        "empty.png": b"",
+        "notes.png": b"plain text, not an image\n",
+    }
     for name, data in files.items():
         (images / name).write_bytes(data)
     upgrade(db_url)
     sessions = make_session_factory(db_url)
     store = FlakyStore(tmp_path / "out", read_roots=[images])
     analyzer = Analyzer(tiny_model_factory(), AnalysisOptions(batch_size=3))
-    ctx = PipelineContext(analyzer=analyzer, source=store, sink=store, sessions=sessions,
-                          max_image_bytes=1 << 20, io_threads=4, store_threads=2)
+    ctx = PipelineContext(
+        analyzer=analyzer,
+        source=store,
+        sink=store,
+        sessions=sessions,
+        max_image_bytes=1 << 20,
+        io_threads=4,
+        store_threads=2,
+    )
     yield ctx, store, sessions, [str(images / n) for n in files]
     ctx.close()
     analyzer.close()
@@ -81,8 +96,7 @@ def test_a_message_is_accounted_for_item_by_item(setup):
     seen = []
     report = process_items(ctx, items, progress=seen.append)
     assert (report.done, report.failed, report.reused, report.skipped) == (6, 2, 0, 0)
-    assert states(sessions, items) == [("done", None)] * 6 + [
-        ("failed", "empty"), ("failed", "not_an_image")]
+    assert states(sessions, items) == [("done", None)] * 6 + [("failed", "empty"), ("failed", "not_an_image")]
     assert n_analyses(sessions) == 5  # a.png and a-again.png are one image
     assert len(seen) == 8 and sum(not o.ok for o in seen) == 2
     with sessions() as s:
@@ -118,7 +132,7 @@ def test_progress_moves_image_by_image_not_per_database_batch(setup, monkeypatch
     assert events.count("image") == len(items)
     first_write = next(i for i, e in enumerate(events) if e.startswith("write") and e != "write 0")
     n = int(events[first_write].split()[1])
-    assert events[first_write - n:first_write] == ["image"] * n  # reported before the write
+    assert events[first_write - n : first_write] == ["image"] * n  # reported before the write
 
 
 def test_transient_upload_failure_retries_only_its_items(setup):
@@ -131,8 +145,7 @@ def test_transient_upload_failure_retries_only_its_items(setup):
     assert info.value.item_ids == [c_item]
     got = states(sessions, items)
     assert got[2] == ("running", None)
-    assert got[:2] + got[3:] == [("done", None)] * 5 + [("failed", "empty"),
-                                                         ("failed", "not_an_image")]
+    assert got[:2] + got[3:] == [("done", None)] * 5 + [("failed", "empty"), ("failed", "not_an_image")]
     store.fail_on = None
     report = process_items(ctx, [items[2]])
     assert report.done == 1 and states(sessions, items)[2] == ("done", None)
@@ -141,7 +154,7 @@ def test_transient_upload_failure_retries_only_its_items(setup):
 
 def test_the_database_not_the_message_decides_what_is_processed(setup):
     ctx, _, sessions, uris = setup
-    victim = new_job(sessions, uris[:2])          # another job's items
+    victim = new_job(sessions, uris[:2])  # another job's items
     items = new_job(sessions, uris[2:4])
     forged = [(victim[0][0], uris[4]), (10**9, uris[5]), (items[0][0], uris[5]), items[1]]
     report = process_items(ctx, forged, job_id=job_of(sessions, items[0][0]))
@@ -151,8 +164,11 @@ def test_the_database_not_the_message_decides_what_is_processed(setup):
     assert (report.done, report.failed) == (2, 0)
     assert states(sessions, victim) == [("queued", None)] * 2
     with sessions() as s:
-        a = s.execute(sa.select(Analysis.sha256).join(JobItem, JobItem.analysis_id == Analysis.id)
-                      .where(JobItem.id == items[0][0])).scalar_one()
+        a = s.execute(
+            sa.select(Analysis.sha256)
+            .join(JobItem, JobItem.analysis_id == Analysis.id)
+            .where(JobItem.id == items[0][0])
+        ).scalar_one()
     assert a == hashlib.sha256(png(3)).hexdigest()  # c.png, as the database says
 
 
@@ -184,14 +200,20 @@ def test_one_object_per_image_and_none_when_off(setup, tmp_path):
     ctx, store, sessions, uris = setup
     puts = []
     real_put = store.put
-    store.put = lambda key, data, ct="application/octet-stream": puts.append(key) or real_put(
-        key, data, ct)
+    store.put = lambda key, data, ct="application/octet-stream": puts.append(key) or real_put(key, data, ct)
     process_items(ctx, new_job(sessions, uris[:3]))
     assert len(puts) == 3 and all(k.endswith("/comparative.png") for k in puts)
 
     off = Analyzer(ctx.analyzer.model, AnalysisOptions(batch_size=3, render=False))
-    ctx_off = PipelineContext(analyzer=off, source=store, sink=store, sessions=sessions,
-                              max_image_bytes=1 << 20, io_threads=2, store_threads=1)
+    ctx_off = PipelineContext(
+        analyzer=off,
+        source=store,
+        sink=store,
+        sessions=sessions,
+        max_image_bytes=1 << 20,
+        io_threads=2,
+        store_threads=1,
+    )
     try:
         puts.clear()
         report = process_items(ctx_off, new_job(sessions, uris[4:6]))

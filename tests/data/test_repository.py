@@ -1,4 +1,5 @@
 """Jobs, items and idempotent analyses on PostgreSQL and SQLite (both migrated to head)."""
+
 import hashlib
 import threading
 import time
@@ -30,12 +31,24 @@ from poundcam.db import (
 
 def record(data=b"img", model_id="pn-aaaaaaaaaaaaaaaa", cam="cam1", p_fake=0.9, **extra):
     sha = hashlib.sha256(data).hexdigest()
-    rec = {"sha256": sha, "model_id": model_id, "cam_config_id": cam, "p_fake": p_fake,
-           "logit_real": -1.0, "logit_fake": 1.2, "label": "fake" if p_fake >= 0.5 else "real",
-           "threshold": 0.5, "stats": {"fake": {"max": 1.0, "top_cells": [[0, 1]]}},
-           "heatmap_keys": {"fake_overlay": f"heatmaps/{model_id}/{cam}/{sha[:2]}/{sha}/f.png"},
-           "image_format": "PNG", "width": 640, "height": 480,
-           "geometry": {"resized": [298, 224]}, "timings": {"model_ms": 12.5}, "worker": "w1"}
+    rec = {
+        "sha256": sha,
+        "model_id": model_id,
+        "cam_config_id": cam,
+        "p_fake": p_fake,
+        "logit_real": -1.0,
+        "logit_fake": 1.2,
+        "label": "fake" if p_fake >= 0.5 else "real",
+        "threshold": 0.5,
+        "stats": {"fake": {"max": 1.0, "top_cells": [[0, 1]]}},
+        "heatmap_keys": {"fake_overlay": f"heatmaps/{model_id}/{cam}/{sha[:2]}/{sha}/f.png"},
+        "image_format": "PNG",
+        "width": 640,
+        "height": 480,
+        "geometry": {"resized": [298, 224]},
+        "timings": {"model_ms": 12.5},
+        "worker": "w1",
+    }
     rec.update(extra)
     return rec
 
@@ -70,8 +83,9 @@ def test_batched_upserts_match_single_ones(db):
         first = upsert_analysis(s, record(b"a"))
     sparse = {k: v for k, v in record(b"c").items() if k not in ("timings", "worker")}
     with session_scope(db) as s:  # one already stored, a duplicate in the batch, sparse columns
-        ids = upsert_analyses(s, [record(b"b"), record(b"a", p_fake=0.1), sparse, record(b"b"),
-                                  record(b"d", cam="cam2")])
+        ids = upsert_analyses(
+            s, [record(b"b"), record(b"a", p_fake=0.1), sparse, record(b"b"), record(b"d", cam="cam2")]
+        )
     assert ids[1] == first and ids[0] == ids[3] and len(set(ids)) == 4
     assert count_analyses(db) == 4
     with db() as s:
@@ -93,8 +107,14 @@ def test_batched_item_updates(db):
     with session_scope(db) as s:
         mark_running(s, ids)
         mark_done_many(s, [(ids[0], a), (ids[1], a)])
-        mark_failed_many(s, [(ids[1], "corrupt", "late failure"), (ids[2], "empty", "0 bytes"),
-                             (ids[3], "x" * 100, "m" * 5000)])
+        mark_failed_many(
+            s,
+            [
+                (ids[1], "corrupt", "late failure"),
+                (ids[2], "empty", "0 bytes"),
+                (ids[3], "x" * 100, "m" * 5000),
+            ],
+        )
         mark_done_many(s, [])
         mark_failed_many(s, [])
     with db() as s:
@@ -173,8 +193,14 @@ def test_job_lifecycle_status_and_results(db):
         refs = item_refs(s, job_id)
         assert [r["uri"] for r in refs] == uris
         st = job_status(s, job_id)
-        assert (st["total"], st["queued"], st["running"], st["done"], st["failed"],
-                st["finished"]) == (4, 4, 0, 0, 0, False)
+        assert (st["total"], st["queued"], st["running"], st["done"], st["failed"], st["finished"]) == (
+            4,
+            4,
+            0,
+            0,
+            0,
+            False,
+        )
     ids = [r["item_id"] for r in refs]
 
     with session_scope(db) as s:
@@ -186,8 +212,7 @@ def test_job_lifecycle_status_and_results(db):
         mark_failed(s, ids[2], "decode_error", "cannot identify image file " + "x" * 5000)
     with db() as s:
         st = job_status(s, job_id)
-        assert (st["queued"], st["running"], st["done"], st["failed"], st["finished"]) == (
-            1, 0, 2, 1, False)
+        assert (st["queued"], st["running"], st["done"], st["failed"], st["finished"]) == (1, 0, 2, 1, False)
 
     with session_scope(db) as s:
         # redelivery of a finished message: done/failed items are not claimed again
@@ -205,8 +230,7 @@ def test_job_lifecycle_status_and_results(db):
     assert a["sha256"] == hashlib.sha256(b"a").hexdigest() and a["model_id"].startswith("pn-")
     assert a["stats"]["fake"]["max"] == 1.0 and a["heatmap_keys"]["fake_overlay"].endswith(".png")
     assert a["attempts"] == 1 and d["attempts"] == 2
-    assert (c["status"], c["error_code"], c["sha256"], c["p_fake"]) == (
-        "failed", "decode_error", None, None)
+    assert (c["status"], c["error_code"], c["sha256"], c["p_fake"]) == ("failed", "decode_error", None, None)
     assert len(c["error_message"]) == 2000
     assert d["analysis_id"] == a["analysis_id"]
 
@@ -239,24 +263,28 @@ def test_empty_job_is_finished(db):
     with session_scope(db) as s:
         job_id = create_job(s, [])
     with db() as s:
-        assert job_status(s, job_id) == {"job_id": job_id, "total": 0, "queued": 0,
-                                         "running": 0, "done": 0, "failed": 0, "finished": True}
+        assert job_status(s, job_id) == {
+            "job_id": job_id,
+            "total": 0,
+            "queued": 0,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "finished": True,
+        }
 
 
 def test_database_enforces_states_and_labels(db):
     with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
         job_id = create_job(s, ["s3://in/x.jpg"])
-        s.execute(sa.text("UPDATE job_items SET status = 'lost' WHERE job_id = :j"),
-                  {"j": job_id})
+        s.execute(sa.text("UPDATE job_items SET status = 'lost' WHERE job_id = :j"), {"j": job_id})
     with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
         job_id = create_job(s, ["s3://in/x.jpg", "s3://in/x.jpg"])
-        s.execute(sa.text("UPDATE job_items SET position = 0 WHERE job_id = :j"),
-                  {"j": job_id})
+        s.execute(sa.text("UPDATE job_items SET position = 0 WHERE job_id = :j"), {"j": job_id})
     with session_scope(db) as s:
         analysis_id = upsert_analysis(s, record())
     with pytest.raises(sa.exc.IntegrityError), session_scope(db) as s:
-        s.execute(sa.text("UPDATE analyses SET label = 'maybe' WHERE id = :i"),
-                  {"i": analysis_id})
+        s.execute(sa.text("UPDATE analyses SET label = 'maybe' WHERE id = :i"), {"i": analysis_id})
 
 
 def test_sqlite_runs_in_wal_mode(sqlite_url):

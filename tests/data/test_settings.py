@@ -16,7 +16,12 @@ def test_defaults_without_environment():
     assert s.heatmap_prefix == "heatmaps/"
     assert s.allowed_buckets == ()
     assert (s.device, s.batch_size, s.threshold, s.cam_layer, s.cam_target) == (
-        "auto", 32, 0.5, -1, "contrastive")
+        "auto",
+        32,
+        0.5,
+        -1,
+        "contrastive",
+    )
     assert s.max_image_bytes == 50 * 1024 * 1024
     assert s.max_image_pixels == 8192 * 8192
     assert (s.task_batch_size, s.visibility_timeout_s, s.metrics_port) == (64, 3600, 9808)
@@ -24,11 +29,19 @@ def test_defaults_without_environment():
 
 
 def test_reads_environment_and_overrides_win():
-    env = {"POUNDCAM_DATABASE_URL": "postgresql://db/x", "POUNDCAM_BATCH_SIZE": "8",
-           "POUNDCAM_THRESHOLD": "0.7", "POUNDCAM_ALLOWED_BUCKETS": " in-a, in-b ,,",
-           "POUNDCAM_HEATMAP_BUCKET": "maps", "POUNDCAM_HEATMAP_PREFIX": "hm",
-           "POUNDCAM_CAM_LAYER": "-2", "POUNDCAM_DEVICE": "cpu", "POUNDCAM_S3_ENDPOINT_URL": "",
-           "POUNDCAM_LOCAL_ROOT": "/data/out", "POUNDCAM_ALLOWED_ROOTS": "/a:/b"}
+    env = {
+        "POUNDCAM_DATABASE_URL": "postgresql://db/x",
+        "POUNDCAM_BATCH_SIZE": "8",
+        "POUNDCAM_THRESHOLD": "0.7",
+        "POUNDCAM_ALLOWED_BUCKETS": " in-a, in-b ,,",
+        "POUNDCAM_HEATMAP_BUCKET": "maps",
+        "POUNDCAM_HEATMAP_PREFIX": "hm",
+        "POUNDCAM_CAM_LAYER": "-2",
+        "POUNDCAM_DEVICE": "cpu",
+        "POUNDCAM_S3_ENDPOINT_URL": "",
+        "POUNDCAM_LOCAL_ROOT": "/data/out",
+        "POUNDCAM_ALLOWED_ROOTS": "/a:/b",
+    }
     s = Settings.from_env(env, batch_size=4)
     assert s.database_url == "postgresql://db/x"
     assert s.batch_size == 4 and s.threshold == 0.7 and s.cam_layer == -2
@@ -52,7 +65,7 @@ def _table_variables(path: Path, heading: str) -> list[str]:
     lines = path.read_text().splitlines()
     start = lines.index(heading)
     found, in_table = [], False
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("|"):
             in_table = True
             m = TABLE_ROW.match(line)
@@ -63,8 +76,9 @@ def _table_variables(path: Path, heading: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("doc,heading", [("docs/configuration.md", "# Configuration"),
-                                         ("README.md", "## Configuration")])
+@pytest.mark.parametrize(
+    "doc,heading", [("docs/configuration.md", "# Configuration"), ("README.md", "## Configuration")]
+)
 def test_the_configuration_tables_list_every_setting_and_no_other(doc, heading):
     listed = _table_variables(ROOT / doc, heading)
     assert len(listed) == len(set(listed)), f"{doc}: a variable is listed twice"
@@ -96,13 +110,20 @@ def _environment_reads(path: Path):
     mapping handed on) counts as a read of POUNDCAM_ variables."""
     tree = ast.parse(path.read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    imported = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "os" for a in node.names
-                if ("os", a.name) in ENV_READERS}
+    imported = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "os"
+        for a in node.names
+        if ("os", a.name) in ENV_READERS
+    }
 
     def literal(node) -> bool:
-        return isinstance(node, ast.Constant) and isinstance(node.value, str) \
+        return (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
             and not node.value.startswith("POUNDCAM_")
+        )
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
@@ -121,8 +142,7 @@ def _environment_reads(path: Path):
             ok = literal(up.slice)
         elif isinstance(up, ast.Attribute) and up.attr == "get":
             call = parents.get(up)
-            ok = isinstance(call, ast.Call) and call.func is up and bool(call.args) \
-                and literal(call.args[0])
+            ok = isinstance(call, ast.Call) and call.func is up and bool(call.args) and literal(call.args[0])
         elif isinstance(up, ast.Compare) and node in up.comparators:
             ok = literal(up.left)
         else:
@@ -135,37 +155,52 @@ def test_only_settings_reads_poundcam_variables():
     """Settings.from_env is the one reader of POUNDCAM_* variables: other modules take the
     settings (or values from them) as arguments. They may look up other libraries' variables
     by name (XDG_CACHE_HOME)."""
-    readers = [f"{path.relative_to(ROOT)}:{line}: {what}"
-               for folder in ("poundcam", "workers", "migrations")
-               for path in sorted((ROOT / folder).rglob("*.py"))
-               if path != ROOT / "poundcam" / "settings.py"
-               for line, what in _environment_reads(path)]
+    readers = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for folder in ("poundcam", "workers", "migrations")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != ROOT / "poundcam" / "settings.py"
+        for line, what in _environment_reads(path)
+    ]
     assert readers == []
 
 
 def test_the_environment_check_sees_every_kind_of_read(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("import os\nfrom os import environ as env, getenv\n"
-                      "a = os.environ.get('XDG_CACHE_HOME')\n"
-                      "b = os.environ['POUNDCAM_WEIGHTS']\n"
-                      "c = 'POUNDCAM_DATABASE_URL' in os.environ\n"
-                      "d = getenv('POUNDCAM_DEVICE')\n"
-                      "e = env.get(name)\n"
-                      "f = dict(os.environ)\n"
-                      "g = 'HOME' in env\n")
+    module.write_text(
+        "import os\nfrom os import environ as env, getenv\n"
+        "a = os.environ.get('XDG_CACHE_HOME')\n"
+        "b = os.environ['POUNDCAM_WEIGHTS']\n"
+        "c = 'POUNDCAM_DATABASE_URL' in os.environ\n"
+        "d = getenv('POUNDCAM_DEVICE')\n"
+        "e = env.get(name)\n"
+        "f = dict(os.environ)\n"
+        "g = 'HOME' in env\n"
+    )
     assert sorted(line for line, _ in _environment_reads(module)) == [4, 5, 6, 7, 8]
 
 
-@pytest.mark.parametrize("var,value", [
-    ("POUNDCAM_BATCH_SIZE", "many"), ("POUNDCAM_BATCH_SIZE", "0"),
-    ("POUNDCAM_THRESHOLD", "1.5"), ("POUNDCAM_THRESHOLD", "half"),
-    ("POUNDCAM_DEVICE", "tpu"), ("POUNDCAM_CAM_TARGET", "gradcam"),
-    ("POUNDCAM_MAX_IMAGE_BYTES", "-1"), ("POUNDCAM_METRICS_PORT", "70000"),
-    ("POUNDCAM_WEIGHTS_SHA256", "abc"), ("POUNDCAM_HEATMAP_PREFIX", "/abs/"),
-    ("POUNDCAM_HEATMAP_PREFIX", "a/../b/"), ("POUNDCAM_ALLOWED_BUCKETS", "a/b"),
-    ("POUNDCAM_COMPILE", "yes"), ("POUNDCAM_JPEG_ROUNDTRIP", "nvjpeg"),
-    ("POUNDCAM_PREPROCESS", "fast"), ("POUNDCAM_READY_FILE", " "),
-])
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("POUNDCAM_BATCH_SIZE", "many"),
+        ("POUNDCAM_BATCH_SIZE", "0"),
+        ("POUNDCAM_THRESHOLD", "1.5"),
+        ("POUNDCAM_THRESHOLD", "half"),
+        ("POUNDCAM_DEVICE", "tpu"),
+        ("POUNDCAM_CAM_TARGET", "gradcam"),
+        ("POUNDCAM_MAX_IMAGE_BYTES", "-1"),
+        ("POUNDCAM_METRICS_PORT", "70000"),
+        ("POUNDCAM_WEIGHTS_SHA256", "abc"),
+        ("POUNDCAM_HEATMAP_PREFIX", "/abs/"),
+        ("POUNDCAM_HEATMAP_PREFIX", "a/../b/"),
+        ("POUNDCAM_ALLOWED_BUCKETS", "a/b"),
+        ("POUNDCAM_COMPILE", "yes"),
+        ("POUNDCAM_JPEG_ROUNDTRIP", "nvjpeg"),
+        ("POUNDCAM_PREPROCESS", "fast"),
+        ("POUNDCAM_READY_FILE", " "),
+    ],
+)
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var) as info:
         Settings.from_env({var: value})

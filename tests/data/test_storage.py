@@ -16,6 +16,7 @@ def code_of(fn, *args, **kwargs) -> str:
 
 # --- keys and URIs ------------------------------------------------------------------------
 
+
 def test_heatmap_key_is_deterministic():
     key = heatmap_key("heatmaps/", SHA, "pn-0123456789abcdef", "c1-contrastive-L-1", "real_overlay")
     assert key == f"heatmaps/pn-0123456789abcdef/c1-contrastive-L-1/{SHA[:2]}/{SHA}/real_overlay.png"
@@ -23,17 +24,39 @@ def test_heatmap_key_is_deterministic():
     assert heatmap_key("", SHA, "m", "c", "n") == f"m/c/{SHA[:2]}/{SHA}/n.png"
 
 
-@pytest.mark.parametrize("args", [
-    ("h/", "XYZ", "m", "c", "n"), ("h/", SHA.upper(), "m", "c", "n"), ("h/", SHA, "../m", "c", "n"),
-    ("h/", SHA, "m", "a/b", "n"), ("h/", SHA, "m", "c", ".."), ("h/", SHA, "", "c", "n"),
-    ("/abs/", SHA, "m", "c", "n"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("h/", "XYZ", "m", "c", "n"),
+        ("h/", SHA.upper(), "m", "c", "n"),
+        ("h/", SHA, "../m", "c", "n"),
+        ("h/", SHA, "m", "a/b", "n"),
+        ("h/", SHA, "m", "c", ".."),
+        ("h/", SHA, "", "c", "n"),
+        ("/abs/", SHA, "m", "c", "n"),
+    ],
+)
 def test_heatmap_key_rejects_unsafe_parts(args):
     assert code_of(heatmap_key, *args) == "invalid_key"
 
 
-@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "..", "a/./b", "a//b", "dir/", "a\\b",
-                                 "a\x00b", "new\nline", "x" * 1025, "é" * 513])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/abs",
+        "a/../b",
+        "..",
+        "a/./b",
+        "a//b",
+        "dir/",
+        "a\\b",
+        "a\x00b",
+        "new\nline",
+        "x" * 1025,
+        "é" * 513,
+    ],
+)
 def test_bad_keys(key):
     assert code_of(validate_key, key) == "invalid_key"
 
@@ -41,18 +64,34 @@ def test_bad_keys(key):
 def test_good_keys_and_uris():
     assert validate_key("a/b.c/..d/x y.png") == "a/b.c/..d/x y.png"
     ref = parse_s3_uri("s3://my-bucket/deep/path/img.jpg")
-    assert (ref.bucket, ref.key, ref.uri) == ("my-bucket", "deep/path/img.jpg",
-                                              "s3://my-bucket/deep/path/img.jpg")
+    assert (ref.bucket, ref.key, ref.uri) == (
+        "my-bucket",
+        "deep/path/img.jpg",
+        "s3://my-bucket/deep/path/img.jpg",
+    )
 
 
-@pytest.mark.parametrize("uri", ["s3://", "s3://bucket", "s3://bucket/", "s3://Bad_Bucket/k",
-                                 "s3://b/k", "s3://bucket//k", "s3://bucket/a/../k",
-                                 "s3://bucket/k\r\n", "http://bucket/k", "s3://" + "a" * 3000])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://",
+        "s3://bucket",
+        "s3://bucket/",
+        "s3://Bad_Bucket/k",
+        "s3://b/k",
+        "s3://bucket//k",
+        "s3://bucket/a/../k",
+        "s3://bucket/k\r\n",
+        "http://bucket/k",
+        "s3://" + "a" * 3000,
+    ],
+)
 def test_bad_s3_uris(uri):
     assert code_of(parse_s3_uri, uri) == "invalid_uri"
 
 
 # --- S3 (moto server over HTTP) ---------------------------------------------------------------
+
 
 @pytest.fixture
 def store(s3_client, bucket):
@@ -147,6 +186,7 @@ def test_error_survives_pickling():
 
 # --- local folder (embedded mode) -------------------------------------------------------------
 
+
 @pytest.fixture
 def local(tmp_path):
     (tmp_path / "in").mkdir()
@@ -175,11 +215,19 @@ def test_local_errors(local, tmp_path):
     assert code_of(local.get, str(tmp_path / "in")) == "not_found"  # a folder
 
 
-@pytest.mark.parametrize("uri", [
-    "{root}/secret.txt", "{root}/in/../secret.txt", "file://{root}/in/../secret.txt",
-    "file://otherhost{root}/in/a.jpg", "/etc/passwd", "s3://bucket/key.jpg",
-    "http://example.com/a.jpg", "{root}/in/link-out",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "{root}/secret.txt",
+        "{root}/in/../secret.txt",
+        "file://{root}/in/../secret.txt",
+        "file://otherhost{root}/in/a.jpg",
+        "/etc/passwd",
+        "s3://bucket/key.jpg",
+        "http://example.com/a.jpg",
+        "{root}/in/link-out",
+    ],
+)
 def test_local_traversal_and_foreign_uris_rejected(local, tmp_path, uri):
     (tmp_path / "in" / "link-out").symlink_to(tmp_path / "secret.txt")
     assert code_of(local.get, uri.format(root=tmp_path)) == "uri_not_allowed"
@@ -208,8 +256,9 @@ def test_make_store_follows_settings(tmp_path, s3_server):
     from poundcam.storage import make_store
 
     assert isinstance(make_store(Settings.from_env({}, local_root=str(tmp_path))), LocalStore)
-    s3 = make_store(Settings.from_env({}, heatmap_bucket="maps", allowed_buckets=("in-b",),
-                                      s3_endpoint_url=s3_server))
+    s3 = make_store(
+        Settings.from_env({}, heatmap_bucket="maps", allowed_buckets=("in-b",), s3_endpoint_url=s3_server)
+    )
     assert isinstance(s3, S3Store) and s3.allowed_buckets == {"in-b"} and s3.bucket == "maps"
 
 
@@ -218,8 +267,9 @@ def test_make_store_applies_the_callers_changes(tmp_path, s3_server):
     from poundcam.settings import Settings, SettingsError
     from poundcam.storage import make_store
 
-    s3 = Settings.from_env({}, heatmap_bucket="maps", allowed_buckets=("in-b",),
-                           s3_endpoint_url=s3_server, local_root=None)
+    s3 = Settings.from_env(
+        {}, heatmap_bucket="maps", allowed_buckets=("in-b",), s3_endpoint_url=s3_server, local_root=None
+    )
     heatmaps = make_store(s3, allowed_buckets=("maps",))
     assert (heatmaps.bucket, heatmaps.allowed_buckets) == ("maps", {"maps"})
     sources = make_store(s3.replace(local_root=str(tmp_path)), local_root=None, heatmap_bucket=None)
@@ -243,8 +293,12 @@ def test_s3_with_the_heatmap_off_needs_no_heatmap_bucket(tmp_path, s3_server, s3
     from poundcam.settings import Settings, SettingsError
     from workers.runtime import check_ready
 
-    settings = Settings.from_env({}, database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                                 allowed_buckets=(bucket,), s3_endpoint_url=s3_server)
+    settings = Settings.from_env(
+        {},
+        database_url=f"sqlite:///{tmp_path / 'r.db'}",
+        allowed_buckets=(bucket,),
+        s3_endpoint_url=s3_server,
+    )
     with pytest.raises(SettingsError, match="POUNDCAM_HEATMAP_BUCKET"):
         make_context(settings, analyzer=None, s3_client=s3_client)
     ctx = make_context(settings.replace(heatmap="off"), analyzer=None, s3_client=s3_client)
@@ -273,10 +327,13 @@ def test_stores_are_made_only_by_the_factory():
 
     root = Path(__file__).resolve().parents[2]
     storage = root / "poundcam" / "storage"
-    made = [f"{path.relative_to(root)}:{node.lineno}"
-            for folder in ("poundcam", "workers") for path in sorted((root / folder).rglob("*.py"))
-            if not path.is_relative_to(storage)
-            for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Call) and (getattr(node.func, "id", None) or getattr(
-                node.func, "attr", None)) in ("LocalStore", "S3Store")]
+    made = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for folder in ("poundcam", "workers")
+        for path in sorted((root / folder).rglob("*.py"))
+        if not path.is_relative_to(storage)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in ("LocalStore", "S3Store")
+    ]
     assert made == []

@@ -1,4 +1,5 @@
 """Shared loaders for the deployment checks: the compose file, the Dockerfile and ops/k8s/."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,13 @@ def _docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.fail(f"docker-compose is not installed; install it with: {INSTALL_COMPOSE}")
     return subprocess.run(
-        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
-         "--env-file", str(env_file), *args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,4 +106,5 @@ def k8s(manifests):
     def get(kind: str, name: str) -> dict:
         assert (kind, name) in by_key, f"no {kind} {name} in {K8S_DIR}"
         return by_key[(kind, name)]
+
     return get

@@ -1,4 +1,5 @@
 """docker-compose.yml: validated by docker-compose itself, then the structure the stack relies on."""
+
 from __future__ import annotations
 
 import re
@@ -24,18 +25,28 @@ def test_compose_refuses_to_run_without_credentials(docker_compose, tmp_path):
     empty.write_text("")
     proc = docker_compose("config", "-q", env_file=empty)
     assert proc.returncode != 0
-    assert re.search(r"set (POSTGRES_PASSWORD|AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY|FLOWER_BASIC_AUTH)",
-                     proc.stderr), proc.stderr
+    assert re.search(
+        r"set (POSTGRES_PASSWORD|AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY|FLOWER_BASIC_AUTH)", proc.stderr
+    ), proc.stderr
 
 
 def test_compose_services(compose_config):
     assert set(compose_config["services"]) == {
-        "redis", "postgres", "s3", "create-buckets", "migrate", "worker", "worker-cpu",
-        "queue-exporter", "flower"}
+        "redis",
+        "postgres",
+        "s3",
+        "create-buckets",
+        "migrate",
+        "worker",
+        "worker-cpu",
+        "queue-exporter",
+        "flower",
+    }
 
 
-@pytest.mark.parametrize("name", ["redis", "postgres", "s3", "worker", "worker-cpu",
-                                  "queue-exporter", "flower"])
+@pytest.mark.parametrize(
+    "name", ["redis", "postgres", "s3", "worker", "worker-cpu", "queue-exporter", "flower"]
+)
 def test_long_running_services_have_health_checks(compose_config, name):
     health = compose_config["services"][name].get("healthcheck")
     assert health and not health.get("disable") and health.get("test"), f"{name}: no health check"
@@ -85,8 +96,14 @@ def test_worker_environment(compose_config):
         assert env["POUNDCAM_DATABASE_URL"].endswith("@postgres:5432/poundcam")
         assert env["POUNDCAM_S3_ENDPOINT_URL"] == "http://s3:9000"
         assert env["POUNDCAM_METRICS_PORT"] == "9808"
-        for key in ("POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_ALLOWED_BUCKETS", "POUNDCAM_WEIGHTS",
-                    "POUNDCAM_VISIBILITY_TIMEOUT_S", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        for key in (
+            "POUNDCAM_HEATMAP_BUCKET",
+            "POUNDCAM_ALLOWED_BUCKETS",
+            "POUNDCAM_WEIGHTS",
+            "POUNDCAM_VISIBILITY_TIMEOUT_S",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ):
             assert env.get(key), f"{name}: {key} missing"
 
 
@@ -94,8 +111,7 @@ def test_queue_exporter_serves_the_port_the_dashboards_scrape(compose_config):
     exporter = compose_config["services"]["queue-exporter"]
     assert exporter["command"] == ["queue-exporter", "--port", "9809"]
     assert exporter["environment"]["POUNDCAM_BROKER_URL"] == "redis://redis:6379/0"
-    assert [str(p) for p in exporter["ports"]] in (["127.0.0.1:9809:9809/tcp"],
-                                                   ["127.0.0.1:9809:9809"])
+    assert [str(p) for p in exporter["ports"]] in (["127.0.0.1:9809:9809/tcp"], ["127.0.0.1:9809:9809"])
 
 
 def test_s3_server_uses_the_workers_key_pair(compose_config):
@@ -108,11 +124,16 @@ def test_s3_server_uses_the_workers_key_pair(compose_config):
 def test_state_lives_on_named_volumes(compose_config):
     services = compose_config["services"]
     assert set(compose_config["volumes"]) == {"redis-data", "postgres-data", "s3-data", "model-cache"}
-    wanted = {"redis": "redis-data:/data", "postgres": "postgres-data:/var/lib/postgresql/data",
-              "s3": "s3-data:/data", "worker": "model-cache:/var/cache/poundcam"}
+    wanted = {
+        "redis": "redis-data:/data",
+        "postgres": "postgres-data:/var/lib/postgresql/data",
+        "s3": "s3-data:/data",
+        "worker": "model-cache:/var/cache/poundcam",
+    }
     for name, mount in wanted.items():
-        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}"
-                  for v in services[name]["volumes"]]
+        mounts = [
+            v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in services[name]["volumes"]
+        ]
         assert any(m.startswith(mount) for m in mounts), (name, mounts)
     weights = [v for v in services["worker"]["volumes"] if ":/weights" in str(v)]
     assert weights and str(weights[0]).endswith(":ro"), "weights are mounted read-only"
@@ -140,7 +161,10 @@ def test_no_default_values_for_credentials():
 
 
 def test_example_env_file_holds_placeholders_only():
-    values = dict(line.split("=", 1) for line in COMPOSE_ENV_EXAMPLE.read_text().splitlines()
-                  if line and not line.startswith("#"))
+    values = dict(
+        line.split("=", 1)
+        for line in COMPOSE_ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH"):
         assert "CHANGE-ME" in values[key], key

@@ -1,5 +1,6 @@
 """ops/grafana/poundcam-dashboard.json: loads, and its queries use exactly the metrics the code
 exports (the worker's and the queue exporter's, collected from real registries)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ def exported_metrics(redis_url: str) -> dict[str, str]:
     registry = CollectorRegistry()
     WorkerMetrics(registry)
     registry.register(QueueCollector(redis_url, queue=f"poundcam-test-{uuid.uuid4().hex}"))
-    return {f.name + ("_total" if f.type == "counter" else ""): f.type
-            for f in registry.collect()}
+    return {f.name + ("_total" if f.type == "counter" else ""): f.type for f in registry.collect()}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,7 @@ def test_labels_in_queries_are_the_exported_ones(dashboard):
 def test_throughput_is_a_rate_of_a_counter_and_queue_and_workers_have_panels(dashboard):
     by_title = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
     assert by_title["Images/s analysed (fleet)"] == [
-        'sum(rate(poundcam_images_analyzed_total{instance=~"$instance"}[$__rate_interval]))']
+        'sum(rate(poundcam_images_analyzed_total{instance=~"$instance"}[$__rate_interval]))'
+    ]
     assert any("poundcam_queue_messages" in e for e in by_title["Queue depth"])
     assert any(e.startswith("count(poundcam_model_info") for e in by_title["Workers"])

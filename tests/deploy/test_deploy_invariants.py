@@ -1,5 +1,6 @@
 """What no schema covers: the deployment's numbers, names and security rules agree with each
 other and with the code."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,9 @@ HEARTBEAT = "/tmp/poundcam-heartbeat"
 HEARTBEAT_MAX_AGE_S = 300
 CLUSTER_AUTOSCALER_GRACE_S = 600  # --max-graceful-termination-sec, its default
 METRICS_PORT = 9808
-SENSITIVE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|BASIC_AUTH|BROKER_URL|DATABASE_URL",
-                       re.IGNORECASE)
+SENSITIVE = re.compile(
+    r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|BASIC_AUTH|BROKER_URL|DATABASE_URL", re.IGNORECASE
+)
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 
 
@@ -65,6 +67,7 @@ def _duration_s(text: str) -> int:
 
 # -- queue, commands, GPU ----------------------------------------------------------------------
 
+
 def test_keda_watches_the_celery_queue(k8s, monkeypatch):
     trigger = k8s("ScaledObject", "poundcam-worker")["spec"]["triggers"][0]
     assert trigger["metadata"]["listName"] == celery_queue_name(monkeypatch)
@@ -104,6 +107,7 @@ def test_one_gpu_per_pod(worker_container):
 
 # -- the shutdown budget: worst batch < grace period < visibility timeout ----------------------
 
+
 def test_grace_period_exceeds_the_worst_batch(worker_pod, worst_batch_s):
     assert worker_pod["terminationGracePeriodSeconds"] > worst_batch_s
 
@@ -125,8 +129,10 @@ def test_compose_worker_has_the_same_budget(compose_config, worker_pod, config_d
         grace = _duration_s(svc["stop_grace_period"])
         assert svc.get("stop_signal", "SIGTERM") == "SIGTERM"
         assert grace == worker_pod["terminationGracePeriodSeconds"] > worst_batch_s
-        assert (svc["environment"]["POUNDCAM_VISIBILITY_TIMEOUT_S"]
-                == config_data["POUNDCAM_VISIBILITY_TIMEOUT_S"])
+        assert (
+            svc["environment"]["POUNDCAM_VISIBILITY_TIMEOUT_S"]
+            == config_data["POUNDCAM_VISIBILITY_TIMEOUT_S"]
+        )
 
 
 def test_prestop_starts_warm_shutdown_and_waits(worker_container):
@@ -143,6 +149,7 @@ def test_startup_allows_a_weights_download(worker_container):
 
 # -- readiness, metrics --------------------------------------------------------------------------
 
+
 def test_readiness_follows_the_warm_up_marker(worker_container, dockerfile, compose_config):
     for probe in ("startupProbe", "readinessProbe"):
         assert worker_container[probe]["exec"]["command"] == ["test", "-f", READY_MARKER]
@@ -156,8 +163,9 @@ def test_readiness_follows_the_warm_up_marker(worker_container, dockerfile, comp
     assert tmp, "/tmp is writable under a read-only root filesystem"
 
 
-def test_metrics_port_is_one_number_everywhere(worker_deployment, worker_container, config_data,
-                                               compose_config):
+def test_metrics_port_is_one_number_everywhere(
+    worker_deployment, worker_container, config_data, compose_config
+):
     annotations = worker_deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == METRICS_PORT
@@ -168,6 +176,7 @@ def test_metrics_port_is_one_number_everywhere(worker_deployment, worker_contain
 
 
 # -- security ------------------------------------------------------------------------------------
+
 
 def test_containers_run_as_non_root(manifests, dockerfile):
     users = [args for word, args in dockerfile if word == "USER"]
@@ -210,8 +219,9 @@ def test_no_secrets_in_plain_values(manifests):
 def test_compose_takes_every_credential_from_the_environment(compose_raw):
     """Secrets are ${VAR} or ${VAR:?message} interpolations, never literals or defaults."""
     from_env = r"\$\{[A-Z_]+(:\?[^}]*)?\}"
-    envs = [compose_raw["x-poundcam-env"]] + [svc.get("environment") or {}
-                                              for svc in compose_raw["services"].values()]
+    envs = [compose_raw["x-poundcam-env"]] + [
+        svc.get("environment") or {} for svc in compose_raw["services"].values()
+    ]
     checked = 0
     for env in envs:
         for key, value in env.items():
@@ -233,6 +243,7 @@ def test_credentials_stay_out_of_the_image():
 
 # -- liveness, disruptions, the cluster autoscaler -------------------------------------------------
 
+
 def test_liveness_is_the_consumer_loops_heartbeat(worker_container, compose_config, dockerfile):
     from poundcam.settings import Settings
     from workers.loop import HEARTBEAT_INTERVAL_S
@@ -243,8 +254,10 @@ def test_liveness_is_the_consumer_loops_heartbeat(worker_container, compose_conf
     command = " ".join(probe["exec"]["command"])
     assert HEARTBEAT in command and f"-lt {HEARTBEAT_MAX_AGE_S}" in command
     assert HEARTBEAT_MAX_AGE_S > 10 * HEARTBEAT_INTERVAL_S
-    for test in (" ".join(compose_config["services"]["worker"]["healthcheck"]["test"]),
-                 " ".join(args for word, args in dockerfile if word == "HEALTHCHECK")):
+    for test in (
+        " ".join(compose_config["services"]["worker"]["healthcheck"]["test"]),
+        " ".join(args for word, args in dockerfile if word == "HEALTHCHECK"),
+    ):
         assert HEARTBEAT in test and f"> {HEARTBEAT_MAX_AGE_S}" in test
 
 

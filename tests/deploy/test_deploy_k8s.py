@@ -1,6 +1,7 @@
 """ops/k8s/: the core manifests against the Kubernetes schemas (kubernetes-validate, strict), the
 KEDA objects against their documented structure (no schema ships for them), and the
 kustomization against the files it ties together."""
+
 from __future__ import annotations
 
 import shutil
@@ -35,13 +36,16 @@ def test_core_manifests_validate_strictly(manifests, version):
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): "
-                        f"{exc.message} at {'/'.join(map(str, exc.path))}")
+            pytest.fail(
+                f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): "
+                f"{exc.message} at {'/'.join(map(str, exc.path))}"
+            )
 
 
 def test_the_validator_rejects_a_broken_manifest(k8s):
     """The strict check bites: an unknown field and a wrong type both fail."""
     import copy
+
     bad = copy.deepcopy(k8s("Deployment", "poundcam-worker"))
     bad["spec"]["template"]["spec"]["terminationGracePeriod"] = 900
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -56,12 +60,34 @@ def _is_int_string(value, minimum=0) -> bool:
     return isinstance(value, str) and value.isdigit() and int(value) >= minimum
 
 
-SCALED_OBJECT_SPEC_KEYS = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
-                           "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback",
-                           "advanced", "triggers"}
-REDIS_TRIGGER_KEYS = {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
-                      "passwordFromEnv", "usernameFromEnv", "listName", "listLength",
-                      "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl"}
+SCALED_OBJECT_SPEC_KEYS = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+}
+REDIS_TRIGGER_KEYS = {
+    "address",
+    "addressFromEnv",
+    "host",
+    "hostFromEnv",
+    "port",
+    "portFromEnv",
+    "passwordFromEnv",
+    "usernameFromEnv",
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "enableTLS",
+    "unsafeSsl",
+}
 
 
 def test_scaled_object_structure(k8s):
@@ -114,8 +140,11 @@ def test_trigger_authentication_reads_the_workers_secret(k8s):
     assert refs and all(set(r) == {"parameter", "name", "key"} for r in refs)
     assert {r["parameter"] for r in refs} <= {"password", "username", "host", "port", "address"}
     worker = k8s("Deployment", "poundcam-worker")["spec"]["template"]["spec"]["containers"][0]
-    worker_secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in worker["env"]
-                      if "secretKeyRef" in e.get("valueFrom", {})}
+    worker_secrets = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in worker["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert {r["name"] for r in refs} <= worker_secrets
 
 
@@ -126,9 +155,11 @@ def test_kustomization_lists_every_manifest(k8s):
     assert sorted(kust["resources"]) == sorted(files)
     assert k8s("Namespace", kust["namespace"])
     images = {i["name"] for i in kust["images"]}
-    used = {c["image"].split(":")[0]
-            for kind, name in (("Deployment", "poundcam-worker"), ("Job", "poundcam-migrate"))
-            for c in k8s(kind, name)["spec"]["template"]["spec"]["containers"]}
+    used = {
+        c["image"].split(":")[0]
+        for kind, name in (("Deployment", "poundcam-worker"), ("Job", "poundcam-migrate"))
+        for c in k8s(kind, name)["spec"]["template"]["spec"]["containers"]
+    }
     assert used == images
 
 

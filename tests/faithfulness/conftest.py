@@ -1,4 +1,5 @@
 """The faithfulness tests import the evaluation package from benchmarks/ at the repository root."""
+
 import sys
 from pathlib import Path
 

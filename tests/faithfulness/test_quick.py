@@ -13,6 +13,7 @@ tests/faithfulness/detector-full.safetensors``): that is the detector on which i
 (docs/faithfulness.md); on the 3-block quick detector its last-block maps do not, so a floor
 there would guard nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,17 +35,22 @@ HERE = Path(__file__).parent
 LIMITS = json.loads((HERE / "thresholds.json").read_text())
 PROFILE = PROFILES["quick"]
 FULL = PROFILES["full"]
-REGENERATE = ("python -m benchmarks.faithfulness --quick --export "
-              "tests/faithfulness/detector-quick.safetensors, then update thresholds.json")
-REGENERATE_FULL = ("python -m benchmarks.faithfulness --export "
-                   "tests/faithfulness/detector-full.safetensors, then update thresholds.json")
+REGENERATE = (
+    "python -m benchmarks.faithfulness --quick --export "
+    "tests/faithfulness/detector-quick.safetensors, then update thresholds.json"
+)
+REGENERATE_FULL = (
+    "python -m benchmarks.faithfulness --export "
+    "tests/faithfulness/detector-full.safetensors, then update thresholds.json"
+)
 
 
 def _load(profile, filename: str, expected_key: str, regenerate: str) -> PoundNet:
     key = settings_key(profile.model, profile.data, profile.train)
     assert key == expected_key, (
         f"the {profile.name} profile's settings changed (key {key}); the committed detector no "
-        f"longer matches them. Regenerate: {regenerate}")
+        f"longer matches them. Regenerate: {regenerate}"
+    )
     model = PoundNet.from_checkpoint(HERE / filename)
     assert model.config == profile.model
     return model
@@ -69,8 +75,13 @@ def test_detector_separates_the_planted_artifacts(detector):
 @pytest.mark.parametrize("target", ["contrastive", "logit"])
 def test_comparative_cam_localizes_planted_artifacts(detector, fakes, target):
     s, labels = fakes
-    maps = compute_maps(comparative_cam(target, LIMITS["layer"]), detector, s.normalized(),
-                        s.images, list(range(len(s.images))))
+    maps = compute_maps(
+        comparative_cam(target, LIMITS["layer"]),
+        detector,
+        s.normalized(),
+        s.images,
+        list(range(len(s.images))),
+    )
     pg = pointing_game(maps, labels).mean()
     auc = np.nanmean(auroc(maps, labels))
     assert pg >= LIMITS["pointing_game_min"][target], f"pointing game {pg:.3f}"
@@ -90,8 +101,9 @@ def test_randomization_changes_cam_but_not_priors(detector, fakes):
     n = LIMITS["n_sanity"]
     methods = {"cam": comparative_cam("contrastive", LIMITS["layer"]), **BASELINES}
     torch.manual_seed(0)
-    out = cascading_randomization(detector, s.normalized()[:n], s.images[:n], list(range(n)),
-                                  methods, log=lambda msg: None)
+    out = cascading_randomization(
+        detector, s.normalized()[:n], s.images[:n], list(range(n)), methods, log=lambda msg: None
+    )
     final_cam = out["cam"]["spearman_abs_mean"][-1]
     assert final_cam <= LIMITS["randomized_abs_spearman_max"], f"CAM |rho| {final_cam:.3f}"
     for name in BASELINES:
@@ -108,16 +120,18 @@ def test_hirescam_localizes_at_the_default_layer(target):
     model = _load(FULL, "detector-full.safetensors", lim["settings_key"], REGENERATE_FULL)
     s = make_set(FULL.seed, "localize", lim["n_fakes"], FULL.data, fake_share=1.0)
     labels = grid_labels(s.masks, FULL.model.grid_size)
-    maps = compute_maps(comparative_cam(target, -1, "hirescam"), model, s.normalized(),
-                        s.images, list(range(len(s.images))))
+    maps = compute_maps(
+        comparative_cam(target, -1, "hirescam"), model, s.normalized(), s.images, list(range(len(s.images)))
+    )
     pg = pointing_game(maps, labels).mean()
     auc = np.nanmean(auroc(maps, labels))
     assert pg >= lim["pointing_game_min"][target], f"pointing game {pg:.3f}"
     assert auc >= lim["auroc_min"][target], f"AUROC {auc:.3f}"
     # GradCAM at the same layer of the same detector is recorded below it: HiResCAM's lead
     # there is the reason it exists.
-    base = compute_maps(comparative_cam(target, -1, "gradcam"), model, s.normalized(),
-                        s.images, list(range(len(s.images))))
+    base = compute_maps(
+        comparative_cam(target, -1, "gradcam"), model, s.normalized(), s.images, list(range(len(s.images)))
+    )
     assert pg - pointing_game(base, labels).mean() >= lim["lead_over_gradcam_min"][target]
 
 
@@ -128,8 +142,13 @@ def test_relevance_localizes_and_deleting_its_cells_removes_the_decision(detecto
     lim = LIMITS["relevance"]
     s = make_set(PROFILE.seed, "localize", lim["n_fakes"], PROFILE.data, fake_share=1.0)
     labels = grid_labels(s.masks, PROFILE.model.grid_size)
-    maps = compute_maps(comparative_cam(target, None, "relevance"), detector, s.normalized(),
-                        s.images, list(range(len(s.images))))
+    maps = compute_maps(
+        comparative_cam(target, None, "relevance"),
+        detector,
+        s.normalized(),
+        s.images,
+        list(range(len(s.images))),
+    )
     pg = pointing_game(maps, labels).mean()
     auc = np.nanmean(auroc(maps, labels))
     nc = lim["n_curves"]

@@ -3,6 +3,7 @@
 All inputs are generated here with Pillow (or by hand for malformed headers); no binary
 fixtures.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -59,8 +60,12 @@ def quadrants(size=(64, 32)) -> Image.Image:
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 def png_declaring(width: int, height: int, idat: bytes = b"", extra: bytes = b"") -> bytes:
@@ -87,6 +92,7 @@ def close(pixel, expected, tol=40):
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 def test_empty():
     assert_code(b"", "empty")
@@ -272,7 +278,7 @@ def test_corrupt_png_pixel_stream():
 def test_corrupt_jpeg_header():
     data = bytearray(_valid_files()["JPEG"])
     sof = data.find(b"\xff\xc0")
-    data[sof + 4: sof + 12] = b"\xff" * 8  # nonsense frame header
+    data[sof + 4 : sof + 12] = b"\xff" * 8  # nonsense frame header
     assert_code(bytes(data), "corrupt")
 
 
@@ -315,6 +321,7 @@ def test_non_bytes_is_a_programming_error():
 
 
 # --- odd but valid -----------------------------------------------------------------------------
+
 
 def check_result(out: DecodedImage, data: bytes, fmt: str, mode: str, size: tuple[int, int]):
     assert out.format == fmt
@@ -507,9 +514,10 @@ def test_tiff_orientation_tag_is_applied():
 
 
 def test_decoded_image_feeds_the_official_transform():
-    for data in (encode(quadrants((300, 200)), "JPEG"),
-                 encode(Image.fromarray(np.tile(np.arange(0, 65536, 128, dtype=np.uint16),
-                                                (100, 1))), "PNG")):
+    for data in (
+        encode(quadrants((300, 200)), "JPEG"),
+        encode(Image.fromarray(np.tile(np.arange(0, 65536, 128, dtype=np.uint16), (100, 1))), "PNG"),
+    ):
         out = decode_image(data)
         tensor, geometry, crop = preprocess_with_geometry(out.image)
         assert tensor.shape == (3, CROP, CROP)
@@ -518,10 +526,17 @@ def test_decoded_image_feeds_the_official_transform():
 
 
 def test_concurrent_decoding_matches_serial():
-    inputs = list(_valid_files().values()) + [
-        b"", b"<html></html>", _valid_files()["JPEG"][:500], encode(quadrants(), "ICO"),
-        encode(Image.new("CMYK", (40, 40), (0, 255, 255, 0)), "JPEG"),
-    ] + [encode(quadrants(), "JPEG", exif=_exif(o)) for o in range(1, 9)]
+    inputs = (
+        list(_valid_files().values())
+        + [
+            b"",
+            b"<html></html>",
+            _valid_files()["JPEG"][:500],
+            encode(quadrants(), "ICO"),
+            encode(Image.new("CMYK", (40, 40), (0, 255, 255, 0)), "JPEG"),
+        ]
+        + [encode(quadrants(), "JPEG", exif=_exif(o)) for o in range(1, 9)]
+    )
     inputs = inputs * 4
 
     def run(data):
@@ -544,13 +559,19 @@ def _exif(orientation: int) -> Image.Exif:
 
 # --- limits ------------------------------------------------------------------------------------
 
+
 def test_limits_defaults_and_validation():
     limits = DecodeLimits()
     assert limits.max_bytes > 1_000_000 and limits.max_pixels > 1_000_000
     assert limits.allowed_formats == frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
     assert DecodeLimits(allowed_formats=["png", "jpeg"]).allowed_formats == {"PNG", "JPEG"}
-    for bad in (dict(max_bytes=0), dict(max_pixels=-1), dict(max_bytes=1.5),
-                dict(allowed_formats=()), dict(allowed_formats="PNG")):
+    for bad in (
+        dict(max_bytes=0),
+        dict(max_pixels=-1),
+        dict(max_bytes=1.5),
+        dict(allowed_formats=()),
+        dict(allowed_formats="PNG"),
+    ):
         with pytest.raises(ValueError):
             DecodeLimits(**bad)
 
@@ -558,8 +579,9 @@ def test_limits_defaults_and_validation():
 def test_limits_from_settings():
     from poundcam.settings import Settings, SettingsError
 
-    limits = DecodeLimits.from_settings(Settings.from_env({"POUNDCAM_MAX_IMAGE_BYTES": "1000",
-                                                           "POUNDCAM_MAX_IMAGE_PIXELS": "2_000"}))
+    limits = DecodeLimits.from_settings(
+        Settings.from_env({"POUNDCAM_MAX_IMAGE_BYTES": "1000", "POUNDCAM_MAX_IMAGE_PIXELS": "2_000"})
+    )
     assert (limits.max_bytes, limits.max_pixels) == (1000, 2000)
     assert DecodeLimits.from_settings(Settings.from_env({})) == DecodeLimits()
     with pytest.raises(SettingsError, match="POUNDCAM_MAX_IMAGE_PIXELS"):

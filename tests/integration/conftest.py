@@ -10,6 +10,7 @@
   its ready file appears, stopped with SIGTERM (or killed with SIGKILL); its log is printed when
   a test failed while it ran.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,12 +30,12 @@ from benchmarks import local_servers
 from benchmarks.local_servers import AWS_ENV, RedisDatabases, TcpProxy, free_port, poundcam_cmd, wait_for_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLAIM_KEY = "poundcam-test:claim"
 
 
 # --- Redis -----------------------------------------------------------------------------------
+
 
 class RedisClaim(RedisDatabases):
     """Empty Redis databases (highest numbers first) for this test session."""
@@ -58,6 +59,7 @@ def redis_claims(redis_url):
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
+
 def fresh_database():
     """A new PostgreSQL database (dropped at the end); yields its URL."""
     return local_servers.fresh_database(PG_ADMIN_URL, "poundcam_it_")
@@ -74,6 +76,7 @@ def with_port(url: str, port: int) -> str:
 
 # --- S3 ----------------------------------------------------------------------------------------
 
+
 class MotoServer:
     """moto's S3 server in a subprocess of its own, so that it can be paused."""
 
@@ -82,10 +85,10 @@ class MotoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")  # noqa: SIM115 - the server's log, closed in stop()
         # moto's server behind a layer that counts requests on the server's side
-        cmd = [sys.executable, "-m", "benchmarks.s3_server", "-H", "127.0.0.1", "-p",
-               str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=REPO, env={**os.environ, **AWS_ENV})
+        cmd = [sys.executable, "-m", "benchmarks.s3_server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **AWS_ENV}
+        )
         wait_for_port(self.port)
 
     def requests(self, reset: bool = False) -> dict:
@@ -129,6 +132,7 @@ def _aws_env():
 
 # --- the worker process ----------------------------------------------------------------------------
 
+
 class Worker:
     """``poundcam worker`` in a subprocess."""
 
@@ -138,11 +142,15 @@ class Worker:
         self.heartbeat_file = workdir / f"{name}.heartbeat"
         self.log_path = workdir / f"{name}.log"
         self.metrics_port = free_port()
-        self.env = {**os.environ, **AWS_ENV, **env,
-                    "POUNDCAM_READY_FILE": str(self.ready_file),
-                    "POUNDCAM_HEARTBEAT_FILE": str(self.heartbeat_file),
-                    "POUNDCAM_METRICS_PORT": str(self.metrics_port),
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            **AWS_ENV,
+            **env,
+            "POUNDCAM_READY_FILE": str(self.ready_file),
+            "POUNDCAM_HEARTBEAT_FILE": str(self.heartbeat_file),
+            "POUNDCAM_METRICS_PORT": str(self.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -151,7 +159,11 @@ class Worker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - the worker's log, closed in stop()
         self.proc = subprocess.Popen(
             poundcam_cmd() + ["worker", "--name", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
-            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
@@ -221,11 +233,13 @@ def running_workers(request, workers: list[Worker], artifacts: Path | None = Non
                 with contextlib.suppress(OSError):
                     shutil.copy(w.log_path, artifacts / f"integration-{w.log_path.name}")
             if failed:
-                sys.stderr.write(f"\n----- log of worker {w.name} (pid {w.pid if w.proc else '-'}) "
-                                 f"-----\n{w.log_tail()}\n")
+                sys.stderr.write(
+                    f"\n----- log of worker {w.name} (pid {w.pid if w.proc else '-'}) -----\n{w.log_tail()}\n"
+                )
 
 
 # --- database helpers used by the tests ---------------------------------------------------------------
+
 
 def wait_finished(sessions, job_id: str, timeout: float, workers: list[Worker] = ()) -> dict:
     from poundcam.db import job_status, session_scope
@@ -250,11 +264,23 @@ def item_rows(sessions, job_id: str) -> list[dict]:
     from poundcam.db import JobItem, session_scope
 
     with session_scope(sessions) as s:
-        rows = s.execute(sa.select(JobItem).where(JobItem.job_id == job_id)
-                         .order_by(JobItem.position)).scalars().all()
-        return [{"id": r.id, "uri": r.uri, "status": r.status, "error_code": r.error_code,
-                 "error_message": r.error_message, "attempts": r.attempts,
-                 "analysis_id": r.analysis_id} for r in rows]
+        rows = (
+            s.execute(sa.select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position))
+            .scalars()
+            .all()
+        )
+        return [
+            {
+                "id": r.id,
+                "uri": r.uri,
+                "status": r.status,
+                "error_code": r.error_code,
+                "error_message": r.error_message,
+                "attempts": r.attempts,
+                "analysis_id": r.analysis_id,
+            }
+            for r in rows
+        ]
 
 
 def analysis_counts(sessions) -> dict[str, int]:
@@ -264,5 +290,7 @@ def analysis_counts(sessions) -> dict[str, int]:
     from poundcam.db import Analysis, session_scope
 
     with session_scope(sessions) as s:
-        return {sha: n for sha, n in s.execute(
-            sa.select(Analysis.sha256, sa.func.count()).group_by(Analysis.sha256))}
+        return {
+            sha: n
+            for sha, n in s.execute(sa.select(Analysis.sha256, sa.func.count()).group_by(Analysis.sha256))
+        }

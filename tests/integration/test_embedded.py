@@ -1,5 +1,6 @@
 """``poundcam analyze``: the embedded mode (SQLite + a local folder, no Redis, no S3) as a
 user runs it, in a subprocess."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +21,14 @@ HEATMAPS = ("comparative",)  # one file per analysed image
 
 def analyze(*args: str, cwd: Path, weights: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POUNDCAM_")}
-    return subprocess.run(poundcam_cmd() + ["analyze", *args, "--device", "cpu",
-                                            "--weights", str(weights)],
-                          cwd=cwd, env={**env, **extra_env}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        poundcam_cmd() + ["analyze", *args, "--device", "cpu", "--weights", str(weights)],
+        cwd=cwd,
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def analyses(db_url: str) -> dict[str, int]:
@@ -32,8 +37,7 @@ def analyses(db_url: str) -> dict[str, int]:
     engine = sa.create_engine(db_url)
     try:
         with engine.connect() as conn:
-            return dict(conn.execute(sa.text(
-                "SELECT sha256, count(*) FROM analyses GROUP BY sha256")).all())
+            return dict(conn.execute(sa.text("SELECT sha256, count(*) FROM analyses GROUP BY sha256")).all())
     finally:
         engine.dispose()
 
@@ -48,10 +52,18 @@ def test_analyze_folder_exit_codes_summary_heatmaps_and_rerun(tmp_path, official
         (good_dir / name).write_bytes(data)
     bad = corpus.bad_images(seed=3)
     # named like images, so that the folder walk picks them up
-    bad_files = {"page.png": bad["page.html"], "empty.jpg": bad["empty.png"],
-                 "truncated.jpg": bad["truncated.jpg"], "vector.png": bad["drawing.svg"]}
-    codes = {"page.png": "not_an_image", "empty.jpg": "empty", "truncated.jpg": "truncated",
-             "vector.png": "not_an_image"}
+    bad_files = {
+        "page.png": bad["page.html"],
+        "empty.jpg": bad["empty.png"],
+        "truncated.jpg": bad["truncated.jpg"],
+        "vector.png": bad["drawing.svg"],
+    }
+    codes = {
+        "page.png": "not_an_image",
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "vector.png": "not_an_image",
+    }
     for name, (data, _code) in bad_files.items():
         (images / name).write_bytes(data)
     db_url = f"sqlite:///{tmp_path / 'results.db'}"
@@ -101,19 +113,31 @@ def test_analyze_reads_only_under_the_allowed_roots_links_alike(tmp_path, offici
     (allowed / "dir-out").symlink_to(outside / "d")
     weights = official_dir / "last.ckpt"
 
-    for extra, roots_env in ((("outside/o.png",), {"POUNDCAM_ALLOWED_ROOTS": str(allowed)}),
-                             ((), {})):
+    for extra, roots_env in ((("outside/o.png",), {"POUNDCAM_ALLOWED_ROOTS": str(allowed)}), ((), {})):
         db_url = f"sqlite:///{tmp_path / f'results{len(roots_env)}.db'}"
-        proc = analyze("allowed", *extra, "--json", "--db", db_url, "--out",
-                       str(tmp_path / "heatmaps"), cwd=tmp_path, weights=weights, **roots_env)
+        proc = analyze(
+            "allowed",
+            *extra,
+            "--json",
+            "--db",
+            db_url,
+            "--out",
+            str(tmp_path / "heatmaps"),
+            cwd=tmp_path,
+            weights=weights,
+            **roots_env,
+        )
         assert proc.returncode == 1, proc.stderr  # something was skipped
         assert "Traceback" not in proc.stderr
         doc = json.loads(proc.stdout)
         assert [(r["uri"], r["status"]) for r in doc["results"]] == [
-            (str(allowed / "sub" / "in.png"), "done")]  # once, through three paths
+            (str(allowed / "sub" / "in.png"), "done")
+        ]  # once, through three paths
         assert {(k["path"], k["code"]) for k in doc["skipped"]} == {
-            ("allowed/dir-out", "uri_not_allowed"), ("allowed/link-out.png", "uri_not_allowed"),
-            *((p, "uri_not_allowed") for p in extra)}
+            ("allowed/dir-out", "uri_not_allowed"),
+            ("allowed/link-out.png", "uri_not_allowed"),
+            *((p, "uri_not_allowed") for p in extra),
+        }
         for k in doc["skipped"]:
             assert f"poundcam analyze: skipped (uri_not_allowed) {k['reason']}" in proc.stderr
         assert analyses(db_url) == {hashlib.sha256(images[0]).hexdigest(): 1}

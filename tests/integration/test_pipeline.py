@@ -3,6 +3,7 @@
 One worker serves this module. It reaches PostgreSQL and the S3 server (moto, in a subprocess)
 through TCP proxies the tests can cut, so that outages happen without touching the servers.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,17 +43,17 @@ JOB_TIMEOUT = 240
 
 @dataclass
 class Stack:
-    db_url: str                 # direct, for the tests
+    db_url: str  # direct, for the tests
     broker_url: str
     moto: MotoServer
-    s3: object                  # boto3 client, direct
-    db_proxy: TcpProxy          # between the worker and PostgreSQL
-    s3_proxy: TcpProxy          # between the worker and S3
+    s3: object  # boto3 client, direct
+    db_proxy: TcpProxy  # between the worker and PostgreSQL
+    s3_proxy: TcpProxy  # between the worker and S3
     worker: Worker
     sessions: object
-    settings: object            # producer settings (direct database)
+    settings: object  # producer settings (direct database)
     model_id: str = ""
-    uploads: dict = field(default_factory=dict)   # uri -> bytes
+    uploads: dict = field(default_factory=dict)  # uri -> bytes
 
     def put(self, key: str, data: bytes, bucket: str = IMAGES) -> str:
         self.s3.put_object(Bucket=bucket, Key=key, Body=data)
@@ -61,10 +62,15 @@ class Stack:
         return uri
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": self.db_url,
-               "POUNDCAM_BROKER_URL": self.broker_url}
-        proc = subprocess.run(poundcam_cmd() + list(args), env=env, capture_output=True,
-                              text=True, timeout=120)
+        env = {
+            **os.environ,
+            **AWS_ENV,
+            "POUNDCAM_DATABASE_URL": self.db_url,
+            "POUNDCAM_BROKER_URL": self.broker_url,
+        }
+        proc = subprocess.run(
+            poundcam_cmd() + list(args), env=env, capture_output=True, text=True, timeout=120
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"poundcam {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
         return proc
@@ -89,23 +95,37 @@ def stack(request, redis_claims, artifacts_dir, tmp_path_factory):
             db_proxy = TcpProxy(make_url(db_url).port or 5432)
             s3_proxy = TcpProxy(moto.port)
             broker = redis_claims.claim()
-            worker = Worker({
-                "POUNDCAM_BROKER_URL": broker,
-                "POUNDCAM_DATABASE_URL": with_port(db_url, db_proxy.port),
-                "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
-                "POUNDCAM_HEATMAP_BUCKET": HEAT,
-                "POUNDCAM_ALLOWED_BUCKETS": IMAGES,
-                "POUNDCAM_WEIGHTS": str(corpus_weights(request)),
-                "POUNDCAM_DEVICE": "cpu",
-                "POUNDCAM_MAX_IMAGE_BYTES": str(corpus.MAX_IMAGE_BYTES),
-                "POUNDCAM_MAX_IMAGE_PIXELS": str(corpus.MAX_IMAGE_PIXELS),
-            }, work, name="pipeline")
+            worker = Worker(
+                {
+                    "POUNDCAM_BROKER_URL": broker,
+                    "POUNDCAM_DATABASE_URL": with_port(db_url, db_proxy.port),
+                    "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
+                    "POUNDCAM_HEATMAP_BUCKET": HEAT,
+                    "POUNDCAM_ALLOWED_BUCKETS": IMAGES,
+                    "POUNDCAM_WEIGHTS": str(corpus_weights(request)),
+                    "POUNDCAM_DEVICE": "cpu",
+                    "POUNDCAM_MAX_IMAGE_BYTES": str(corpus.MAX_IMAGE_BYTES),
+                    "POUNDCAM_MAX_IMAGE_PIXELS": str(corpus.MAX_IMAGE_PIXELS),
+                },
+                work,
+                name="pipeline",
+            )
             sessions = make_session_factory(db_url)
             settings = Settings.from_env(database_url=db_url, broker_url=broker)
             try:
                 with running_workers(request, [worker], artifacts_dir):
-                    st = Stack(db_url, broker, moto, s3, db_proxy, s3_proxy, worker, sessions,
-                               settings, model_id=worker.ready_file.read_text().strip())
+                    st = Stack(
+                        db_url,
+                        broker,
+                        moto,
+                        s3,
+                        db_proxy,
+                        s3_proxy,
+                        worker,
+                        sessions,
+                        settings,
+                        model_id=worker.ready_file.read_text().strip(),
+                    )
                     yield st
             finally:
                 sessions.kw["bind"].dispose()
@@ -143,14 +163,15 @@ def item_deltas(before: str, after: str) -> dict[tuple[str, str], float]:
 
 # --- the end-to-end job ---------------------------------------------------------------------------
 
+
 @dataclass
 class E2E:
     job_id: str
-    expected: dict          # uri -> None (done) or error code
+    expected: dict  # uri -> None (done) or error code
     rows: list
     metrics_before: str
     metrics_after: str
-    s3_requests: dict       # what the S3 server served for the job, counted on its side
+    s3_requests: dict  # what the S3 server served for the job, counted on its side
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +191,20 @@ def e2e(stack, official_dir) -> E2E:
 
     before = stack.worker.metrics()
     stack.moto.requests(reset=True)
-    env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": stack.db_url,
-           "POUNDCAM_BROKER_URL": stack.broker_url}
-    proc = subprocess.run(poundcam_cmd() + ["submit", "--json", "--batch-size", "5",
-                                            "--from-file", "-"],
-                          input="\n".join(expected) + "\n", env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "POUNDCAM_DATABASE_URL": stack.db_url,
+        "POUNDCAM_BROKER_URL": stack.broker_url,
+    }
+    proc = subprocess.run(
+        poundcam_cmd() + ["submit", "--json", "--batch-size", "5", "--from-file", "-"],
+        input="\n".join(expected) + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["items"] == len(expected)
@@ -188,14 +217,12 @@ def e2e(stack, official_dir) -> E2E:
         if sum(item_deltas(before, after).values()) >= len(expected) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    return E2E(job_id, expected, item_rows(stack.sessions, job_id), before, after,
-               stack.moto.requests())
+    return E2E(job_id, expected, item_rows(stack.sessions, job_id), before, after, stack.moto.requests())
 
 
 def test_every_item_is_done_or_failed_with_its_code(e2e):
     got = {r["uri"]: (r["status"], r["error_code"]) for r in e2e.rows}
-    want = {uri: ("done", None) if code is None else ("failed", code)
-            for uri, code in e2e.expected.items()}
+    want = {uri: ("done", None) if code is None else ("failed", code) for uri, code in e2e.expected.items()}
     assert got == want
     for r in e2e.rows:
         if r["status"] == "failed":
@@ -220,8 +247,7 @@ def test_heatmaps_are_pngs_in_s3_under_the_recorded_keys(stack, e2e):
         assert 0.0 <= rec["p_fake"] <= 1.0 and rec["label"] in ("real", "fake")
         assert set(rec["heatmap_keys"]) == names
         for name, key in rec["heatmap_keys"].items():
-            assert key == heatmap_key("heatmaps/", rec["sha256"], rec["model_id"],
-                                      rec["cam_config_id"], name)
+            assert key == heatmap_key("heatmaps/", rec["sha256"], rec["model_id"], rec["cam_config_id"], name)
             obj = stack.s3.get_object(Bucket=HEAT, Key=key)
             assert obj["ContentType"] == "image/png"
             png = obj["Body"].read()
@@ -265,8 +291,10 @@ def test_resubmitting_creates_no_new_analyses(stack, e2e):
     first = {r["uri"]: r for r in e2e.rows}
     for r in item_rows(stack.sessions, job2):
         assert (r["status"], r["error_code"], r["analysis_id"]) == (
-            first[r["uri"]]["status"], first[r["uri"]]["error_code"],
-            first[r["uri"]]["analysis_id"]), r["uri"]
+            first[r["uri"]]["status"],
+            first[r["uri"]]["error_code"],
+            first[r["uri"]]["analysis_id"],
+        ), r["uri"]
 
 
 def test_status_and_results_commands(stack, e2e):
@@ -276,8 +304,9 @@ def test_status_and_results_commands(stack, e2e):
 
     n = len(e2e.expected)
     n_done = sum(code is None for code in e2e.expected.values())
-    probs = sorted(r["p_fake"] for r in client.results(e2e.job_id, settings=stack.settings)
-                   if r["p_fake"] is not None)
+    probs = sorted(
+        r["p_fake"] for r in client.results(e2e.job_id, settings=stack.settings) if r["p_fake"] is not None
+    )
     cut = probs[len(probs) // 2]
     calls = {  # each command starts a Python process: run them side by side
         "status": ("status", e2e.job_id, "--json"),
@@ -294,7 +323,12 @@ def test_status_and_results_commands(stack, e2e):
     st = json.loads(out["status"])
     assert st["finished"] is True
     assert (st["total"], st["done"], st["failed"], st["queued"], st["running"]) == (
-        n, n_done, n - n_done, 0, 0)
+        n,
+        n_done,
+        n - n_done,
+        0,
+        0,
+    )
 
     doc = json.loads(out["json"])
     assert doc["job_id"] == e2e.job_id
@@ -308,8 +342,18 @@ def test_status_and_results_commands(stack, e2e):
 
     table = list(csv.DictReader(io.StringIO(out["csv"])))
     assert [r["uri"] for r in table] == list(e2e.expected)
-    assert {"status", "error_code", "error_message", "sha256", "p_fake", "threshold", "label",
-            "model_id", "heatmap_comparative", "fake_share"} <= set(table[0])
+    assert {
+        "status",
+        "error_code",
+        "error_message",
+        "sha256",
+        "p_fake",
+        "threshold",
+        "label",
+        "model_id",
+        "heatmap_comparative",
+        "fake_share",
+    } <= set(table[0])
     for r in table:
         assert r["status"] == ("done" if e2e.expected[r["uri"]] is None else "failed")
 
@@ -339,6 +383,7 @@ def test_metrics_count_the_job(stack, e2e):
 
 # --- outages ----------------------------------------------------------------------------------------
 
+
 def _outage_job(stack, tag: str, n_good: int = 24):
     """A job of new images (never analysed before) plus two bad items."""
     from poundcam import client
@@ -366,7 +411,8 @@ def _wait_done_at_least(stack, job_id: str, n: int, timeout: float = 120):
 def _assert_exactly_once(stack, job_id: str, expected: dict):
     rows = item_rows(stack.sessions, job_id)
     assert {r["uri"]: (r["status"], r["error_code"]) for r in rows} == {
-        u: ("done", None) if c is None else ("failed", c) for u, c in expected.items()}
+        u: ("done", None) if c is None else ("failed", c) for u, c in expected.items()
+    }
     counts = analysis_counts(stack.sessions)
     for uri, code in expected.items():
         if code is None:
@@ -387,11 +433,11 @@ def test_database_outage_loses_nothing(stack):
 def test_s3_outage_loses_nothing(stack):
     job_id, expected = _outage_job(stack, "s3-outage")
     _wait_done_at_least(stack, job_id, 1)
-    stack.moto.pause()            # the server hangs: requests stall
+    stack.moto.pause()  # the server hangs: requests stall
     time.sleep(3)
     stack.moto.resume()
     _wait_done_at_least(stack, job_id, 3)
-    stack.s3_proxy.cut()          # the server is gone: connections are reset
+    stack.s3_proxy.cut()  # the server is gone: connections are reset
     time.sleep(5)
     stack.s3_proxy.restore()
     assert stack.s3_proxy.refused > 0, "the worker never noticed the outage"
@@ -400,6 +446,7 @@ def test_s3_outage_loses_nothing(stack):
 
 
 # --- what producers and stale state cannot do to a worker -------------------------------------------
+
 
 def _counter_deltas(before: str, after: str, name: str, label: str | None) -> dict:
     b, a = (metric_samples(t, name) for t in (before, after))
@@ -411,9 +458,13 @@ def _counter_deltas(before: str, after: str, name: str, label: str | None) -> di
 
 
 def _small_job_uris(stack, tag: str, n: int = 3) -> list[str]:
-    return [stack.put(f"{tag}/{k}.jpg", corpus.encode(
-        corpus.photo(96 + 8 * k, 80, seed=hash((tag, k)) % 100_000), "JPEG", quality=85))
-        for k in range(n)]
+    return [
+        stack.put(
+            f"{tag}/{k}.jpg",
+            corpus.encode(corpus.photo(96 + 8 * k, 80, seed=hash((tag, k)) % 100_000), "JPEG", quality=85),
+        )
+        for k in range(n)
+    ]
 
 
 def test_poison_entries_are_dead_lettered_and_the_same_worker_goes_on(stack):
@@ -442,12 +493,14 @@ def test_poison_entries_are_dead_lettered_and_the_same_worker_goes_on(stack):
     records = deadletters.entries(r)
     assert collections.Counter(rec["reason"] for rec in records) == reasons
     deadline = time.monotonic() + 15
-    while _counter_deltas(before, stack.worker.metrics(), "poundcam_dead_letters_total",
-                          "reason") != reasons:
+    while _counter_deltas(before, stack.worker.metrics(), "poundcam_dead_letters_total", "reason") != reasons:
         assert time.monotonic() < deadline, stack.worker.metrics()
         time.sleep(0.2)
-    refused = [line for line in stack.worker.log_path.read_text(errors="replace").splitlines()
-               if "queue entry refused" in line]
+    refused = [
+        line
+        for line in stack.worker.log_path.read_text(errors="replace").splitlines()
+        if "queue entry refused" in line
+    ]
     assert len(refused) == len(poison) and max(map(len, refused)) < 2500
 
     out = stack.cli("dead-letters", "list").stdout
@@ -456,16 +509,16 @@ def test_poison_entries_are_dead_lettered_and_the_same_worker_goes_on(stack):
     assert "os.system" in stack.cli("dead-letters", "show", unknown["id"][:10]).stdout
     stack.cli("dead-letters", "requeue", unknown["id"])  # refused again, under a new id
     deadline = time.monotonic() + 30
-    while not any(rec["reason"] == "unknown_task" and rec["id"] != unknown["id"]
-                  for rec in deadletters.entries(r)):
+    while not any(
+        rec["reason"] == "unknown_task" and rec["id"] != unknown["id"] for rec in deadletters.entries(r)
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     big = next(rec for rec in records if rec["reason"] == "oversized")
     proc = stack.cli("dead-letters", "requeue", big["id"], check=False)
     assert proc.returncode != 0 and "cannot be requeued" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"{len(poison)} dead letter(s) deleted" in stack.cli("dead-letters", "purge",
-                                                               "--all").stdout
+    assert f"{len(poison)} dead letter(s) deleted" in stack.cli("dead-letters", "purge", "--all").stdout
     assert deadletters.entries(r) == [] and stack.worker.pid == pid
     # the consumer loop keeps its heartbeat (what the liveness probe reads) while idle
     time.sleep(11)
@@ -484,9 +537,16 @@ def test_forged_messages_change_only_what_the_database_backs(stack):
         own = create_job(s, own_uris + ["/etc/hostname"])
         victim_ids = [r["item_id"] for r in item_refs(s, victim)]
         own_ids = [r["item_id"] for r in item_refs(s, own)]
-    message = make_message(own, [(victim_ids[0], own_uris[0]), (10**12, own_uris[0]),
-                                 (own_ids[0], victim_uris[1]), (own_ids[1], own_uris[1]),
-                                 (own_ids[2], "/etc/hostname")])
+    message = make_message(
+        own,
+        [
+            (victim_ids[0], own_uris[0]),
+            (10**12, own_uris[0]),
+            (own_ids[0], victim_uris[1]),
+            (own_ids[1], own_uris[1]),
+            (own_ids[2], "/etc/hostname"),
+        ],
+    )
     message["items"].append({"item_id": "7; DROP TABLE jobs", "uri": 3})
     before = stack.worker.metrics()
     make_producer(stack.settings).send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE)
@@ -495,15 +555,19 @@ def test_forged_messages_change_only_what_the_database_backs(stack):
         assert job_status(s, victim)["queued"] == 2  # untouched
     rows = {r["id"]: r for r in item_rows(stack.sessions, own)}
     assert [(rows[i]["status"], rows[i]["error_code"]) for i in own_ids] == [
-        ("done", None), ("done", None), ("failed", "uri_not_allowed")]
+        ("done", None),
+        ("done", None),
+        ("failed", "uri_not_allowed"),
+    ]
     from poundcam import client
 
     by_id = {r["item_id"]: r for r in client.results(own, settings=stack.settings)}
     # read from the URI the database holds, not the one the message named
     assert by_id[own_ids[0]]["sha256"] == hashlib.sha256(stack.uploads[own_uris[0]]).hexdigest()
     deadline = time.monotonic() + 15
-    while _counter_deltas(before, stack.worker.metrics(), "poundcam_unbacked_items_total",
-                          None) != {None: 3.0}:
+    while _counter_deltas(before, stack.worker.metrics(), "poundcam_unbacked_items_total", None) != {
+        None: 3.0
+    }:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -520,26 +584,34 @@ def test_the_sweeper_gives_back_abandoned_items(stack):
         job = create_job(s, uris)
         ids = [r["item_id"] for r in item_refs(s, job)]
         old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
-        s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(
-            status="running", attempts=1, updated_at=old))
-        s.execute(sa.update(JobItem).where(JobItem.id == ids[2]).values(attempts=5,
-                                                                        updated_at=old))
+        s.execute(
+            sa.update(JobItem).where(JobItem.id.in_(ids)).values(status="running", attempts=1, updated_at=old)
+        )
+        s.execute(sa.update(JobItem).where(JobItem.id == ids[2]).values(attempts=5, updated_at=old))
     out = json.loads(stack.cli("sweep", "--json").stdout)
     assert out["requeued"] == 2 and out["failed"] == [ids[2]]
     wait_finished(stack.sessions, job, JOB_TIMEOUT, [stack.worker])
     rows = item_rows(stack.sessions, job)
     assert [(r["status"], r["error_code"]) for r in rows] == [
-        ("done", None), ("done", None), ("failed", "retries_exhausted")]
+        ("done", None),
+        ("done", None),
+        ("failed", "retries_exhausted"),
+    ]
 
 
 def test_submit_with_the_broker_down_prints_the_job_and_resend_recovers(stack):
     from .conftest import free_port
 
     uris = _small_job_uris(stack, "broker-down", 2)
-    env = {**os.environ, **AWS_ENV, "POUNDCAM_DATABASE_URL": stack.db_url,
-           "POUNDCAM_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    proc = subprocess.run(poundcam_cmd() + ["submit", *uris], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "POUNDCAM_DATABASE_URL": stack.db_url,
+        "POUNDCAM_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    proc = subprocess.run(
+        poundcam_cmd() + ["submit", *uris], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "not enqueued" in line]

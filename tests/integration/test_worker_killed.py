@@ -8,6 +8,7 @@ every 100 s), so the restarted worker gets the message again once POUNDCAM_VISIB
 has passed since the first delivery. The redelivered message skips the items already done and
 re-claims the ones left "running".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,8 @@ UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 
 
 def test_sigkill_mid_message_then_restart_completes_every_item_once(
-        request, tmp_path, pg_url, s3_server, s3_client, redis_claims, official_dir,
-        artifacts_dir):
+    request, tmp_path, pg_url, s3_server, s3_client, redis_claims, official_dir, artifacts_dir
+):
     import redis
 
     from poundcam import client
@@ -50,11 +51,17 @@ def test_sigkill_mid_message_then_restart_completes_every_item_once(
     s3_client.put_object(Bucket=BUCKET, Key="bad.jpg", Body=b"\xff\xd8\xff\xe0 cut short")
     expected[f"s3://{BUCKET}/bad.jpg"] = "truncated"
 
-    env = {"POUNDCAM_BROKER_URL": broker, "POUNDCAM_DATABASE_URL": pg_url,
-           "POUNDCAM_S3_ENDPOINT_URL": s3_server, "POUNDCAM_HEATMAP_BUCKET": "fault-heat",
-           "POUNDCAM_ALLOWED_BUCKETS": BUCKET, "POUNDCAM_WEIGHTS": str(official_dir / "last.ckpt"),
-           "POUNDCAM_DEVICE": "cpu", "POUNDCAM_BATCH_SIZE": "1",
-           "POUNDCAM_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)}
+    env = {
+        "POUNDCAM_BROKER_URL": broker,
+        "POUNDCAM_DATABASE_URL": pg_url,
+        "POUNDCAM_S3_ENDPOINT_URL": s3_server,
+        "POUNDCAM_HEATMAP_BUCKET": "fault-heat",
+        "POUNDCAM_ALLOWED_BUCKETS": BUCKET,
+        "POUNDCAM_WEIGHTS": str(official_dir / "last.ckpt"),
+        "POUNDCAM_DEVICE": "cpu",
+        "POUNDCAM_BATCH_SIZE": "1",
+        "POUNDCAM_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+    }
     sessions = make_session_factory(pg_url)
     settings = Settings.from_env(database_url=pg_url, broker_url=broker)
     r = redis.Redis.from_url(broker)
@@ -95,7 +102,8 @@ def test_sigkill_mid_message_then_restart_completes_every_item_once(
 
     rows = item_rows(sessions, job_id)
     assert {x["uri"]: (x["status"], x["error_code"]) for x in rows} == {
-        u: ("done", None) if c is None else ("failed", c) for u, c in expected.items()}
+        u: ("done", None) if c is None else ("failed", c) for u, c in expected.items()
+    }
     # items finished before the kill were neither redone nor relinked
     for x in rows:
         if x["uri"] in done_before:
@@ -106,7 +114,10 @@ def test_sigkill_mid_message_then_restart_completes_every_item_once(
     assert {sha: counts.get(sha, 0) for sha in shas} == {sha: 1 for sha in shas}
     assert sum(counts.values()) == N_IMAGES
     # the restarted worker says how many it skipped
-    reports = [json.loads(line) for line in second.log_path.read_text().splitlines()
-               if line.startswith("{") and "already finished" in line]
+    reports = [
+        json.loads(line)
+        for line in second.log_path.read_text().splitlines()
+        if line.startswith("{") and "already finished" in line
+    ]
     assert any(f"{finished_before} already finished" in rep["message"] for rep in reports), reports
     sessions.kw["bind"].dispose()

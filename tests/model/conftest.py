@@ -1,5 +1,6 @@
 """Helpers that write PoundNets in the OFFICIAL release format (a Lightning .ckpt plus the run's
 config.yaml), so the import path is tested on files built like the released ones."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,7 @@ def official_state_dict(model) -> dict[str, torch.Tensor]:
     for name, value in model.state_dict().items():
         for new, old in REVERSE_PREFIXES.items():
             if name.startswith(new):
-                name = old + name[len(new):]
+                name = old + name[len(new) :]
                 break
         out["model." + name] = value.detach().clone()
     p = model.config.prompt_num_text
@@ -49,9 +50,15 @@ def fake_training_framework():
             self.monitor = monitor
             self.best_model_score = best
 
-    names = ["lightning", "lightning.fabric", "lightning.fabric.utilities",
-             "lightning.fabric.utilities.data", "pytorch_lightning", "pytorch_lightning.callbacks",
-             "pytorch_lightning.callbacks.model_checkpoint"]
+    names = [
+        "lightning",
+        "lightning.fabric",
+        "lightning.fabric.utilities",
+        "lightning.fabric.utilities.data",
+        "pytorch_lightning",
+        "pytorch_lightning.callbacks",
+        "pytorch_lightning.callbacks.model_checkpoint",
+    ]
     mods = {n: types.ModuleType(n) for n in names}
     AttributeDict.__module__ = "lightning.fabric.utilities.data"
     AttributeDict.__qualname__ = "AttributeDict"
@@ -66,10 +73,15 @@ def fake_training_framework():
 
 
 def write_run_config(path: Path, cfg, **override) -> Path:
-    model = {"NAME": "ViT-test", "N_CTX_VISION": cfg.n_ctx_vision, "N_CTX_TEXT": cfg.n_ctx_text,
-             "PROMPT_DEPTH_VISION": cfg.prompt_depth_vision,
-             "PROMPT_DEPTH_TEXT": cfg.prompt_depth_text, "PROMPT_NUM_TEXT": cfg.prompt_num_text,
-             "CTX_INIT": False}
+    model = {
+        "NAME": "ViT-test",
+        "N_CTX_VISION": cfg.n_ctx_vision,
+        "N_CTX_TEXT": cfg.n_ctx_text,
+        "PROMPT_DEPTH_VISION": cfg.prompt_depth_vision,
+        "PROMPT_DEPTH_TEXT": cfg.prompt_depth_text,
+        "PROMPT_NUM_TEXT": cfg.prompt_num_text,
+        "CTX_INIT": False,
+    }
     names = list(override.pop("class_names", cfg.class_names))
     model.update(override)
     data = {"arch": "poundnet", "model": model, "datasets": {"train": {"multicalss_names": names}}}
@@ -77,8 +89,14 @@ def write_run_config(path: Path, cfg, **override) -> Path:
     return path
 
 
-def save_official(model, directory: Path, state: dict | None = None, config: bool = True,
-                  name: str = "last.ckpt", **config_override) -> Path:
+def save_official(
+    model,
+    directory: Path,
+    state: dict | None = None,
+    config: bool = True,
+    name: str = "last.ckpt",
+    **config_override,
+) -> Path:
     """Write ``model`` (or the given official ``state``) as ``directory/last.ckpt`` in the
     official format, with a ``config.yaml`` beside it unless ``config`` is False."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -86,7 +104,9 @@ def save_official(model, directory: Path, state: dict | None = None, config: boo
     with fake_training_framework() as (AttributeDict, ModelCheckpoint):
         hparams = AttributeDict(lr=0.002, arch="poundnet", n_ctx=model.config.n_ctx_vision)
         ckpt = {
-            "epoch": 9, "global_step": 12345, "pytorch-lightning_version": "2.2.4",
+            "epoch": 9,
+            "global_step": 12345,
+            "pytorch-lightning_version": "2.2.4",
             "state_dict": state,
             "hyper_parameters": hparams,
             "callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": ModelCheckpoint("val_acc", 0.97)},
@@ -108,8 +128,7 @@ def make_model(tiny_model_factory):
 
 @pytest.fixture
 def official_writer():
-    return types.SimpleNamespace(save=save_official, state=official_state_dict,
-                                 config=write_run_config)
+    return types.SimpleNamespace(save=save_official, state=official_state_dict, config=write_run_config)
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Every broken checkpoint is refused with a CheckpointError that names the file and the keys;
 a checkpoint that would run code is refused before anything runs."""
+
 from __future__ import annotations
 
 import builtins
@@ -145,8 +146,9 @@ def test_framework_namespace_objects_are_never_run(source, official_writer, tmp_
     with pytest.MonkeyPatch.context() as mp:  # the modules exist only while saving
         mp.setitem(sys.modules, "pytorch_lightning", parent)
         mp.setitem(sys.modules, "pytorch_lightning.evil", mod)
-        torch.save({"state_dict": official_writer.state(source),
-                    "hyper_parameters": _Payload(boom, str(marker))}, p)
+        torch.save(
+            {"state_dict": official_writer.state(source), "hyper_parameters": _Payload(boom, str(marker))}, p
+        )
     official_writer.config(tmp_path / "config.yaml", source.config)
     model = PoundNet.from_checkpoint(p)
     assert model.model_id == source.model_id
@@ -163,8 +165,12 @@ def _save_state(source, official_writer, tmp_path, edit):
 
 
 def test_missing_tensor(source, official_writer, tmp_path):
-    p = _save_state(source, official_writer, tmp_path,
-                    lambda s: s.pop("model.image_encoder.transformer.resblocks.1.attn.in_proj_bias"))
+    p = _save_state(
+        source,
+        official_writer,
+        tmp_path,
+        lambda s: s.pop("model.image_encoder.transformer.resblocks.1.attn.in_proj_bias"),
+    )
     refused(p, "missing", "model.image_encoder.transformer.resblocks.1.attn.in_proj_bias")
 
 
@@ -174,21 +180,30 @@ def test_missing_tensor_needed_for_inference(source, official_writer, tmp_path):
 
 
 def test_missing_prompt_of_a_middle_block(source, official_writer, tmp_path):
-    p = _save_state(source, official_writer, tmp_path,
-                    lambda s: s.pop("model.image_encoder.transformer.resblocks.1.VPT_shallow"))
+    p = _save_state(
+        source,
+        official_writer,
+        tmp_path,
+        lambda s: s.pop("model.image_encoder.transformer.resblocks.1.VPT_shallow"),
+    )
     refused(p, "missing", "model.image_encoder.transformer.resblocks.1.VPT_shallow")
 
 
 def test_missing_last_prompt_contradicts_config(source, official_writer, tmp_path):
     depth = source.config.prompt_depth_vision
-    p = _save_state(source, official_writer, tmp_path,
-                    lambda s: s.pop(f"model.image_encoder.transformer.resblocks.{depth - 1}.VPT_shallow"))
+    p = _save_state(
+        source,
+        official_writer,
+        tmp_path,
+        lambda s: s.pop(f"model.image_encoder.transformer.resblocks.{depth - 1}.VPT_shallow"),
+    )
     refused(p, "prompt_depth_vision")
 
 
 def test_unexpected_tensor(source, official_writer, tmp_path):
     def edit(s):
         s["model.image_encoder.extra_head.weight"] = torch.zeros(2, 2)
+
     p = _save_state(source, official_writer, tmp_path, edit)
     refused(p, "unexpected", "model.image_encoder.extra_head.weight")
 
@@ -198,6 +213,7 @@ def test_mis_shaped_tensor(source, official_writer, tmp_path):
 
     def edit(s):
         s[key] = torch.zeros(s[key].shape[0], s[key].shape[1] + 1)
+
     p = _save_state(source, official_writer, tmp_path, edit)
     refused(p, "mis-shaped", key)
 
@@ -214,13 +230,13 @@ def test_nan_tensor(source, official_writer, tmp_path):
     def edit(s):
         s[key] = s[key].clone()
         s[key][0] = float("nan")
+
     p = _save_state(source, official_writer, tmp_path, edit)
     refused(p, "NaN", key)
 
 
 def test_non_tensor_entry(source, official_writer, tmp_path):
-    p = _save_state(source, official_writer, tmp_path,
-                    lambda s: s.__setitem__("model.logit_scale", 4.6))
+    p = _save_state(source, official_writer, tmp_path, lambda s: s.__setitem__("model.logit_scale", 4.6))
     refused(p, "logit_scale", "not a tensor")
 
 
@@ -234,10 +250,16 @@ def test_default_class_names_disagree_with_tensors(source, official_writer, tmp_
     refused(p, "token_prefix", "config.yaml")
 
 
-@pytest.mark.parametrize("field,yaml_key", [
-    ("n_ctx_vision", "N_CTX_VISION"), ("n_ctx_text", "N_CTX_TEXT"),
-    ("prompt_depth_vision", "PROMPT_DEPTH_VISION"), ("prompt_depth_text", "PROMPT_DEPTH_TEXT"),
-    ("prompt_num_text", "PROMPT_NUM_TEXT")])
+@pytest.mark.parametrize(
+    "field,yaml_key",
+    [
+        ("n_ctx_vision", "N_CTX_VISION"),
+        ("n_ctx_text", "N_CTX_TEXT"),
+        ("prompt_depth_vision", "PROMPT_DEPTH_VISION"),
+        ("prompt_depth_text", "PROMPT_DEPTH_TEXT"),
+        ("prompt_num_text", "PROMPT_NUM_TEXT"),
+    ],
+)
 def test_config_contradicting_shapes(field, yaml_key, source, official_writer, tmp_path):
     wrong = getattr(source.config, field) + 1
     p = official_writer.save(source, tmp_path / field, **{yaml_key: wrong})

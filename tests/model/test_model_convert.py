@@ -1,5 +1,6 @@
 """`poundcam convert`: official .ckpt -> safetensors with config, model id and source digest;
 loading the export gives identical logits."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,13 @@ def test_convert_variant_with_console_script(make_model, official_writer, tmp_pa
     ckpt = official_writer.save(source, tmp_path / "run")
     out = tmp_path / "variant.safetensors"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([str(POUNDCAM_BIN), "convert", str(ckpt), str(out)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(POUNDCAM_BIN), "convert", str(ckpt), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     meta = _metadata(out)
     assert meta["source_sha256"] == digest_file(ckpt)

@@ -1,5 +1,6 @@
 """The official tiny fixture: PoundNet reproduces the authors' logits, and poundcam.preprocess
 reproduces the authors' test transform."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def test_preprocess_equals_official_inputs(official_dir, inputs, expected):
         with Image.open(official_dir / "images" / r["image"]) as img:
             x = preprocess(img)
         assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-        torch.testing.assert_close(x, inputs[i], rtol=0, atol=1e-5,
-                                   msg=lambda m, name=r["image"]: f"{name}: {m}")
+        torch.testing.assert_close(
+            x, inputs[i], rtol=0, atol=1e-5, msg=lambda m, name=r["image"]: f"{name}: {m}"
+        )
 
 
 def test_logits_from_pngs_match_expected(official_dir, official_model, expected):
@@ -72,11 +74,21 @@ def test_loaded_model_is_frozen_and_identified(official_dir, official_model):
     assert official_model.model_id == again.model_id
     assert official_model.model_id.startswith("pn-")
     cfg = official_model.config
-    assert ((cfg.vision_width, cfg.vision_layers, cfg.patch_size, cfg.grid_size, cfg.embed_dim)
-            == (128, 10, 32, 7, 64))
+    assert (cfg.vision_width, cfg.vision_layers, cfg.patch_size, cfg.grid_size, cfg.embed_dim) == (
+        128,
+        10,
+        32,
+        7,
+        64,
+    )
     assert (cfg.text_width, cfg.text_layers) == (64, 10)
-    assert (cfg.n_ctx_vision, cfg.n_ctx_text, cfg.prompt_depth_vision, cfg.prompt_depth_text,
-            cfg.prompt_num_text) == (16, 16, 8, 8, 1)
+    assert (
+        cfg.n_ctx_vision,
+        cfg.n_ctx_text,
+        cfg.prompt_depth_vision,
+        cfg.prompt_depth_text,
+        cfg.prompt_num_text,
+    ) == (16, 16, 8, 8, 1)
     assert len(cfg.class_names) == 20 and official_model.eot_index == 20
 
 
@@ -84,5 +96,6 @@ def test_model_layout_is_open_clip(official_model):
     blocks = official_model.visual.transformer.resblocks
     assert len(blocks) == 10 and official_model.visual.grid_size == (7, 7)
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
     assert all(isinstance(b, ResidualAttentionBlock) for b in blocks)
     assert isinstance(blocks[0].mlp.gelu, QuickGELU)

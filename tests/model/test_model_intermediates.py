@@ -1,5 +1,6 @@
 """PoundNet's public entry points for explaining a block: forward_to / forward_from /
 attention_from give the model's own forward, split at any block."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,7 @@ def test_forward_from_forward_to_is_the_forward(model, x, layer, point):
         start = model.forward_to(x, layer, point)
         got = model.forward_from(start)
     assert start.layer == layer % model.num_blocks and start.point == point
-    assert start.activation.shape[:2] == (2, 1 + model.config.grid_size ** 2 + model.config.n_ctx_vision)
+    assert start.activation.shape[:2] == (2, 1 + model.config.grid_size**2 + model.config.n_ctx_vision)
     assert (start.residual is None) == (point == "output")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
@@ -40,7 +41,7 @@ def test_attention_from_gives_the_logits_and_each_blocks_attention(model, x, lay
     n = model.num_blocks
     first = layer % n
     assert [a.layer for a in attentions] == list(range(first, n))
-    tokens = 1 + model.config.grid_size ** 2 + model.config.n_ctx_vision
+    tokens = 1 + model.config.grid_size**2 + model.config.n_ctx_vision
     heads = model.config.vision_heads
     for a in attentions:
         queries = 1 if a.layer == n - 1 else tokens  # only CLS reaches the head after the last
@@ -54,8 +55,13 @@ def test_attention_probabilities_are_the_blocks_own(model, x):
     with torch.no_grad():
         start = model.forward_to(x, 1, "ln_1")
         _, attentions = model.attention_from(start)
-        _, weights = block.attn(start.activation, start.activation, start.activation,
-                                need_weights=True, average_attn_weights=False)
+        _, weights = block.attn(
+            start.activation,
+            start.activation,
+            start.activation,
+            need_weights=True,
+            average_attn_weights=False,
+        )
     torch.testing.assert_close(attentions[0].probs, weights, rtol=1e-5, atol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The two text features are computed once per model and reused; changing a text weight in
 place invalidates them."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """PoundNets of other shapes, written in the official release format and read back:
 architecture inferred from the tensors, identical logits, same model id."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,10 +17,17 @@ VARIANTS = {
     "prompt-depth-all": dict(prompt_depth_vision=4, prompt_depth_text=2),
     "more-ctx": dict(n_ctx_vision=7, n_ctx_text=9),
     "one-class": dict(class_names=("person",)),
-    "long-names": dict(class_names=("potted_plant", "dining table", "a very long class name here",
-                                    "tv monitor", "x")),
-    "heads-2": dict(vision_width=128, text_width=128, vision_layers=2, text_layers=2,
-                    prompt_depth_vision=2, prompt_depth_text=2),
+    "long-names": dict(
+        class_names=("potted_plant", "dining table", "a very long class name here", "tv monitor", "x")
+    ),
+    "heads-2": dict(
+        vision_width=128,
+        text_width=128,
+        vision_layers=2,
+        text_layers=2,
+        prompt_depth_vision=2,
+        prompt_depth_text=2,
+    ),
 }
 
 
@@ -31,16 +39,29 @@ def test_official_format_round_trip(name, make_model, official_writer, tmp_path)
     assert loaded.config == source.config  # every number inferred right, names from config.yaml
     assert loaded.eot_index == source.eot_index
     assert loaded.model_id == source.model_id
-    x = torch.randn(3, 3, source.config.image_size, source.config.image_size,
-                    generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        3, 3, source.config.image_size, source.config.image_size, generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         assert torch.equal(loaded(x), source(x))
 
 
 def test_inferred_numbers(make_model, official_writer, tmp_path):
-    cfg = dict(vision_width=128, vision_layers=5, patch_size=16, grid_size=3, embed_dim=40,
-               text_width=64, text_layers=3, n_ctx_vision=6, n_ctx_text=5, prompt_depth_vision=4,
-               prompt_depth_text=3, prompt_num_text=2, class_names=("a", "b"))
+    cfg = dict(
+        vision_width=128,
+        vision_layers=5,
+        patch_size=16,
+        grid_size=3,
+        embed_dim=40,
+        text_width=64,
+        text_layers=3,
+        n_ctx_vision=6,
+        n_ctx_text=5,
+        prompt_depth_vision=4,
+        prompt_depth_text=3,
+        prompt_num_text=2,
+        class_names=("a", "b"),
+    )
     path = official_writer.save(make_model(**cfg), tmp_path)
     model = PoundNet.from_checkpoint(path)
     got = model.config

@@ -1,5 +1,6 @@
 """Weight resolution: local paths, s3:// against a real S3 server on localhost (moto's server
 mode), hf:// offline and against a local server speaking the hub's resolve protocol."""
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,10 @@ def test_s3_download_cache_and_verification(ckpt, s3_client, bucket, tmp_path):
     assert got == tmp_path / "s3" / bucket / key
     assert digest_file(got) == digest
     assert Path(str(got) + ".sha256").read_text().strip() == digest
-    assert PoundNet.from_checkpoint(got, config=ckpt.parent / "config.yaml").model_id == \
-        PoundNet.from_checkpoint(ckpt).model_id
+    assert (
+        PoundNet.from_checkpoint(got, config=ckpt.parent / "config.yaml").model_id
+        == PoundNet.from_checkpoint(ckpt).model_id
+    )
 
     # The second resolve uses the cache: it works with the object gone from S3.
     s3_client.delete_object(Bucket=bucket, Key=key)
@@ -107,8 +110,7 @@ def test_s3_expected_digest_mismatch(ckpt, s3_client, bucket, tmp_path):
 
 
 @pytest.mark.integration
-def test_s3_endpoint_and_cache_from_settings(ckpt, s3_server, s3_client, bucket, tmp_path,
-                                            monkeypatch):
+def test_s3_endpoint_and_cache_from_settings(ckpt, s3_server, s3_client, bucket, tmp_path, monkeypatch):
     """Without an explicit client the resolver makes one for the settings' S3 endpoint
     (POUNDCAM_S3_ENDPOINT_URL) and caches in their folder (POUNDCAM_CACHE_DIR)."""
     from poundcam.model.weights import weights_for
@@ -120,8 +122,9 @@ def test_s3_endpoint_and_cache_from_settings(ckpt, s3_server, s3_client, bucket,
     monkeypatch.setenv("POUNDCAM_WEIGHTS", f"s3://{bucket}/env.ckpt")
     got = weights_for(Settings.from_env())
     assert got.is_relative_to(tmp_path / "cache") and digest_file(got) == digest_file(ckpt)
-    again = resolve_weights(f"s3://{bucket}/env.ckpt", cache_dir=tmp_path / "other",
-                            s3_endpoint_url=s3_server)
+    again = resolve_weights(
+        f"s3://{bucket}/env.ckpt", cache_dir=tmp_path / "other", s3_endpoint_url=s3_server
+    )
     assert digest_file(again) == digest_file(ckpt)
 
 
@@ -135,14 +138,17 @@ def test_s3_missing_object(s3_client, bucket, tmp_path):
 def _resolve_in_subprocess(uris: list[str], env: dict, cache: Path) -> list[str]:
     """huggingface_hub reads HF_HUB_OFFLINE / HF_ENDPOINT at import time: use a fresh process.
     One output line per uri: ``OK <path>`` or ``ERROR <message>``."""
-    code = ("import sys\nfrom poundcam.model.weights import resolve_weights\n"
-            "from poundcam import WeightsNotFoundError\n"
-            "for uri in sys.argv[2:]:\n"
-            "    try:\n        print('OK', resolve_weights(uri, cache_dir=sys.argv[1]))\n"
-            "    except WeightsNotFoundError as e:\n        print('ERROR', str(e).replace('\\n', ' '))\n")
+    code = (
+        "import sys\nfrom poundcam.model.weights import resolve_weights\n"
+        "from poundcam import WeightsNotFoundError\n"
+        "for uri in sys.argv[2:]:\n"
+        "    try:\n        print('OK', resolve_weights(uri, cache_dir=sys.argv[1]))\n"
+        "    except WeightsNotFoundError as e:\n        print('ERROR', str(e).replace('\\n', ' '))\n"
+    )
     full = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(cache / "hf-home"), **env}
-    proc = subprocess.run([sys.executable, "-c", code, str(cache), *uris], env=full,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(cache), *uris], env=full, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("OK ", "ERROR "))]
     assert len(lines) == len(uris), proc.stdout + proc.stderr

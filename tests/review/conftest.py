@@ -1,5 +1,6 @@
 """Fixtures of the review tests: a database URL on both backends and a stats record shaped like
 the ones the analysis path writes."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,7 +33,8 @@ def processed_job(tmp_path_factory, official_dir):
         photo.convert("RGB").crop((0, 0, 512, 384)).resize((320, 240)).save(images / "a.png")
     for name, (w, h) in (("b.jpg", (200, 300)), (HOSTILE_NAME, (256, 256))):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-            images / name, format="PNG" if name.endswith(".png") else "JPEG")
+            images / name, format="PNG" if name.endswith(".png") else "JPEG"
+        )
     (images / "broken.jpg").write_bytes(b"not an image")
     db_url = f"sqlite:///{root / 'poundcam.db'}"
     out = root / "heatmaps"
@@ -42,8 +44,21 @@ def processed_job(tmp_path_factory, official_dir):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["analyze", str(images), "--db", db_url, "--out", str(out), "--device", "cpu",
-                   "--weights", str(official_dir / OFFICIAL_CKPT), "--json"])
+        rc = main(
+            [
+                "analyze",
+                str(images),
+                "--db",
+                db_url,
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--weights",
+                str(official_dir / OFFICIAL_CKPT),
+                "--json",
+            ]
+        )
     assert rc == 1  # one item failed: the file that is not an image
     json_out.write_text(buf.getvalue())
     job_id = json.loads(buf.getvalue())["job_id"]

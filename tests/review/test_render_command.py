@@ -1,5 +1,6 @@
 """``poundcam render ANALYSIS|JOB``: the files drawn from the stored maps, for a job and for one
 analysis; the embedded mode's one object per image is the comparative heatmap drawn again."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,15 +13,15 @@ from poundcam.settings import Settings
 
 @pytest.fixture(scope="module")
 def done_rows(processed_job):
-    rows = client.results(processed_job["job_id"],
-                          settings=Settings.from_env(database_url=processed_job["db_url"]))
+    rows = client.results(
+        processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])
+    )
     return [r for r in rows if r["status"] == "done"]
 
 
 def test_render_a_job(processed_job, done_rows, tmp_path, capsys):
     out = tmp_path / "drawn"
-    rc = main(["render", processed_job["job_id"], "--out", str(out),
-               "--db", processed_job["db_url"]])
+    rc = main(["render", processed_job["job_id"], "--out", str(out), "--db", processed_job["db_url"]])
     assert rc == 0, capsys.readouterr().err
     assert f"drew {len(done_rows)} of {len(done_rows)} analyses" in capsys.readouterr().out
     for row in done_rows:
@@ -35,11 +36,20 @@ def test_render_a_job(processed_job, done_rows, tmp_path, capsys):
 
 def test_render_one_analysis_maps_only(processed_job, done_rows, tmp_path, capsys):
     analysis = str(done_rows[0]["analysis_id"])
-    rc = main(["render", analysis, "--out", str(tmp_path), "--only", "real_raw16,fake_raw16",
-               "--db", processed_job["db_url"]])
+    rc = main(
+        [
+            "render",
+            analysis,
+            "--out",
+            str(tmp_path),
+            "--only",
+            "real_raw16,fake_raw16",
+            "--db",
+            processed_job["db_url"],
+        ]
+    )
     assert rc == 0
-    assert sorted(p.name for p in (tmp_path / analysis).iterdir()) == ["fake_raw16.png",
-                                                                       "real_raw16.png"]
+    assert sorted(p.name for p in (tmp_path / analysis).iterdir()) == ["fake_raw16.png", "real_raw16.png"]
     assert main(["render", "999999", "--out", str(tmp_path), "--db", processed_job["db_url"]]) == 2
     assert "no analysis or job" in capsys.readouterr().err
     assert main(["render", analysis, "--only", "sepia", "--db", processed_job["db_url"]]) == 2

@@ -3,6 +3,7 @@ every picture decodes, failed items show their error, the page's own script sort
 zooms; and screenshots show a reviewer the pictures themselves in their panels, the colour
 legend as the overlays draw it, and a zoomed picture filling the window. The screenshots are
 saved as test artifacts (test-artifacts/report.png, report-zoom.png)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,16 +14,28 @@ import pytest
 
 from poundcam.cli import main
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                  "--virtual-time-budget=10000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+]
 
 
 def run_chromium(chromium: str, tmp_path: Path, url: str, *extra: str) -> str:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -62,8 +75,19 @@ def parse(dom: str) -> Dom:
 
 
 def write_report(job: dict, out: Path, *extra: str) -> Path:
-    rc = main(["report", job["job_id"], "--db", job["db_url"], "--heatmaps", str(job["heatmaps"]),
-               "--out", str(out), *extra])
+    rc = main(
+        [
+            "report",
+            job["job_id"],
+            "--db",
+            job["db_url"],
+            "--heatmaps",
+            str(job["heatmaps"]),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert rc == 0
     return out
 
@@ -76,8 +100,9 @@ def test_report_renders_every_row_and_picture(chromium, processed_job, tmp_path)
     from poundcam.settings import Settings
 
     report = write_report(processed_job, tmp_path / "report.html")
-    rows = client.results(processed_job["job_id"],
-                          settings=Settings.from_env(database_url=processed_job["db_url"]))
+    rows = client.results(
+        processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])
+    )
     dom = parse(run_chromium(chromium, tmp_path, report.as_uri(), "--dump-dom"))
 
     assert dom.body.get("data-ready") == "1"  # the page's script ran to the end
@@ -99,7 +124,7 @@ def test_report_renders_every_row_and_picture(chromium, processed_job, tmp_path)
     assert int(photo["fake_overlay"]["data-natural-width"]) == 224  # the crop at full size
     # The hostile file name is text, not markup: no element came out of it.
     assert sum(len(r["imgs"]) for r in dom.rows) == 15
-    assert 'onerror=alert(1)&gt;' in report.read_text()
+    assert "onerror=alert(1)&gt;" in report.read_text()
 
 
 def _picture(src: str):
@@ -140,12 +165,26 @@ def _screenshot(chromium, tmp_path, url: str, shot: Path, size=(1400, 1000)):
     from PIL import Image
 
     shot.unlink(missing_ok=True)
-    run_chromium(chromium, tmp_path, url, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}",
-                 "--force-device-scale-factor=1")
+    run_chromium(
+        chromium,
+        tmp_path,
+        url,
+        f"--screenshot={shot}",
+        f"--window-size={size[0]},{size[1]}",
+        "--force-device-scale-factor=1",
+    )
     height = size[1]
     for _ in range(2):
-        dom = parse(run_chromium(chromium, tmp_path, url, "--dump-dom", "--force-device-scale-factor=1",
-                                 f"--window-size={size[0]},{height}"))
+        dom = parse(
+            run_chromium(
+                chromium,
+                tmp_path,
+                url,
+                "--dump-dom",
+                "--force-device-scale-factor=1",
+                f"--window-size={size[0]},{height}",
+            )
+        )
         seen = tuple(int(v) for v in dom.body["data-viewport"].split("x"))
         if seen == size:
             break
@@ -156,16 +195,16 @@ def _screenshot(chromium, tmp_path, url: str, shot: Path, size=(1400, 1000)):
     return dom, screen
 
 
-def test_screenshots_show_the_pictures_the_legend_and_the_zoom(chromium, processed_job,
-                                                               tmp_path, artifacts_dir):
+def test_screenshots_show_the_pictures_the_legend_and_the_zoom(
+    chromium, processed_job, tmp_path, artifacts_dir
+):
     """What a reviewer sees, pixel by pixel: each panel of the first item (a photograph) on
     the screen is its picture (and not another panel's), the legend's colours are the
     overlays' ramp, and a zoomed picture fills most of the window over a darkened page."""
     from poundcam.cam.colormap import RAMP
 
     report = write_report(processed_job, tmp_path / "report.html")
-    dom, screen = _screenshot(chromium, tmp_path, report.as_uri() + "#probe",
-                              artifacts_dir / "report.png")
+    dom, screen = _screenshot(chromium, tmp_path, report.as_uri() + "#probe", artifacts_dir / "report.png")
     first = dom.rows[0]
     pictures = {img["data-panel"]: _picture(img["data-src"]) for img in first["imgs"]}
     for img in first["imgs"]:
@@ -185,12 +224,14 @@ def test_screenshots_show_the_pictures_the_legend_and_the_zoom(chromium, process
         assert max(abs(s - v) for s, v in zip(seen, want, strict=True)) < 14, (frac, seen, want)
 
     position = first["data-position"]
-    dom, screen = _screenshot(chromium, tmp_path,
-                              report.as_uri() + f"#zoom={position}:fake_overlay&probe",
-                              artifacts_dir / "report-zoom.png")
+    dom, screen = _screenshot(
+        chromium,
+        tmp_path,
+        report.as_uri() + f"#zoom={position}:fake_overlay&probe",
+        artifacts_dir / "report-zoom.png",
+    )
     assert dom.body.get("data-zoom") == f"{position}:fake_overlay"
-    assert dom.zoom["src"] == next(i["data-src"] for i in first["imgs"]
-                                   if i["data-panel"] == "fake_overlay")
+    assert dom.zoom["src"] == next(i["data-src"] for i in first["imgs"] if i["data-panel"] == "fake_overlay")
     zx, zy, zw, zh = _rect(dom.zoom)
     assert zw >= 700 and zh >= 700  # a 224-pixel picture, more than three times as large
     box, expected = _shown_as(pictures["fake_overlay"], (zx, zy, zw, zh))
@@ -206,8 +247,9 @@ def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_p
     from poundcam.settings import Settings
     from poundcam.storage import LocalStore
 
-    rows = client.results(processed_job["job_id"],
-                          settings=Settings.from_env(database_url=processed_job["db_url"]))
+    rows = client.results(
+        processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])
+    )
     done = [r for r in rows if r["status"] == "done"]
     for r, (p, label) in zip(done, ((0.2, "real"), (0.95, "fake"), (0.7, "fake")), strict=True):
         r.update(p_fake=p, label=label)
@@ -216,15 +258,13 @@ def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_p
     page.write_text(build_report(rows, lambda k: store.get(store.uri_for(k))), encoding="utf-8")
     by_p = sorted(done, key=lambda r: -r["p_fake"])
 
-    dom = parse(run_chromium(chromium, tmp_path, page.as_uri() + "#sort=p_fake:desc",
-                             "--dump-dom"))
+    dom = parse(run_chromium(chromium, tmp_path, page.as_uri() + "#sort=p_fake:desc", "--dump-dom"))
     assert dom.body["data-sort"] == "p_fake:desc"
     order = [int(r["data-position"]) for r in dom.rows]
     failed = [r["position"] for r in rows if r["status"] == "failed"]
     assert order == [r["position"] for r in by_p] + failed  # no P(fake): last
 
-    dom = parse(run_chromium(chromium, tmp_path, page.as_uri() + "#label=fake&min=0.8",
-                             "--dump-dom"))
+    dom = parse(run_chromium(chromium, tmp_path, page.as_uri() + "#label=fake&min=0.8", "--dump-dom"))
     visible = [int(r["data-position"]) for r in dom.rows if "hidden" not in r]
     assert visible == [by_p[0]["position"]] and dom.body["data-shown"] == "1"
 

@@ -3,6 +3,7 @@ filtering, escaping of untrusted strings, no external resources, a CSP that admi
 page's own script, unreadable pictures shown as errors, compressed thumbnails small enough for
 a 1,000-item job; the selection options; and the command against the S3 server with embedded
 and presigned images."""
+
 from __future__ import annotations
 
 import base64
@@ -32,15 +33,21 @@ def drawn(processed_job):
     from poundcam.commands.review import DRAWN_PANELS
 
     store = LocalStore(processed_job["heatmaps"])
-    return RenderedPanels(Settings.from_env(database_url=processed_job["db_url"]),
-                          processed_job["job_id"], DRAWN_PANELS,
-                          lambda key: store.get(store.uri_for(key)))
+    return RenderedPanels(
+        Settings.from_env(database_url=processed_job["db_url"]),
+        processed_job["job_id"],
+        DRAWN_PANELS,
+        lambda key: store.get(store.uri_for(key)),
+    )
 
 
 @pytest.fixture(scope="module")
 def job_rows(processed_job, drawn):
-    return drawn.rows(client.results(
-        processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])))
+    return drawn.rows(
+        client.results(
+            processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,11 @@ def test_sorting_and_filtering_markup(job_rows, local_fetch):
     for value in ("all", "fake", "real", "failed", "pending"):
         assert f'<option value="{value}">' in page
     assert 'data-sort="position"' in page and 'data-sort="p_fake"' in page
-    items = re.findall(r'<article class="item[^"]*" data-position="(\d+)" data-status="(\w+)" '
-                       r'data-label="(\w*)" data-p-fake="([0-9.]*)">', page)
+    items = re.findall(
+        r'<article class="item[^"]*" data-position="(\d+)" data-status="(\w+)" '
+        r'data-label="(\w*)" data-p-fake="([0-9.]*)">',
+        page,
+    )
     assert [int(i[0]) for i in items] == [r["position"] for r in job_rows]
     for (_, status, label, p), row in zip(items, job_rows, strict=True):
         assert status == row["status"]
@@ -76,8 +86,7 @@ def test_sorting_and_filtering_markup(job_rows, local_fetch):
             assert label == "" and p == ""
 
 
-def test_each_item_shows_original_maps_legend_probability_and_threshold(job_rows, local_fetch,
-                                                                        read_original):
+def test_each_item_shows_original_maps_legend_probability_and_threshold(job_rows, local_fetch, read_original):
     page = build_report(job_rows, local_fetch, fetch_original=read_original)
     done = [r for r in job_rows if r["status"] == "done"]
     shown = thumbs(page)
@@ -155,11 +164,20 @@ def test_thumbnails_keep_a_thousand_items_under_30_mb(job_rows, local_fetch, rea
 
 
 def test_select_rows_filters_sorts_and_limits():
-    rows = [{"position": i, "status": "done", "label": lab, "p_fake": p,
-             "stats": {"comparative": {"fake_share": s}}}
-            for i, (lab, p, s) in enumerate((("real", 0.1, 0.5), ("fake", 0.9, 0.2),
-                                             ("fake", 0.7, 0.9), ("real", 0.3, 0.1)))]
+    rows = [
+        {
+            "position": i,
+            "status": "done",
+            "label": lab,
+            "p_fake": p,
+            "stats": {"comparative": {"fake_share": s}},
+        }
+        for i, (lab, p, s) in enumerate(
+            (("real", 0.1, 0.5), ("fake", 0.9, 0.2), ("fake", 0.7, 0.9), ("real", 0.3, 0.1))
+        )
+    ]
     rows.append({"position": 4, "status": "failed", "label": None, "p_fake": None, "stats": None})
+
     def pos(rs):
         return [r["position"] for r in rs]
 
@@ -172,16 +190,33 @@ def test_select_rows_filters_sorts_and_limits():
         select_rows(rows, sort="uri")
 
 
-def test_report_command_selects_and_finds_the_heatmap_folder(processed_job, job_rows, tmp_path,
-                                                             monkeypatch, capsys):
+def test_report_command_selects_and_finds_the_heatmap_folder(
+    processed_job, job_rows, tmp_path, monkeypatch, capsys
+):
     for var in ("POUNDCAM_LOCAL_ROOT", "POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "fake.html"
     best = max((r for r in job_rows if r["status"] == "done"), key=lambda r: r["p_fake"])
-    assert main(["report", processed_job["job_id"], "--db", processed_job["db_url"],
-                 "--out", str(out), "--sort", "p_fake", "--limit", "1",
-                 "--min-prob", "0"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                processed_job["job_id"],
+                "--db",
+                processed_job["db_url"],
+                "--out",
+                str(out),
+                "--sort",
+                "p_fake",
+                "--limit",
+                "1",
+                "--min-prob",
+                "0",
+            ]
+        )
+        == 0
+    )
     page = out.read_text()
     assert re.findall(r'data-position="(\d+)"', page) == [str(best["position"])]
     assert [n for n, _ in thumbs(page)] == list(PANELS)  # found the heatmaps and the original
@@ -189,19 +224,31 @@ def test_report_command_selects_and_finds_the_heatmap_folder(processed_job, job_
     assert "1 items (1 analysed)" in capsys.readouterr().out
     label = "fake" if best["label"] == "real" else "real"
     others = [r for r in job_rows if r["status"] == "done" and r["label"] == label]
-    assert main(["report", processed_job["job_id"], "--db", processed_job["db_url"],
-                 "--out", str(out), "--label", label]) == 0
+    assert (
+        main(
+            [
+                "report",
+                processed_job["job_id"],
+                "--db",
+                processed_job["db_url"],
+                "--out",
+                str(out),
+                "--label",
+                label,
+            ]
+        )
+        == 0
+    )
     assert len(re.findall(r'<article class="item', out.read_text())) == len(others)
 
 
-def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, bucket,
-                                tmp_path, monkeypatch, capsys):
+def test_report_command_with_s3(
+    processed_job, job_rows, s3_client, s3_server, bucket, tmp_path, monkeypatch, capsys
+):
     """Heatmaps in the S3 server: embedded, and presigned URLs that open and expire."""
-    keys = {k for r in job_rows for k in (r["heatmap_keys"] or {}).values()
-            if not k.startswith("rendered:")}
+    keys = {k for r in job_rows for k in (r["heatmap_keys"] or {}).values() if not k.startswith("rendered:")}
     for key in keys:
-        s3_client.put_object(Bucket=bucket, Key=key,
-                             Body=(processed_job["heatmaps"] / key).read_bytes())
+        s3_client.put_object(Bucket=bucket, Key=key, Body=(processed_job["heatmaps"] / key).read_bytes())
     monkeypatch.delenv("POUNDCAM_LOCAL_ROOT", raising=False)
     monkeypatch.setenv("POUNDCAM_S3_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("POUNDCAM_HEATMAP_BUCKET", bucket)
@@ -213,8 +260,7 @@ def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, b
     assert [n for n, _ in thumbs(out.read_text())] == list(PANELS) * 3
 
     out = tmp_path / "linked.html"
-    assert main(["report", job, "--out", str(out), "--images", "presigned",
-                 "--expires", "600"]) == 0
+    assert main(["report", job, "--out", str(out), "--images", "presigned", "--expires", "600"]) == 0
     assert "expiring in 600 s" in capsys.readouterr().out
     page = out.read_text()
     srcs = [u.replace("&amp;", "&") for _, u in thumbs(page)]
@@ -233,8 +279,7 @@ def test_report_command_with_s3(processed_job, job_rows, s3_client, s3_server, b
 
 def keys_of(rows) -> list[str]:
     """The stored heatmap key of each analysed row, in order."""
-    return [k for r in rows for k in (r["heatmap_keys"] or {}).values()
-            if not k.startswith("rendered:")]
+    return [k for r in rows for k in (r["heatmap_keys"] or {}).values() if not k.startswith("rendered:")]
 
 
 def test_templates_ship_as_package_data():
@@ -246,8 +291,11 @@ def test_templates_ship_as_package_data():
     import tomllib
 
     root = Path(__file__).resolve().parents[2]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["poundcam.report"]
-    files = [p.relative_to(root / "poundcam" / "report").as_posix()
-             for p in (root / "poundcam" / "report" / "templates").iterdir()]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "poundcam.report"
+    ]
+    files = [
+        p.relative_to(root / "poundcam" / "report").as_posix()
+        for p in (root / "poundcam" / "report" / "templates").iterdir()
+    ]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files

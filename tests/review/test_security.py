@@ -1,5 +1,6 @@
 """Security properties that no schema checks: no pickle on the wire, credentials never in
 logs, object keys validated before anything is written or read."""
+
 from __future__ import annotations
 
 import ast
@@ -9,13 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = sorted(p for folder in ("poundcam", "workers", "migrations")
-              for p in (ROOT / folder).rglob("*.py"))
+CODE = sorted(p for folder in ("poundcam", "workers", "migrations") for p in (ROOT / folder).rglob("*.py"))
 # The one place that unpickles: checkpoint files, through torch.load(weights_only=True) with
 # an allow-list (poundcam/model/safe_pickle.py). Nothing that travels between processes.
 PICKLE_ALLOWED = {"poundcam/model/safe_pickle.py"}
-UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",
-                  "jsonpickle"}
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve", "jsonpickle"}
 
 
 def _rel(path: Path) -> str:
@@ -39,14 +38,18 @@ def test_no_pickle_in_code_outside_checkpoint_loading():
             if isinstance(node, ast.Constant) and node.value in ("pickle", "application/x-python-serialize"):
                 offenders.append(f"{_rel(path)}:{node.lineno} names the {node.value!r} serializer")
             # torch.load without weights_only=True would unpickle arbitrary objects.
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "load" and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == "torch"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
                 kw = {k.arg: k.value for k in node.keywords}
-                if not (isinstance(kw.get("weights_only"), ast.Constant)
-                        and kw["weights_only"].value is True):
-                    offenders.append(f"{_rel(path)}:{node.lineno} torch.load without "
-                                     f"weights_only=True")
+                if not (
+                    isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+                ):
+                    offenders.append(f"{_rel(path)}:{node.lineno} torch.load without weights_only=True")
     assert offenders == []
 
 
@@ -71,11 +74,14 @@ def test_worker_app_speaks_json_only():
     assert app.conf.result_serializer == "json"
 
 
-@pytest.mark.parametrize("text, secret", [
-    ("postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam", "s3cr3t-pw"),
-    ("connecting to postgresql://u:p%40ss@h/db failed", "p%40ss"),
-    ("amqp://guest:hunter2@rabbit//", "hunter2"),
-])
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam", "s3cr3t-pw"),
+        ("connecting to postgresql://u:p%40ss@h/db failed", "p%40ss"),
+        ("amqp://guest:hunter2@rabbit//", "hunter2"),
+    ],
+)
 def test_redact_hides_url_passwords(text, secret):
     from poundcam.logs import redact
 
@@ -110,39 +116,44 @@ def test_worker_log_lines_redact_database_passwords():
     import sys
 
     url = "postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam"
-    proc = subprocess.run([sys.executable, "-c", WORKER_LOGGING, url], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_LOGGING, url], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "s3cr3t-pw" not in proc.stderr + proc.stdout
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert len(lines) == 2
-    assert lines[0]["message"] == ("database postgresql://poundcam:***@db.internal:5432"
-                                   "/poundcam unreachable")
+    assert lines[0]["message"] == ("database postgresql://poundcam:***@db.internal:5432/poundcam unreachable")
     assert lines[0]["job_id"] == "j1" and lines[0]["items"] == [1, 2]
     assert "poundcam:***@db.internal" in lines[1]["exc"]
 
 
 def test_settings_repr_is_not_logged_by_the_worker():
     """Settings carry the database and broker URLs; the worker's start-up never logs them."""
-    src = "\n".join((ROOT / p).read_text() for p in ("workers/signals.py", "workers/runtime.py",
-                                                     "workers/tasks.py", "poundcam/runtime.py"))
+    src = "\n".join(
+        (ROOT / p).read_text()
+        for p in ("workers/signals.py", "workers/runtime.py", "workers/tasks.py", "poundcam/runtime.py")
+    )
     for pattern in ("database_url)", "broker_url)", "settings)", "os.environ)"):
         assert f"log.info({pattern}" not in src.replace(" ", "")
 
 
-@pytest.mark.parametrize("args", [
-    ("heatmaps/", "a" * 64, "..", "cam", "fake_overlay"),
-    ("heatmaps/", "a" * 64, "model", "../../etc", "fake_overlay"),
-    ("heatmaps/", "a" * 64, "model", "cam", "../fake_overlay"),
-    ("heatmaps/", "a" * 64, "model", "cam", "fake/overlay"),
-    ("heatmaps/", "a" * 64, "model", "cam", ".hidden"),
-    ("heatmaps/", "../" + "a" * 61, "model", "cam", "fake_overlay"),
-    ("heatmaps/", "A" * 64, "model", "cam", "fake_overlay"),
-    ("/abs/", "a" * 64, "model", "cam", "fake_overlay"),
-    ("../up/", "a" * 64, "model", "cam", "fake_overlay"),
-    ("heatmaps/", "a" * 64, "model\n", "cam", "fake_overlay"),
-    ("heatmaps/", "a" * 64, "", "cam", "fake_overlay"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("heatmaps/", "a" * 64, "..", "cam", "fake_overlay"),
+        ("heatmaps/", "a" * 64, "model", "../../etc", "fake_overlay"),
+        ("heatmaps/", "a" * 64, "model", "cam", "../fake_overlay"),
+        ("heatmaps/", "a" * 64, "model", "cam", "fake/overlay"),
+        ("heatmaps/", "a" * 64, "model", "cam", ".hidden"),
+        ("heatmaps/", "../" + "a" * 61, "model", "cam", "fake_overlay"),
+        ("heatmaps/", "A" * 64, "model", "cam", "fake_overlay"),
+        ("/abs/", "a" * 64, "model", "cam", "fake_overlay"),
+        ("../up/", "a" * 64, "model", "cam", "fake_overlay"),
+        ("heatmaps/", "a" * 64, "model\n", "cam", "fake_overlay"),
+        ("heatmaps/", "a" * 64, "", "cam", "fake_overlay"),
+    ],
+)
 def test_heatmap_keys_are_validated(args):
     from poundcam.constants import ErrorCode
     from poundcam.storage import StorageError, heatmap_key
@@ -156,19 +167,21 @@ def test_heatmap_key_shape():
     from poundcam.storage import heatmap_key
 
     sha = "0f" * 32
-    assert heatmap_key("heatmaps", sha, "pn-1", "gradcam-ln_1-L9-contrastive", "fake_overlay") == \
-        f"heatmaps/pn-1/gradcam-ln_1-L9-contrastive/0f/{sha}/fake_overlay.png"
+    assert (
+        heatmap_key("heatmaps", sha, "pn-1", "gradcam-ln_1-L9-contrastive", "fake_overlay")
+        == f"heatmaps/pn-1/gradcam-ln_1-L9-contrastive/0f/{sha}/fake_overlay.png"
+    )
 
 
-@pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "a//b.png",
-                                 "a\\b.png", "a/\x00.png", "a/"])
+@pytest.mark.parametrize(
+    "key", ["../x.png", "a/../../x.png", "/etc/passwd", "a//b.png", "a\\b.png", "a/\x00.png", "a/"]
+)
 def test_stores_refuse_unsafe_keys(key, tmp_path):
     from poundcam.constants import ErrorCode
     from poundcam.storage import LocalStore, StorageError
 
     store = LocalStore(tmp_path / "root")
-    for op in (lambda: store.put(key, b"x"), lambda: store.uri_for(key),
-               lambda: store.presigned_url(key)):
+    for op in (lambda: store.put(key, b"x"), lambda: store.uri_for(key), lambda: store.presigned_url(key)):
         with pytest.raises(StorageError) as info:
             op()
         assert info.value.code == ErrorCode.INVALID_KEY

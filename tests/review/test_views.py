@@ -1,5 +1,6 @@
 """The review views on both backends: created by the migration, filled through the repository
 functions, same columns and values on PostgreSQL and SQLite, removed by the downgrade."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -17,30 +18,110 @@ from poundcam.db import (
 from poundcam.db.migrate import current, downgrade, upgrade
 
 ITEM_COLUMNS = [
-    "job_id", "item_id", "position", "uri", "status", "error_code", "error_message", "attempts",
-    "item_updated_at", "analysis_id", "sha256", "model_id", "cam_config_id", "p_fake", "label",
-    "threshold", "logit_real", "logit_fake", "real_max", "fake_max", "real_mean", "fake_mean",
-    "real_area_half_max", "fake_area_half_max", "real_entropy", "fake_entropy", "fake_share",
-    "correlation", "real_peak_x", "real_peak_y", "fake_peak_x", "fake_peak_y", "cam_layer",
-    "cam_target", "cam_grid", "heatmap_real_overlay_key", "heatmap_fake_overlay_key",
-    "heatmap_real_overlay_original_key", "heatmap_fake_overlay_original_key",
-    "heatmap_real_raw16_key", "heatmap_fake_raw16_key", "image_format", "width", "height",
-    "worker", "analysed_at", "heatmap_key", "real_map", "fake_map", "deep_real_map",
-    "deep_fake_map"]
+    "job_id",
+    "item_id",
+    "position",
+    "uri",
+    "status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "item_updated_at",
+    "analysis_id",
+    "sha256",
+    "model_id",
+    "cam_config_id",
+    "p_fake",
+    "label",
+    "threshold",
+    "logit_real",
+    "logit_fake",
+    "real_max",
+    "fake_max",
+    "real_mean",
+    "fake_mean",
+    "real_area_half_max",
+    "fake_area_half_max",
+    "real_entropy",
+    "fake_entropy",
+    "fake_share",
+    "correlation",
+    "real_peak_x",
+    "real_peak_y",
+    "fake_peak_x",
+    "fake_peak_y",
+    "cam_layer",
+    "cam_target",
+    "cam_grid",
+    "heatmap_real_overlay_key",
+    "heatmap_fake_overlay_key",
+    "heatmap_real_overlay_original_key",
+    "heatmap_fake_overlay_original_key",
+    "heatmap_real_raw16_key",
+    "heatmap_fake_raw16_key",
+    "image_format",
+    "width",
+    "height",
+    "worker",
+    "analysed_at",
+    "heatmap_key",
+    "real_map",
+    "fake_map",
+    "deep_real_map",
+    "deep_fake_map",
+]
 GRID = 16
-SUMMARY_COLUMNS = ["job_id", "created_at", "total", "queued", "running", "done", "failed", "fake",
-                   "real", "finished", "max_p_fake", "last_update_at"]
-NAMES = ("real_overlay", "fake_overlay", "real_overlay_original", "fake_overlay_original",
-         "real_raw16", "fake_raw16")
+SUMMARY_COLUMNS = [
+    "job_id",
+    "created_at",
+    "total",
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "fake",
+    "real",
+    "finished",
+    "max_p_fake",
+    "last_update_at",
+]
+NAMES = (
+    "real_overlay",
+    "fake_overlay",
+    "real_overlay_original",
+    "fake_overlay_original",
+    "real_raw16",
+    "fake_raw16",
+)
 
 
 def _stats(fake_max: float, peak) -> dict:
-    cls = {"max": fake_max, "mean": fake_max / 4, "area_half_max": 0.125, "entropy": 0.8,
-           "peak": peak, "centroid": peak, "peak_cell": [1, 2]}
-    real = {"max": 0.5, "mean": 0.1, "area_half_max": 0.25, "entropy": 0.9, "peak": [10.0, 20.0],
-            "centroid": [11.0, 21.0], "peak_cell": [0, 0]}
-    return {"real": real, "fake": cls, "comparative": {"correlation": None, "fake_share": 0.75},
-            "grid": 16, "layer": 23, "target": "contrastive"}
+    cls = {
+        "max": fake_max,
+        "mean": fake_max / 4,
+        "area_half_max": 0.125,
+        "entropy": 0.8,
+        "peak": peak,
+        "centroid": peak,
+        "peak_cell": [1, 2],
+    }
+    real = {
+        "max": 0.5,
+        "mean": 0.1,
+        "area_half_max": 0.25,
+        "entropy": 0.9,
+        "peak": [10.0, 20.0],
+        "centroid": [11.0, 21.0],
+        "peak_cell": [0, 0],
+    }
+    return {
+        "real": real,
+        "fake": cls,
+        "comparative": {"correlation": None, "fake_share": 0.75},
+        "grid": 16,
+        "layer": 23,
+        "target": "contrastive",
+    }
 
 
 def _maps(fake_peak: tuple[int, int] | None):
@@ -60,20 +141,31 @@ def _maps(fake_peak: tuple[int, int] | None):
 def _analysis(sha_char: str, p_fake: float, label: str, peak, fake_peak=None) -> dict:
     sha = sha_char * 64
     real, fake = _maps(fake_peak)
-    return {"sha256": sha, "model_id": "m" * 16, "cam_config_id": "c" * 12, "p_fake": p_fake,
-            "logit_real": 0.0, "logit_fake": 1.0, "label": label, "threshold": 0.5,
-            "stats": _stats(2.0 * p_fake, peak),
-            "heatmap_keys": {n: f"heatmaps/{sha[:2]}/{sha}/{n}.png" for n in NAMES},
-            "image_format": "JPEG", "width": 640, "height": 480, "worker": "w1",
-            "real_map": real, "fake_map": fake}
+    return {
+        "sha256": sha,
+        "model_id": "m" * 16,
+        "cam_config_id": "c" * 12,
+        "p_fake": p_fake,
+        "logit_real": 0.0,
+        "logit_fake": 1.0,
+        "label": label,
+        "threshold": 0.5,
+        "stats": _stats(2.0 * p_fake, peak),
+        "heatmap_keys": {n: f"heatmaps/{sha[:2]}/{sha}/{n}.png" for n in NAMES},
+        "image_format": "JPEG",
+        "width": 640,
+        "height": 480,
+        "worker": "w1",
+        "real_map": real,
+        "fake_map": fake,
+    }
 
 
 def _fill(url: str) -> tuple[str, str]:
     """Job A: fake done, real done, a failure, one queued; job B: no items."""
     sessions = make_session_factory(url)
     with session_scope(sessions) as s:
-        job = create_job(s, ["s3://img/a.jpg", "s3://img/b'<x>.png", "s3://img/c.jpg",
-                             "s3://img/d.jpg"])
+        job = create_job(s, ["s3://img/a.jpg", "s3://img/b'<x>.png", "s3://img/c.jpg", "s3://img/d.jpg"])
         empty = create_job(s, [])
         ids = mark_running(s, _item_ids(s, job)[:3])
         a = upsert_analysis(s, _analysis("a", 0.9, "fake", [100.5, 200.25], fake_peak=(1, 2)))
@@ -87,8 +179,10 @@ def _fill(url: str) -> tuple[str, str]:
 
 def _item_ids(s, job):
     from poundcam.db import JobItem
-    return list(s.execute(sa.select(JobItem.id).where(JobItem.job_id == job)
-                          .order_by(JobItem.position)).scalars())
+
+    return list(
+        s.execute(sa.select(JobItem.id).where(JobItem.job_id == job).order_by(JobItem.position)).scalars()
+    )
 
 
 def _query(url: str, sql: str, **params):
@@ -114,8 +208,9 @@ def test_views_up_query_down(db_url):
     assert {"poundcam_v_item_results", "poundcam_v_job_summary"} <= _views(db_url)
     job, empty = _fill(db_url)
 
-    cols, rows = _query(db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j "
-                                "ORDER BY position", j=job)
+    cols, rows = _query(
+        db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j ORDER BY position", j=job
+    )
     assert cols == ITEM_COLUMNS
     assert [r["status"] for r in rows] == ["done", "done", "failed", "queued"]
     fake, real, failed, queued = rows
@@ -141,23 +236,36 @@ def test_views_up_query_down(db_url):
     import numpy as np
 
     for row, peak in ((fake, (1, 2)), (real, None)):
-        maps = {k: json.loads(row[k]) if isinstance(row[k], str) else row[k]
-                for k in ("real_map", "fake_map")}
+        maps = {
+            k: json.loads(row[k]) if isinstance(row[k], str) else row[k] for k in ("real_map", "fake_map")
+        }
         want_real, want_fake = _maps(peak)
         assert np.array_equal(np.asarray(maps["real_map"], np.float32), want_real)
         assert np.array_equal(np.asarray(maps["fake_map"], np.float32), want_fake)
     assert failed["real_map"] is None and fake["heatmap_key"] is None
-    _, cells = _query(db_url, "SELECT map, grid_row, grid_col, value FROM poundcam_v_map_cells "
-                              "WHERE analysis_id = :a AND value > 0 ORDER BY map, grid_row, "
-                              "grid_col", a=fake["analysis_id"])
+    _, cells = _query(
+        db_url,
+        "SELECT map, grid_row, grid_col, value FROM poundcam_v_map_cells "
+        "WHERE analysis_id = :a AND value > 0 ORDER BY map, grid_row, "
+        "grid_col",
+        a=fake["analysis_id"],
+    )
     assert [(c["map"], c["grid_row"], c["grid_col"]) for c in cells] == [
-        ("fake", 1, 2), ("fake", 1, 3), ("fake", 6, 6), ("real", 8, 8)]
+        ("fake", 1, 2),
+        ("fake", 1, 3),
+        ("fake", 6, 6),
+        ("real", 8, 8),
+    ]
     assert np.float32(cells[0]["value"]) == np.float32(1.7)
 
     # What a reviewer runs: fakes above a probability, strongest first, with their heatmaps.
-    _, top = _query(db_url, "SELECT uri, p_fake, heatmap_fake_overlay_key FROM "
-                            "poundcam_v_item_results WHERE label = 'fake' AND p_fake >= :p "
-                            "ORDER BY p_fake DESC", p=0.5)
+    _, top = _query(
+        db_url,
+        "SELECT uri, p_fake, heatmap_fake_overlay_key FROM "
+        "poundcam_v_item_results WHERE label = 'fake' AND p_fake >= :p "
+        "ORDER BY p_fake DESC",
+        p=0.5,
+    )
     assert [r["uri"] for r in top] == ["s3://img/a.jpg"]
 
     cols, summary = _query(db_url, "SELECT * FROM poundcam_v_job_summary ORDER BY total DESC")
@@ -171,8 +279,9 @@ def test_views_up_query_down(db_url):
     assert (e["total"], e["queued"], e["done"], e["fake"], e["real"]) == (0, 0, 0, 0, 0)
     assert e["finished"] and e["max_p_fake"] is None
     # `real` and `finished` read unquoted, as tools write them.
-    _, unq = _query(db_url, "SELECT real, fake, finished FROM poundcam_v_job_summary "
-                            "WHERE job_id = :j", j=job)
+    _, unq = _query(
+        db_url, "SELECT real, fake, finished FROM poundcam_v_job_summary WHERE job_id = :j", j=job
+    )
     assert unq == [{"real": 1, "fake": 1, "finished": False}]
 
     downgrade(db_url, "0003_job_idempotency_key")
@@ -180,8 +289,9 @@ def test_views_up_query_down(db_url):
     assert cols == ITEM_COLUMNS[:-5]  # 0002's view again
     assert "poundcam_v_map_cells" not in _views(db_url)
     upgrade(db_url)
-    cols, rows = _query(db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j "
-                                "ORDER BY position", j=job)
+    cols, rows = _query(
+        db_url, "SELECT * FROM poundcam_v_item_results WHERE job_id = :j ORDER BY position", j=job
+    )
     assert cols == ITEM_COLUMNS and rows[0]["fake_map"] is None  # the data went with 0004
     assert rows[0]["deep_fake_map"] is None
 
@@ -200,8 +310,9 @@ def test_finished_when_nothing_waits(db_url):
         (item,) = mark_running(s, _item_ids(s, job))
         mark_failed(s, item, "not_found", "gone")
     sessions.kw["bind"].dispose()
-    _, rows = _query(db_url, "SELECT finished, failed, total FROM poundcam_v_job_summary "
-                             "WHERE job_id = :j", j=job)
+    _, rows = _query(
+        db_url, "SELECT finished, failed, total FROM poundcam_v_job_summary WHERE job_id = :j", j=job
+    )
     assert rows == [{"finished": True, "failed": 1, "total": 1}]
 
 
@@ -247,8 +358,14 @@ def test_deep_maps_in_the_view_and_down_to_0004(db_url):
     with session_scope(sessions) as s:
         job = create_job(s, ["s3://img/deep.jpg", "s3://img/fast.jpg"])
         ids = mark_running(s, _item_ids(s, job))
-        deep = upsert_analysis(s, {**_analysis("d", 0.9, "fake", [1.0, 2.0], fake_peak=(1, 2)),
-                                   "deep_real_map": deep_real, "deep_fake_map": deep_fake})
+        deep = upsert_analysis(
+            s,
+            {
+                **_analysis("d", 0.9, "fake", [1.0, 2.0], fake_peak=(1, 2)),
+                "deep_real_map": deep_real,
+                "deep_fake_map": deep_fake,
+            },
+        )
         fast = upsert_analysis(s, _analysis("f", 0.1, "real", None))
         mark_done(s, ids[0], deep)
         mark_done(s, ids[1], fast)
@@ -257,8 +374,10 @@ def test_deep_maps_in_the_view_and_down_to_0004(db_url):
     sql = "SELECT * FROM poundcam_v_item_results WHERE job_id = :j ORDER BY position"
     cols, rows = _query(db_url, sql, j=job)
     assert cols == ITEM_COLUMNS
-    got = {k: json.loads(rows[0][k]) if isinstance(rows[0][k], str) else rows[0][k]
-           for k in ("deep_real_map", "deep_fake_map", "fake_map")}
+    got = {
+        k: json.loads(rows[0][k]) if isinstance(rows[0][k], str) else rows[0][k]
+        for k in ("deep_real_map", "deep_fake_map", "fake_map")
+    }
     assert np.array_equal(np.asarray(got["deep_real_map"], np.float32), deep_real)
     assert np.array_equal(np.asarray(got["deep_fake_map"], np.float32), deep_fake)
     assert np.array_equal(np.asarray(got["fake_map"], np.float32), _maps((1, 2))[1])

@@ -1,5 +1,6 @@
 """Fixtures of the preprocessing tests: generated JPEGs (benchmarks/jpeg_corpus.py, shared with
 the preprocessing benchmark) and the official fixture's PNGs as JPEG bytes."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,18 @@ from benchmarks import jpeg_corpus
 
 # Small sizes keep the suite fast; they still cover landscape, portrait, square, upscaling and
 # extreme aspect ratios.
-TEST_SIZES = [(480, 270), (270, 480), (300, 300), (257, 256), (256, 331), (224, 224),
-              (200, 150), (97, 61), (1000, 229), (37, 500)]
+TEST_SIZES = [
+    (480, 270),
+    (270, 480),
+    (300, 300),
+    (257, 256),
+    (256, 331),
+    (224, 224),
+    (200, 150),
+    (97, 61),
+    (1000, 229),
+    (37, 500),
+]
 
 
 @pytest.fixture(scope="session")

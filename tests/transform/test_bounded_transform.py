@@ -1,6 +1,7 @@
 """The bounded transform (poundcam.preprocess.window) gives the literal transform's crop, bit for
 bit, on both of its paths; Pillow's resize arithmetic is reproduced for any window; the JPEG
 re-encode of a strip the official encoder refuses still gives the official pixels."""
+
 from __future__ import annotations
 
 import io
@@ -15,9 +16,27 @@ from poundcam.preprocess.transform import crop_image, jpeg_roundtrip, reference_
 
 # Ordinary, odd, portrait (vertical pass first in Pillow), upscaled and thin sizes; the thin
 # ones stay small enough for the literal transform (its memory grows with the resized image).
-SIZES = [(1, 1), (3, 2), (224, 224), (256, 256), (257, 300), (300, 257), (1000, 229),
-         (229, 1000), (17, 600), (600, 17), (1920, 1080), (1080, 1920), (700, 2300),
-         (2300, 700), (1500, 1), (1, 1500), (3000, 9), (9, 3000), (613, 611)]
+SIZES = [
+    (1, 1),
+    (3, 2),
+    (224, 224),
+    (256, 256),
+    (257, 300),
+    (300, 257),
+    (1000, 229),
+    (229, 1000),
+    (17, 600),
+    (600, 17),
+    (1920, 1080),
+    (1080, 1920),
+    (700, 2300),
+    (2300, 700),
+    (1500, 1),
+    (1, 1500),
+    (3000, 9),
+    (9, 3000),
+    (613, 611),
+]
 
 
 def image_of(size, seed: int) -> Image.Image:

@@ -3,6 +3,7 @@
 On this CPU-only machine the device path runs torchvision's CPU decoder and encoder: the same
 code as on CUDA, with libjpeg-turbo where CUDA has nvJPEG.
 """
+
 from __future__ import annotations
 
 import io
@@ -56,6 +57,7 @@ def pillow_pre():
 
 # --- choosing the path ------------------------------------------------------------------------
 
+
 def test_choose_path():
     assert choose_path("cuda", "auto") == "device"
     assert choose_path(torch.device("cuda", 1), None) == "device"
@@ -75,6 +77,7 @@ def test_cpu_default_is_pillow(corpus):
 
 
 # --- the pieces -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_matches_pillow_transposes(orientation):
@@ -96,12 +99,18 @@ def test_resize_crop_matches_pillow(corpus, size, exact_uint8):
 
     image = corpus.photo_like(*size, seed=size[0])
     geom = geometry_for(*size)
-    ref = TF.resize(image, [geom.resized[1], geom.resized[0]],
-                    interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    ref = np.asarray(ref.crop((geom.crop_left, geom.crop_top, geom.crop_left + 224,
-                               geom.crop_top + 224))).astype(int)
-    got = resize_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1), geom,
-                      exact_uint8=exact_uint8).permute(1, 2, 0).numpy().astype(int)
+    ref = TF.resize(
+        image, [geom.resized[1], geom.resized[0]], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+    )
+    ref = np.asarray(
+        ref.crop((geom.crop_left, geom.crop_top, geom.crop_left + 224, geom.crop_top + 224))
+    ).astype(int)
+    got = (
+        resize_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1), geom, exact_uint8=exact_uint8)
+        .permute(1, 2, 0)
+        .numpy()
+        .astype(int)
+    )
     diff = np.abs(got - ref)
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.01
@@ -111,8 +120,10 @@ def test_resize_crops_batches_equal_single_images(corpus):
     """The float form batches images of one size (CUDA's path): the same crops as one by one,
     across sizes, orientations and chunk boundaries, in input order."""
     sizes = [(640, 360), (360, 640), (640, 360), (257, 256), (640, 360), (360, 640)]
-    images = [torch.from_numpy(np.array(corpus.photo_like(w, h, seed=i))).permute(2, 0, 1)
-              for i, (w, h) in enumerate(sizes)]
+    images = [
+        torch.from_numpy(np.array(corpus.photo_like(w, h, seed=i))).permute(2, 0, 1)
+        for i, (w, h) in enumerate(sizes)
+    ]
     geoms = [geometry_for(w, h) for w, h in sizes]
     single = [resize_crop(im, g, exact_uint8=False) for im, g in zip(images, geoms, strict=True)]
     batched = resize_crops(images, geoms, exact_uint8=False, max_pixels=2 * 640 * 360)
@@ -148,13 +159,14 @@ def test_device_arithmetic_copies_no_host_data_per_batch(corpus):
                 Made.count += 1
             return func(*args, **(kwargs or {}))
 
-    images = [torch.from_numpy(np.array(corpus.photo_like(w, h, seed=w))).permute(2, 0, 1)
-              for w, h in ((97, 61), (64, 48))]
+    images = [
+        torch.from_numpy(np.array(corpus.photo_like(w, h, seed=w))).permute(2, 0, 1)
+        for w, h in ((97, 61), (64, 48))
+    ]
 
     def arithmetic():
         rt = jpeg_roundtrip_tensors(images)
-        crops = resize_crops(rt, [geometry_for(w, h) for w, h in ((97, 61), (64, 48))],
-                             exact_uint8=False)
+        crops = resize_crops(rt, [geometry_for(w, h) for w, h in ((97, 61), (64, 48))], exact_uint8=False)
         return normalize(torch.stack(crops).float().div_(255))
 
     arithmetic()  # constants made here, once per device
@@ -164,6 +176,7 @@ def test_device_arithmetic_copies_no_host_data_per_batch(corpus):
 
 
 # --- batches ----------------------------------------------------------------------------------
+
 
 def test_mixed_format_batch(corpus, device_pre):
     photo = corpus.photo_like(320, 240, seed=3)
@@ -222,7 +235,7 @@ def test_same_outcome_whichever_path(corpus, device_pre, pillow_pre):
     def without(marker: bytes) -> bytes:
         out = bytearray(good)
         while (i := out.find(marker, 0, out.find(b"\xff\xda"))) >= 0:
-            del out[i:i + 2 + int.from_bytes(out[i + 2:i + 4], "big")]
+            del out[i : i + 2 + int.from_bytes(out[i + 2 : i + 4], "big")]
         return bytes(out)
 
     no_quant = without(b"\xff\xdb")  # quantization tables removed: both decoders refuse it
@@ -230,8 +243,10 @@ def test_same_outcome_whichever_path(corpus, device_pre, pillow_pre):
     huge = corpus.jpeg_bytes(corpus.photo_like(200, 120, seed=5))
     inputs = [good, no_quant, huge, good + b"junk after the end", no_huff]
     limits = DecodeLimits(max_pixels=200 * 119)
-    with DevicePreprocessor("cpu", threads=2, force="device", limits=limits) as dev, \
-            DevicePreprocessor("cpu", threads=2, force="pillow", limits=limits) as pil:
+    with (
+        DevicePreprocessor("cpu", threads=2, force="device", limits=limits) as dev,
+        DevicePreprocessor("cpu", threads=2, force="pillow", limits=limits) as pil,
+    ):
         a, b = dev.preprocess_batch(inputs), pil.preprocess_batch(inputs)
     assert [x.ok for x in a] == [y.ok for y in b] == [True, False, False, True, True]
     assert a.items[1].code == b.items[1].code == "corrupt"
@@ -337,6 +352,7 @@ def test_non_bytes_is_a_type_error(device_pre):
 
 # --- overlap ----------------------------------------------------------------------------------
 
+
 def test_iter_batches_order_keys_and_prefetch(corpus, device_pre):
     datas = [corpus.jpeg_bytes(corpus.photo_like(100, 80, seed=i)) for i in range(7)]
     pulled = []
@@ -387,6 +403,5 @@ def test_iter_batches_close_early_stops_producer(corpus, device_pre):
     it = iter_batches(device_pre, endless(), batch_size=2)
     next(it)
     it.close()
-    leftover = [t for t in threading.enumerate()
-                if t.name == "poundcam-prefetch" and t.ident not in before]
+    leftover = [t for t in threading.enumerate() if t.name == "poundcam-prefetch" and t.ident not in before]
     assert not leftover

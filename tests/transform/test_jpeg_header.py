@@ -1,4 +1,5 @@
 """The cheap JPEG header read that decides which inputs the device path may take."""
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,10 @@ def test_orientation_pillow_reads_differently_is_unknown(corpus):
 
 
 def test_xmp_orientation_is_unknown(corpus):
-    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
-           b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+        b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
     data = jpeg(corpus.photo_like(40, 30), xmp=xmp)
     assert read_jpeg_header(data).orientation is None
 
@@ -62,9 +65,19 @@ def test_truncated_and_trailing_data(corpus):
     assert not read_jpeg_header(data + b"trailing").complete
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\xff\xd8\xff", b"not a jpeg at all",
-                                  b"\xff\xd8\xff\xe0\x00\x10JFIF", b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
-                                  b"\xff\xd8\xff\xd9", b"\xff\xd8\xff\xc0\x00\x03\x08"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8",
+        b"\xff\xd8\xff",
+        b"not a jpeg at all",
+        b"\xff\xd8\xff\xe0\x00\x10JFIF",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
+        b"\xff\xd8\xff\xd9",
+        b"\xff\xd8\xff\xc0\x00\x03\x08",
+    ],
+)
 def test_malformed_is_none(data):
     assert read_jpeg_header(data) is None
 

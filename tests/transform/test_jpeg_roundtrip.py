@@ -2,6 +2,7 @@
 arithmetic) without a codec: equal bit for bit, for every size class, grayscale content and the
 qualities that scale the tables differently; the device path gives the same crops with it as
 with the codec."""
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,7 @@ def as_tensor(image: Image.Image) -> torch.Tensor:
 
 
 # widths and heights: multiples of 16, of 8 only, odd, and smaller than one block
-SIZES = [(64, 48), (97, 61), (37, 500), (257, 256), (64, 40), (40, 66), (1, 1), (7, 3),
-         (16, 9), (300, 17)]
+SIZES = [(64, 48), (97, 61), (37, 500), (257, 256), (64, 40), (40, 66), (1, 1), (7, 3), (16, 9), (300, 17)]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -56,16 +56,20 @@ def test_gray_content_and_flat_and_extreme_images(corpus):
     noise = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), "RGB")
     checker = np.indices((32, 48)).sum(0) % 2 * 255
     checker = Image.fromarray(checker.astype(np.uint8)).convert("RGB")
-    flats = [Image.new("RGB", size, color) for size, color in
-             (((33, 21), (0, 0, 0)), ((33, 21), (255, 255, 255)), ((8, 8), (255, 0, 0)))]
+    flats = [
+        Image.new("RGB", size, color)
+        for size, color in (((33, 21), (0, 0, 0)), ((33, 21), (255, 255, 255)), ((8, 8), (255, 0, 0)))
+    ]
     for image in (gray, noise, checker, *flats):
         got = jpeg_roundtrip_tensors([as_tensor(image)])[0]
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pillow_roundtrip(image, 90))
 
 
 def test_mixed_sizes_keep_their_order_and_batches_are_independent(corpus):
-    images = [corpus.photo_like(w, h, seed=i) for i, (w, h) in
-              enumerate([(64, 48), (40, 30), (64, 48), (40, 30), (64, 48)])]
+    images = [
+        corpus.photo_like(w, h, seed=i)
+        for i, (w, h) in enumerate([(64, 48), (40, 30), (64, 48), (40, 30), (64, 48)])
+    ]
     tensors = [as_tensor(im) for im in images]
     out = jpeg_roundtrip_tensors(tensors, max_pixels=2 * 64 * 48)  # the 64x48 group in two chunks
     for im, got in zip(images, out, strict=True):
@@ -87,8 +91,10 @@ def test_device_path_with_tensor_roundtrip_equals_the_codec(varied_jpegs, fixtur
     """On the CPU the codec is libjpeg-turbo, as in Pillow: the two round trips give the same
     crops, geometry and tensors, for every size, subsampling, orientation and gray input."""
     datas = [d for _, d in varied_jpegs + fixture_jpegs]
-    with DevicePreprocessor("cpu", threads=2, force="device") as codec, \
-            DevicePreprocessor("cpu", threads=2, force="device", roundtrip="tensor") as tensor:
+    with (
+        DevicePreprocessor("cpu", threads=2, force="device") as codec,
+        DevicePreprocessor("cpu", threads=2, force="device", roundtrip="tensor") as tensor,
+    ):
         a, b = codec.preprocess_batch(datas), tensor.preprocess_batch(datas)
     assert [x.path for x in b] == ["device"] * len(datas)
     assert [x.geometry for x in a] == [x.geometry for x in b]
