@@ -593,13 +593,17 @@ class Analyzer:
         if self.options.deep_maps == DeepMaps.NONE:
             return []
         skip = set(invalid)
-        # compared as the label is (_make_result): the float32 value against the threshold
-        flagged = [p >= self.options.threshold for p in probs[:, 1].tolist()]
+        flagged = [self._labelled_fake(p) for p in probs[:, 1].tolist()]
         return [
             r
             for r in range(probs.shape[0])
             if r not in skip and (self.options.deep_maps == DeepMaps.ALL or flagged[r])
         ]
+
+    def _labelled_fake(self, p_fake: float) -> bool:
+        """The label rule, one for the label and the deep maps' "flagged": P(fake) (the
+        float32 value as a Python float) at or over the threshold."""
+        return p_fake >= self.options.threshold
 
     def _deep(self, x: torch.Tensor, res) -> tuple[dict[int, int], Any]:
         """The deep maps of the chosen rows of x, in one batch after the fast pass:
@@ -708,7 +712,7 @@ class Analyzer:
             p_fake=p_fake,
             logit_real=float(piece.logits[r, 0]),
             logit_fake=float(piece.logits[r, 1]),
-            label=Label.FAKE if p_fake >= self.options.threshold else Label.REAL,
+            label=Label.FAKE if self._labelled_fake(p_fake) else Label.REAL,
             threshold=self.options.threshold,
             model_id=self.model_id,
             cam_config_id=self.cam_config_id,
@@ -728,7 +732,15 @@ def cam_config_id(fast: str, deep_maps: str = DeepMaps.NONE) -> str:
     followed by ``.deep-<policy>`` when some images get the deep maps. With ``none`` it is the
     fast maps' id unchanged, so analyses stored before deep maps existed are found again. The
     id is a key segment of the heatmap objects (letters, digits, ``.``, ``_``, ``-``)."""
-    return fast if deep_maps == DeepMaps.NONE else f"{fast}.deep-{deep_maps}"
+    return fast if deep_maps == DeepMaps.NONE else f"{fast}{_DEEP_SUFFIX}{deep_maps}"
+
+
+def fast_config_id(config_id: str) -> str:
+    """The fast maps' part of a configuration id made by :func:`cam_config_id`."""
+    return config_id.split(_DEEP_SUFFIX, 1)[0]
+
+
+_DEEP_SUFFIX = ".deep-"
 
 
 def _row(maps: torch.Tensor | None, k: int | None) -> Any:

@@ -46,11 +46,6 @@ def register(sub) -> None:
     p.set_defaults(handler=_explain)
 
 
-def fast_config_id(cam_config_id: str) -> str:
-    """The fast maps' part of an analysis's CAM configuration id (without ``.deep-...``)."""
-    return cam_config_id.split(".deep-", 1)[0]
-
-
 def _explain(args) -> int:
     from ..db import analyses_for_rendering, make_session_factory, session_scope, store_deep_maps
     from ..model.weights import weights_for
@@ -109,6 +104,8 @@ def _explain(args) -> int:
 
 def _inputs(records: list[dict], analyzer, renderer):
     """``(analysis id, image bytes or the error that stops it)`` for the Analyzer."""
+    from ..analysis import fast_config_id
+
     for r in records:
         aid = r["analysis_id"]
         if r["model_id"] != analyzer.model_id:
