@@ -47,6 +47,7 @@ from .cam.render import (
     display_originals,
 )
 from .constants import (
+    CAM_CONFIG_ID_MAX,
     DEEP_METHOD,
     CamMethod,
     CamTarget,
@@ -57,6 +58,7 @@ from .constants import (
     PreprocessPath,
     values,
 )
+from .errors import InvalidRequestError
 from .preprocess.batched import (
     DevicePreprocessor,
     PreprocessedBatch,
@@ -347,6 +349,11 @@ class Analyzer:
             if self.options.deep_maps == DeepMaps.NONE
             else ComparativeCAM(self.model, target=self.options.cam_target, method=DEEP_METHOD)
         )
+        if len(self.cam_config_id) > CAM_CONFIG_ID_MAX:
+            raise InvalidRequestError(
+                f"the CAM configuration id {self.cam_config_id!r} is over {CAM_CONFIG_ID_MAX} "
+                f"characters; give the threshold ({self.options.threshold!r}) with fewer digits"
+            )
         threads = self.options.decode_threads
         self._pre = DevicePreprocessor(
             self.device,
@@ -371,8 +378,9 @@ class Analyzer:
     @property
     def cam_config_id(self) -> str:
         """The CAM configuration's id (method, point, layer, target), and which images get the
-        deep maps when some do: ``hirescam-ln_1-L23-contrastive.deep-flagged``."""
-        return cam_config_id(self.cam.config_id, self.options.deep_maps)
+        deep maps when some do, with the threshold that chose them when it did:
+        ``hirescam-ln_1-L23-contrastive.deep-flagged-0.5``, ``....deep-all``."""
+        return cam_config_id(self.cam.config_id, self.options.deep_maps, self.options.threshold)
 
     def close(self) -> None:
         """Stop the preprocessing thread and the pool (waits for their work in progress)."""
@@ -727,12 +735,26 @@ class Analyzer:
         )
 
 
-def cam_config_id(fast: str, deep_maps: str = DeepMaps.NONE) -> str:
+def cam_config_id(fast: str, deep_maps: str = DeepMaps.NONE, threshold: float = 0.5) -> str:
     """The configuration id of an analysis: the fast maps' (``ComparativeCAM.config_id``),
-    followed by ``.deep-<policy>`` when some images get the deep maps. With ``none`` it is the
-    fast maps' id unchanged, so analyses stored before deep maps existed are found again. The
-    id is a key segment of the heatmap objects (letters, digits, ``.``, ``_``, ``-``)."""
-    return fast if deep_maps == DeepMaps.NONE else f"{fast}{_DEEP_SUFFIX}{deep_maps}"
+    followed by ``.deep-<policy>`` when some images get the deep maps, and for ``flagged`` by
+    the threshold that chose them (``-`` and :func:`threshold_text`), since another threshold
+    chooses other images: ``.deep-flagged-0.5``, ``.deep-all``. With ``none`` it is the fast
+    maps' id unchanged (whatever the threshold), so analyses stored before deep maps existed
+    are found again. The id is a key segment of the heatmap objects (letters, digits, ``.``,
+    ``_``, ``-``) and at most ``CAM_CONFIG_ID_MAX`` characters (``analyses.cam_config_id``)."""
+    if deep_maps == DeepMaps.NONE:
+        return fast
+    if deep_maps == DeepMaps.FLAGGED:
+        return f"{fast}{_DEEP_SUFFIX}{deep_maps}-{threshold_text(threshold)}"
+    return f"{fast}{_DEEP_SUFFIX}{deep_maps}"
+
+
+def threshold_text(threshold: float) -> str:
+    """The threshold as a configuration id writes it: Python's shortest text that reads back
+    as the same float (``0.5``, ``0.73``, ``1.0``, ``2.5e-08``), so that equal thresholds give
+    one id and different ones different ids; ``-0.0`` is written ``0.0``."""
+    return repr(float(threshold) + 0.0)
 
 
 def fast_config_id(config_id: str) -> str:

@@ -75,6 +75,9 @@ class DeepMaps(StrEnum):
 # The CAM method behind the deep maps (ComparativeCAM(method=DEEP_METHOD)).
 DEEP_METHOD = "relevance"
 
+# The longest CAM configuration id (analysis.cam_config_id), the width of analyses.cam_config_id.
+CAM_CONFIG_ID_MAX = 64
+
 
 class CamTarget(StrEnum):
     """What the CAM explains (poundcam.cam.targets)."""

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ..constants import ITEM_STATES, LABELS, ItemState
+from ..constants import CAM_CONFIG_ID_MAX, ITEM_STATES, LABELS, ItemState
 
 # JSONB on PostgreSQL (queryable, indexable), JSON text elsewhere.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -76,7 +76,7 @@ class Analysis(Base):
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     model_id: Mapped[str] = mapped_column(sa.String(64))
-    cam_config_id: Mapped[str] = mapped_column(sa.String(64))
+    cam_config_id: Mapped[str] = mapped_column(sa.String(CAM_CONFIG_ID_MAX))
     p_fake: Mapped[float] = mapped_column(sa.Float)
     logit_real: Mapped[float] = mapped_column(sa.Float)
     logit_fake: Mapped[float] = mapped_column(sa.Float)

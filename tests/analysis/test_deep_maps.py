@@ -12,11 +12,13 @@ import sqlalchemy as sa
 import torch
 from PIL import Image
 
-from poundcam.analysis import AnalysisOptions, Analyzer
+from poundcam.analysis import AnalysisOptions, Analyzer, cam_config_id, fast_config_id
 from poundcam.cam import ComparativeCAM
+from poundcam.errors import InvalidRequestError
 from poundcam.preprocess.decode import decode_image
 from poundcam.preprocess.transform import preprocess
 from poundcam.settings import Settings, SettingsError
+from poundcam.storage.stores import heatmap_key
 
 
 def _image(seed: int) -> bytes:
@@ -111,14 +113,52 @@ def test_cam_config_id_names_the_deep_setting(model):
             fast_id = analyzer.cam.config_id
     last = model.block_index(-1)
     assert ids["none"] == fast_id == f"hirescam-ln_1-L{last}-contrastive"  # unchanged
-    assert ids["flagged"] == f"{fast_id}.deep-flagged" and ids["all"] == f"{fast_id}.deep-all"
+    assert ids["flagged"] == f"{fast_id}.deep-flagged-0.5" and ids["all"] == f"{fast_id}.deep-all"
     assert all(len(i) <= 64 for i in ids.values())  # analyses.cam_config_id is String(64)
+    assert all(fast_config_id(i) == fast_id for i in ids.values())
     with Analyzer(
         model,
         AnalysisOptions(deep_maps="all", cam_method="gradcam", cam_layer=1, cam_target="logit"),
         device="cpu",
     ) as analyzer:
         assert analyzer.cam_config_id == "gradcam-ln_1-L1-logit.deep-all"
+
+
+def test_the_threshold_is_in_the_id_of_flagged_only():
+    """ "flagged" chooses by the threshold, so each threshold has rows of its own; "none" and
+    "all" do not depend on it, and their ids stay as they were."""
+    fast = "hirescam-ln_1-L23-contrastive"
+    assert cam_config_id(fast, "flagged", 0.5) == f"{fast}.deep-flagged-0.5"
+    assert cam_config_id(fast, "flagged", 0.73) == f"{fast}.deep-flagged-0.73"
+    assert cam_config_id(fast, "flagged", 1) == f"{fast}.deep-flagged-1.0"
+    assert (
+        cam_config_id(fast, "flagged", -0.0)
+        == cam_config_id(fast, "flagged", 0.0)
+        == f"{fast}.deep-flagged-0.0"
+    )
+    assert cam_config_id(fast, "flagged", 2.5e-8) == f"{fast}.deep-flagged-2.5e-08"
+    # one float, one id, however the setting was written; floats apart, ids apart
+    texts = ("0.5", "0.50", ".5", "5e-1", "0.500000000000000001")
+    assert {
+        cam_config_id(fast, "flagged", Settings.from_env(environ={"POUNDCAM_THRESHOLD": t}).threshold)
+        for t in texts
+    } == {f"{fast}.deep-flagged-0.5"}
+    near = float(np.nextafter(0.5, 1.0))
+    assert cam_config_id(fast, "flagged", near) != cam_config_id(fast, "flagged", 0.5)
+    assert float(cam_config_id(fast, "flagged", near).rsplit(".deep-flagged-", 1)[1]) == near
+    for t in (0.0, 0.3, 0.5, 1.0):
+        assert cam_config_id(fast, "none", t) == fast and cam_config_id(fast, "all", t) == f"{fast}.deep-all"
+    for t in (0.5, 2.5e-8, 0.1 + 0.2):
+        ident = cam_config_id(fast, "flagged", t)
+        assert fast_config_id(ident) == fast
+        heatmap_key("heatmaps/", "a" * 64, "m" * 12, ident, "comparative")  # a valid key segment
+
+
+def test_a_threshold_too_long_for_the_id_is_refused(model):
+    with pytest.raises(InvalidRequestError, match="over 64 characters; give the threshold"):
+        Analyzer(model, AnalysisOptions(deep_maps="flagged", threshold=1.2345678901234567e-300), device="cpu")
+    # the same threshold is no part of the id without "flagged"
+    Analyzer(model, AnalysisOptions(deep_maps="all", threshold=1.2345678901234567e-300), device="cpu").close()
 
 
 def test_make_analyzer_passes_the_setting(model):
@@ -236,7 +276,7 @@ def test_analyze_command_idempotent_per_deep_setting(tmp_path, official_dir, cap
     assert main([*base, "--deep-maps", "flagged", "--threshold", "0"]) == 0
     capsys.readouterr()
     deep = rows()
-    assert len(deep) == 2 and all(c.endswith(".deep-flagged") and has for _, c, has in deep)
+    assert len(deep) == 2 and all(c.endswith(".deep-flagged-0.0") and has for _, c, has in deep)
     assert main([*base, "--deep-maps", "flagged", "--threshold", "0"]) == 0  # reused
     assert json.loads(capsys.readouterr().out)["results"][0]["status"] == "done"
     assert rows() == deep
