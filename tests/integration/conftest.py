@@ -155,6 +155,11 @@ class Worker:
         self._log = None
 
     def start(self, timeout: float = 180.0) -> Worker:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it to be ready."""
         self.ready_file.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - the worker's log, closed in stop()
         self.proc = subprocess.Popen(
@@ -164,6 +169,11 @@ class Worker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_ready(self, timeout: float = 180.0) -> Worker:
+        """Wait until the ready file appears; raise with the log's tail if the process exits or
+        ``timeout`` passes first."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
@@ -218,11 +228,14 @@ class Worker:
 
 @contextlib.contextmanager
 def running_workers(request, workers: list[Worker], artifacts: Path | None = None):
-    """Start ``workers``; stop them at the end; print their logs if a test failed meanwhile."""
+    """Start ``workers`` (side by side: all launched, then each waited for); stop them at the
+    end; print their logs if a test failed meanwhile."""
     failed_before = request.session.testsfailed
     try:
         for w in workers:
-            w.start()
+            w.launch()
+        for w in workers:
+            w.wait_ready()
         yield workers
     finally:
         for w in workers:
