@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 
 from .errors import PoundcamError, UnavailableError
-from .logs import configure_logging, redact
+from .logs import configure_logging, one_line, redact
 
 COMMAND_MODULES = (
     "poundcam.commands.model",
@@ -38,26 +38,21 @@ USAGE_EXIT = 2
 UNAVAILABLE_EXIT = UnavailableError.exit_code
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return redact(text.splitlines()[0] if text else type(exc).__name__)
-
-
 def _database(exc: BaseException) -> tuple[str, int]:
     return (
-        f"database: {_first_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
+        f"database: {one_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
         "`poundcam db upgrade` creates the tables)",
         UNAVAILABLE_EXIT,
     )
 
 
 def _broker(exc: BaseException) -> tuple[str, int]:
-    return (f"cannot reach the broker: {_first_line(exc)} (check POUNDCAM_BROKER_URL)", UNAVAILABLE_EXIT)
+    return (f"cannot reach the broker: {one_line(exc)} (check POUNDCAM_BROKER_URL)", UNAVAILABLE_EXIT)
 
 
 def _s3(exc: BaseException) -> tuple[str, int]:
     return (
-        f"S3: {_first_line(exc)} (check POUNDCAM_S3_ENDPOINT_URL and the AWS_* credentials)",
+        f"S3: {one_line(exc)} (check POUNDCAM_S3_ENDPOINT_URL and the AWS_* credentials)",
         UNAVAILABLE_EXIT,
     )
 
@@ -65,7 +60,7 @@ def _s3(exc: BaseException) -> tuple[str, int]:
 def _os_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}", USAGE_EXIT
-    return _first_line(exc), USAGE_EXIT
+    return one_line(exc), USAGE_EXIT
 
 
 # Library exceptions that are expected failures, by the qualified name of a class in their MRO

@@ -42,6 +42,7 @@ from .db import (
     require_database,
 )
 from .errors import InvalidRequestError, PoundcamError, UnavailableError
+from .logs import one_line
 from .messaging import QUEUE, TASK_NAME, make_message, make_producer
 from .settings import Settings
 
@@ -64,11 +65,6 @@ class EnqueueError(UnavailableError):
             "(check POUNDCAM_BROKER_URL)"
         )
         self.job_id = job_id
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
 
 
 class Client:
@@ -281,7 +277,7 @@ class Client:
         except PoundcamError:
             raise
         except Exception as exc:  # kombu and redis-py raise many types for one broker outage
-            raise EnqueueError(job_id, f"{type(exc).__name__}: {_one_line(exc)}") from exc
+            raise EnqueueError(job_id, f"{type(exc).__name__}: {one_line(exc)}") from exc
         return sent
 
     def resend(self, job_id: str, batch_size: int | None = None) -> int:

@@ -2,7 +2,8 @@
 
 JSON records carry ``job_id`` and ``items`` (item ids) when the call site passes them in
 ``extra``. Credentials are never logged: nothing here prints the environment or URLs with
-passwords (see redact()).
+passwords (see redact()). one_line() makes an error the one line that a failure report shows
+(the CLI, the client's messages, ``poundcam explain``), redacted the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ _CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 def redact(text: str) -> str:
     """Hide passwords in URLs such as postgresql://user:secret@host/db."""
     return _CREDENTIALS.sub(r"\1***@", text)
+
+
+ONE_LINE_MAX = 300  # characters of an error's line in a one-line report
+
+
+def one_line(error: BaseException | str | None, default: str = "no reason given") -> str:
+    """An error as one line for a report: the first line of its message that is not blank,
+    runs of whitespace made one space, URL passwords hidden (redact, before anything is cut),
+    at most ``ONE_LINE_MAX`` characters. For an exception, its message (that of the driver's
+    error it wraps, ``.orig``, for SQLAlchemy's), or its type's name when the message is
+    empty; for a text, ``default`` when it is empty."""
+    if isinstance(error, BaseException):
+        text = str(getattr(error, "orig", None) or error)
+        default = type(error).__name__
+    else:
+        text = error or ""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return redact(" ".join(first.split()))[:ONE_LINE_MAX] or default
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..constants import Device, values
 from ..errors import PoundcamError
+from ..logs import one_line
 from .common import add_db_option, settings_for
 
 
@@ -81,7 +82,7 @@ def _explain(args) -> int:
                 if not outcome.ok:
                     failed += 1
                     print(
-                        f"analysis {aid}: error: {outcome.error_code}: {_one_line(outcome.error_message)}",
+                        f"analysis {aid}: error: {outcome.error_code}: {one_line(outcome.error_message)}",
                         file=sys.stderr,
                     )
                     continue
@@ -133,8 +134,3 @@ def _inputs(records: list[dict], analyzer, renderer):
             yield aid, renderer.source(r)
         except PoundcamError as exc:
             yield aid, exc
-
-
-def _one_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[0] if lines else "no reason given"

@@ -114,12 +114,11 @@ def explain_db_error(url: str, exc: BaseException):
     """An :class:`UnavailableError` naming ``url`` for a database error that means the
     database is unreachable or has no poundcam schema; None for other errors."""
     from ..errors import UnavailableError
-    from ..logs import redact
+    from ..logs import one_line, redact
 
     if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError)):
         return None
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = redact(text[0] if text else type(exc).__name__)
+    reason = one_line(exc)
     lowered = reason.lower()
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
         return UnavailableError(

@@ -115,3 +115,21 @@ def test_missing_sqlite_database_is_not_created(tmp_path):
     ):
         c.status("x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broker_failure_is_one_line_without_the_password(client, monkeypatch):
+    """The job exists, the message says how to send it later, and a URL in the broker's error
+    keeps its password hidden (the message reaches callers of the library, not only logs)."""
+    from poundcam.client import EnqueueError
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis://:hunter2@broker:6379/0.\nConnection refused.")
+
+    monkeypatch.setattr(client.app, "send_task", refused)
+    with pytest.raises(EnqueueError) as info:
+        client.submit(["s3://images/a.png"])
+    message = str(info.value)
+    assert "hunter2" not in message and "\n" not in message
+    assert "ConnectionError: Error 111 connecting to redis://:***@broker:6379/0.;" in message
+    assert f"poundcam resend {info.value.job_id}" in message
+    assert client.status(info.value.job_id)["queued"] == 1

@@ -95,6 +95,26 @@ def test_redact_hides_password_of_url_without_user():
     assert "hunter2" not in redact("broker redis://:hunter2@redis:6379/0 unreachable")
 
 
+def test_one_line_is_the_first_line_redacted_then_cut():
+    """One function makes every one-line error report (CLI, client, explain, database)."""
+    import sqlalchemy as sa
+
+    from poundcam.logs import ONE_LINE_MAX, one_line
+
+    url = "postgresql://poundcam:s3cr3t-pw@db.internal:5432/poundcam"
+    assert one_line(ConnectionError(f"\n  could not   connect to {url}\ndetail")) == (
+        "could not connect to postgresql://poundcam:***@db.internal:5432/poundcam"
+    )
+    wrapped = sa.exc.OperationalError("SELECT 1", {}, ConnectionError(f"no route to {url}"))
+    assert one_line(wrapped) == "no route to postgresql://poundcam:***@db.internal:5432/poundcam"
+    assert one_line(TimeoutError()) == "TimeoutError"
+    assert one_line("  \n source changed\n trace") == "source changed"
+    assert one_line(None) == one_line("") == "no reason given"
+    # a URL across the cut: hidden before the line is cut, so no part of the password shows
+    long = one_line(ValueError("x" * (ONE_LINE_MAX - 30) + f" {url}"))
+    assert len(long) == ONE_LINE_MAX and "s3cr" not in long and long.endswith("poundcam:***@db.")
+
+
 WORKER_LOGGING = """
 import logging, sys
 from workers.signals import _setup_logging
