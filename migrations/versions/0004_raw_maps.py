@@ -68,9 +68,11 @@ def item_results_sql(dialect: str) -> str:
     return base.replace(last, "    a.created_at AS analysed_at,\n    " + ",\n    ".join(added) + "\nFROM")
 
 
-def map_cells_sql(dialect: str) -> str:
+def map_cells_sql(dialect: str, maps: tuple[str, ...] = ("real", "fake")) -> str:
+    """The cells view over the map columns ``<name>_map`` of ``analyses``, one ``map`` value
+    per name (a later revision passes more names)."""
     parts = []
-    for name in ("real", "fake"):
+    for name in maps:
         col = f"a.{name}_map"
         if dialect == "postgresql":
             parts.append(f"""SELECT a.id AS analysis_id, '{name}' AS map, r.i - 1 AS grid_row,

@@ -390,3 +390,55 @@ def test_deep_maps_in_the_view_and_down_to_0004(db_url):
     upgrade(db_url)
     cols, rows = _query(db_url, sql, j=job)
     assert cols == ITEM_COLUMNS and rows[0]["deep_real_map"] is None  # the data went with 0005
+
+
+def test_deep_map_cells_beside_the_fast_ones_and_down_to_0005(db_url):
+    """0006: the cells view also walks the deep maps (``deep_real``, ``deep_fake``) where they
+    were computed; the fast maps' rows are unchanged; the downgrade restores 0004's view."""
+    import numpy as np
+
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    deep_real, deep_fake = _maps((3, 4))
+    deep_real = deep_real + np.float32(0.25)
+    with session_scope(sessions) as s:
+        job = create_job(s, ["s3://img/deep.jpg", "s3://img/fast.jpg"])
+        ids = mark_running(s, _item_ids(s, job))
+        deep = upsert_analysis(
+            s,
+            {
+                **_analysis("d", 0.9, "fake", [1.0, 2.0], fake_peak=(1, 2)),
+                "deep_real_map": deep_real,
+                "deep_fake_map": deep_fake,
+            },
+        )
+        fast = upsert_analysis(s, _analysis("f", 0.1, "real", None))
+        mark_done(s, ids[0], deep)
+        mark_done(s, ids[1], fast)
+    sessions.kw["bind"].dispose()
+
+    sql = (
+        "SELECT analysis_id, map, grid_row, grid_col, value FROM poundcam_v_map_cells "
+        "WHERE analysis_id IN (:d, :f)"
+    )
+    _, cells = _query(db_url, sql, d=deep, f=fast)
+    by_map: dict = {}
+    for c in cells:
+        by_map.setdefault((c["analysis_id"], c["map"]), {})[(c["grid_row"], c["grid_col"])] = c["value"]
+    assert set(by_map) == {(deep, m) for m in ("real", "fake", "deep_real", "deep_fake")} | {
+        (fast, "real"),
+        (fast, "fake"),
+    }
+    for name, want in (("deep_real", deep_real), ("deep_fake", deep_fake), ("fake", _maps((1, 2))[1])):
+        got = np.zeros_like(want)
+        for (r, c), v in by_map[(deep, name)].items():
+            got[r, c] = v
+        assert len(by_map[(deep, name)]) == want.size and np.array_equal(got, want), name
+
+    downgrade(db_url, "0005_deep_maps")
+    _, cells = _query(db_url, sql, d=deep, f=fast)
+    assert {c["map"] for c in cells} == {"real", "fake"}
+    assert len(cells) == 4 * GRID * GRID
+    upgrade(db_url)
+    _, cells = _query(db_url, sql, d=deep, f=fast)
+    assert {c["map"] for c in cells} == {"real", "fake", "deep_real", "deep_fake"}
