@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from poundcam.cam.calibration import calibrate
+from poundcam.settings import Settings
+
 from .data import make_set
 from .methods import (
     CAM_METHODS,
@@ -43,6 +46,7 @@ RANDOMIZED_MAX_SPEARMAN = 0.5  # mean |Spearman| after every block is randomized
 # the decision (planted set, full profile)
 RELEVANCE_POINTING = 0.98
 RELEVANCE_DELETION_MAX = 0.15
+THRESHOLD = Settings().threshold  # the label rule's default P(fake), as `poundcam calibrate` uses
 PEER_MAX_DIFF = 1e-3  # pytorch-grad-cam vs ComparativeCAM (logit), both scaled to 0..1 (float32 round-off)
 
 
@@ -52,23 +56,18 @@ def _mean(a) -> float:
 
 def select_layer(model, profile: Profile, method: str = "gradcam", log=print) -> tuple[int, dict]:
     """The block whose ln_1 ComparativeCAM (contrastive, weighting ``method``) explains, chosen
-    WITHOUT ground truth: the layer whose fake maps give the lowest deletion AUC on a separate
-    selection split (the map whose top cells, once blurred, take P(fake) down fastest). A
-    deployer can run the same rule on their own images."""
+    WITHOUT ground truth by the library's rule (poundcam.cam.calibration, the one `poundcam
+    calibrate` runs): the block whose fake maps give the lowest deletion AUC on the fakes of a
+    separate selection split that the detector labels fake at the default threshold."""
     sel = make_set(profile.seed, "select", profile.n_select, profile.data, fake_share=1.0)
-    x = sel.normalized()
-    ids = list(range(len(x)))
-    scores = {}
-    for layer in range(len(model.visual.transformer.resblocks)):
-        m = compute_maps(comparative_cam("contrastive", layer, method), model, x, sel.images, ids)
-        curves = deletion_insertion(model, sel.images, m)
-        scores[layer] = {
-            "deletion_auc": _mean(area_under(curves["deletion"])),
-            "insertion_auc": _mean(area_under(curves["insertion"])),
-        }
-        log(f"{method} layer {layer}: selection deletion AUC {scores[layer]['deletion_auc']:.3f}")
-    best = min(scores, key=lambda k: scores[k]["deletion_auc"])
-    return best, scores
+    cal = calibrate(model, sel.normalized(), THRESHOLD, method=method, target="contrastive")
+    scores = {
+        s.layer: {"deletion_auc": s.deletion_auc, "p_fake_after": s.p_fake_after, "images": s.images}
+        for s in cal.scores
+    }
+    for layer, sc in scores.items():
+        log(f"{method} layer {layer}: selection deletion AUC {sc['deletion_auc']:.3f} ({sc['images']} fakes)")
+    return cal.chosen, scores
 
 
 def peer_agreement(maps: dict, n_layers: int, selected: dict[str, int]) -> dict:

@@ -1,7 +1,9 @@
 """Localization and faithfulness metrics of [N, g, g] maps against planted masks.
 
-Resolution: everything is scored at the model's grid resolution. A grid cell counts as
-"inside" the planted region when the region covers at least half of the cell's pixels.
+Deletion and insertion are the library's (poundcam.cam.calibration), the metric of the layer
+rule; this module scores them on 0..1 images. Resolution: everything is scored at the model's
+grid resolution. A grid cell counts as "inside" the planted region when the region covers at
+least half of the cell's pixels.
 """
 
 from __future__ import annotations
@@ -10,11 +12,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poundcam.cam import calibration
+from poundcam.cam.calibration import BLUR_SIGMA, FRACTIONS, area_under
+
 from .data import normalize
 
-# Fractions of the grid cells removed (deletion) or restored (insertion) at each curve point.
-FRACTIONS = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
-BLUR_SIGMA = 4.0  # pixels: the replacement of removed cells is the image blurred this much
+__all__ = [
+    "BLUR_SIGMA",
+    "FRACTIONS",
+    "area_under",
+    "auroc",
+    "deletion_insertion",
+    "energy_share",
+    "grid_labels",
+    "pointing_game",
+    "rankdata",
+    "spearman",
+]
 
 
 def rankdata(a: np.ndarray) -> np.ndarray:
@@ -79,59 +93,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return out
 
 
-def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = images.shape[1]
-    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def cell_order(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Cells by decreasing map value; ties in a seeded random order. [N, g*g] indices."""
-    flat = maps.flatten(1)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.stack([torch.randperm(flat.shape[1], generator=gen) for _ in range(len(flat))])
-    shuffled = flat.gather(1, perm)
-    order = torch.sort(shuffled, dim=1, descending=True, stable=True).indices
-    return perm.gather(1, order)
-
-
 @torch.no_grad()
 def deletion_insertion(
     model, images: torch.Tensor, maps: torch.Tensor, fractions=FRACTIONS, batch: int = 64
 ) -> dict[str, np.ndarray]:
-    """P(fake) curves [N, len(fractions)].
+    """P(fake) curves [N, len(fractions)] of 0..1 images, by the library's deletion and
+    insertion (poundcam.cam.calibration: the layer rule's own metric), on their normalized form.
 
     Deletion: the top-ranked cells of the image are replaced by the same cells of the blurred
     image (Gaussian, sigma BLUR_SIGMA px), which erases fine-scale traces but keeps colours and
     layout. Insertion: start from the blurred image and restore the top-ranked cells."""
-    n, _, size, _ = images.shape
-    g = maps.shape[-1]
-    cell = size // g
-    order = cell_order(maps)
-    blurred = blur(images)
-    counts = [int(round(f * g * g)) for f in fractions]
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(g * g).expand(n, -1).contiguous())
-    curves = {"deletion": np.zeros((n, len(fractions))), "insertion": np.zeros((n, len(fractions)))}
     model.eval()
-    for j, k in enumerate(counts):
-        chosen = (rank < k).reshape(n, 1, g, g).float()
-        chosen = F.interpolate(chosen, scale_factor=cell, mode="nearest")
-        for name, (top, rest) in {"deletion": (blurred, images), "insertion": (images, blurred)}.items():
-            composite = top * chosen + rest * (1 - chosen)
-            probs = torch.cat(
-                [model(normalize(composite[i : i + batch])).softmax(-1)[:, 1] for i in range(0, n, batch)]
-            )
-            curves[name][:, j] = probs.numpy()
-    return curves
-
-
-def area_under(curve: np.ndarray, fractions=FRACTIONS) -> np.ndarray:
-    """Trapezoidal area under each row of [N, len(fractions)] over the fraction axis 0..1."""
-    f = np.asarray(fractions)
-    return ((curve[:, 1:] + curve[:, :-1]) / 2 * np.diff(f)).sum(axis=1)
+    return calibration.deletion_insertion(model, normalize(images), maps, fractions=fractions, batch=batch)

@@ -15,7 +15,7 @@ from .evaluate import (
     RELEVANCE_POINTING,
     TARGET_POINTING,
 )
-from .methods import CAM_LABEL, MODEL_FREE, upsample
+from .methods import CAM_LABEL, MODEL_FREE, cam_name, upsample
 
 FIGURES = ("curves.png", "examples.png", "randomization.png")
 MAX_FIGURE_BYTES = 300_000
@@ -131,17 +131,22 @@ def markdown(res: dict) -> str:
     )
     lay = res["layers"]
     chosen = ", ".join(f"{CAM_LABEL[m]} **block {b}**" for m, b in lay["selected"].items())
+    used = sorted({v["images"] for per in lay["per_layer"].values() for v in per.values()})
     lines += [
         "",
         "### Which layer ComparativeCAM explains",
         "",
-        f"Chosen without ground truth, per weighting: the block whose `ln_1` gives the lowest "
-        f"deletion AUC for ComparativeCAM (contrastive) on {lay['n_select']} fakes of a "
-        f"separate selection split. Selected: {chosen} (the library default is the last "
-        f"block, {lay['default']}). Pointing game and AUROC (contrastive) on the localization "
-        "set are shown for every block but were not used for the choice.",
+        f"Chosen without ground truth, per weighting, by the library's rule "
+        f"(`poundcam.cam.calibration`, the one `poundcam calibrate` runs): the block whose "
+        f"`ln_1` gives the lowest deletion AUC for ComparativeCAM (contrastive) on the fakes of a "
+        f"separate selection split ({lay['n_select']} generated, "
+        f"{'/'.join(str(u) for u in used)} labelled fake by the detector and used). Selected: "
+        f"{chosen} (the library default is the last block, {lay['default']}). Pointing game and "
+        "AUROC (contrastive) on the localization set are shown for every block but were not used "
+        "for the choice.",
         "",
-        "| weighting | block | selection deletion AUC | selection insertion AUC | pointing game | AUROC |",
+        "| weighting | block | selection deletion AUC | selection P(fake) after 10% deleted "
+        "| pointing game | AUROC |",
         "|---|---|---|---|---|---|",
     ]
     for method, per in lay["per_layer"].items():
@@ -157,7 +162,25 @@ def markdown(res: dict) -> str:
             mark = f" ({', '.join(mark)})" if mark else ""
             lines.append(
                 f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | "
-                f"{v['insertion_auc']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |"
+                f"{v['p_fake_after']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |"
+            )
+    lines += [
+        "",
+        "### Calibrated layer against the default",
+        "",
+        f"ComparativeCAM (contrastive) at the selected block and at the default (last) block, "
+        f"scored on the {loc['n_fakes']} localization fakes (deletion on {loc['n_curves']}).",
+        "",
+        "| weighting | layer | pointing game | AUROC | deletion AUC (lower is better) |",
+        "|---|---|---|---|---|",
+    ]
+    for method, sel in lay["selected"].items():
+        for tag, k in (("default", lay["default"]), ("calibrated", sel)):
+            r = loc["methods"][cam_name("contrastive", int(k), method)]
+            same = " (= default)" if tag == "calibrated" and int(k) == lay["default"] else ""
+            lines.append(
+                f"| {CAM_LABEL[method]} | {tag}: L{k}{same} | {r['pointing_game']:.3f} | "
+                f"{r['auroc']:.3f} | {r['deletion_auc']:.3f} |"
             )
     if res.get("peer_agreement"):
         lines += [

@@ -1,0 +1,250 @@
+"""Which block ComparativeCAM explains, chosen from evidence: the deletion rule.
+
+The rule needs the model and images, no ground truth. For each candidate block, the fake maps
+(ComparativeCAM with one weighting and target) of the images the model labels fake are scored
+by deletion: the grid cells of each image are replaced, in the map's order, by the same cells
+of the image blurred with a Gaussian of sigma ``BLUR_SIGMA`` pixels (which erases fine-scale
+traces but keeps colour and layout), and P(fake) is measured after ``FRACTIONS`` of the cells.
+The deletion AUC is the area under the mean curve over the fraction axis 0..1; the block with
+the lowest is chosen: its hottest cells are the ones whose loss removes the decision fastest.
+
+Which images and which class: the images labelled fake at the threshold (P(fake) >=
+threshold, the label rule of poundcam.analysis), their fake map and P(fake). Images labelled
+real are not used (a real image has no fake evidence to delete); an image whose map cannot be
+computed at some candidate block is left out at every block, so that every block is scored on
+the same images. No map is ever made up for a missing one.
+
+``poundcam calibrate`` runs the rule on a deployer's images; benchmarks/faithfulness runs it
+on its selection split and scores the maps with the same deletion curves (docs/faithfulness.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..constants import LABELS, CamTarget, Label
+from ..errors import CAMError
+from .engine import ComparativeCAM
+
+# Fractions of the grid cells removed (deletion) or restored (insertion) at each curve point.
+FRACTIONS = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+BLUR_SIGMA = 4.0  # pixels: the replacement of removed cells is the image blurred this much
+DROP_FRACTION = 0.1  # the table's "P(fake) after deleting 10% of the cells" column
+FAKE = LABELS.index(Label.FAKE)  # the fake class's column in the logits
+KINDS = ("deletion", "insertion")
+
+
+def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W] images (reflected border), kernel radius 3 sigma."""
+    radius = int(3 * sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(images.dtype)
+    c = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def cell_order(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Cells by decreasing map value; ties in a seeded random order. [N, g*g] indices."""
+    flat = maps.flatten(1).cpu()
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.stack([torch.randperm(flat.shape[1], generator=gen) for _ in range(len(flat))])
+    shuffled = flat.gather(1, perm)
+    order = torch.sort(shuffled, dim=1, descending=True, stable=True).indices
+    return perm.gather(1, order)
+
+
+@torch.no_grad()
+def deletion_insertion(
+    model,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    cls: int = FAKE,
+    fractions: Sequence[float] = FRACTIONS,
+    batch: int = 64,
+    kinds: Sequence[str] = KINDS,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """P(class ``cls``) curves [N, len(fractions)] of the model inputs ``x`` [N, 3, H, W].
+
+    Deletion: the top-ranked cells of ``maps`` [N, g, g] are replaced by the same cells of the
+    blurred input. Insertion: start from the blurred input and restore the top-ranked cells.
+    ``progress(n)`` is called after each batch of ``n`` images has been scored."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"kinds must be among {KINDS}, not {sorted(unknown)}")
+    n, _, size, _ = x.shape
+    g = maps.shape[-1]
+    cell = size // g
+    order = cell_order(maps).to(x.device)
+    blurred = blur(x)
+    counts = [int(round(f * g * g)) for f in fractions]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(g * g, device=x.device).expand(n, -1).contiguous())
+    curves = {k: np.zeros((n, len(fractions))) for k in kinds}
+    pairs = {"deletion": (blurred, x), "insertion": (x, blurred)}
+    for j, k in enumerate(counts):
+        chosen = (rank < k).reshape(n, 1, g, g).to(x.dtype)
+        chosen = F.interpolate(chosen, scale_factor=cell, mode="nearest")
+        for name in kinds:
+            top, rest = pairs[name]
+            composite = top * chosen + rest * (1 - chosen)
+            parts = []
+            for i in range(0, n, batch):
+                parts.append(model(composite[i : i + batch]).float().softmax(-1)[:, cls])
+                if progress is not None:
+                    progress(len(parts[-1]))
+            curves[name][:, j] = torch.cat(parts).cpu().numpy()
+    return curves
+
+
+def area_under(curve: np.ndarray, fractions: Sequence[float] = FRACTIONS) -> np.ndarray:
+    """Trapezoidal area under each row of [N, len(fractions)] over the fraction axis 0..1."""
+    f = np.asarray(fractions)
+    return ((curve[:, 1:] + curve[:, :-1]) / 2 * np.diff(f)).sum(axis=1)
+
+
+@torch.no_grad()
+def fake_probabilities(model, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """P(fake) of each input [N], in batches."""
+    return torch.cat([model(x[i : i + batch]).float().softmax(-1)[:, FAKE] for i in range(0, len(x), batch)])
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerScore:
+    """One candidate block: the deletion AUC of its fake maps (lower is better), the mean P(fake)
+    before any deletion and after ``DROP_FRACTION`` of the cells, and the images scored."""
+
+    layer: int
+    deletion_auc: float
+    p_fake_start: float
+    p_fake_after: float
+    images: int
+    deletion_curve: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The outcome of the rule: every candidate's score and the chosen block."""
+
+    method: str
+    target: str
+    threshold: float
+    images: int  # inputs given
+    flagged: int  # of them labelled fake (P(fake) >= threshold)
+    used: int  # of those, the ones with a map at every candidate block
+    scores: tuple[LayerScore, ...]
+    chosen: int
+
+    def score(self, layer: int) -> LayerScore | None:
+        return next((s for s in self.scores if s.layer == layer), None)
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["scores"] = [s.as_dict() for s in self.scores]
+        return out
+
+
+class CalibrationError(CAMError):
+    """The rule cannot run on these inputs (no image labelled fake, a block out of range)."""
+
+
+def candidate_layers(model, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` as distinct non-negative block indices in the order given (None: every block);
+    CalibrationError for an index out of range or an empty list."""
+    if layers is None:
+        return list(range(model.num_blocks))
+    try:
+        out = list(dict.fromkeys(model.block_index(int(k)) for k in layers))
+    except ValueError as exc:
+        raise CalibrationError(f"layer: {exc}") from None
+    if not out:
+        raise CalibrationError("no candidate layer given")
+    return out
+
+
+def calibrate(
+    model,
+    x: torch.Tensor,
+    threshold: float,
+    layers: Sequence[int] | None = None,
+    method: str = "hirescam",
+    target: str = CamTarget.CONTRASTIVE,
+    batch: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Run the rule on the model inputs ``x`` [N, 3, H, W] (normalized, on the model's device).
+
+    ``progress(n, total)`` is called as work is done: ``n`` units more out of ``total`` (one
+    unit per map of an image at a block, one per forward of an image in a deletion step).
+    Raises CalibrationError when no image is labelled fake or a layer is out of range."""
+    cands = candidate_layers(model, layers)
+    p_fake = fake_probabilities(model, x, batch)
+    flagged = torch.nonzero(p_fake >= threshold).flatten()
+    if len(flagged) == 0:
+        raise CalibrationError(
+            f"none of the {len(x)} images is labelled fake (P(fake) >= {threshold:g}); the rule "
+            "needs images the model calls fake"
+        )
+    xf = x.index_select(0, flagged.to(x.device))
+    total = len(xf) * len(cands) * (1 + len(FRACTIONS))
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            progress(n, total)
+
+    maps, valid = {}, torch.ones(len(xf), dtype=torch.bool)
+    for layer in cands:
+        cam = ComparativeCAM(model, layer=layer, target=target, method=method)
+        parts = []
+        for i in range(0, len(xf), batch):
+            res = cam.attribute(xf[i : i + batch], on_invalid="report")
+            for r in res.invalid:
+                valid[i + r] = False
+            parts.append(res.fake.float())
+            advance(len(parts[-1]))
+        maps[layer] = torch.cat(parts)
+    keep = torch.nonzero(valid).flatten()
+    if len(keep) == 0:
+        raise CalibrationError(
+            f"none of the {len(xf)} images labelled fake has a map at every candidate layer"
+        )
+    xk = xf.index_select(0, keep.to(xf.device))
+    j_drop = FRACTIONS.index(DROP_FRACTION)
+    scores = []
+    for layer in cands:
+        m = maps[layer].index_select(0, keep.to(maps[layer].device))
+        by_kind = deletion_insertion(model, xk, m, batch=batch, kinds=("deletion",), progress=advance)
+        curves = by_kind["deletion"]
+        mean = curves.mean(0)
+        scores.append(
+            LayerScore(
+                layer=layer,
+                deletion_auc=float(np.mean(area_under(curves))),
+                p_fake_start=float(mean[0]),
+                p_fake_after=float(mean[j_drop]),
+                images=len(keep),
+                deletion_curve=tuple(float(v) for v in mean),
+            )
+        )
+    best = min(scores, key=lambda s: s.deletion_auc)
+    return Calibration(
+        method=method,
+        target=str(target),
+        threshold=threshold,
+        images=len(x),
+        flagged=len(flagged),
+        used=len(keep),
+        scores=tuple(scores),
+        chosen=best.layer,
+    )
