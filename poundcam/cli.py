@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "poundcam.commands.metrics",
     "poundcam.commands.render",
     "poundcam.commands.explain",
+    "poundcam.commands.calibrate",
 )
 
 USAGE_EXIT = 2

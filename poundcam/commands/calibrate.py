@@ -1,0 +1,306 @@
+"""``poundcam calibrate IMAGES...``: choose the explained block from evidence, on a deployer's images.
+
+Runs the layer rule of poundcam.cam.calibration (lowest deletion AUC of the contrastive fake
+maps of the images the model labels fake; no ground truth) for the configured CAM method over
+every block, or those of ``--layers``. Prints one row per block (deletion AUC, P(fake) after 10%
+of the cells are blurred, images used; the chosen block and the current setting marked), the
+choice as ``POUNDCAM_CAM_LAYER=N`` and how much it beats the current layer; ``--write-env``
+writes the choice into a dotenv-style file (docker-compose's env_file, a ConfigMap's source).
+The images are read and checked as ``poundcam analyze`` reads them (poundcam.commands.inputs)
+and preprocessed by the official transform, the Pillow path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..constants import CamMethod, Device, values
+from ..errors import PoundcamError
+from ..settings import env_name
+
+DEFAULT_LIMIT = 64
+FEW_IMAGES = 8  # fewer images labelled fake than this: the choice is printed with a warning
+LAYER_VAR = env_name("cam_layer")
+METHOD_VAR = env_name("cam_method")
+
+
+class CalibrateError(PoundcamError):
+    """The rule cannot run on what was given."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="choose the explained layer from the deletion rule on your images",
+        description="Choose the block ComparativeCAM explains (POUNDCAM_CAM_LAYER) without "
+        "ground truth: for each candidate block, the contrastive fake maps of the images the "
+        "model labels fake are scored by deletion (cells blurred in map order, area under the "
+        "P(fake) curve) and the block with the lowest deletion AUC is chosen. Costs about "
+        "15 forward passes per image and block. Paths are checked as `poundcam analyze` "
+        "checks them (POUNDCAM_ALLOWED_ROOTS; unset: the paths given). docs/cam.md.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        metavar="LIST",
+        help="candidate blocks, comma-separated (negative counts from the end; default every block)",
+    )
+    p.add_argument(
+        "--method",
+        choices=values(CamMethod),
+        default=None,
+        help="CAM weighting the layer is chosen for (default POUNDCAM_CAM_METHOD or hirescam)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_positive,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"read at most the first N images found (default {DEFAULT_LIMIT})",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
+    p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
+    p.add_argument("--device", choices=values(Device), default=None)
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument(
+        "--write-env",
+        default=None,
+        metavar="FILE",
+        help=f"set {LAYER_VAR}= in this dotenv-style file (created if missing; other lines kept)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_calibrate)
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"0,2,-1"`` -> [0, 2, -1]; None -> None (every block)."""
+    if text is None:
+        return None
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        layers = [int(t) for t in parts]
+    except ValueError:
+        raise CalibrateError(f"--layers {text!r}: not a comma-separated list of block numbers") from None
+    if not layers:
+        raise CalibrateError("--layers: no block given")
+    return layers
+
+
+def _calibrate(args) -> int:
+    from ..settings import Settings
+    from ..storage import LocalStore, make_store
+    from .inputs import collect, default_roots
+
+    layers = parse_layers(args.layers)
+    overrides: dict[str, Any] = {"local_root": os.getcwd()}
+    for field, value in (
+        ("weights", args.weights),
+        ("device", args.device),
+        ("batch_size", args.batch_size),
+        ("threshold", args.threshold),
+        ("cam_method", args.method),
+    ):
+        if value is not None:
+            overrides[field] = value
+    settings = Settings.from_env(**overrides)
+    if not settings.allowed_roots:  # unset: the files and folders given
+        settings = settings.replace(allowed_roots=default_roots(args.paths, settings))
+    store = make_store(settings)
+    assert isinstance(store, LocalStore)  # local_root is set
+    inputs = collect(args.paths, store)
+    for k in inputs.skipped:
+        print(f"poundcam calibrate: skipped ({k.code}) {k.reason}", file=sys.stderr)
+    files = inputs.files[: args.limit]
+    if not files:
+        raise CalibrateError("no image files found")
+    x, read = _read(files, store, settings)
+
+    from ..model.weights import weights_for
+
+    weights = weights_for(settings)
+    settings = settings.replace(weights=str(weights), weights_sha256=None)
+    from ..cam.calibration import calibrate
+    from ..runtime import load_model, pick_device
+
+    device = pick_device(settings.device)
+    print(f"loading model ({weights})", file=sys.stderr)
+    model = load_model(settings, device)
+    current = model.block_index(settings.cam_layer)
+    bar = _Bar()
+    try:
+        result = calibrate(
+            model,
+            x.to(device),
+            settings.threshold,
+            layers=layers,
+            method=settings.cam_method,
+            target=settings.cam_target,
+            batch=settings.batch_size,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    setting = f"{LAYER_VAR}={result.chosen}"
+    if args.write_env:
+        lines = {LAYER_VAR: str(result.chosen)}
+        if args.method is not None and args.method != Settings.from_env().cam_method:
+            lines[METHOD_VAR] = str(settings.cam_method)  # the layer was chosen for this method
+        write_env(Path(args.write_env), lines)
+    if args.json:
+        doc = result.as_dict()
+        doc.update(
+            model_id=model.model_id,
+            files=len(files),
+            read=len(read),
+            skipped=[k.as_dict() for k in inputs.skipped],
+            current=current,
+            setting=setting,
+            written_to=args.write_env,
+        )
+        print(json.dumps(doc, indent=2))
+    else:
+        print(report(result, current, model.num_blocks))
+        if args.write_env:
+            print(f"written to {args.write_env}")
+    if result.used < FEW_IMAGES:
+        print(
+            f"poundcam calibrate: warning: only {result.used} image(s) labelled fake were scored; "
+            f"the choice is noisy below {FEW_IMAGES} (give more images)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _read(files: list[str], store, settings):
+    """The model inputs of the files that decode, [N, 3, 224, 224], and those files; one line on
+    stderr per file that cannot be read or decoded."""
+    import torch
+
+    from ..preprocess.decode import DecodeLimits, decode_image
+    from ..preprocess.transform import preprocess
+
+    limits = DecodeLimits.from_settings(settings)
+    tensors, read = [], []
+    for path in files:
+        try:
+            decoded = decode_image(store.get(path, max_bytes=settings.max_image_bytes), limits)
+            tensors.append(preprocess(decoded.image))
+            read.append(path)
+        except PoundcamError as exc:
+            code = getattr(exc, "code", "unreadable")
+            print(f"poundcam calibrate: skipped ({code}) {path}: {exc}", file=sys.stderr)
+    if not tensors:
+        raise CalibrateError(f"none of the {len(files)} file(s) could be read as an image")
+    return torch.stack(tensors), read
+
+
+class _Bar:
+    """tqdm progress on stderr, its total set by the first report."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, n: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=sys.stderr, unit="pass", desc="calibrate", dynamic_ncols=True)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def report(result, current: int, num_blocks: int) -> str:
+    """The table, the setting line and the gain over the current layer."""
+    rows = [("layer", "deletion AUC", "P(fake) after 10%", "images", "")]
+    for s in result.scores:
+        marks = [m for m, ok in (("chosen", s.layer == result.chosen), ("current", s.layer == current)) if ok]
+        rows.append(
+            (
+                str(s.layer),
+                f"{s.deletion_auc:.3f}",
+                f"{s.p_fake_after:.3f}",
+                str(s.images),
+                f"<- {', '.join(marks)}" if marks else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        f"{result.method} ({result.target}) on {result.used} of {result.images} images "
+        f"(labelled fake: P(fake) >= {result.threshold:g}; {result.flagged} flagged); "
+        "deletion AUC: lower is better",
+        "",
+    ]
+    for r in rows:
+        cells = "  ".join(v.rjust(w) for v, w in zip(r[:4], widths, strict=True))
+        lines.append(f"{cells}  {r[4]}" if r[4] else cells)
+    lines += ["", f"{LAYER_VAR}={result.chosen}"]
+    chosen, now = result.score(result.chosen), result.score(current)
+    assert chosen is not None
+    default_note = " (the default, the last block)" if current == num_blocks - 1 else ""
+    if now is None:
+        lines.append(f"the current layer, {current}{default_note}, was not among the candidates")
+    elif now.layer == chosen.layer:
+        lines.append(f"the current layer, {current}{default_note}, is already the best")
+    else:
+        lines.append(
+            f"block {chosen.layer} beats the current layer, {current}{default_note}, by "
+            f"{now.deletion_auc - chosen.deletion_auc:.3f} deletion AUC "
+            f"({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f})"
+        )
+    return "\n".join(lines)
+
+
+_ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def write_env(path: Path, values_: dict[str, str]) -> None:
+    """Set each ``NAME=value`` of ``values_`` in a dotenv-style file: every line that assigns
+    NAME (``export`` prefix allowed) is replaced, in place; a NAME not assigned yet is appended.
+    Other lines are kept as they are. The file is replaced atomically; created if missing."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines()
+    seen = set()
+    for i, line in enumerate(lines):
+        m = _ASSIGN.match(line)
+        if m and m.group(1) in values_:
+            name = m.group(1)
+            lines[i] = f"{name}={values_[name]}"
+            seen.add(name)
+    lines += [f"{name}={value}" for name, value in values_.items() if name not in seen]
+    out = "\n".join(lines) + "\n"
+    parent = path.resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(out)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
