@@ -128,6 +128,8 @@ class LayerScore:
     p_fake_after: float
     images: int
     deletion_curve: tuple[float, ...]
+    # each scored image's own deletion AUC, in input order (the same images at every block)
+    per_image: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,6 +150,17 @@ class Calibration:
 
     def score(self, layer: int) -> LayerScore | None:
         return next((s for s in self.scores if s.layer == layer), None)
+
+    def gain(self, layer: int) -> tuple[float, float] | None:
+        """How much lower the chosen block's deletion AUC is than ``layer``'s, and the standard
+        error of that mean difference over the images (paired: the same images at both
+        blocks); None when ``layer`` was not a candidate."""
+        chosen, other = self.score(self.chosen), self.score(layer)
+        if chosen is None or other is None:
+            return None
+        diff = np.asarray(other.per_image) - np.asarray(chosen.per_image)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        return float(diff.mean()), se
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -227,14 +240,16 @@ def calibrate(
         by_kind = deletion_insertion(model, xk, m, batch=batch, kinds=("deletion",), progress=advance)
         curves = by_kind["deletion"]
         mean = curves.mean(0)
+        aucs = area_under(curves)
         scores.append(
             LayerScore(
                 layer=layer,
-                deletion_auc=float(np.mean(area_under(curves))),
+                deletion_auc=float(np.mean(aucs)),
                 p_fake_start=float(mean[0]),
                 p_fake_after=float(mean[j_drop]),
                 images=len(keep),
                 deletion_curve=tuple(float(v) for v in mean),
+                per_image=tuple(float(v) for v in aucs),
             )
         )
     best = min(scores, key=lambda s: s.deletion_auc)

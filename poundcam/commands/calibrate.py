@@ -264,11 +264,19 @@ def report(result, current: int, num_blocks: int) -> str:
     elif now.layer == chosen.layer:
         lines.append(f"the current layer, {current}{default_note}, is already the best")
     else:
+        measured = result.gain(current)
+        assert measured is not None  # the current layer was a candidate
+        gain, se = measured
         lines.append(
             f"block {chosen.layer} beats the current layer, {current}{default_note}, by "
-            f"{now.deletion_auc - chosen.deletion_auc:.3f} deletion AUC "
-            f"({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f})"
+            f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
+            f"standard error {se:.3f} over {chosen.images} images)"
         )
+        if not gain > 2 * se:  # NaN (one image) too
+            lines.append(
+                "the difference is within twice its standard error: these images do not tell "
+                "the two blocks apart (give more images labelled fake, or keep the current layer)"
+            )
     return "\n".join(lines)
 
 

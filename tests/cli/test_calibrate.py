@@ -100,8 +100,33 @@ def test_table_marks_the_choice_and_the_current_layer(planted, env, capsys, monk
     assert "\nPOUNDCAM_CAM_LAYER=1\n" in out
     assert (
         f"block 1 beats the current layer, 2 (the default, the last block), by "
-        f"{auc['2'] - auc['1']:.3f} deletion AUC ({auc['1']:.3f} vs {auc['2']:.3f})"
+        f"{auc['2'] - auc['1']:.3f} deletion AUC ({auc['1']:.3f} vs {auc['2']:.3f}; standard error "
     ) in out
+    assert "do not tell the two blocks apart" not in out  # a margin of many standard errors
+
+
+def test_the_gain_is_paired_over_the_same_images():
+    """Calibration.gain: the mean per-image difference and its standard error; a difference
+    within twice it is reported as not telling the blocks apart."""
+    from poundcam.cam.calibration import Calibration, LayerScore
+    from poundcam.commands.calibrate import report
+
+    def score(layer, aucs):
+        return LayerScore(layer, float(np.mean(aucs)), 1.0, 0.5, len(aucs), (1.0,), tuple(aucs))
+
+    result = Calibration(
+        "hirescam", "contrastive", 0.5, 3, 3, 3, (score(0, [0.1, 0.2, 0.3]), score(1, [0.2, 0.3, 0.4])), 0
+    )
+    gain, se = result.gain(1)
+    assert gain == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-12)
+    assert result.gain(5) is None
+    text = report(result, current=1, num_blocks=2)
+    assert "by 0.100 deletion AUC (0.200 vs 0.300; standard error 0.000 over 3 images)" in text
+    assert "do not tell" not in text
+    noisy = Calibration(
+        "hirescam", "contrastive", 0.5, 3, 3, 3, (score(0, [0.1, 0.5, 0.2]), score(1, [0.4, 0.1, 0.35])), 0
+    )
+    assert "do not tell the two blocks apart" in report(noisy, current=1, num_blocks=2)
 
 
 def test_write_env_appends_or_replaces_and_keeps_other_lines(tmp_path):
