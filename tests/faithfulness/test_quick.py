@@ -25,7 +25,14 @@ import torch
 
 from benchmarks.faithfulness.data import make_set
 from benchmarks.faithfulness.methods import BASELINES, comparative_cam, compute_maps
-from benchmarks.faithfulness.metrics import area_under, auroc, deletion_insertion, grid_labels, pointing_game
+from benchmarks.faithfulness.metrics import (
+    area_under,
+    auroc,
+    deletion_insertion,
+    energy_share,
+    grid_labels,
+    pointing_game,
+)
 from benchmarks.faithfulness.sanity import cascading_randomization, class_swap
 from benchmarks.faithfulness.settings import PROFILES
 from benchmarks.faithfulness.train import accuracy, settings_key
@@ -151,11 +158,24 @@ def test_relevance_localizes_and_deleting_its_cells_removes_the_decision(detecto
     )
     pg = pointing_game(maps, labels).mean()
     auc = np.nanmean(auroc(maps, labels))
+    energy = energy_share(maps, labels).mean()
     nc = lim["n_curves"]
-    deletion = np.mean(area_under(deletion_insertion(detector, s.images[:nc], maps[:nc])["deletion"]))
+    curves = deletion_insertion(detector, s.images[:nc], maps[:nc])
+    deletion = np.mean(area_under(curves["deletion"]))
+    insertion = np.mean(area_under(curves["insertion"]))
     assert pg >= lim["pointing_game_min"][target], f"pointing game {pg:.3f}"
     assert auc >= lim["auroc_min"][target], f"AUROC {auc:.3f}"
+    assert energy >= lim["energy_share_min"][target], f"energy in the region {energy:.3f}"
     assert deletion <= lim["deletion_auc_max"][target], f"deletion AUC {deletion:.3f}"
+    assert insertion >= lim["insertion_auc_min"][target], f"insertion AUC {insertion:.3f}"
+    # the service's map (HiResCAM at the default layer, the last block) on the same fakes: the
+    # deep map's top cells must remove the decision much faster (the reason to compute it)
+    fast = compute_maps(
+        comparative_cam(target, -1, "hirescam"), detector, s.normalized()[:nc], s.images[:nc], list(range(nc))
+    )
+    fast_deletion = np.mean(area_under(deletion_insertion(detector, s.images[:nc], fast)["deletion"]))
+    lead = fast_deletion - deletion
+    assert lead >= lim["deletion_lead_over_default_hirescam_min"][target], f"lead {lead:.3f}"
 
 
 def test_relevance_passes_the_sanity_checks(detector, fakes):
