@@ -1,4 +1,4 @@
-"""python -m benchmarks.faithfulness [--quick] [--out DIR] [--no-docs] [--threads N]"""
+"""python -m benchmarks.faithfulness [--quick] [--artifact KIND] [--out DIR] [--no-docs] [--threads N]"""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .data import ARTIFACTS
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "faithfulness"
 DOCS = ROOT / "docs" / "faithfulness"
@@ -17,6 +19,12 @@ DOCS = ROOT / "docs" / "faithfulness"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faithfulness", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="the small profile the tests use")
+    ap.add_argument(
+        "--artifact",
+        choices=ARTIFACTS,
+        default=ARTIFACTS[0],
+        help=f"the planted artifact (default {ARTIFACTS[0]}); docs/faithfulness.md describes both",
+    )
     ap.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS}/<profile>)")
     ap.add_argument("--no-docs", action="store_true", help="do not copy tables and figures into docs/")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -30,10 +38,10 @@ def main(argv=None) -> int:
 
     from .evaluate import evaluate
     from .report import checks, write
-    from .settings import PROFILES
+    from .settings import profile_for
 
     torch.set_num_threads(args.threads)
-    profile = PROFILES["quick" if args.quick else "full"]
+    profile = profile_for("quick" if args.quick else "full", args.artifact)
     out = args.out or RESULTS / profile.name
     t0 = time.perf_counter()
 
@@ -41,7 +49,9 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
     res = evaluate(profile, RESULTS / "cache", log=log)
-    docs = None if (args.no_docs or args.quick) else DOCS
+    # the first artifact's tables and figures in docs/faithfulness/, another's in a folder of its own
+    docs = DOCS if args.artifact == ARTIFACTS[0] else DOCS / args.artifact
+    docs = None if (args.no_docs or args.quick) else docs
     paths = write(res, out, profile.n_examples, docs_dir=docs)
     if args.export:
         from poundcam.model import PoundNet, export_safetensors

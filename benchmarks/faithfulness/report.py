@@ -95,7 +95,7 @@ def markdown(res: dict) -> str:
     cfg = det["config"]
     tr = det["training"]
     lines = [
-        f"### Detector ({res['profile']} profile)",
+        f"### Detector ({res['profile']} profile, {res['detector']['data']['artifact']} artifact)",
         "",
         f"PoundNet, vision width {cfg['vision_width']}, {cfg['vision_layers']} blocks, patch "
         f"{cfg['patch_size']}, grid {cfg['grid_size']}x{cfg['grid_size']}, "

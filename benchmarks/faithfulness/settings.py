@@ -1,4 +1,5 @@
-"""The two profiles of the evaluation: "full" (the reported numbers) and "quick" (the test's)."""
+"""The two profiles of the evaluation: "full" (the reported numbers) and "quick" (the test's),
+each for either planted artifact (``profile_for``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 
 from poundcam.model import PoundNetConfig
 
-from .data import DataSettings
+from .data import ARTIFACTS, DataSettings
 from .train import TrainSettings, detector_config
 
 
@@ -40,3 +41,14 @@ PROFILES = {
         n_select=16,
     ),
 }
+
+
+def profile_for(name: str, artifact: str = ARTIFACTS[0]) -> Profile:
+    """Profile ``name`` with the planted ``artifact``; named ``<name>-<artifact>`` for any but
+    the first artifact (its output folder and the detector's cache key differ with it)."""
+    base = PROFILES[name]
+    if artifact == base.data.artifact:
+        return base
+    return dataclasses.replace(
+        base, name=f"{name}-{artifact}", data=dataclasses.replace(base.data, artifact=artifact)
+    )

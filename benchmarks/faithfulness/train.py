@@ -91,7 +91,7 @@ def settings_key(cfg: PoundNetConfig, data: DataSettings, train: TrainSettings) 
         {
             "version": CODE_VERSION,
             "model": json.loads(cfg.to_json()),
-            "data": dataclasses.asdict(data),
+            "data": data.key_fields(),
             "train": dataclasses.asdict(train),
         },
         sort_keys=True,
