@@ -73,7 +73,8 @@ def register(sub) -> None:
         "--write-env",
         default=None,
         metavar="FILE",
-        help=f"set {LAYER_VAR}= in this dotenv-style file (created if missing; other lines kept)",
+        help=f"set {LAYER_VAR}= in this dotenv-style file (created if missing; other lines kept); "
+        "left as it is when the images do not tell the chosen block from the current one",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_calibrate)
@@ -160,11 +161,14 @@ def _calibrate(args) -> int:
     finally:
         bar.close()
     setting = f"{LAYER_VAR}={result.chosen}"
-    if args.write_env:
+    tie = is_tie(result, current)
+    written = None
+    if args.write_env and not tie:
         lines = {LAYER_VAR: str(result.chosen)}
         if args.method is not None and args.method != Settings.from_env().cam_method:
             lines[METHOD_VAR] = str(settings.cam_method)  # the layer was chosen for this method
         write_env(Path(args.write_env), lines)
+        written = args.write_env
     if args.json:
         doc = result.as_dict()
         doc.update(
@@ -173,14 +177,21 @@ def _calibrate(args) -> int:
             read=len(read),
             skipped=[k.as_dict() for k in inputs.skipped],
             current=current,
+            gain_over_current=None,
+            tie=tie,
             setting=setting,
-            written_to=args.write_env,
+            written_to=written,
         )
+        measured = result.gain(current)
+        if measured is not None:
+            doc["gain_over_current"] = {"deletion_auc": measured[0], "standard_error": measured[1]}
         print(json.dumps(doc, indent=2))
     else:
         print(report(result, current, model.num_blocks))
-        if args.write_env:
-            print(f"written to {args.write_env}")
+        if written:
+            print(f"written to {written}")
+        elif args.write_env:
+            print(f"{args.write_env} left as it is: the images do not tell the blocks apart")
     if result.used < FEW_IMAGES:
         print(
             f"poundcam calibrate: warning: only {result.used} image(s) labelled fake were scored; "
@@ -231,6 +242,17 @@ class _Bar:
             self.bar.close()
 
 
+def is_tie(result, current: int) -> bool:
+    """Whether the images do not tell the chosen block from the current layer: the gain is
+    within twice its standard error (False when the current layer is the choice or was not
+    a candidate)."""
+    measured = result.gain(current)
+    if result.chosen == current or measured is None:
+        return False
+    gain, se = measured
+    return not gain > 2 * se  # NaN (one image) too
+
+
 def report(result, current: int, num_blocks: int) -> str:
     """The table, the setting line and the gain over the current layer."""
     rows = [("layer", "deletion AUC", "P(fake) after 10%", "images", "")]
@@ -272,7 +294,7 @@ def report(result, current: int, num_blocks: int) -> str:
             f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
             f"standard error {se:.3f} over {chosen.images} images)"
         )
-        if not gain > 2 * se:  # NaN (one image) too
+        if is_tie(result, current):
             lines.append(
                 "the difference is within twice its standard error: these images do not tell "
                 "the two blocks apart (give more images labelled fake, or keep the current layer)"

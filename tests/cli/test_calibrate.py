@@ -18,8 +18,9 @@ from PIL import Image
 from benchmarks.faithfulness.data import DataSettings, make_set
 from benchmarks.faithfulness.evaluate import select_layer
 from benchmarks.faithfulness.settings import PROFILES
+from poundcam.cam.calibration import Calibration, LayerScore
 from poundcam.cli import main
-from poundcam.commands.calibrate import write_env
+from poundcam.commands.calibrate import is_tie, write_env
 from poundcam.model import PoundNet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,11 @@ def test_chooses_the_benchmark_layer_and_writes_the_setting(planted, env, tmp_pa
     best = min(doc["scores"], key=lambda s: s["deletion_auc"])
     assert best["layer"] == doc["chosen"] and doc["current"] == 2
     assert doc["setting"] == "POUNDCAM_CAM_LAYER=0"
+    assert doc["tie"] is False and doc["written_to"] == str(env_file)
+    per = {s["layer"]: np.array(s["per_image"]) for s in doc["scores"]}
+    gain = doc["gain_over_current"]
+    assert gain["deletion_auc"] == pytest.approx(float((per[2] - per[0]).mean()))
+    assert gain["standard_error"] == pytest.approx(float((per[2] - per[0]).std(ddof=1) / np.sqrt(N_IMAGES)))
     # the layer was chosen for GradCAM, not the configured HiResCAM: the method is written too
     assert env_file.read_text() == (
         "# worker settings\nPOUNDCAM_BATCH_SIZE=16\nPOUNDCAM_CAM_LAYER=0\nOTHER=x\n"
@@ -136,6 +142,25 @@ def test_write_env_appends_or_replaces_and_keeps_other_lines(tmp_path):
     path.write_text("A=1\n\n# note\nPOUNDCAM_CAM_LAYER = 5\nB=2")
     write_env(path, {"POUNDCAM_CAM_LAYER": "3", "POUNDCAM_CAM_METHOD": "gradcam"})
     assert path.read_text() == "A=1\n\n# note\nPOUNDCAM_CAM_LAYER=3\nB=2\nPOUNDCAM_CAM_METHOD=gradcam\n"
+
+
+def _result(per_image: dict[int, list[float]], chosen: int) -> Calibration:
+    scores = tuple(
+        LayerScore(k, float(np.mean(v)), 1.0, 0.5, len(v), (1.0, 0.0), tuple(v)) for k, v in per_image.items()
+    )
+    n = len(per_image[chosen])
+    return Calibration("hirescam", "contrastive", 0.5, n, n, n, scores, chosen)
+
+
+def test_write_env_waits_for_images_that_tell_the_blocks_apart():
+    """is_tie decides whether --write-env writes: not when the gain is within twice its
+    standard error, nor when the current layer is the choice."""
+    clear = _result({0: [0.2, 0.3, 0.25], 1: [0.8, 0.9, 0.85]}, chosen=0)
+    assert not is_tie(clear, 1)
+    noisy = _result({0: [0.2, 0.9, 0.3], 1: [0.8, 0.3, 0.5]}, chosen=0)  # gain 0.067, s.e. 0.33
+    assert is_tie(noisy, 1)
+    assert not is_tie(noisy, 0)  # the current layer is the choice
+    assert not is_tie(noisy, 5)  # not a candidate
 
 
 def _error(capsys) -> str:
