@@ -20,9 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..constants import CamMethod, Device, values
+from ..constants import CamMethod, values
 from ..errors import PoundcamError
 from ..settings import env_name
+from .common import add_model_options, positive_int
 
 DEFAULT_LIMIT = 64
 FEW_IMAGES = 8  # fewer images labelled fake than this: the choice is printed with a warning
@@ -60,15 +61,12 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--limit",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"read at most the first N images found (default {DEFAULT_LIMIT})",
     )
-    p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
-    p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
-    p.add_argument("--device", choices=values(Device), default=None)
-    p.add_argument("--batch-size", type=_positive, default=None)
+    add_model_options(p)
     p.add_argument(
         "--write-env",
         default=None,
@@ -78,18 +76,6 @@ def register(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_calibrate)
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
 
 
 def parse_layers(text: str | None) -> list[int] | None:

@@ -1,8 +1,45 @@
-"""What several commands share: the ``--db`` option and the settings and client it selects."""
+"""What several commands share: the ``--db`` option and the settings and client it selects, the
+model options of the commands that load the model, and the argument types they use."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (``nan`` and ``inf`` are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 to 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser, batch_and_threshold: bool = True) -> None:
+    """``--weights``, ``--device`` and, unless told not to, ``--batch-size`` and ``--threshold``:
+    the model a command loads and how it labels, instead of the matching POUNDCAM_* settings."""
+    from ..constants import Device, values
+
+    parser.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
+    parser.add_argument("--device", choices=values(Device), default=None)
+    if batch_and_threshold:
+        parser.add_argument("--batch-size", type=positive_int, default=None, help="images per model batch")
+        parser.add_argument(
+            "--threshold", type=probability, default=None, help="P(fake) for the label 'fake' (0 to 1)"
+        )
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:

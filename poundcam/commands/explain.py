@@ -13,10 +13,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..constants import Device, values
 from ..errors import PoundcamError
 from ..logs import one_line
-from .common import add_db_option, settings_for
+from .common import add_db_option, add_model_options, settings_for
 
 
 class ExplainError(PoundcamError):
@@ -40,8 +39,7 @@ def register(sub) -> None:
         "image is not explained. One line per analysis.",
     )
     p.add_argument("target", metavar="JOB|ANALYSIS", help="job id or analysis id (a number)")
-    p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
-    p.add_argument("--device", choices=values(Device), default=None)
+    add_model_options(p, batch_and_threshold=False)
     p.add_argument("--again", action="store_true", help="compute them again where they are stored already")
     add_db_option(p)
     p.set_defaults(handler=_explain)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -16,13 +15,12 @@ from ..constants import (
     CamTarget,
     CompileMode,
     DeepMaps,
-    Device,
     ErrorCode,
     ItemState,
     Label,
     values,
 )
-from .common import add_db_option, client_for
+from .common import add_db_option, add_model_options, client_for, probability
 from .output import format_results, results_document, table
 
 # Skipped paths printed one line each on stderr; the rest are counted (--json lists them all).
@@ -107,10 +105,7 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--db", default=None, help="database URL (default sqlite:///./poundcam.db)")
     p.add_argument("--out", default=None, help="heatmap folder (default ./poundcam-out)")
-    p.add_argument("--weights", default=None, help="checkpoint (default POUNDCAM_WEIGHTS)")
-    p.add_argument("--device", choices=values(Device), default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threshold", type=float, default=None, help="P(fake) for the label 'fake'")
+    add_model_options(p)
     p.add_argument("--target", choices=values(CamTarget), default=None, help="CAM target")
     p.add_argument(
         "--method",
@@ -133,17 +128,6 @@ def register(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_analyze)
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number from 0 to 1 (``nan`` and ``inf`` are not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:  # also false for nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 to 1")
-    return value
 
 
 def _worker(args) -> int:
