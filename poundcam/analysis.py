@@ -56,6 +56,7 @@ from .constants import (
     JpegRoundtrip,
     Label,
     PreprocessPath,
+    labelled_fake,
     values,
 )
 from .errors import InvalidRequestError
@@ -609,9 +610,8 @@ class Analyzer:
         ]
 
     def _labelled_fake(self, p_fake: float) -> bool:
-        """The label rule, one for the label and the deep maps' "flagged": P(fake) (the
-        float32 value as a Python float) at or over the threshold."""
-        return p_fake >= self.options.threshold
+        """The label rule (constants.labelled_fake) at this analysis's threshold."""
+        return labelled_fake(p_fake, self.options.threshold)
 
     def _deep(self, x: torch.Tensor, res) -> tuple[dict[int, int], Any]:
         """The deep maps of the chosen rows of x, in one batch after the fast pass:

@@ -43,6 +43,14 @@ class Label(StrEnum):
 LABELS = values(Label)
 
 
+def labelled_fake(p_fake: float, threshold: float) -> bool:
+    """The label rule, one for every place that labels or selects by label (the analysis, its
+    deep maps' "flagged", ``poundcam calibrate``): P(fake) at or over the threshold, compared
+    as Python floats (a float32 probability is read exactly; the threshold is not rounded to
+    float32 as a tensor comparison would round it)."""
+    return float(p_fake) >= threshold
+
+
 class ItemState(StrEnum):
     """The life of a job item: queued -> running -> done | failed (running -> queued on a
     transient failure)."""

@@ -222,3 +222,19 @@ def test_argparse_choices_come_from_the_enums():
     assert tuple(actions["method"].choices) == values(CamMethod)
     assert tuple(actions["compile"].choices) == values(CompileMode)
     assert tuple(actions["label"].choices) == LABELS
+
+
+def test_the_label_rule_compares_as_python_floats():
+    """One rule for every place that labels: float32(0.7) lies just below 0.7, so it is not
+    labelled fake at 0.7, although a float32 tensor comparison (which rounds the threshold to
+    float32 too) would say it is."""
+    import numpy as np
+    import torch
+
+    from poundcam.constants import labelled_fake
+
+    p = float(np.float32(0.7))
+    assert p < 0.7 and not labelled_fake(p, 0.7)
+    assert bool(torch.tensor([p]) >= 0.7)  # what the rule must not do
+    assert labelled_fake(0.5, 0.5) and labelled_fake(np.float32(0.9), 0.5)
+    assert not labelled_fake(0.49, 0.5)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..constants import LABELS, CamTarget, Label
+from ..constants import LABELS, CamTarget, Label, labelled_fake
 from ..errors import CAMError
 from .engine import ComparativeCAM
 
@@ -203,7 +203,9 @@ def calibrate(
     Raises CalibrationError when no image is labelled fake or a layer is out of range."""
     cands = candidate_layers(model, layers)
     p_fake = fake_probabilities(model, x, batch)
-    flagged = torch.nonzero(p_fake >= threshold).flatten()
+    flagged = torch.tensor(
+        [i for i, p in enumerate(p_fake.tolist()) if labelled_fake(p, threshold)], dtype=torch.long
+    )
     if len(flagged) == 0:
         raise CalibrationError(
             f"none of the {len(x)} images is labelled fake (P(fake) >= {threshold:g}); the rule "

@@ -23,7 +23,7 @@ from typing import Any
 from ..constants import CamMethod, values
 from ..errors import PoundcamError
 from ..settings import env_name
-from .common import add_model_options, positive_int
+from .common import add_model_options, model_overrides, positive_int
 
 DEFAULT_LIMIT = 64
 FEW_IMAGES = 8  # fewer images labelled fake than this: the choice is printed with a warning
@@ -98,16 +98,9 @@ def _calibrate(args) -> int:
     from .inputs import collect, default_roots
 
     layers = parse_layers(args.layers)
-    overrides: dict[str, Any] = {"local_root": os.getcwd()}
-    for field, value in (
-        ("weights", args.weights),
-        ("device", args.device),
-        ("batch_size", args.batch_size),
-        ("threshold", args.threshold),
-        ("cam_method", args.method),
-    ):
-        if value is not None:
-            overrides[field] = value
+    overrides: dict[str, Any] = {"local_root": os.getcwd(), **model_overrides(args)}
+    if args.method is not None:
+        overrides["cam_method"] = args.method
     settings = Settings.from_env(**overrides)
     if not settings.allowed_roots:  # unset: the files and folders given
         settings = settings.replace(allowed_roots=default_roots(args.paths, settings))
@@ -121,10 +114,9 @@ def _calibrate(args) -> int:
         raise CalibrateError("no image files found")
     x, read = _read(files, store, settings)
 
-    from ..model.weights import weights_for
+    from ..model.weights import with_local_weights
 
-    weights = weights_for(settings)
-    settings = settings.replace(weights=str(weights), weights_sha256=None)
+    settings, weights = with_local_weights(settings)
     from ..cam.calibration import calibrate
     from ..runtime import load_model, pick_device
 

@@ -42,6 +42,17 @@ def add_model_options(parser: argparse.ArgumentParser, batch_and_threshold: bool
         )
 
 
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The settings :func:`add_model_options`' options give, those given only."""
+    given = {
+        "weights": args.weights,
+        "device": args.device,
+        "batch_size": getattr(args, "batch_size", None),
+        "threshold": getattr(args, "threshold", None),
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def add_db_option(parser: argparse.ArgumentParser) -> None:
     """``--db URL``: the database a command reads or writes, instead of POUNDCAM_DATABASE_URL."""
     parser.add_argument(

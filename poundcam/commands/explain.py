@@ -11,11 +11,10 @@ analysis whose deep maps cannot be computed is reported with its reason and the 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from ..errors import PoundcamError
 from ..logs import one_line
-from .common import add_db_option, add_model_options, settings_for
+from .common import add_db_option, add_model_options, model_overrides, settings_for
 
 
 class ExplainError(PoundcamError):
@@ -47,13 +46,9 @@ def register(sub) -> None:
 
 def _explain(args) -> int:
     from ..db import analyses_for_rendering, make_session_factory, session_scope, store_deep_maps
-    from ..model.weights import weights_for
+    from ..model.weights import with_local_weights
 
-    overrides: dict[str, Any] = {}
-    for field, value in (("weights", args.weights), ("device", args.device)):
-        if value is not None:
-            overrides[field] = value
-    settings = settings_for(args, **overrides)
+    settings = settings_for(args, **model_overrides(args))
     sessions = make_session_factory(settings.database_url)
     try:
         with session_scope(sessions) as s:
@@ -65,8 +60,7 @@ def _explain(args) -> int:
         if not todo:
             return 0
         # the weights first: missing weights fail before PyTorch is loaded
-        weights = weights_for(settings)
-        settings = settings.replace(weights=str(weights), weights_sha256=None)
+        settings, weights = with_local_weights(settings)
         from ..commands.render import Renderer
         from ..runtime import make_analyzer
 

@@ -20,7 +20,7 @@ from ..constants import (
     Label,
     values,
 )
-from .common import add_db_option, add_model_options, client_for, probability
+from .common import add_db_option, add_model_options, client_for, model_overrides, probability
 from .output import format_results, results_document, table
 
 # Skipped paths printed one line each on stderr; the rest are counted (--json lists them all).
@@ -270,7 +270,7 @@ def _analyze(args) -> int:
 
     from ..db import create_job, item_refs, job_results, session_scope
     from ..db.migrate import upgrade
-    from ..model.weights import weights_for
+    from ..model.weights import with_local_weights
     from ..settings import Settings
     from ..storage import LocalStore, make_store
     from .inputs import collect, default_roots
@@ -279,11 +279,8 @@ def _analyze(args) -> int:
     overrides: dict[str, Any] = {"local_root": str(out)}
     if args.db:
         overrides["database_url"] = args.db
+    overrides.update(model_overrides(args))
     for field, value in (
-        ("weights", args.weights),
-        ("device", args.device),
-        ("batch_size", args.batch_size),
-        ("threshold", args.threshold),
         ("cam_target", args.target),
         ("cam_method", args.method),
         ("compile", args.compile),
@@ -306,8 +303,7 @@ def _analyze(args) -> int:
         return 2
     # The weights first, before PyTorch is imported and before a database or a folder is
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
-    weights = weights_for(settings)
-    settings = settings.replace(weights=str(weights), weights_sha256=None)  # verified above
+    settings, weights = with_local_weights(settings)
     from ..pipeline import RetryLater, process_items
     from ..runtime import make_analyzer, make_context
 

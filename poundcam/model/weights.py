@@ -111,6 +111,13 @@ def weights_for(settings) -> Path:
     )
 
 
+def with_local_weights(settings):
+    """``(settings naming the local file, that file)``: :func:`weights_for`'s file, already
+    verified, so its checksum is not asked for again when the model is loaded from it."""
+    path = weights_for(settings)
+    return settings.replace(weights=str(path), weights_sha256=None), path
+
+
 def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:
     sidecar = dest.with_name(dest.name + ".sha256")
     if dest.is_file() and sidecar.is_file():
