@@ -344,17 +344,14 @@ def test_documented_queries_run(db_url):
     assert abs(central[0]["central_share"] - 0.2 / 2.2) < 1e-6
 
 
-def test_deep_maps_in_the_view_and_down_to_0004(db_url):
-    """0005: the deep maps are stored beside the fast ones and read back exactly through the
-    item view; its downgrade removes them (and only them), the upgrade adds them again empty."""
-    import json
-
+def _deep_and_fast(db_url, real_offset: float):
+    """A job of two done items: one analysis with deep maps (real: the fast real map +
+    ``real_offset``; fake: peak at (3, 4)), one without. (job, deep id, fast id, deep maps)."""
     import numpy as np
 
-    upgrade(db_url)
     sessions = make_session_factory(db_url)
     deep_real, deep_fake = _maps((3, 4))
-    deep_real = deep_real + np.float32(0.7)
+    deep_real = deep_real + np.float32(real_offset)
     with session_scope(sessions) as s:
         job = create_job(s, ["s3://img/deep.jpg", "s3://img/fast.jpg"])
         ids = mark_running(s, _item_ids(s, job))
@@ -370,6 +367,18 @@ def test_deep_maps_in_the_view_and_down_to_0004(db_url):
         mark_done(s, ids[0], deep)
         mark_done(s, ids[1], fast)
     sessions.kw["bind"].dispose()
+    return job, deep, fast, deep_real, deep_fake
+
+
+def test_deep_maps_in_the_view_and_down_to_0004(db_url):
+    """0005: the deep maps are stored beside the fast ones and read back exactly through the
+    item view; its downgrade removes them (and only them), the upgrade adds them again empty."""
+    import json
+
+    import numpy as np
+
+    upgrade(db_url)
+    job, deep, fast, deep_real, deep_fake = _deep_and_fast(db_url, real_offset=0.7)
 
     sql = "SELECT * FROM poundcam_v_item_results WHERE job_id = :j ORDER BY position"
     cols, rows = _query(db_url, sql, j=job)
@@ -398,24 +407,7 @@ def test_deep_map_cells_beside_the_fast_ones_and_down_to_0005(db_url):
     import numpy as np
 
     upgrade(db_url)
-    sessions = make_session_factory(db_url)
-    deep_real, deep_fake = _maps((3, 4))
-    deep_real = deep_real + np.float32(0.25)
-    with session_scope(sessions) as s:
-        job = create_job(s, ["s3://img/deep.jpg", "s3://img/fast.jpg"])
-        ids = mark_running(s, _item_ids(s, job))
-        deep = upsert_analysis(
-            s,
-            {
-                **_analysis("d", 0.9, "fake", [1.0, 2.0], fake_peak=(1, 2)),
-                "deep_real_map": deep_real,
-                "deep_fake_map": deep_fake,
-            },
-        )
-        fast = upsert_analysis(s, _analysis("f", 0.1, "real", None))
-        mark_done(s, ids[0], deep)
-        mark_done(s, ids[1], fast)
-    sessions.kw["bind"].dispose()
+    job, deep, fast, deep_real, deep_fake = _deep_and_fast(db_url, real_offset=0.25)
 
     sql = (
         "SELECT analysis_id, map, grid_row, grid_col, value FROM poundcam_v_map_cells "
