@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -376,11 +377,12 @@ class Analyzer:
         """The model's id (checkpoint digest), ``unidentified`` when it has none."""
         return self.model.model_id or "unidentified"
 
-    @property
+    @functools.cached_property
     def cam_config_id(self) -> str:
         """The CAM configuration's id (method, point, layer, target), and which images get the
         deep maps when some do, with the threshold that chose them when it did:
-        ``hirescam-ln_1-L23-contrastive.deep-flagged-0.5``, ``....deep-all``."""
+        ``hirescam-ln_1-L23-contrastive.deep-flagged-0.5``, ``....deep-all``. Fixed for the
+        analyzer's life (its CAM and options are), so formatted once."""
         return cam_config_id(self.cam.config_id, self.options.deep_maps, self.options.threshold)
 
     def close(self) -> None:

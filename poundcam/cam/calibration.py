@@ -21,6 +21,7 @@ on its selection split and scores the maps with the same deletion curves (docs/f
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -37,6 +38,8 @@ BLUR_SIGMA = 4.0  # pixels: the replacement of removed cells is the image blurre
 DROP_FRACTION = 0.1  # the table's "P(fake) after deleting 10% of the cells" column
 FAKE = LABELS.index(Label.FAKE)  # the fake class's column in the logits
 KINDS = ("deletion", "insertion")
+# A chosen block whose gain over another is within this many standard errors does not beat it.
+TIE_STANDARD_ERRORS = 2
 
 
 def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
@@ -71,12 +74,15 @@ def deletion_insertion(
     batch: int = 64,
     kinds: Sequence[str] = KINDS,
     progress: Callable[[int], None] | None = None,
+    unmodified: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """P(class ``cls``) curves [N, len(fractions)] of the model inputs ``x`` [N, 3, H, W].
 
     Deletion: the top-ranked cells of ``maps`` [N, g, g] are replaced by the same cells of the
     blurred input. Insertion: start from the blurred input and restore the top-ranked cells.
-    ``progress(n)`` is called after each batch of ``n`` images has been scored."""
+    ``unmodified``, when given, is P(class ``cls``) of ``x`` itself [N]: the deletion points
+    that remove no cell take it instead of a forward. ``progress(n)`` is called after each
+    batch of ``n`` images has been scored."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"kinds must be among {KINDS}, not {sorted(unknown)}")
@@ -94,6 +100,9 @@ def deletion_insertion(
         chosen = (rank < k).reshape(n, 1, g, g).to(x.dtype)
         chosen = F.interpolate(chosen, scale_factor=cell, mode="nearest")
         for name in kinds:
+            if name == "deletion" and k == 0 and unmodified is not None:
+                curves[name][:, j] = unmodified
+                continue
             top, rest = pairs[name]
             composite = top * chosen + rest * (1 - chosen)
             parts = []
@@ -150,6 +159,16 @@ class Calibration:
 
     def score(self, layer: int) -> LayerScore | None:
         return next((s for s in self.scores if s.layer == layer), None)
+
+    def is_tie(self, layer: int) -> bool:
+        """Whether the images do not tell the chosen block from ``layer``: the gain is within
+        ``TIE_STANDARD_ERRORS`` standard errors (NaN, from one image, too). False when
+        ``layer`` is the choice or was not a candidate."""
+        measured = self.gain(layer)
+        if layer == self.chosen or measured is None:
+            return False
+        gain, se = measured
+        return not gain > TIE_STANDARD_ERRORS * se
 
     def gain(self, layer: int) -> tuple[float, float] | None:
         """How much lower the chosen block's deletion AUC is than ``layer``'s, and the standard
@@ -212,7 +231,10 @@ def calibrate(
             "needs images the model calls fake"
         )
     xf = x.index_select(0, flagged.to(x.device))
-    total = len(xf) * len(cands) * (1 + len(FRACTIONS))
+    # a map per block, and a forward per deletion step that removes some cells
+    cells = math.prod(model.patch_grid)
+    steps = sum(1 for f in FRACTIONS if int(round(f * cells)) > 0)
+    total = len(xf) * len(cands) * (1 + steps)
 
     def advance(n: int) -> None:
         if progress is not None:
@@ -235,11 +257,14 @@ def calibrate(
             f"none of the {len(xf)} images labelled fake has a map at every candidate layer"
         )
     xk = xf.index_select(0, keep.to(xf.device))
+    p_kept = p_fake.cpu().index_select(0, flagged.index_select(0, keep.cpu())).numpy()
     j_drop = FRACTIONS.index(DROP_FRACTION)
     scores = []
     for layer in cands:
         m = maps[layer].index_select(0, keep.to(maps[layer].device))
-        by_kind = deletion_insertion(model, xk, m, batch=batch, kinds=("deletion",), progress=advance)
+        by_kind = deletion_insertion(
+            model, xk, m, batch=batch, kinds=("deletion",), progress=advance, unmodified=p_kept
+        )
         curves = by_kind["deletion"]
         mean = curves.mean(0)
         aucs = area_under(curves)

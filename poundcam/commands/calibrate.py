@@ -139,7 +139,7 @@ def _calibrate(args) -> int:
     finally:
         bar.close()
     setting = f"{LAYER_VAR}={result.chosen}"
-    tie = is_tie(result, current)
+    tie = result.is_tie(current)
     written = None
     if args.write_env and not tie:
         lines = {LAYER_VAR: str(result.chosen)}
@@ -220,17 +220,6 @@ class _Bar:
             self.bar.close()
 
 
-def is_tie(result, current: int) -> bool:
-    """Whether the images do not tell the chosen block from the current layer: the gain is
-    within twice its standard error (False when the current layer is the choice or was not
-    a candidate)."""
-    measured = result.gain(current)
-    if result.chosen == current or measured is None:
-        return False
-    gain, se = measured
-    return not gain > 2 * se  # NaN (one image) too
-
-
 def report(result, current: int, num_blocks: int) -> str:
     """The table, the setting line and the gain over the current layer."""
     rows = [("layer", "deletion AUC", "P(fake) after 10%", "images", "")]
@@ -272,7 +261,7 @@ def report(result, current: int, num_blocks: int) -> str:
             f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
             f"standard error {se:.3f} over {chosen.images} images)"
         )
-        if is_tie(result, current):
+        if result.is_tie(current):
             lines.append(
                 "the difference is within twice its standard error: these images do not tell "
                 "the two blocks apart (give more images labelled fake, or keep the current layer)"

@@ -20,7 +20,7 @@ from benchmarks.faithfulness.evaluate import select_layer
 from benchmarks.faithfulness.settings import PROFILES
 from poundcam.cam.calibration import Calibration, LayerScore
 from poundcam.cli import main
-from poundcam.commands.calibrate import is_tie, write_env
+from poundcam.commands.calibrate import write_env
 from poundcam.model import PoundNet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,14 +153,14 @@ def _result(per_image: dict[int, list[float]], chosen: int) -> Calibration:
 
 
 def test_write_env_waits_for_images_that_tell_the_blocks_apart():
-    """is_tie decides whether --write-env writes: not when the gain is within twice its
+    """Calibration.is_tie decides whether --write-env writes: not when the gain is within twice its
     standard error, nor when the current layer is the choice."""
     clear = _result({0: [0.2, 0.3, 0.25], 1: [0.8, 0.9, 0.85]}, chosen=0)
-    assert not is_tie(clear, 1)
+    assert not clear.is_tie(1)
     noisy = _result({0: [0.2, 0.9, 0.3], 1: [0.8, 0.3, 0.5]}, chosen=0)  # gain 0.067, s.e. 0.33
-    assert is_tie(noisy, 1)
-    assert not is_tie(noisy, 0)  # the current layer is the choice
-    assert not is_tie(noisy, 5)  # not a candidate
+    assert noisy.is_tie(1)
+    assert not noisy.is_tie(0)  # the current layer is the choice
+    assert not noisy.is_tie(5)  # not a candidate
 
 
 def _error(capsys) -> str:
@@ -194,3 +194,35 @@ def test_no_image_labelled_fake(env, tmp_path, capsys):
 def test_bad_layer_list(planted, env, capsys, layers, message):
     assert main(["calibrate", str(planted), "--layers", layers, "--limit", "1"]) == 2
     assert message in _error(capsys)
+
+
+def test_the_unmodified_images_are_scored_once_not_once_per_block():
+    """The deletion points that remove no cell take P(fake) of the images as given: the curves
+    equal those measured with a forward there, one forward fewer per image and block, and the
+    progress units add up to the total announced."""
+    from poundcam.cam.calibration import FRACTIONS, calibrate, deletion_insertion, fake_probabilities
+
+    model = PoundNet.from_checkpoint(DETECTOR).eval()
+    s = make_set(0, "select", 4, DataSettings(), fake_share=1.0)
+    x = s.normalized()
+    maps = torch.rand(4, *model.patch_grid, generator=torch.Generator().manual_seed(0))
+    forwards = []
+
+    def counted(inputs):
+        forwards.append(len(inputs))
+        return model(inputs)
+
+    measured = deletion_insertion(counted, x, maps, kinds=("deletion",))["deletion"]
+    n_measured = sum(forwards)
+    forwards.clear()
+    given = deletion_insertion(
+        counted, x, maps, kinds=("deletion",), unmodified=fake_probabilities(model, x).numpy()
+    )["deletion"]
+    assert np.allclose(given, measured, atol=1e-5)
+    assert n_measured - sum(forwards) == len(x) * sum(1 for f in FRACTIONS if f == 0)
+
+    reports = []
+    calibrate(
+        model, x, 0.0, layers=[1, 2], method="gradcam", progress=lambda n, total: reports.append((n, total))
+    )
+    assert sum(n for n, _ in reports) == reports[0][1]
