@@ -43,7 +43,7 @@ def register(sub) -> None:
         "ground truth: for each candidate block, the contrastive fake maps of the images the "
         "model labels fake are scored by deletion (cells blurred in map order, area under the "
         "P(fake) curve) and the block with the lowest deletion AUC is chosen. Costs about "
-        "15 forward passes per image and block. Paths are checked as `poundcam analyze` "
+        "14 forward passes per image and block. Paths are checked as `poundcam analyze` "
         "checks them (POUNDCAM_ALLOWED_ROOTS; unset: the paths given). docs/cam.md.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
