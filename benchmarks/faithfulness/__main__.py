@@ -23,7 +23,7 @@ def main(argv=None) -> int:
         "--artifact",
         choices=ARTIFACTS,
         default=ARTIFACTS[0],
-        help=f"the planted artifact (default {ARTIFACTS[0]}); docs/faithfulness.md describes both",
+        help=f"the planted artifact (default {ARTIFACTS[0]}); docs/faithfulness.md describes each",
     )
     ap.add_argument("--out", type=Path, default=None, help=f"output folder (default {RESULTS}/<profile>)")
     ap.add_argument("--no-docs", action="store_true", help="do not copy tables and figures into docs/")

@@ -2,7 +2,7 @@
 
 Every image is a reproducible function of (seed, split, batch index): a scene of smooth
 1/f colour texture, a few soft-edged shapes, a lighting ramp and sensor noise. A "fake" image
-carries, inside one rectangle of random position and size, one of two kinds of artifact
+carries, inside one rectangle of random position and size, one of three kinds of artifact
 (``DataSettings.artifact``):
 
 - ``"upsampling"``: the traces an up-sampling generator leaves: the region is re-synthesised by
@@ -18,6 +18,13 @@ carries, inside one rectangle of random position and size, one of two kinds of a
   a relative gain of 10-20% (random per image; real sensors stay near 1%), repeated every 16
   pixels (the patch size: one filter shared by every patch can match it) and symmetric under
   the training augmentations. At 3-8% the small detector had not learned it after 200 steps.
+- ``"watermark"``: a generated region that carries its generator's invisible watermark, pasted
+  into the photograph: a fixed +-1 message spread over the mid-frequency DCT coefficients of
+  every 8x8 block, added to the luminance. Unlike the sensor trace it is additive (as strong in
+  dark areas as in bright ones), the same in the three colour channels, band-limited to the
+  mid frequencies, and a mark put there on purpose by the source. Exaggerated like the others
+  (standard deviation 0.05-0.1 in 0..1 intensity; real watermarks stay near 0.01), with a
+  16-pixel tile symmetric under the training augmentations.
 
 The region is blended in with a feathered edge; a final faint noise covers the whole image, so
 "no noise" alone never marks the region, and every image is quantized to 8 bits. "Real"
@@ -36,7 +43,7 @@ import torch.nn.functional as F
 from poundcam.preprocess.transform import CLIP_MEAN, CLIP_STD
 
 SPLITS = {"train": 0, "test": 1, "localize": 2, "select": 3}
-ARTIFACTS = ("upsampling", "sensor-splice")
+ARTIFACTS = ("upsampling", "sensor-splice", "watermark")
 # Settings that only one artifact reads: left out of the other's key (DataSettings.key_fields).
 OWNED_BY = {
     "checker_min": "upsampling",
@@ -46,6 +53,9 @@ OWNED_BY = {
     "sensor_max": "sensor-splice",
     "sensor_tile": "sensor-splice",
     "sensor_seed": "sensor-splice",
+    "watermark_min": "watermark",
+    "watermark_max": "watermark",
+    "watermark_seed": "watermark",
 }
 
 
@@ -66,6 +76,9 @@ class DataSettings:
     sensor_max: float = 0.2
     sensor_tile: int = 16  # the pattern's period, pixels (the patch size)
     sensor_seed: int = 7  # draws the other camera's pattern
+    watermark_min: float = 0.05  # the watermark's amplitude (standard deviation, intensity units)
+    watermark_max: float = 0.1
+    watermark_seed: int = 11  # draws the watermark's message
 
     def __post_init__(self):
         if self.artifact not in ARTIFACTS:
@@ -186,7 +199,7 @@ def plant(g: torch.Generator, img: torch.Tensor, s: DataSettings) -> tuple[torch
     wy = torch.sigmoid(dy / (s.feather / 3))
     wx = torch.sigmoid(dx / (s.feather / 3))
     weight = (wy[:, :, None] * wx[:, None, :])[:, None]  # [B, 1, H, W]
-    artifact = upsampling(g, img, s) if s.artifact == "upsampling" else sensor_splice(g, img, s)
+    artifact = PLANTERS[s.artifact](g, img, s)
     out = img * (1 - weight) + artifact * weight
     return out, weight[:, 0] >= 0.5
 
@@ -228,6 +241,47 @@ def sensor_splice(g: torch.Generator, img: torch.Tensor, s: DataSettings) -> tor
     b = img.shape[0]
     amp = _uniform(g, (b, 1, 1, 1), s.sensor_min, s.sensor_max)
     return img * (1 + amp * sensor_pattern(s)[None])
+
+
+WATERMARK_BLOCK = 8  # the block of the block-DCT embedding, pixels
+WATERMARK_BAND = (4, 5, 6)  # the DCT frequencies (u + v) that carry the message: the mid band
+
+
+def watermark_pattern(s: DataSettings) -> torch.Tensor:
+    """A generator's invisible watermark: a fixed +-1 message spread over the mid-band DCT
+    coefficients of every 8x8 block, as a luminance pattern [1, H, W] of zero mean and unit
+    variance (the same in the three channels). One 16x16 tile (2x2 blocks, the patch size) is
+    drawn from ``watermark_seed``, made symmetric under the training augmentations like the
+    sensor pattern, and repeated."""
+    n = WATERMARK_BLOCK
+    x = torch.arange(n, dtype=torch.float64)
+    basis = torch.cos((2 * x[None, :] + 1) * x[:, None] * math.pi / (2 * n))  # [u, x]
+    freqs = [(u, v) for u in range(n) for v in range(n) if u + v in WATERMARK_BAND]
+    g = torch.Generator().manual_seed(s.watermark_seed)
+    message = torch.randint(0, 2, (2, 2, len(freqs)), generator=g).double() * 2 - 1
+    tile = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
+    for by in range(2):
+        for bx in range(2):
+            block = sum(
+                m * basis[u][:, None] * basis[v][None, :]
+                for m, (u, v) in zip(message[by, bx].tolist(), freqs, strict=True)
+            )
+            tile[by * n : (by + 1) * n, bx * n : (bx + 1) * n] = block
+    tile = tile + tile.flip(0, 1)
+    tile = tile + tile.T
+    tile = ((tile - tile.mean()) / tile.std()).float()
+    reps = math.ceil(s.size / (2 * n))
+    return tile.repeat(reps, reps)[None, : s.size, : s.size]
+
+
+def watermark(g: torch.Generator, img: torch.Tensor, s: DataSettings) -> torch.Tensor:
+    """The whole images as a watermarking generator would leave them (plant() keeps the
+    region): the pattern added, amplitude random; independent of the content and brightness."""
+    amp = _uniform(g, (img.shape[0], 1, 1, 1), s.watermark_min, s.watermark_max)
+    return img + amp * watermark_pattern(s)[None]
+
+
+PLANTERS = {"upsampling": upsampling, "sensor-splice": sensor_splice, "watermark": watermark}
 
 
 def make_batch(

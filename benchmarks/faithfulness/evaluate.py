@@ -61,10 +61,21 @@ def select_layer(model, profile: Profile, method: str = "gradcam", log=print) ->
     separate selection split that the detector labels fake at the default threshold."""
     sel = make_set(profile.seed, "select", profile.n_select, profile.data, fake_share=1.0)
     cal = calibrate(model, sel.normalized(), THRESHOLD, method=method, target="contrastive")
+    default = model.num_blocks - 1
     scores = {
-        s.layer: {"deletion_auc": s.deletion_auc, "p_fake_after": s.p_fake_after, "images": s.images}
+        s.layer: {
+            "deletion_auc": s.deletion_auc,
+            "p_fake_after": s.p_fake_after,
+            "images": s.images,
+            # how far this block's deletion AUC is above the chosen one's, and the standard
+            # error of that paired difference; whether `poundcam calibrate` calls it a tie
+            "behind_selected": list(cal.gain(s.layer) or (float("nan"), float("nan"))),
+            "tie": cal.is_tie(s.layer),
+        }
         for s in cal.scores
     }
+    if cal.chosen != default and not scores[default]["tie"]:
+        log(f"{method}: block {cal.chosen} beats the default, {default}, clearly")
     for layer, sc in scores.items():
         log(f"{method} layer {layer}: selection deletion AUC {sc['deletion_auc']:.3f} ({sc['images']} fakes)")
     return cal.chosen, scores

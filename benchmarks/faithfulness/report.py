@@ -21,6 +21,12 @@ FIGURES = ("curves.png", "examples.png", "randomization.png")
 MAX_FIGURE_BYTES = 300_000
 
 
+def _default_ties(lay: dict, method: str) -> bool:
+    """Whether the default block ties with the selected one for ``method`` (keys may be
+    ints or, read back from JSON, strings)."""
+    return any(v["tie"] for k, v in lay["per_layer"][method].items() if int(k) == lay["default"])
+
+
 def checks(res: dict) -> list[tuple[str, bool, str]]:
     """The targets, each as (statement, passed, measured)."""
     rows = res["localization"]["methods"]
@@ -145,9 +151,14 @@ def markdown(res: dict) -> str:
         "AUROC (contrastive) on the localization set are shown for every block but were not used "
         "for the choice.",
         "",
-        "| weighting | block | selection deletion AUC | selection P(fake) after 10% deleted "
-        "| pointing game | AUROC |",
-        "|---|---|---|---|---|---|",
+        "Behind the selected block: how much higher the block's selection deletion AUC is than "
+        "the selected block's, with the standard error of that paired difference over the "
+        "images; within twice it `poundcam calibrate` calls the two a tie and keeps the "
+        "current layer.",
+        "",
+        "| weighting | block | selection deletion AUC | behind the selected block (s.e.) "
+        "| selection P(fake) after 10% deleted | pointing game | AUROC |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, per in lay["per_layer"].items():
         for k, v in per.items():
@@ -160,8 +171,11 @@ def markdown(res: dict) -> str:
                 if ok
             ]
             mark = f" ({', '.join(mark)})" if mark else ""
+            behind, se = v["behind_selected"]
+            gap = "" if int(k) == lay["selected"][method] else f"{behind:+.3f} ({se:.3f})"
+            gap += ", a tie" if v["tie"] else ""
             lines.append(
-                f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | "
+                f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | {gap} | "
                 f"{v['p_fake_after']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |"
             )
     lines += [
@@ -178,6 +192,8 @@ def markdown(res: dict) -> str:
         for tag, k in (("default", lay["default"]), ("calibrated", sel)):
             r = loc["methods"][cam_name("contrastive", int(k), method)]
             same = " (= default)" if tag == "calibrated" and int(k) == lay["default"] else ""
+            if tag == "calibrated" and _default_ties(lay, method):
+                same = f" (a tie with the default: `poundcam calibrate` keeps L{lay['default']})"
             lines.append(
                 f"| {CAM_LABEL[method]} | {tag}: L{k}{same} | {r['pointing_game']:.3f} | "
                 f"{r['auroc']:.3f} | {r['deletion_auc']:.3f} |"

@@ -1,6 +1,6 @@
-"""The two planted artifacts of the faithfulness evaluation (benchmarks/faithfulness/data.py):
-each changes the image only around its recorded region, is reproducible, and has its own
-detector cache key; adding the second left the first one's data and key unchanged."""
+"""The planted artifacts of the faithfulness evaluation (benchmarks/faithfulness/data.py): each
+changes the image only around its recorded region, is reproducible, and has its own detector
+cache key; adding the others left the first one's data and key unchanged."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from benchmarks.faithfulness.data import (
     plant,
     scenes,
     sensor_pattern,
+    watermark_pattern,
 )
 from benchmarks.faithfulness.settings import PROFILES, profile_for
 from benchmarks.faithfulness.train import settings_key
@@ -25,12 +26,16 @@ KEYS = {"quick": "fc5b849df07e20cb", "full": "8253ea9387226b64"}  # the committe
 
 
 @pytest.mark.parametrize("name", ["quick", "full"])
-def test_the_first_artifact_keeps_its_key_and_the_second_has_its_own(name):
-    first, second = profile_for(name, ARTIFACTS[0]), profile_for(name, "sensor-splice")
+def test_the_first_artifact_keeps_its_key_and_each_other_has_its_own(name):
+    first = profile_for(name, ARTIFACTS[0])
     assert first is PROFILES[name]
     assert settings_key(first.model, first.data, first.train) == KEYS[name]
-    assert second.name == f"{name}-sensor-splice"
-    assert settings_key(second.model, second.data, second.train) != KEYS[name]
+    keys = {KEYS[name]}
+    for artifact in ARTIFACTS[1:]:
+        other = profile_for(name, artifact)
+        assert other.name == f"{name}-{artifact}"
+        keys.add(settings_key(other.model, other.data, other.train))
+    assert len(keys) == len(ARTIFACTS)
 
 
 @pytest.mark.parametrize("artifact", ARTIFACTS)
@@ -51,7 +56,23 @@ def test_artifact_lies_in_its_region_and_is_reproducible(artifact):
         assert d[~near].max() < 1e-3
 
 
-def test_sensor_pattern_survives_the_training_augmentations():
-    k = sensor_pattern(DataSettings())
+@pytest.mark.parametrize("pattern", [sensor_pattern, watermark_pattern])
+def test_fixed_patterns_survive_the_training_augmentations(pattern):
+    k = pattern(DataSettings())
     assert torch.allclose(k, k.flip(1, 2)) and torch.allclose(k, k.transpose(1, 2))
     assert abs(float(k.mean())) < 1e-5 and abs(float(k.std()) - 1) < 1e-2
+
+
+def test_the_watermark_lies_in_the_mid_band_of_each_block():
+    """All of the watermark's energy is in the DCT frequencies of its band, in every 8x8 block."""
+    from benchmarks.faithfulness.data import WATERMARK_BAND, WATERMARK_BLOCK
+
+    n = WATERMARK_BLOCK
+    x = torch.arange(n, dtype=torch.float64)
+    dct = torch.cos((2 * x[None, :] + 1) * x[:, None] * torch.pi / (2 * n))  # [u, x], unnormalized
+    k = watermark_pattern(DataSettings())[0].double()
+    blocks = k.unfold(0, n, n).unfold(1, n, n)  # [rows, cols, n, n]
+    coeffs = torch.einsum("ux,vy,rcxy->rcuv", dct, dct, blocks)
+    band = (x[:, None] + x[None, :]).long()
+    inside = torch.isin(band, torch.tensor(WATERMARK_BAND))
+    assert coeffs[..., ~inside].abs().max() < 1e-6 * coeffs.abs().max()
