@@ -1,12 +1,14 @@
 """Which block ComparativeCAM explains, chosen from evidence: the deletion rule.
 
-The rule needs the model and images, no ground truth. For each candidate block, the fake maps
-(ComparativeCAM with one weighting and target) of the images the model labels fake are scored
+The rule needs the model and images, no ground truth. For each candidate block (and, when
+several are given, each candidate weighting), the fake maps (ComparativeCAM with that
+weighting and one target) of the images the model labels fake are scored
 by deletion: the grid cells of each image are replaced, in the map's order, by the same cells
 of the image blurred with a Gaussian of sigma ``BLUR_SIGMA`` pixels (which erases fine-scale
 traces but keeps colour and layout), and P(fake) is measured after ``FRACTIONS`` of the cells.
 The deletion AUC is the area under the mean curve over the fraction axis 0..1; the block with
 the lowest is chosen: its hottest cells are the ones whose loss removes the decision fastest.
+Every candidate is scored on the same images, so two candidates compare image by image.
 
 Which images and which class: the images labelled fake at the threshold (P(fake) >=
 threshold, the label rule of poundcam.analysis), their fake map and P(fake). Images labelled
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..constants import LABELS, CamTarget, Label, labelled_fake
+from ..constants import LABELS, CamMethod, CamTarget, Label, labelled_fake
 from ..errors import CAMError
 from .engine import ComparativeCAM
 
@@ -139,6 +141,7 @@ class LayerScore:
     deletion_curve: tuple[float, ...]
     # each scored image's own deletion AUC, in input order (the same images at every block)
     per_image: tuple[float, ...] = ()
+    method: str = CamMethod.HIRESCAM  # the weighting of the maps scored
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,35 +149,45 @@ class LayerScore:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """The outcome of the rule: every candidate's score and the chosen block."""
+    """The outcome of the rule: every candidate's score and the chosen block (``chosen``) and
+    weighting (``method``). A candidate is named by its block and, where several weightings
+    were tried, its weighting (default: the chosen one)."""
 
-    method: str
+    method: str  # the chosen candidate's weighting
     target: str
     threshold: float
     images: int  # inputs given
     flagged: int  # of them labelled fake (P(fake) >= threshold)
-    used: int  # of those, the ones with a map at every candidate block
+    used: int  # of those, the ones with a map at every candidate
     scores: tuple[LayerScore, ...]
     chosen: int
+    methods: tuple[str, ...] = ()  # the weightings tried; empty: ``method`` alone
 
-    def score(self, layer: int) -> LayerScore | None:
-        return next((s for s in self.scores if s.layer == layer), None)
+    @property
+    def tried(self) -> tuple[str, ...]:
+        """The weightings tried."""
+        return self.methods or (self.method,)
 
-    def is_tie(self, layer: int) -> bool:
-        """Whether the images do not tell the chosen block from ``layer``: the gain is within
-        ``TIE_STANDARD_ERRORS`` standard errors (NaN, from one image, too). False when
-        ``layer`` is the choice or was not a candidate."""
-        measured = self.gain(layer)
-        if layer == self.chosen or measured is None:
+    def score(self, layer: int, method: str | None = None) -> LayerScore | None:
+        method = method or self.method
+        return next((s for s in self.scores if s.layer == layer and s.method == method), None)
+
+    def is_tie(self, layer: int, method: str | None = None) -> bool:
+        """Whether the images do not tell the chosen candidate from ``layer`` (with ``method``):
+        the gain is within ``TIE_STANDARD_ERRORS`` standard errors (NaN, from one image, too).
+        False when that is the choice or was not a candidate."""
+        method = method or self.method
+        measured = self.gain(layer, method)
+        if (layer, method) == (self.chosen, self.method) or measured is None:
             return False
         gain, se = measured
         return not gain > TIE_STANDARD_ERRORS * se
 
-    def gain(self, layer: int) -> tuple[float, float] | None:
-        """How much lower the chosen block's deletion AUC is than ``layer``'s, and the standard
-        error of that mean difference over the images (paired: the same images at both
-        blocks); None when ``layer`` was not a candidate."""
-        chosen, other = self.score(self.chosen), self.score(layer)
+    def gain(self, layer: int, method: str | None = None) -> tuple[float, float] | None:
+        """How much lower the chosen candidate's deletion AUC is than that of ``layer`` (with
+        ``method``), and the standard error of that mean difference over the images (paired:
+        the same images for both); None when that was not a candidate."""
+        chosen, other = self.score(self.chosen), self.score(layer, method)
         if chosen is None or other is None:
             return None
         diff = np.asarray(other.per_image) - np.asarray(chosen.per_image)
@@ -210,17 +223,23 @@ def calibrate(
     x: torch.Tensor,
     threshold: float,
     layers: Sequence[int] | None = None,
-    method: str = "hirescam",
+    method: str | Sequence[str] = CamMethod.HIRESCAM,
     target: str = CamTarget.CONTRASTIVE,
     batch: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
-    """Run the rule on the model inputs ``x`` [N, 3, H, W] (normalized, on the model's device).
+    """Run the rule on the model inputs ``x`` [N, 3, H, W] (normalized, on the model's device),
+    for one weighting ``method`` or several (a sequence: the weighting is chosen too).
 
     ``progress(n, total)`` is called as work is done: ``n`` units more out of ``total`` (one
     unit per map of an image at a block, one per forward of an image in a deletion step).
-    Raises CalibrationError when no image is labelled fake or a layer is out of range."""
+    Raises CalibrationError when no image is labelled fake, a layer is out of range or no
+    weighting is given."""
     cands = candidate_layers(model, layers)
+    methods = [method] if isinstance(method, str) else list(dict.fromkeys(method))
+    if not methods:
+        raise CalibrationError("no weighting given")
+    pairs = [(m, layer) for m in methods for layer in cands]
     p_fake = fake_probabilities(model, x, batch)
     flagged = torch.tensor(
         [i for i, p in enumerate(p_fake.tolist()) if labelled_fake(p, threshold)], dtype=torch.long
@@ -234,15 +253,15 @@ def calibrate(
     # a map per block, and a forward per deletion step that removes some cells
     cells = math.prod(model.patch_grid)
     steps = sum(1 for f in FRACTIONS if int(round(f * cells)) > 0)
-    total = len(xf) * len(cands) * (1 + steps)
+    total = len(xf) * len(pairs) * (1 + steps)
 
     def advance(n: int) -> None:
         if progress is not None:
             progress(n, total)
 
     maps, valid = {}, torch.ones(len(xf), dtype=torch.bool)
-    for layer in cands:
-        cam = ComparativeCAM(model, layer=layer, target=target, method=method)
+    for m, layer in pairs:
+        cam = ComparativeCAM(model, layer=layer, target=target, method=m)
         parts = []
         for i in range(0, len(xf), batch):
             res = cam.attribute(xf[i : i + batch], on_invalid="report")
@@ -250,7 +269,7 @@ def calibrate(
                 valid[i + r] = False
             parts.append(res.fake.float())
             advance(len(parts[-1]))
-        maps[layer] = torch.cat(parts)
+        maps[m, layer] = torch.cat(parts)
     keep = torch.nonzero(valid).flatten()
     if len(keep) == 0:
         raise CalibrationError(
@@ -260,10 +279,10 @@ def calibrate(
     p_kept = p_fake.cpu().index_select(0, flagged.index_select(0, keep.cpu())).numpy()
     j_drop = FRACTIONS.index(DROP_FRACTION)
     scores = []
-    for layer in cands:
-        m = maps[layer].index_select(0, keep.to(maps[layer].device))
+    for m, layer in pairs:
+        kept_maps = maps[m, layer].index_select(0, keep.to(maps[m, layer].device))
         by_kind = deletion_insertion(
-            model, xk, m, batch=batch, kinds=("deletion",), progress=advance, unmodified=p_kept
+            model, xk, kept_maps, batch=batch, kinds=("deletion",), progress=advance, unmodified=p_kept
         )
         curves = by_kind["deletion"]
         mean = curves.mean(0)
@@ -277,11 +296,12 @@ def calibrate(
                 images=len(keep),
                 deletion_curve=tuple(float(v) for v in mean),
                 per_image=tuple(float(v) for v in aucs),
+                method=str(m),
             )
         )
-    best = min(scores, key=lambda s: s.deletion_auc)
+    best = min(scores, key=lambda s: s.deletion_auc)  # the first of equals: methods, then layers
     return Calibration(
-        method=method,
+        method=best.method,
         target=str(target),
         threshold=threshold,
         images=len(x),
@@ -289,4 +309,5 @@ def calibrate(
         used=len(keep),
         scores=tuple(scores),
         chosen=best.layer,
+        methods=tuple(str(m) for m in methods),
     )

@@ -1,17 +1,20 @@
 """``poundcam calibrate IMAGES...``: choose the explained block from evidence, on a deployer's images.
 
 Runs the layer rule of poundcam.cam.calibration (lowest deletion AUC of the contrastive fake
-maps of the images the model labels fake; no ground truth) for the configured CAM method over
-every block, or those of ``--layers``. Prints one row per block (deletion AUC, P(fake) after 10%
-of the cells are blurred, images used; the chosen block and the current setting marked), the
-choice as ``POUNDCAM_CAM_LAYER=N`` and how much it beats the current layer; ``--write-env``
-writes the choice into a dotenv-style file (docker-compose's env_file, a ConfigMap's source).
+maps of the images the model labels fake; no ground truth) for the configured CAM method, or
+those of ``--method`` (several: the weighting is chosen too), over every block, or those of
+``--layers``. Prints one row per candidate (deletion AUC, P(fake) after 10% of the cells are
+blurred, images used; the choice and the current setting marked), the choice as
+``POUNDCAM_CAM_LAYER=N`` (and ``POUNDCAM_CAM_METHOD=`` when it changes) and how much it beats
+the current setting; ``--write-env`` writes the choice into a dotenv-style file
+(docker-compose's env_file, a ConfigMap's source).
 The images are read and checked as ``poundcam analyze`` reads them (poundcam.commands.inputs)
 and preprocessed by the official transform, the Pillow path.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -55,9 +58,11 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--method",
-        choices=values(CamMethod),
+        type=parse_methods,
         default=None,
-        help="CAM weighting the layer is chosen for (default POUNDCAM_CAM_METHOD or hirescam)",
+        metavar="LIST",
+        help="CAM weighting the layer is chosen for (default POUNDCAM_CAM_METHOD or hirescam); "
+        f"several, comma-separated ({','.join(values(CamMethod))}), to choose the weighting too",
     )
     p.add_argument(
         "--limit",
@@ -76,6 +81,16 @@ def register(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_calibrate)
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"gradcam,hirescam"`` -> ["gradcam", "hirescam"] (each a CAM weighting, once)."""
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    known = values(CamMethod)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(known)}, comma-separated")
+    return names
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -99,8 +114,8 @@ def _calibrate(args) -> int:
 
     layers = parse_layers(args.layers)
     overrides: dict[str, Any] = {"local_root": os.getcwd(), **model_overrides(args)}
-    if args.method is not None:
-        overrides["cam_method"] = args.method
+    if args.method is not None and len(args.method) == 1:
+        overrides["cam_method"] = args.method[0]  # the current setting is this method's layer
     settings = Settings.from_env(**overrides)
     if not settings.allowed_roots:  # unset: the files and folders given
         settings = settings.replace(allowed_roots=default_roots(args.paths, settings))
@@ -131,7 +146,7 @@ def _calibrate(args) -> int:
             x.to(device),
             settings.threshold,
             layers=layers,
-            method=settings.cam_method,
+            method=args.method if args.method is not None else settings.cam_method,
             target=settings.cam_target,
             batch=settings.batch_size,
             progress=bar,
@@ -139,12 +154,13 @@ def _calibrate(args) -> int:
     finally:
         bar.close()
     setting = f"{LAYER_VAR}={result.chosen}"
-    tie = result.is_tie(current)
+    current_method = str(settings.cam_method)
+    tie = result.is_tie(current, current_method)
     written = None
     if args.write_env and not tie:
         lines = {LAYER_VAR: str(result.chosen)}
-        if args.method is not None and args.method != Settings.from_env().cam_method:
-            lines[METHOD_VAR] = str(settings.cam_method)  # the layer was chosen for this method
+        if result.method != Settings.from_env().cam_method:
+            lines[METHOD_VAR] = result.method  # the layer was chosen for this method
         write_env(Path(args.write_env), lines)
         written = args.write_env
     if args.json:
@@ -155,17 +171,18 @@ def _calibrate(args) -> int:
             read=len(read),
             skipped=[k.as_dict() for k in inputs.skipped],
             current=current,
+            current_method=current_method,
             gain_over_current=None,
             tie=tie,
             setting=setting,
             written_to=written,
         )
-        measured = result.gain(current)
+        measured = result.gain(current, current_method)
         if measured is not None:
             doc["gain_over_current"] = {"deletion_auc": measured[0], "standard_error": measured[1]}
         print(json.dumps(doc, indent=2))
     else:
-        print(report(result, current, model.num_blocks))
+        print(report(result, current, model.num_blocks, current_method))
         if written:
             print(f"written to {written}")
         elif args.write_env:
@@ -220,13 +237,23 @@ class _Bar:
             self.bar.close()
 
 
-def report(result, current: int, num_blocks: int) -> str:
-    """The table, the setting line and the gain over the current layer."""
-    rows = [("layer", "deletion AUC", "P(fake) after 10%", "images", "")]
+def report(result, current: int, num_blocks: int, current_method: str | None = None) -> str:
+    """The table, the setting line(s) and the gain over the current setting: the layer
+    ``current`` with ``current_method`` (default: the chosen weighting). With several
+    weightings tried, each row and each setting names its weighting."""
+    current_method = current_method or result.method
+    several = len(result.tried) > 1
+    head = ("weighting",) if several else ()
+    rows = [(*head, "layer", "deletion AUC", "P(fake) after 10%", "images", "")]
     for s in result.scores:
-        marks = [m for m, ok in (("chosen", s.layer == result.chosen), ("current", s.layer == current)) if ok]
+        flags = (
+            ("chosen", (s.layer, s.method) == (result.chosen, result.method)),
+            ("current", (s.layer, s.method) == (current, current_method)),
+        )
+        marks = [m for m, ok in flags if ok]
         rows.append(
             (
+                *((s.method,) if several else ()),
                 str(s.layer),
                 f"{s.deletion_auc:.3f}",
                 f"{s.p_fake_after:.3f}",
@@ -234,37 +261,46 @@ def report(result, current: int, num_blocks: int) -> str:
                 f"<- {', '.join(marks)}" if marks else "",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [
-        f"{result.method} ({result.target}) on {result.used} of {result.images} images "
+        f"{', '.join(result.tried)} ({result.target}) on {result.used} of {result.images} images "
         f"(labelled fake: P(fake) >= {result.threshold:g}; {result.flagged} flagged); "
         "deletion AUC: lower is better",
         "",
     ]
     for r in rows:
-        cells = "  ".join(v.rjust(w) for v, w in zip(r[:4], widths, strict=True))
-        lines.append(f"{cells}  {r[4]}" if r[4] else cells)
+        cells = "  ".join(v.rjust(w) for v, w in zip(r[:n], widths, strict=True))
+        lines.append(f"{cells}  {r[n]}" if r[n] else cells)
     lines += ["", f"{LAYER_VAR}={result.chosen}"]
-    chosen, now = result.score(result.chosen), result.score(current)
-    assert chosen is not None
+    if several:
+        lines.append(f"{METHOD_VAR}={result.method}")
+
+    def named(method: str, layer: int) -> str:
+        return f"{method} at block {layer}" if several else f"block {layer}"
+
+    what, apart = ("setting", "settings") if several else ("layer", "blocks")
     default_note = " (the default, the last block)" if current == num_blocks - 1 else ""
+    now_name = f"{named(current_method, current) if several else current}{default_note}"
+    chosen, now = result.score(result.chosen), result.score(current, current_method)
+    assert chosen is not None
     if now is None:
-        lines.append(f"the current layer, {current}{default_note}, was not among the candidates")
-    elif now.layer == chosen.layer:
-        lines.append(f"the current layer, {current}{default_note}, is already the best")
+        lines.append(f"the current {what}, {now_name}, was not among the candidates")
+    elif now is chosen:
+        lines.append(f"the current {what}, {now_name}, is already the best")
     else:
-        measured = result.gain(current)
-        assert measured is not None  # the current layer was a candidate
+        measured = result.gain(current, current_method)
+        assert measured is not None  # the current setting was a candidate
         gain, se = measured
         lines.append(
-            f"block {chosen.layer} beats the current layer, {current}{default_note}, by "
+            f"{named(result.method, chosen.layer)} beats the current {what}, {now_name}, by "
             f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
             f"standard error {se:.3f} over {chosen.images} images)"
         )
-        if result.is_tie(current):
+        if result.is_tie(current, current_method):
             lines.append(
                 "the difference is within twice its standard error: these images do not tell "
-                "the two blocks apart (give more images labelled fake, or keep the current layer)"
+                f"the two {apart} apart (give more images labelled fake, or keep the current {what})"
             )
     return "\n".join(lines)
 

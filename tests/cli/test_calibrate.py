@@ -93,6 +93,53 @@ def test_chooses_the_benchmark_layer_and_writes_the_setting(planted, env, tmp_pa
     )
 
 
+def test_several_weightings_choose_the_weighting_too(planted, env, tmp_path, capsys):
+    """--method gradcam,hirescam scores every (weighting, block) on the same images and chooses
+    the lowest deletion AUC of all; the weighting is written beside the layer when it is not
+    the configured one, and the gain is over the current setting (HiResCAM, the last block)."""
+    env_file = tmp_path / "poundcam.env"
+    code = main(
+        ["calibrate", str(planted), "--method", "gradcam,hirescam", "--json", "--write-env", str(env_file)]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["methods"] == ["gradcam", "hirescam"]
+    assert [(s["method"], s["layer"]) for s in doc["scores"]] == [
+        (m, k) for m in ("gradcam", "hirescam") for k in (0, 1, 2)
+    ]
+    assert {s["images"] for s in doc["scores"]} == {N_IMAGES}
+    best = min(doc["scores"], key=lambda s: s["deletion_auc"])
+    assert (doc["method"], doc["chosen"]) == (best["method"], best["layer"])
+    assert (doc["current_method"], doc["current"]) == ("hirescam", 2)
+    per = {(s["method"], s["layer"]): np.array(s["per_image"]) for s in doc["scores"]}
+    diff = per["hirescam", 2] - per[best["method"], best["layer"]]
+    assert doc["gain_over_current"]["deletion_auc"] == pytest.approx(float(diff.mean()))
+    if not doc["tie"]:
+        lines = env_file.read_text().splitlines()
+        assert f"POUNDCAM_CAM_LAYER={best['layer']}" in lines
+        assert (f"POUNDCAM_CAM_METHOD={best['method']}" in lines) == (best["method"] != "hirescam")
+
+    assert main(["calibrate", str(planted), "--method", "hirescam,gradcam", "--layers", "1,2"]) == 0
+    text = capsys.readouterr().out
+    rows = [
+        r
+        for r in map(str.split, text.splitlines())
+        if r[:1] in (["gradcam"], ["hirescam"]) and r[1].isdigit()
+    ]
+    assert [r[:2] for r in rows] == [["hirescam", "1"], ["hirescam", "2"], ["gradcam", "1"], ["gradcam", "2"]]
+    assert [r for r in rows if r[:2] == ["hirescam", "2"]][0][-2:] == ["<-", "current"]
+    assert "\nPOUNDCAM_CAM_METHOD=" in text and "current setting, hirescam at block 2" in text
+
+
+def test_an_unknown_weighting_is_refused_before_any_work(planted, env, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["calibrate", str(planted), "--method", "gradcam,shap"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --method: 'gradcam,shap': give one or more of gradcam, hirescam" in err
+
+
 def test_table_marks_the_choice_and_the_current_layer(planted, env, capsys, monkeypatch):
     monkeypatch.setenv("POUNDCAM_CAM_METHOD", "gradcam")
     code = main(["calibrate", str(planted), "--layers", "1,-1"])
