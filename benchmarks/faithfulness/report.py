@@ -423,6 +423,6 @@ def write(res: dict, out_dir: Path, n_examples: int, docs_dir: Path | None = Non
         paths[f] = out_dir / f
     if docs_dir is not None:
         docs_dir.mkdir(parents=True, exist_ok=True)
-        for f in ("tables.md", *FIGURES):
+        for f in ("results.json", "tables.md", *FIGURES):  # the tables with the numbers behind them
             shutil.copyfile(out_dir / f, docs_dir / f)
     return paths
