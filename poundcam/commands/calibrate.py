@@ -42,11 +42,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="choose the explained layer from the deletion rule on your images",
-        description="Choose the block ComparativeCAM explains (POUNDCAM_CAM_LAYER) without "
-        "ground truth: for each candidate block, the contrastive fake maps of the images the "
+        description="Choose the block ComparativeCAM explains (POUNDCAM_CAM_LAYER; with several "
+        "weightings in --method, POUNDCAM_CAM_METHOD too) without ground truth: for each "
+        "candidate block and weighting, the contrastive fake maps of the images the "
         "model labels fake are scored by deletion (cells blurred in map order, area under the "
-        "P(fake) curve) and the block with the lowest deletion AUC is chosen. Costs about "
-        "14 forward passes per image and block. Paths are checked as `poundcam analyze` "
+        "P(fake) curve) and the candidate with the lowest deletion AUC is chosen. Costs about "
+        "14 forward passes per image and candidate. Paths are checked as `poundcam analyze` "
         "checks them (POUNDCAM_ALLOWED_ROOTS; unset: the paths given). docs/cam.md.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
@@ -76,8 +77,9 @@ def register(sub) -> None:
         "--write-env",
         default=None,
         metavar="FILE",
-        help=f"set {LAYER_VAR}= in this dotenv-style file (created if missing; other lines kept); "
-        "left as it is when the images do not tell the chosen block from the current one",
+        help=f"set {LAYER_VAR}= (and {METHOD_VAR}= when the chosen weighting is not the "
+        "configured one) in this dotenv-style file (created if missing; other lines kept); "
+        "left as it is when the images do not tell the choice from the current setting",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_calibrate)
