@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poundcam.cam.calibration import calibrate
+from poundcam.cam.calibration import calibrate, paired_gain, within_noise
 from poundcam.settings import Settings
 
 from .data import make_set
@@ -54,31 +54,55 @@ def _mean(a) -> float:
     return float(np.nanmean(np.asarray(a, dtype=float)))
 
 
-def select_layer(model, profile: Profile, method: str = "gradcam", log=print) -> tuple[int, dict]:
-    """The block whose ln_1 ComparativeCAM (contrastive, weighting ``method``) explains, chosen
-    WITHOUT ground truth by the library's rule (poundcam.cam.calibration, the one `poundcam
-    calibrate` runs): the block whose fake maps give the lowest deletion AUC on the fakes of a
-    separate selection split that the detector labels fake at the default threshold."""
+def select_layers(
+    model, profile: Profile, methods=CAM_METHODS, log=print
+) -> tuple[dict[str, int], dict[str, dict[int, dict]], dict]:
+    """The block whose ln_1 ComparativeCAM (contrastive) explains, per weighting, chosen WITHOUT
+    ground truth by the library's rule (poundcam.cam.calibration, the one `poundcam calibrate`
+    runs): the block whose fake maps give the lowest deletion AUC on the fakes of a separate
+    selection split that the detector labels fake at the default threshold. One run over every
+    weighting and block, on the same images, so it also gives the choice across weightings
+    (`poundcam calibrate --method gradcam,hirescam`) and its gain over the service's setting.
+
+    Returns (block per weighting, {weighting: {block: scores}}, the choice across weightings)."""
     sel = make_set(profile.seed, "select", profile.n_select, profile.data, fake_share=1.0)
-    cal = calibrate(model, sel.normalized(), THRESHOLD, method=method, target="contrastive")
+    cal = calibrate(model, sel.normalized(), THRESHOLD, method=list(methods), target="contrastive")
     default = model.num_blocks - 1
-    scores = {
-        s.layer: {
-            "deletion_auc": s.deletion_auc,
-            "p_fake_after": s.p_fake_after,
-            "images": s.images,
+    selected, scores = {}, {}
+    for method in methods:
+        own = [s for s in cal.scores if s.method == method]
+        best = min(own, key=lambda s: s.deletion_auc)
+        selected[method] = best.layer
+        scores[method] = {}
+        for s in own:
             # how far this block's deletion AUC is above the chosen one's, and the standard
             # error of that paired difference; whether `poundcam calibrate` calls it a tie
-            "behind_selected": list(cal.gain(s.layer) or (float("nan"), float("nan"))),
-            "tie": cal.is_tie(s.layer),
-        }
-        for s in cal.scores
+            behind = paired_gain(best, s)
+            scores[method][s.layer] = {
+                "deletion_auc": s.deletion_auc,
+                "p_fake_after": s.p_fake_after,
+                "images": s.images,
+                "behind_selected": list(behind),
+                "tie": s is not best and within_noise(*behind),
+            }
+            log(f"{method} layer {s.layer}: selection deletion AUC {s.deletion_auc:.3f} ({s.images} fakes)")
+    service = Settings().cam_method
+    across = {
+        "method": cal.method,
+        "layer": cal.chosen,
+        "service_method": str(service),
+        "service_layer": default,
+        "gain_over_service": list(cal.gain(default, service) or (float("nan"), float("nan"))),
+        "tie": cal.is_tie(default, service),
     }
-    if cal.chosen != default and not scores[default]["tie"]:
-        log(f"{method}: block {cal.chosen} beats the default, {default}, clearly")
-    for layer, sc in scores.items():
-        log(f"{method} layer {layer}: selection deletion AUC {sc['deletion_auc']:.3f} ({sc['images']} fakes)")
-    return cal.chosen, scores
+    log(f"across weightings: {cal.method} at block {cal.chosen}")
+    return selected, scores, across
+
+
+def select_layer(model, profile: Profile, method: str = "gradcam", log=print) -> tuple[int, dict]:
+    """``select_layers`` for one weighting: (its block, {block: scores})."""
+    selected, scores, _ = select_layers(model, profile, (method,), log=log)
+    return selected[method], scores[method]
 
 
 def peer_agreement(maps: dict, n_layers: int, selected: dict[str, int]) -> dict:
@@ -125,11 +149,11 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
     )
 
     n_layers = len(model.visual.transformer.resblocks)
-    selected, per_layer = {}, {}
+    selected, selection_scores, across = select_layers(model, profile, log=log)
+    per_layer: dict[str, dict[int, dict]] = {}
     for method in CAM_METHODS:
-        layer, selection = select_layer(model, profile, method, log=log)
-        selected[method] = layer
-        log(f"{method}: selected layer {layer} (default {n_layers - 1})")
+        selection = selection_scores[method]
+        log(f"{method}: selected layer {selected[method]} (default {n_layers - 1})")
         per_layer[method] = {}
         for lay in range(n_layers):
             m = compute_maps(comparative_cam("contrastive", lay, method), model, x, loc.images, ids)
@@ -214,6 +238,7 @@ def evaluate(profile: Profile, cache_dir: Path, log=print) -> dict:
             "selected": selected,
             "n_select": profile.n_select,
             "per_layer": per_layer,
+            "across": across,
         },
         "peer_agreement": peers,
         "randomization": randomization,

@@ -178,6 +178,25 @@ def markdown(res: dict) -> str:
                 f"| {CAM_LABEL[method]} | {k}{mark} | {v['deletion_auc']:.3f} | {gap} | "
                 f"{v['p_fake_after']:.3f} | {v['pointing_game']:.3f} | {v['auroc']:.3f} |"
             )
+    across = lay.get("across")
+    if across:
+        gain, se = across["gain_over_service"]
+        same = (across["method"], int(across["layer"])) == (
+            across["service_method"],
+            int(across["service_layer"]),
+        )
+        verdict = (
+            "the service's setting itself"
+            if same
+            else f"its gain over the service's setting ({CAM_LABEL[across['service_method']]} at "
+            f"block {across['service_layer']}): {gain:.3f} selection deletion AUC, standard error "
+            f"{se:.3f}" + (", a tie (`poundcam calibrate` keeps the setting)" if across["tie"] else "")
+        )
+        lines += [
+            "",
+            f"Across both weightings (`poundcam calibrate --method gradcam,hirescam`, the same "
+            f"scores): {CAM_LABEL[across['method']]} at **block {across['layer']}**; {verdict}.",
+        ]
     lines += [
         "",
         "### Calibrated layer against the default",

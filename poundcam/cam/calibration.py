@@ -147,6 +147,20 @@ class LayerScore:
         return dataclasses.asdict(self)
 
 
+def paired_gain(better: LayerScore, other: LayerScore) -> tuple[float, float]:
+    """How much lower ``better``'s deletion AUC is than ``other``'s, and the standard error of
+    that mean difference over the images (paired: the same images for both; NaN from one)."""
+    diff = np.asarray(other.per_image) - np.asarray(better.per_image)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return float(diff.mean()), se
+
+
+def within_noise(gain: float, se: float) -> bool:
+    """Whether a gain does not tell two candidates apart: within ``TIE_STANDARD_ERRORS``
+    standard errors of zero (a NaN standard error, from one image, too)."""
+    return not gain > TIE_STANDARD_ERRORS * se
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """The outcome of the rule: every candidate's score and the chosen block (``chosen``) and
@@ -180,8 +194,7 @@ class Calibration:
         measured = self.gain(layer, method)
         if (layer, method) == (self.chosen, self.method) or measured is None:
             return False
-        gain, se = measured
-        return not gain > TIE_STANDARD_ERRORS * se
+        return within_noise(*measured)
 
     def gain(self, layer: int, method: str | None = None) -> tuple[float, float] | None:
         """How much lower the chosen candidate's deletion AUC is than that of ``layer`` (with
@@ -190,9 +203,7 @@ class Calibration:
         chosen, other = self.score(self.chosen), self.score(layer, method)
         if chosen is None or other is None:
             return None
-        diff = np.asarray(other.per_image) - np.asarray(chosen.per_image)
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-        return float(diff.mean()), se
+        return paired_gain(chosen, other)
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
