@@ -247,6 +247,12 @@ WATERMARK_BLOCK = 8  # the block of the block-DCT embedding, pixels
 WATERMARK_BAND = (4, 5, 6)  # the DCT frequencies (u + v) that carry the message: the mid band
 
 
+def dct_basis(n: int) -> torch.Tensor:
+    """The (unnormalized) DCT-II basis of length ``n``: row u is cos((2x + 1) u pi / 2n), float64."""
+    x = torch.arange(n, dtype=torch.float64)
+    return torch.cos((2 * x[None, :] + 1) * x[:, None] * math.pi / (2 * n))
+
+
 def watermark_pattern(s: DataSettings) -> torch.Tensor:
     """A generator's invisible watermark: a fixed +-1 message spread over the mid-band DCT
     coefficients of every 8x8 block, as a luminance pattern [1, H, W] of zero mean and unit
@@ -254,8 +260,7 @@ def watermark_pattern(s: DataSettings) -> torch.Tensor:
     drawn from ``watermark_seed``, made symmetric under the training augmentations like the
     sensor pattern, and repeated."""
     n = WATERMARK_BLOCK
-    x = torch.arange(n, dtype=torch.float64)
-    basis = torch.cos((2 * x[None, :] + 1) * x[:, None] * math.pi / (2 * n))  # [u, x]
+    basis = dct_basis(n)
     freqs = [(u, v) for u in range(n) for v in range(n) if u + v in WATERMARK_BAND]
     g = torch.Generator().manual_seed(s.watermark_seed)
     message = torch.randint(0, 2, (2, 2, len(freqs)), generator=g).double() * 2 - 1

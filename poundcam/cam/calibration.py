@@ -175,12 +175,11 @@ class Calibration:
     used: int  # of those, the ones with a map at every candidate
     scores: tuple[LayerScore, ...]
     chosen: int
-    methods: tuple[str, ...] = ()  # the weightings tried; empty: ``method`` alone
 
     @property
-    def tried(self) -> tuple[str, ...]:
-        """The weightings tried."""
-        return self.methods or (self.method,)
+    def methods(self) -> tuple[str, ...]:
+        """The weightings tried, in the order given (read from the scores)."""
+        return tuple(dict.fromkeys(s.method for s in self.scores))
 
     def score(self, layer: int, method: str | None = None) -> LayerScore | None:
         method = method or self.method
@@ -208,6 +207,7 @@ class Calibration:
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["scores"] = [s.as_dict() for s in self.scores]
+        out["methods"] = list(self.methods)
         return out
 
 
@@ -320,5 +320,4 @@ def calibrate(
         used=len(keep),
         scores=tuple(scores),
         chosen=best.layer,
-        methods=tuple(str(m) for m in methods),
     )

@@ -243,8 +243,10 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
     """The table, the setting line(s) and the gain over the current setting: the layer
     ``current`` with ``current_method`` (default: the chosen weighting). With several
     weightings tried, each row and each setting names its weighting."""
+    from ..cam.calibration import within_noise
+
     current_method = current_method or result.method
-    several = len(result.tried) > 1
+    several = len(result.methods) > 1
     head = ("weighting",) if several else ()
     rows = [(*head, "layer", "deletion AUC", "P(fake) after 10%", "images", "")]
     for s in result.scores:
@@ -266,7 +268,7 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [
-        f"{', '.join(result.tried)} ({result.target}) on {result.used} of {result.images} images "
+        f"{', '.join(result.methods)} ({result.target}) on {result.used} of {result.images} images "
         f"(labelled fake: P(fake) >= {result.threshold:g}; {result.flagged} flagged); "
         "deletion AUC: lower is better",
         "",
@@ -299,7 +301,7 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
             f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
             f"standard error {se:.3f} over {chosen.images} images)"
         )
-        if result.is_tie(current, current_method):
+        if within_noise(gain, se):  # Calibration.is_tie's rule, on the gain measured above
             lines.append(
                 "the difference is within twice its standard error: these images do not tell "
                 f"the two {apart} apart (give more images labelled fake, or keep the current {what})"

@@ -65,11 +65,11 @@ def test_fixed_patterns_survive_the_training_augmentations(pattern):
 
 def test_the_watermark_lies_in_the_mid_band_of_each_block():
     """All of the watermark's energy is in the DCT frequencies of its band, in every 8x8 block."""
-    from benchmarks.faithfulness.data import WATERMARK_BAND, WATERMARK_BLOCK
+    from benchmarks.faithfulness.data import WATERMARK_BAND, WATERMARK_BLOCK, dct_basis
 
     n = WATERMARK_BLOCK
     x = torch.arange(n, dtype=torch.float64)
-    dct = torch.cos((2 * x[None, :] + 1) * x[:, None] * torch.pi / (2 * n))  # [u, x], unnormalized
+    dct = dct_basis(n)  # [u, x]; its rows are orthogonal, so projecting on them reads coefficients
     k = watermark_pattern(DataSettings())[0].double()
     blocks = k.unfold(0, n, n).unfold(1, n, n)  # [rows, cols, n, n]
     coeffs = torch.einsum("ux,vy,rcxy->rcuv", dct, dct, blocks)

@@ -32,12 +32,13 @@
   function showRow(row) {
     Array.prototype.forEach.call(row.querySelectorAll("img.thumb"), show);
   }
-  /* A screenshot check (#probe) starts every picture at once, before the page's load event,
-     which then waits for them: a lazily started picture may not be painted when a headless
-     browser takes its screenshot. */
-  var probing = new URLSearchParams(window.location.hash.replace(/^#/, "")).has("probe");
+  /* The settings in the address's hash (label, min, max, sort, zoom, probe). A screenshot check
+     (#probe) starts every picture at once, before the page's load event, which then waits for
+     them: a lazily started picture may not be painted when a headless browser takes its
+     screenshot. */
+  var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   var observer = null;
-  if ("IntersectionObserver" in window && !probing) {
+  if ("IntersectionObserver" in window && !params.has("probe")) {
     observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (e) {
         if (e.isIntersecting) { showRow(e.target); observer.unobserve(e.target); }
@@ -125,7 +126,6 @@
     el.addEventListener("change", apply);
   });
 
-  var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   if (params.has("label")) labelSel.value = params.get("label");
   if (params.has("min")) minP.value = params.get("min");
   if (params.has("max")) maxP.value = params.get("max");
