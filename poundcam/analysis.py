@@ -16,7 +16,8 @@ downscaled to the display size on the device; the CPU only deflates. Every other
 made on demand from the stored maps (poundcam.cam.ondemand). When ``AnalysisOptions.deep_maps``
 chooses them (the images labelled fake, or all), the deep maps (attention relevance through
 every block, ``ComparativeCAM(method="relevance")``) are computed after the fast pass, in one
-batch of the chosen rows of the same preprocessed input, and stored beside the fast maps.
+batch of the chosen rows of the same preprocessed input, and stored beside the fast maps;
+``AnalysisOptions.fast_maps=False`` computes the deep maps alone (``poundcam explain``).
 A device out-of-memory error halves the batch and retries; it never fails the items.
 ``Analyzer.stage_times()`` says where the time went (docs/analysis.md).
 """
@@ -95,6 +96,10 @@ class AnalysisOptions:
     cam_target: str = CamTarget.CONTRASTIVE
     cam_method: str = CamMethod.HIRESCAM  # or gradcam; see ComparativeCAM and docs/cam.md
     deep_maps: str = DeepMaps.NONE  # which images also get the deep (relevance) maps
+    # False: the deep maps alone, for every image (``poundcam explain``): no fast maps, no
+    # statistics, no heatmap; P(fake) comes from the relevance pass. Needs deep_maps "all"
+    # and render off.
+    fast_maps: bool = True
     batch_size: int = 32
     render: bool = True  # draw the comparative heatmap (one PNG per image)
     decode_threads: int = max(2, min(16, os.cpu_count() or 2))
@@ -125,7 +130,7 @@ class AnalysisResult:
     geometry: dict
     heatmaps: dict[str, bytes]  # {HEATMAP_NAME: PNG}, empty when not drawn
     timings: dict[str, float]
-    real_map: Any = None  # the raw maps, float32 numpy arrays [grid, grid]
+    real_map: Any = None  # the raw maps, float32 numpy arrays [grid, grid]; None without fast maps
     fake_map: Any = None
     deep_real_map: Any = None  # the deep maps (same form), for the images chosen by
     deep_fake_map: Any = None  # AnalysisOptions.deep_maps; None for the others
@@ -171,8 +176,8 @@ class _Piece:
     on the host once ``ready`` (a CUDA event; None when computed on the CPU) has passed."""
 
     start: int
-    real: torch.Tensor
-    fake: torch.Tensor
+    real: torch.Tensor | None  # None without fast maps (AnalysisOptions.fast_maps)
+    fake: torch.Tensor | None
     logits: torch.Tensor
     probs: torch.Tensor
     invalid: dict[int, str]
@@ -189,7 +194,7 @@ class _Piece:
     deep_fake: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.real.shape[0]
+        return self.logits.shape[0]
 
     def wait(self) -> None:
         if self.ready is not None:
@@ -332,6 +337,8 @@ class Analyzer:
         self.options = options or AnalysisOptions()
         if self.options.deep_maps not in values(DeepMaps):
             raise ValueError(f"deep_maps must be one of {values(DeepMaps)}, not {self.options.deep_maps!r}")
+        if not self.options.fast_maps and (self.options.deep_maps != DeepMaps.ALL or self.options.render):
+            raise ValueError("fast_maps=False needs deep_maps='all' and render=False")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -546,22 +553,27 @@ class Analyzer:
         """Model + CAM + overlays for rows of x; halves and retries on device out-of-memory."""
         try:
             t0 = time.perf_counter()
-            res = self.cam.attribute(x, on_invalid="report")
-            deep_rows, deep = self._deep(x, res)
+            if self.options.fast_maps:
+                res = self.cam.attribute(x, on_invalid="report")
+                deep_rows, deep = self._deep(x, res)
+            else:  # the deep maps alone: the relevance pass gives the logits too
+                assert self.deep_cam is not None  # fast_maps=False needs deep_maps="all"
+                res = deep = self.deep_cam.attribute(x, on_invalid="report")
+                deep_rows = {r: r for r in range(x.shape[0])}
             t1 = time.perf_counter()
             heat_rows = None
             if self.options.render:
                 heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays), geometries)
             n = x.shape[0]
-            invalid = dict(res.invalid)
+            invalid = dict(res.invalid) if self.options.fast_maps else {}
             if deep is not None:
                 for r, k in deep_rows.items():
                     if k in deep.invalid:
                         invalid.setdefault(r, f"deep map: {deep.invalid[k]}")
             piece = _Piece(
                 start,
-                res.real,
-                res.fake,
+                res.real if self.options.fast_maps else None,
+                res.fake if self.options.fast_maps else None,
                 res.logits,
                 res.probs,
                 invalid,
@@ -659,6 +671,8 @@ class Analyzer:
         t1 = time.perf_counter()
         self._add("wait_encode", t1 - t0)
         try:
+            if piece.real is None or piece.fake is None:
+                return [{} for _ in geometries]  # no fast maps, no statistics
             return compute_stats_batch(piece.real, piece.fake, geometries)
         finally:
             self._add("encode", time.perf_counter() - t1)
@@ -675,7 +689,7 @@ class Analyzer:
                     meta.key, error_code=ErrorCode.CAM_UNAVAILABLE, error_message=piece.invalid[r], sha256=sha
                 )
             heatmaps = {}
-            if piece.heat_rows is not None:
+            if piece.heat_rows is not None and piece.real is not None and piece.fake is not None:
                 heatmaps = {
                     HEATMAP_NAME: comparative_png(
                         piece.heat_rows[r], piece.real[r], piece.fake[r], float(piece.probs[r, 1])
@@ -726,11 +740,12 @@ class Analyzer:
             threshold=self.options.threshold,
             model_id=self.model_id,
             cam_config_id=self.cam_config_id,
-            stats={**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
+            # (no statistics without fast maps: stats is {} then)
+            stats=stats and {**stats, "grid": piece.grid, "layer": piece.layer, "target": piece.target},
             geometry=meta.geometry.to_dict(),
             heatmaps=heatmaps,
-            real_map=piece.real[r].numpy().copy(),
-            fake_map=piece.fake[r].numpy().copy(),
+            real_map=_row(piece.real, r),
+            fake_map=_row(piece.fake, r),
             deep_real_map=_row(piece.deep_real, piece.deep_rows.get(r)),
             deep_fake_map=_row(piece.deep_fake, piece.deep_rows.get(r)),
             timings={"decode_s": meta.decode_s, "compute_s": piece.compute_s, "render_s": render_s},

@@ -39,10 +39,9 @@ def load_model(settings: Settings, device: torch.device):
     return model
 
 
-def make_analyzer(settings: Settings, model=None, device: torch.device | None = None) -> Analyzer:
-    device = device or pick_device(settings.device)
-    model = model or load_model(settings, device)
-    options = AnalysisOptions(
+def analysis_options(settings: Settings) -> AnalysisOptions:
+    """The Analyzer's options that the settings give (docs/configuration.md)."""
+    return AnalysisOptions(
         threshold=settings.threshold,
         cam_layer=settings.cam_layer,
         cam_target=settings.cam_target,
@@ -52,10 +51,21 @@ def make_analyzer(settings: Settings, model=None, device: torch.device | None = 
         preprocess=settings.preprocess,
         compile=settings.compile == CompileMode.ON,
         jpeg_roundtrip=settings.jpeg_roundtrip,
-        render=settings.heatmap != "off",
+        render=settings.heatmap != HeatmapMode.OFF,
         limits=DecodeLimits.from_settings(settings),
     )
-    return Analyzer(model, options, device=device)
+
+
+def make_analyzer(
+    settings: Settings,
+    model=None,
+    device: torch.device | None = None,
+    options: AnalysisOptions | None = None,
+) -> Analyzer:
+    """The Analyzer of these settings (``options``: given instead of ``analysis_options(settings)``)."""
+    device = device or pick_device(settings.device)
+    model = model or load_model(settings, device)
+    return Analyzer(model, options or analysis_options(settings), device=device)
 
 
 def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_client=None) -> PipelineContext:

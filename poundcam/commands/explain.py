@@ -4,14 +4,17 @@ For a reviewer: the analyses of a job (or one analysis) that have no deep maps g
 attention relevance through every block (``ComparativeCAM(method="relevance")``, docs/cam.md),
 computed by the Analyzer on the image read again from its submitted source (checked to be the
 analysed bytes) with the analysis's own model and CAM configuration, and stored into the
-analysis row (``analyses.deep_real_map``, ``deep_fake_map``). One line per analysis; an
-analysis whose deep maps cannot be computed is reported with its reason and the rest go on.
+analysis row (``analyses.deep_real_map``, ``deep_fake_map``). Only the deep maps are computed:
+the fast ones are stored already. One line per analysis; an analysis whose deep maps cannot be
+computed is reported with its reason and the rest go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
+from ..constants import DeepMaps
 from ..errors import PoundcamError
 from ..logs import one_line
 from .common import add_db_option, add_model_options, model_overrides, settings_for
@@ -62,10 +65,14 @@ def _explain(args) -> int:
         # the weights first: missing weights fail before PyTorch is loaded
         settings, weights = with_local_weights(settings)
         from ..commands.render import Renderer
-        from ..runtime import make_analyzer
+        from ..runtime import analysis_options, make_analyzer
 
         print(f"loading model ({weights})", file=sys.stderr)
-        analyzer = make_analyzer(settings.replace(deep_maps="all", heatmap="off"))
+        # the deep maps alone: the fast ones are stored already (one forward less per image)
+        options = dataclasses.replace(
+            analysis_options(settings), deep_maps=DeepMaps.ALL, render=False, fast_maps=False
+        )
+        analyzer = make_analyzer(settings, options=options)
         failed = 0
         try:
             by_id = {r["analysis_id"]: r for r in todo}

@@ -42,6 +42,22 @@ def model(tiny_model_factory):
     return tiny_model_factory(seed=3)
 
 
+@pytest.fixture
+def first_deep_map_broken(monkeypatch):
+    """The relevance of each batch's first image is not finite (and reported so)."""
+    from poundcam.cam.relevance import AttentionRelevance
+
+    real_maps = AttentionRelevance.class_maps
+
+    def broken_first(self, x):
+        maps = real_maps(self, x)
+        maps.fake[0] = float("nan")
+        maps.invalid[0] = "non-finite attention relevance (test)"
+        return maps
+
+    monkeypatch.setattr(AttentionRelevance, "class_maps", broken_first)
+
+
 def _run(model, inputs, **opts) -> list:
     options = AnalysisOptions(**{"batch_size": 3, "decode_threads": 2, "preprocess": "pillow", **opts})
     with Analyzer(model, options, device="cpu") as analyzer:
@@ -86,6 +102,32 @@ def test_all_equals_the_relevance_method_on_the_same_input(model, inputs, fast, 
         assert np.array_equal(r.fake_map, fast[key].fake_map)
         assert r.p_fake == fast[key].p_fake
     assert any(float(np.abs(out[k].deep_fake_map).max()) > 0 for k, _ in inputs)
+
+
+def test_deep_maps_alone_equal_those_of_the_full_pass(model, inputs, fast, relevance):
+    """``fast_maps=False`` (``poundcam explain``) spends no pass on the fast maps: every image
+    gets the deep maps and the probabilities of the full analysis, and nothing else."""
+    out = {o.key: o.result for o in _run(model, inputs, deep_maps="all", render=False, fast_maps=False)}
+    for i, (key, _) in enumerate(inputs):
+        r = out[key]
+        assert np.allclose(r.deep_real_map, relevance.real[i].numpy(), rtol=1e-5, atol=1e-5)
+        assert np.allclose(r.deep_fake_map, relevance.fake[i].numpy(), rtol=1e-5, atol=1e-5)
+        assert r.p_fake == pytest.approx(fast[key].p_fake, abs=1e-6)
+        assert r.sha256 == fast[key].sha256 and r.label == fast[key].label
+        assert r.real_map is None and r.fake_map is None and r.stats == {} and r.heatmaps == {}
+
+
+def test_deep_maps_alone_only_for_every_image_without_heatmap(model):
+    for opts in ({"deep_maps": "flagged", "render": False}, {"deep_maps": "all", "render": True}):
+        with pytest.raises(ValueError, match="fast_maps=False needs deep_maps='all' and render=False"):
+            Analyzer(model, AnalysisOptions(fast_maps=False, **opts), device="cpu")
+
+
+def test_deep_maps_alone_fail_an_item_whose_map_cannot_be_computed(model, inputs, first_deep_map_broken):
+    out = _run(model, inputs[:3], deep_maps="all", render=False, fast_maps=False, batch_size=3)
+    assert out[0].error_code == "cam_unavailable"
+    assert out[0].error_message == "deep map: non-finite attention relevance (test)"
+    assert all(o.ok and o.result.deep_fake_map is not None for o in out[1:])
 
 
 def test_flagged_only_over_the_threshold(model, inputs, fast, relevance):
@@ -173,20 +215,9 @@ def test_make_analyzer_passes_the_setting(model):
         analyzer.close()
 
 
-def test_a_deep_map_that_cannot_be_computed_fails_its_item(model, inputs, monkeypatch):
+def test_a_deep_map_that_cannot_be_computed_fails_its_item(model, inputs, first_deep_map_broken):
     """No fallback: an image whose deep map is not finite fails with cam_unavailable and the
     reason; the others of its batch are stored with theirs."""
-    from poundcam.cam.relevance import AttentionRelevance
-
-    real_maps = AttentionRelevance.class_maps
-
-    def broken_first(self, x):
-        maps = real_maps(self, x)
-        maps.fake[0] = float("nan")
-        maps.invalid[0] = "non-finite attention relevance (test)"
-        return maps
-
-    monkeypatch.setattr(AttentionRelevance, "class_maps", broken_first)
     out = _run(model, inputs[:3], deep_maps="all", batch_size=3)
     assert out[0].error_code == "cam_unavailable"
     assert out[0].error_message == "deep map: non-finite attention relevance (test)"
