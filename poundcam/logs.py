@@ -66,9 +66,16 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# Loggers whose INFO lines say nothing to an operator (Alembic lists its plugins at every
+# migration); kept at WARNING unless debug logging is asked for.
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
+
+
 def configure_logging(json_format: bool = False, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+from .common import add_db_option
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -9,18 +13,22 @@ def register(sub) -> None:
         help="apply or inspect database migrations",
         description="Alembic migrations of the database at POUNDCAM_DATABASE_URL (or --db).",
     )
-    p.add_argument("--db", metavar="URL", help="database URL (default: POUNDCAM_DATABASE_URL)")
+    add_db_option(p)
+    # --db is also taken after the action (``poundcam db upgrade --db URL``); there it must not
+    # reset a --db given before the action, hence no default of its own
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help="database URL")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 
-    up = dbsub.add_parser("upgrade", help="migrate up (default: to the latest revision)")
+    up = dbsub.add_parser("upgrade", parents=[after], help="migrate up (default: to the latest revision)")
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.set_defaults(handler=_upgrade)
 
-    down = dbsub.add_parser("downgrade", help="migrate down to REVISION ('base': empty)")
+    down = dbsub.add_parser("downgrade", parents=[after], help="migrate down to REVISION ('base': empty)")
     down.add_argument("revision", help="target revision, e.g. base or -1")
     down.set_defaults(handler=_downgrade)
 
-    cur = dbsub.add_parser("current", help="print the revision the database is at")
+    cur = dbsub.add_parser("current", parents=[after], help="print the revision the database is at")
     cur.set_defaults(handler=_current)
 
 

@@ -6,6 +6,8 @@ import datetime
 import json
 import sys
 
+from .common import add_db_option, settings_for
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -38,7 +40,8 @@ def register(sub) -> None:
         "POUNDCAM_MAX_ATTEMPTS claims. Workers also sweep every "
         "POUNDCAM_SWEEP_INTERVAL_S.",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    add_db_option(p)
     p.set_defaults(handler=_sweep)
 
 
@@ -117,10 +120,13 @@ def _purge(args) -> int:
 def _sweep(args) -> int:
     from ..broker.sweeper import sweep
     from ..db import make_session_factory
-    from ..settings import Settings
 
-    settings = Settings.from_env()
-    swept = sweep(settings, make_session_factory(settings.database_url))
+    settings = settings_for(args)
+    sessions = make_session_factory(settings.database_url)
+    try:
+        swept = sweep(settings, sessions)
+    finally:
+        sessions.kw["bind"].dispose()
     requeued = sum(len(v) for v in swept.requeued.values())
     if args.json:
         print(json.dumps({"requeued": requeued, "jobs": sorted(swept.requeued), "failed": swept.failed}))

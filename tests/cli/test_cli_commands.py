@@ -14,7 +14,7 @@ from poundcam.cli import build_parser, main
 from poundcam.db import create_job, item_refs, make_session_factory, mark_failed, mark_running, session_scope
 from poundcam.db.migrate import upgrade
 
-READERS = ("status", "results", "resend", "submit", "report", "jobs", "analyze")
+READERS = ("status", "results", "resend", "submit", "report", "jobs", "analyze", "sweep", "explain", "db")
 
 
 @pytest.fixture

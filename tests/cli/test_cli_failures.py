@@ -4,6 +4,7 @@ the traceback; nothing is created on the way to such a failure. Run as a user ru
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -72,6 +73,19 @@ def test_unknown_job_is_one_line_and_debug_adds_the_traceback(tmp_path):
     assert debug.returncode == 2
     assert "Traceback" in debug.stderr and "JobNotFoundError" in debug.stderr
     assert debug.stderr.rstrip().splitlines()[-1] == one_error_line(proc)
+
+
+def test_db_takes_its_url_before_or_after_the_action_and_logs_only_the_migrations(tmp_path):
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    up = run("db", "upgrade", "--db", db, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert "Running upgrade" in up.stderr and "plugin" not in up.stderr
+    assert run(
+        "db", "--db", f"sqlite:///{tmp_path / 'other.db'}", "current", "--db", db, cwd=tmp_path
+    ).stdout.endswith("(up to date)\n")
+    swept = run("sweep", "--db", db, "--json", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout) == {"requeued": 0, "jobs": [], "failed": []}
 
 
 def test_unreachable_database_server_is_one_line(tmp_path):
