@@ -17,7 +17,7 @@ PRICES = {
     "gpu_hour": 4.00,  # one H200 on demand, per hour (an assumed market rate)
 }
 
-# --- measured GPU rates (one H200; benchmarks/records/) -------------------------------------------
+# --- measured GPU rates (one H200, benchmarks/gpu_suite.sh) -----------------------------------------
 GPU_RATES = {
     "model + both CAMs": 1471.0,  # images/s
     "whole analysis, six heatmaps (before)": 329.0,  # images/s, with the old rendering

@@ -109,7 +109,7 @@ def markdown(res: dict) -> str:
         f"{det['train']['steps']} steps of {det['train']['batch_size']} on {det['train']['pool']} "
         f"generated images in {tr.get('train_seconds', 0):.0f} s ({tr.get('threads')} CPU threads). "
         f"Held-out accuracy: **{det['held_out_accuracy']:.3f}** on {det['held_out_images']} images "
-        f"(half fake). Model id `{det['model_id'][:16]}`.",
+        f"(half fake). Model id `{det['model_id']}`.",
         "",
         f"### Localization on {loc['n_fakes']} held-out fakes",
         "",

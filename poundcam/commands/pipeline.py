@@ -103,7 +103,7 @@ def register(sub) -> None:
         "are skipped, each with its reason.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
-    p.add_argument("--db", default=None, help="database URL (default sqlite:///./poundcam.db)")
+    add_db_option(p)
     p.add_argument("--out", default=None, help="heatmap folder (default ./poundcam-out)")
     add_model_options(p)
     p.add_argument("--target", choices=values(CamTarget), default=None, help="CAM target")

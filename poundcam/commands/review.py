@@ -24,9 +24,9 @@ def register(sub) -> None:
         "evidence maps side by side with a colour legend and its scale, P(fake) "
         "against the threshold, the label and the key CAM statistics; pictures zoom "
         "on click; the page sorts and filters by P(fake) and label. Reads the job "
-        "from POUNDCAM_DATABASE_URL (or --db), the heatmaps from the folder "
-        "`poundcam analyze` recorded, POUNDCAM_LOCAL_ROOT or the S3 bucket "
-        "POUNDCAM_HEATMAP_BUCKET, and originals from the job's own folders or the "
+        "from POUNDCAM_DATABASE_URL (or --db), the heatmaps from --heatmaps, "
+        "POUNDCAM_LOCAL_ROOT, the folder `poundcam analyze` recorded or the S3 bucket "
+        "POUNDCAM_HEATMAP_BUCKET, in that order, and originals from the job's own folders or the "
         "buckets in POUNDCAM_ALLOWED_BUCKETS.",
     )
     p.add_argument("job_id", metavar="JOB")
@@ -59,8 +59,9 @@ def register(sub) -> None:
         "--heatmaps",
         default=None,
         metavar="DIR",
-        help="local heatmap folder (default: the folder `poundcam analyze` "
-        "recorded with the job, else POUNDCAM_LOCAL_ROOT; unset: S3)",
+        help="local heatmap folder (default: POUNDCAM_LOCAL_ROOT, else the folder "
+        "`poundcam analyze` recorded with the job when POUNDCAM_HEATMAP_BUCKET is unset, "
+        "else that bucket)",
     )
     p.set_defaults(handler=_report)
 

@@ -57,6 +57,9 @@ SETTING_VARIABLES = {env_name(f.name) for f in fields(Settings)}
 # the test harness's own variables (docs/pipeline-testing.md), not settings of poundcam
 TEST_VARIABLES = {"POUNDCAM_TEST_PG", "POUNDCAM_TEST_REDIS", "POUNDCAM_REQUIRE_CHROMIUM"}
 VARIABLE = re.compile(r"POUNDCAM_[A-Z0-9_]*[A-Z0-9]")
+# files of the deployment and the development scripts, where variables other than the
+# settings may be read (docs/configuration.md, "Variables outside the service's settings")
+OUTSIDE_FILES = ("docker-compose.yml", "Dockerfile", "ops", "scripts", ".ci")
 TABLE_ROW = re.compile(r"^\|\s*`(POUNDCAM_[A-Z0-9_]+)`\s*\|")
 
 
@@ -85,9 +88,27 @@ def test_the_configuration_tables_list_every_setting_and_no_other(doc, heading):
     assert set(listed) == SETTING_VARIABLES
 
 
+def _outside_variables() -> set[str]:
+    """The POUNDCAM_* names the deployment and the scripts use that are not settings."""
+    names = set()
+    for entry in OUTSIDE_FILES:
+        root = ROOT / entry
+        for path in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+            names |= set(VARIABLE.findall(path.read_text(errors="replace")))
+    return names - SETTING_VARIABLES
+
+
+def test_the_variables_outside_the_settings_are_listed_as_such():
+    outside = _outside_variables()
+    assert outside >= {"POUNDCAM_VERSION", "POUNDCAM_WEIGHTS_DIR", "POUNDCAM_VENV"}
+    listed = _table_variables(ROOT / "docs/configuration.md", "## Variables outside the service's settings")
+    assert set(listed) == outside
+
+
 def test_every_variable_named_in_code_and_docs_is_a_setting():
     """A POUNDCAM_* name in the library, the workers, the migrations or the docs is a setting
-    (or, in the docs, one of the test harness's variables)."""
+    (or, in the docs, one of the test harness's variables or of the deployment's and the
+    scripts' own)."""
     named = {}
     for folder in ("poundcam", "workers", "migrations"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -95,7 +116,7 @@ def test_every_variable_named_in_code_and_docs_is_a_setting():
                 for name in VARIABLE.findall(path.read_text()):
                     named.setdefault(name, str(path.relative_to(ROOT)))
     for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
-        for name in set(VARIABLE.findall(path.read_text())) - TEST_VARIABLES:
+        for name in set(VARIABLE.findall(path.read_text())) - TEST_VARIABLES - _outside_variables():
             named.setdefault(name, str(path.relative_to(ROOT)))
     assert {name: where for name, where in named.items() if name not in SETTING_VARIABLES} == {}
 
