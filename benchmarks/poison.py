@@ -79,5 +79,28 @@ def poison_entries(max_message_bytes: int = 1 << 20) -> dict[str, tuple[bytes, s
         ),
         "bad_message": (with_body(g, [[], {"message": {"job": 1}}, {}]), envelope.BAD_MESSAGE),
         "bad_eta": (edit(g, lambda e: e["headers"].update(eta="soon")), envelope.BAD_ENVELOPE),
+        # held in the worker's memory for ever (Celery raises its prefetch for each)
+        "far_eta": (
+            edit(g, lambda e: e["headers"].update(eta="2999-01-01T00:00:00+00:00")),
+            envelope.BAD_ENVELOPE,
+        ),
+        # Celery cannot convert it, and drops the message with its items left queued
+        "eta_out_of_range": (
+            edit(g, lambda e: e["headers"].update(eta="0001-01-01T00:00:00+14:00")),
+            envelope.BAD_ENVELOPE,
+        ),
+        # Celery drops an expired message unseen, its items left queued
+        "expired": (
+            edit(g, lambda e: e["headers"].update(expires="2000-01-01T00:00:00+00:00")),
+            envelope.BAD_ENVELOPE,
+        ),
+        "job_id_nul": (
+            with_body(g, [[], {"message": make_message("job\x00", [])}, {}]),
+            envelope.BAD_MESSAGE,
+        ),
+        "job_id_surrogate": (
+            with_body(g, [[], {"message": make_message("job\ud800", [])}, {}]),
+            envelope.BAD_MESSAGE,
+        ),
         "oversized": (g + b" " * max_message_bytes, envelope.OVERSIZED),
     }

@@ -212,6 +212,13 @@ STORAGE_ERROR_CODES = frozenset(
 TRANSIENT_ERROR_CODES = frozenset({ErrorCode.STORAGE_UNAVAILABLE})
 
 
+# The longest a retried message waits (the cap of the workers' backoff, workers/tasks.py), and
+# how far ahead a queue entry's ETA may lie: that wait plus room for clocks that disagree. A
+# worker holds a delayed message in memory until its time, so a later ETA is refused.
+RETRY_DELAY_MAX_S = 300.0
+ETA_AHEAD_MAX_S = RETRY_DELAY_MAX_S + 300.0
+
+
 class DeadLetterReason(StrEnum):
     """Why a worker refused a raw queue entry (poundcam.broker.envelope): stored with the dead
     letter and a metric label; docs/operations.md lists them."""

@@ -11,12 +11,14 @@ holds for the message's job, read from the URIs the database records for them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
 QUEUE = "poundcam"
 TASK_NAME = "poundcam.analyze"
 MAX_JOB_ID_CHARS = 36  # the jobs.id column
+MAX_ITEM_ID = 2**63 - 1  # the job_items.id column (BIGINT)
 
 
 class MessageError(ValueError):
@@ -34,12 +36,14 @@ def make_message(job_id: str, items: list[tuple[int, str]]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ParsedMessage:
-    """A message as a worker reads it: the job, the ``(item_id, uri)`` pairs it names, and a
-    description of each entry of ``items`` too malformed to name an item."""
+    """A message as a worker reads it: the job, the ``(item_id, uri)`` pairs it names, a
+    description of each entry of ``items`` too malformed to name an item, and when it was
+    enqueued (epoch seconds; None when absent or not a finite number)."""
 
     job_id: str
     items: list[tuple[int, str]]
     invalid: list[str]
+    enqueued_at: float | None = None
 
 
 def parse_message(message: Any) -> ParsedMessage:
@@ -51,21 +55,38 @@ def parse_message(message: Any) -> ParsedMessage:
     if not isinstance(message, dict):
         raise MessageError("message must be a JSON object")
     job_id, items = message.get("job_id"), message.get("items")
-    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_CHARS:
+    if (
+        not isinstance(job_id, str)
+        or not job_id
+        or len(job_id) > MAX_JOB_ID_CHARS
+        or not (job_id.isascii() and job_id.isprintable())
+    ):
         raise MessageError(
-            f"message.job_id must be a non-empty string of at most {MAX_JOB_ID_CHARS} characters"
+            f"message.job_id must be a non-empty string of at most {MAX_JOB_ID_CHARS} "
+            "printable ASCII characters"
         )
     if not isinstance(items, list):
         raise MessageError("message.items must be a list")
     out, invalid = [], []
     for n, item in enumerate(items):
         item_id = item.get("item_id") if isinstance(item, dict) else None
-        if type(item_id) is not int or item_id < 1:
-            invalid.append(f"items[{n}]: no positive integer item_id")
+        if type(item_id) is not int or not 1 <= item_id <= MAX_ITEM_ID:
+            invalid.append(f"items[{n}]: no item_id from 1 to {MAX_ITEM_ID}")
             continue
         uri = item.get("uri")
         out.append((item_id, uri if isinstance(uri, str) else ""))
-    return ParsedMessage(job_id, out, invalid)
+    return ParsedMessage(job_id, out, invalid, _epoch_seconds(message.get("enqueued_at")))
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    """``enqueued_at`` as a finite float, or None (it only feeds a metric: a bad one is ignored)."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def celery_config(settings) -> dict[str, Any]:

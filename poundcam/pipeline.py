@@ -78,6 +78,7 @@ class PipelineContext:
     max_image_bytes: int | None = None
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     io_threads: int = 16
+    fetch_ahead: int = 32  # images fetched ahead of what the analyzer has read (bounds memory)
     store_threads: int = 4  # items stored at once (each puts its one heatmap itself)
     max_pending_stores: int = 64  # results waiting to be stored (bounds memory)
     observer: Observer | None = None  # metrics
@@ -131,6 +132,27 @@ def _fetch(ctx: PipelineContext, uri: str) -> bytes | StorageError:
         return ctx.source.get(uri, max_bytes=ctx.max_image_bytes)
     except StorageError as exc:
         return exc
+
+
+def _fetched_in_order(
+    ctx: PipelineContext, todo: list[tuple[int, str]]
+) -> Iterator[tuple[int, bytes | StorageError]]:
+    """``(item id, bytes or the error)`` in the order of ``todo``, with at most
+    ``ctx.fetch_ahead`` fetches started beyond the one read last. (``Executor.map`` would start
+    every fetch of the message at once and hold all its images in memory.)"""
+    pending: collections.deque[tuple[int, cf.Future]] = collections.deque()
+    rest = iter(todo)
+    try:
+        for item_id, uri in itertools.islice(rest, max(1, ctx.fetch_ahead)):
+            pending.append((item_id, ctx._io.submit(_fetch, ctx, uri)))
+        while pending:
+            item_id, future = pending.popleft()
+            for next_id, uri in itertools.islice(rest, 1):
+                pending.append((next_id, ctx._io.submit(_fetch, ctx, uri)))
+            yield item_id, future.result()
+    finally:  # the message stopped early (a retry): fetches not started yet are not needed
+        for _, future in pending:
+            future.cancel()
 
 
 def _observe(ctx, outcome: str, code: str | None = None):
@@ -210,7 +232,7 @@ class _MessageRun:
 
     def run(self, items: list[tuple[int, str]], job_id: str | None) -> MessageReport:
         todo = self._claim(items, job_id)
-        fetched = self.ctx._io.map(lambda iu: (iu[0], _fetch(self.ctx, iu[1])), todo)
+        fetched = _fetched_in_order(self.ctx, todo)
         t0 = time.perf_counter()
         try:
             for outcome in self.ctx.analyzer.analyze(self._to_analyze(fetched)):

@@ -3,7 +3,10 @@
 Broker: Redis, through a transport that dead-letters entries a worker cannot run
 (workers/transport.py). JSON only; acks late and rejects on worker loss, so a message whose
 worker dies is delivered again (analyses are idempotent); prefetch 1, so a busy worker holds
-one message. The consumer loop also keeps a heartbeat and runs the sweeper (workers/loop.py).
+one message. Delayed messages (retries wait for their ETA) are held in memory until their
+time, at most ETA_MESSAGES_HELD_MAX of them: Celery raises the prefetch for each, without
+bound unless limited, and the queue check refuses an ETA further ahead than any retry waits.
+The consumer loop also keeps a heartbeat and runs the sweeper (workers/loop.py).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from poundcam.settings import Settings
 
 from .loop import LoopDuties
 
+ETA_MESSAGES_HELD_MAX = 16  # delayed messages a worker holds (each <= POUNDCAM_MAX_MESSAGE_BYTES)
+
 app = Celery("poundcam")
 app.conf.update(celery_config(Settings.from_env()))
 app.conf.update(
     worker_concurrency=1,
     worker_pool="solo",
+    worker_eta_task_limit=ETA_MESSAGES_HELD_MAX,
     worker_send_task_events=True,
     task_send_sent_event=True,
     # every queue entry is checked before kombu parses it (workers/transport.py)

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 
-from poundcam.constants import ErrorCode
+from poundcam.constants import RETRY_DELAY_MAX_S, ErrorCode
 from poundcam.db import is_transient_db_error, mark_failed_many, requeue, session_scope
 from poundcam.messaging import TASK_NAME, MessageError, make_message, parse_message
 from poundcam.pipeline import RetryLater, process_items
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
 BACKOFF_BASE_S = 2.0
-BACKOFF_CAP_S = 300.0
+BACKOFF_CAP_S = RETRY_DELAY_MAX_S
 
 
 def backoff(retries: int, rng: random.Random | None = None) -> float:
@@ -52,9 +52,8 @@ def analyze(self, message):
         )
         runtime.metrics().unbacked(len(parsed.invalid))
     ctx = runtime.context()
-    enqueued = message.get("enqueued_at")
-    if isinstance(enqueued, (int, float)) and self.request.retries == 0:
-        runtime.metrics().queue_wait.observe(max(0.0, time.time() - enqueued))
+    if parsed.enqueued_at is not None and self.request.retries == 0:
+        runtime.metrics().queue_wait.observe(max(0.0, time.time() - parsed.enqueued_at))
     log.info(
         "message: job %s, %d items",
         job_id,

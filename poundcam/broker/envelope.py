@@ -16,9 +16,10 @@ import binascii
 import dataclasses
 import datetime
 import json
+import time
 from typing import Any
 
-from ..constants import DeadLetterReason, values
+from ..constants import ETA_AHEAD_MAX_S, DeadLetterReason, values
 from ..messaging import TASK_NAME, MessageError, parse_message
 
 # Why an entry was refused (poundcam.constants.DeadLetterReason).
@@ -142,14 +143,11 @@ def _decode_body(envelope: dict) -> Any:
 def _check_headers(headers: dict) -> None:
     if not isinstance(headers.get("id"), str) or not headers["id"]:
         raise _Refused(BAD_ENVELOPE, "headers.id must be a non-empty string")
-    for name in ("eta", "expires"):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            datetime.datetime.fromisoformat(value)
-        except (TypeError, ValueError):
-            raise _Refused(BAD_ENVELOPE, f"headers.{name} is not an ISO 8601 time") from None
+    if headers.get("expires") is not None:
+        # Celery drops an expired message unseen, and its items would stay queued
+        raise _Refused(BAD_ENVELOPE, "headers.expires is not accepted (our producers never set it)")
+    if headers.get("eta") is not None:
+        _check_eta(headers["eta"])
     limits = headers.get("timelimit")
     if limits is not None and not (
         isinstance(limits, list)
@@ -165,6 +163,33 @@ def _check_headers(headers: dict) -> None:
     for name in ("shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr", "origin"):
         if headers.get(name) is not None and not isinstance(headers[name], str):
             raise _Refused(BAD_ENVELOPE, f"headers.{name} must be a string")
+
+
+def _check_eta(value: Any) -> None:
+    """An ETA that Celery's worker can read, at most ETA_AHEAD_MAX_S ahead: the worker holds a
+    delayed message in memory until its time (our retries wait at most RETRY_DELAY_MAX_S), and
+    drops one whose time it cannot convert, items and all."""
+    from celery.utils.time import maybe_iso8601  # the parser the worker uses
+
+    if not isinstance(value, str):
+        raise _Refused(BAD_ENVELOPE, "headers.eta is not an ISO 8601 time")
+    try:
+        eta = maybe_iso8601(value)
+        if eta is None:
+            raise ValueError("empty")
+        if eta.tzinfo is None:  # Celery reads a naive ETA as UTC
+            eta = eta.replace(tzinfo=datetime.timezone.utc)
+    except (ValueError, OverflowError):
+        raise _Refused(BAD_ENVELOPE, "headers.eta is not an ISO 8601 time") from None
+    try:
+        stamp = eta.astimezone().timestamp()  # the worker's conversion (to the system zone)
+    except (OverflowError, ValueError, OSError):
+        raise _Refused(BAD_ENVELOPE, "headers.eta is out of range") from None
+    ahead = stamp - time.time()
+    if ahead > ETA_AHEAD_MAX_S:
+        raise _Refused(
+            BAD_ENVELOPE, f"headers.eta is {ahead:.0f} s ahead, more than the {ETA_AHEAD_MAX_S:.0f} s allowed"
+        )
 
 
 def _three_parts(body: Any) -> tuple[Any, Any, Any]:

@@ -1,6 +1,7 @@
 """Which raw queue entries a worker accepts: exactly what our producers send, nothing else."""
 
 import base64
+import datetime
 import pickle
 
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from benchmarks.poison import edit, genuine_entry, with_body
 from poundcam.broker import envelope
 from poundcam.broker.envelope import check_entry
-from poundcam.messaging import make_message
+from poundcam.constants import ETA_AHEAD_MAX_S, RETRY_DELAY_MAX_S
+from poundcam.messaging import MAX_ITEM_ID, MessageError, make_message, parse_message
 
 LIMIT = 1 << 20
 
@@ -16,6 +18,47 @@ LIMIT = 1 << 20
 def test_a_genuine_message_is_accepted():
     assert check_entry(genuine_entry(), LIMIT) is None
     assert check_entry(genuine_entry(countdown=5), LIMIT) is None  # an ETA (retries)
+    # the longest retry wait, and an ETA long past (it runs at once)
+    assert check_entry(genuine_entry(countdown=RETRY_DELAY_MAX_S), LIMIT) is None
+    assert (
+        check_entry(edit(genuine_entry(), lambda e: e["headers"].update(eta="2001-01-01T00:00")), LIMIT)
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "eta, detail",
+    [
+        (lambda now: (now + datetime.timedelta(seconds=ETA_AHEAD_MAX_S + 60)).isoformat(), "s ahead"),
+        # naive: read as UTC
+        (lambda now: (now + datetime.timedelta(days=2)).replace(tzinfo=None).isoformat(), "s ahead"),
+        (lambda now: "9999-12-31T23:59:59-12:00", "out of range"),
+        (lambda now: "0001-01-01T00:00:00+14:00", "out of range"),
+        (lambda now: 1767225600, "not an ISO 8601 time"),
+        (lambda now: "", "not an ISO 8601 time"),
+    ],
+)
+def test_an_eta_the_worker_would_hold_or_drop_is_refused(eta, detail):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    raw = edit(genuine_entry(), lambda e: e["headers"].update(eta=eta(now)))
+    refusal = check_entry(raw, LIMIT)
+    assert refusal is not None and refusal.reason == envelope.BAD_ENVELOPE and detail in refusal.detail
+
+
+def test_a_malformed_item_entry_or_enqueued_at_is_set_aside_and_the_rest_read():
+    message = make_message("job", [(1, "s3://b/a"), (MAX_ITEM_ID, "s3://b/b")])
+    message["items"] += [{"item_id": MAX_ITEM_ID + 1, "uri": "s3://b/c"}, {"item_id": 0}]
+    for enqueued, read in ((10**400, None), (float("inf"), None), (True, None), ("1", None), (12, 12.0)):
+        parsed = parse_message({**message, "enqueued_at": enqueued})
+        assert parsed.items == [(1, "s3://b/a"), (MAX_ITEM_ID, "s3://b/b")]
+        assert parsed.invalid == [f"items[{n}]: no item_id from 1 to {MAX_ITEM_ID}" for n in (2, 3)]
+        assert parsed.enqueued_at == read
+
+
+@pytest.mark.parametrize("job_id", ["job\x00", "job\ud800", "jöb", "job\n", ""])
+def test_a_job_id_that_is_not_printable_ascii_is_refused(job_id):
+    with pytest.raises(MessageError, match="printable ASCII"):
+        parse_message(make_message(job_id, []))
 
 
 @pytest.mark.parametrize(

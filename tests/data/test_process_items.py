@@ -6,6 +6,7 @@ bookkeeping of a message: counts, progress, batched writes, reuse, redelivery an
 
 import hashlib
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -133,6 +134,42 @@ def test_progress_moves_image_by_image_not_per_database_batch(setup, monkeypatch
     first_write = next(i for i, e in enumerate(events) if e.startswith("write") and e != "write 0")
     n = int(events[first_write].split()[1])
     assert events[first_write - n : first_write] == ["image"] * n  # reported before the write
+
+
+class CountingStore(FlakyStore):
+    """Counts the images read (from the pipeline's fetching threads)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def get(self, uri, max_bytes=None):
+        with self._lock:
+            self.reads += 1
+        return super().get(uri, max_bytes=max_bytes)
+
+
+def test_a_long_message_is_fetched_a_window_ahead_not_all_at_once(setup, tmp_path):
+    """Images are fetched a bounded window ahead of the analysis: a message of 120 images
+    never has more than the window read beyond what is settled (the analyzer's own reading
+    ahead, a chunk, ``fetch_ahead`` and the results waiting to be stored), not all 120."""
+    ctx, _, sessions, _ = setup
+    folder = tmp_path / "long"
+    folder.mkdir()
+    for i in range(120):
+        (folder / f"{i}.png").write_bytes(png(100 + i, (24, 24)))
+    store = CountingStore(tmp_path / "out", read_roots=[folder])
+    ctx.source, ctx.fetch_ahead = store, 4
+    items = new_job(sessions, [str(folder / f"{i}.png") for i in range(120)])
+    settled, ahead = [], []
+    process_items(
+        ctx, items, progress=lambda o: (settled.append(o), ahead.append(store.reads - len(settled)))
+    )
+    assert len(settled) == 120 and store.reads == 120
+    bs = ctx.analyzer.options.batch_size
+    reading_ahead = (ctx.analyzer.options.prefetch + 2) * bs + bs + ctx.fetch_ahead + 2 * bs
+    assert max(ahead) <= reading_ahead < 60, ahead
 
 
 def test_transient_upload_failure_retries_only_its_items(setup):
