@@ -113,6 +113,8 @@ class Settings:
     # a queue entry larger than this is refused (dead-lettered) before it is parsed
     max_message_bytes: int = field(default=1024 * 1024, metadata={"parse": _int})
     dead_letter_max: int = field(default=10000, metadata={"parse": _int})
+    # and at most this many bytes of them (any producer can fill the list)
+    dead_letter_max_bytes: int = field(default=64 * 1024 * 1024, metadata={"parse": _int})
     # claims of one item before it fails with retries_exhausted (the sweeper's cap)
     max_attempts: int = field(default=5, metadata={"parse": _int})
     # how often each worker runs the sweeper (0: never; `poundcam sweep` still works)
@@ -191,6 +193,7 @@ class Settings:
             "visibility_timeout_s",
             "max_message_bytes",
             "dead_letter_max",
+            "dead_letter_max_bytes",
             "max_attempts",
         ):
             if getattr(self, name) < 1:

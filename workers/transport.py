@@ -32,6 +32,7 @@ class EntryGuard:
     def __init__(self, settings: Settings, on_refused=None):
         self.max_bytes = settings.max_message_bytes
         self.max_dead_letters = settings.dead_letter_max
+        self.max_dead_letter_bytes = settings.dead_letter_max_bytes
         self.on_refused = on_refused  # called with the reason (metrics)
 
     def admit(self, client: redis.Redis, queue: str, raw: bytes) -> bool:
@@ -39,7 +40,12 @@ class EntryGuard:
         if refusal is None:
             return True
         record = deadletters.make_record(raw, refusal.reason, refusal.detail, queue)
-        deadletters.push(redis.Redis(connection_pool=client.connection_pool), record, self.max_dead_letters)
+        deadletters.push(
+            redis.Redis(connection_pool=client.connection_pool),
+            record,
+            self.max_dead_letters,
+            self.max_dead_letter_bytes,
+        )
         log.error(
             "queue entry refused (%s, %d bytes), dead letter %s: %s; entry starts %r",
             refusal.reason,

@@ -1,10 +1,12 @@
 """The dead-letter list: queue entries a worker refused, kept with their reason.
 
 One Redis list (:data:`DEAD_LETTER_KEY`, in the broker's database) of JSON records, newest
-first, at most ``POUNDCAM_DEAD_LETTER_MAX`` of them (the oldest are dropped). A record keeps
-the entry's bytes (base64) so that it can be put back on the queue once whatever refused it
-is fixed; an oversized entry keeps only its first :data:`KEPT_PREFIX_BYTES` and cannot be
-requeued.
+first, at most ``POUNDCAM_DEAD_LETTER_MAX`` of them and ``POUNDCAM_DEAD_LETTER_MAX_BYTES`` of
+records (the oldest are dropped; the newest is always kept). :data:`SIZE_KEY` holds the bytes
+of the list, kept by the scripts below in the same atomic step as each change of the list
+(counted again from the list where it is missing). A record keeps the entry's bytes (base64)
+so that it can be put back on the queue once whatever refused it is fixed; an oversized entry
+keeps only its first :data:`KEPT_PREFIX_BYTES` and cannot be requeued.
 """
 
 from __future__ import annotations
@@ -20,7 +22,44 @@ from ..messaging import QUEUE
 from .envelope import OVERSIZED
 
 DEAD_LETTER_KEY = "poundcam:dead-letters"
+SIZE_KEY = "poundcam:dead-letters:bytes"
 KEPT_PREFIX_BYTES = 4096
+
+# Lua, run atomically by Redis. Both start by counting the list's bytes if SIZE_KEY is missing.
+_COUNT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local total = 0
+  for _, r in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + string.len(r) end
+  redis.call('SET', KEYS[2], total)
+end
+"""
+# ARGV: the record, the most records, the most bytes. Returns how many old records were dropped.
+_PUSH = (
+    _COUNT
+    + """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+local total = redis.call('INCRBY', KEYS[2], string.len(ARGV[1]))
+local n = redis.call('LLEN', KEYS[1])
+local dropped = 0
+while n > 1 and (n > tonumber(ARGV[2]) or total > tonumber(ARGV[3])) do
+  total = redis.call('DECRBY', KEYS[2], string.len(redis.call('RPOP', KEYS[1])))
+  n = n - 1
+  dropped = dropped + 1
+end
+return dropped
+"""
+)
+# ARGV: the stored record, and the entry to put back on the queue KEYS[3] (if any). Returns
+# 1 if the record was there (and the entry put back), 0 if another call took it first.
+_TAKE = (
+    _COUNT
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DECRBY', KEYS[2], string.len(ARGV[1]))
+if KEYS[3] then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return 1
+"""
+)
 
 
 class DeadLetterError(PoundcamError):
@@ -42,12 +81,16 @@ def make_record(raw: bytes, reason: str, detail: str, queue: str = QUEUE) -> dic
     }
 
 
-def push(client, record: dict[str, Any], max_entries: int) -> None:
-    """Store ``record`` (newest first) and drop what exceeds ``max_entries``."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.lpush(DEAD_LETTER_KEY, json.dumps(record, separators=(",", ":")))
-        pipe.ltrim(DEAD_LETTER_KEY, 0, max_entries - 1)
-        pipe.execute()
+def push(client, record: dict[str, Any], max_entries: int, max_bytes: int) -> int:
+    """Store ``record`` (newest first) and drop the oldest records beyond ``max_entries`` or
+    ``max_bytes``; returns how many were dropped."""
+    stored = json.dumps(record, separators=(",", ":"))
+    return int(client.eval(_PUSH, 2, DEAD_LETTER_KEY, SIZE_KEY, stored, max_entries, max_bytes))
+
+
+def stored_bytes(client) -> int:
+    """The bytes of the records in the list (as counted by the scripts)."""
+    return int(client.get(SIZE_KEY) or 0)
 
 
 def entries(client) -> list[dict[str, Any]]:
@@ -85,18 +128,17 @@ def requeue(client, record: dict[str, Any]) -> None:
     """Put the entry back at the tail of its queue and remove it from the list."""
     if record.get("truncated") or record.get("raw") is None:
         raise DeadLetterError(f"dead letter {record.get('id')} was not kept whole; it cannot be requeued")
-    with client.pipeline(transaction=True) as pipe:
-        pipe.lpush(record.get("queue") or QUEUE, raw_bytes(record))
-        pipe.lrem(DEAD_LETTER_KEY, 1, record["_stored"])
-        pipe.execute()
+    queue = record.get("queue") or QUEUE
+    if not client.eval(_TAKE, 3, DEAD_LETTER_KEY, SIZE_KEY, queue, record["_stored"], raw_bytes(record)):
+        raise DeadLetterError(f"dead letter {record.get('id')} is gone (requeued or purged meanwhile)")
 
 
 def purge(client, record: dict[str, Any] | None = None) -> int:
     """Remove one record, or all of them; returns how many were removed."""
     if record is not None:
-        return int(client.lrem(DEAD_LETTER_KEY, 1, record["_stored"]))
+        return int(client.eval(_TAKE, 2, DEAD_LETTER_KEY, SIZE_KEY, record["_stored"]))
     with client.pipeline(transaction=True) as pipe:
         pipe.llen(DEAD_LETTER_KEY)
-        pipe.delete(DEAD_LETTER_KEY)
+        pipe.delete(DEAD_LETTER_KEY, SIZE_KEY)
         n, _ = pipe.execute()
     return int(n)
