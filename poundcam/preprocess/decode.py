@@ -454,12 +454,12 @@ def _classify(exc: BaseException, data: bytes, fmt: str | None) -> ImageDecodeEr
         return ImageDecodeError(
             ErrorCode.DECOMPRESSION_BOMB, f"{name} rejected as a decompression bomb: {text}"
         )
-    if isinstance(exc, EOFError) or "truncated" in text.lower() or _looks_truncated(data, fmt):
+    if isinstance(exc, UnidentifiedImageError):  # its text names an in-memory file object
+        text = "the header cannot be parsed"
+    if isinstance(exc, EOFError) or "truncated" in lower or _looks_truncated(data, fmt):
         return ImageDecodeError(
             ErrorCode.TRUNCATED, f"{name} file is truncated: {text or type(exc).__name__}"
         )
-    if isinstance(exc, UnidentifiedImageError):
-        text = "the header cannot be parsed"
     return ImageDecodeError(ErrorCode.CORRUPT, f"{name} file is corrupt: {text or type(exc).__name__}")
 
 
