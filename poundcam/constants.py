@@ -140,6 +140,10 @@ class HeatmapMode(StrEnum):
 # Default limits of one image (POUNDCAM_MAX_IMAGE_BYTES, POUNDCAM_MAX_IMAGE_PIXELS).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67,108,864
+# The longest side accepted (a JPEG's own limit). Pillow keeps 8 bytes of bookkeeping per row of
+# each copy of an image, so a strip within the pixel limit but millions of rows tall costs far
+# more than its pixels: 1 x 20,000,000 took 400 MB to decode and crop, 1 x 65,000,000 1.3 GB.
+MAX_IMAGE_SIDE = 65535
 
 
 class ErrorCode(StrEnum):

@@ -176,7 +176,7 @@ def _check_eta(value: Any) -> None:
     try:
         eta = maybe_iso8601(value)
         if eta is None:
-            raise ValueError("empty")
+            raise ValueError("no time given")
         if eta.tzinfo is None:  # Celery reads a naive ETA as UTC
             eta = eta.replace(tzinfo=datetime.timezone.utc)
     except (ValueError, OverflowError):

@@ -10,7 +10,8 @@ the declared pixel count has passed the limit:
    HTML, XML, SVG, PDF, PostScript, text, archives, media; ``unsupported_format`` for raster
    formats outside ``allowed_formats``);
 3. Pillow identifies the file from its header only, restricted to the sniffed format;
-4. width * height against ``max_pixels`` (``too_many_pixels``); Pillow's own decompression
+4. width * height against ``max_pixels``, and each side against ``MAX_IMAGE_SIDE``
+   (``too_many_pixels``); Pillow's own decompression
    bomb error or warning becomes ``decompression_bomb``;
 5. frame 0 is decoded (``truncated``, ``corrupt``) and converted to RGB the way the official
    test transform converts (see ``_to_rgb``), then turned upright by its EXIF orientation.
@@ -36,6 +37,7 @@ from poundcam.constants import (
     DECODE_ERROR_CODES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
     ErrorCode,
 )
 from poundcam.errors import PoundcamError
@@ -203,6 +205,12 @@ def _decode(
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(ErrorCode.CORRUPT, f"{fmt} header declares an empty size {width}x{height}")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ImageDecodeError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"the {fmt} image declares {width}x{height}, a side over {MAX_IMAGE_SIDE:,} pixels; "
+            "it was not decoded",
+        )
     if width * height > limits.max_pixels:
         raise ImageDecodeError(
             ErrorCode.TOO_MANY_PIXELS,

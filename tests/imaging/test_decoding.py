@@ -131,6 +131,15 @@ def test_too_many_pixels_rejected_before_decoding(load_calls):
     assert load_calls == []
 
 
+def test_a_strip_longer_than_a_jpeg_side_is_rejected_before_decoding(load_calls):
+    """Within the pixel limit, but all row bookkeeping: refused from the header alone."""
+    for w, h in ((1, 20_000_000), (20_000_000, 1), (1000, 65_536)):
+        err = assert_code(png_declaring(w, h), "too_many_pixels")
+        assert f"{w}x{h}" in str(err) and "65,535" in str(err)
+    assert load_calls == []
+    assert decode_image(encode(Image.new("1", (1, 65_535)), "PNG")).height == 65_535
+
+
 def test_pixel_limit_is_inclusive():
     data = encode(Image.new("RGB", (100, 50), RED), "PNG")
     assert decode_image(data, DecodeLimits(max_pixels=5000)).width == 100
