@@ -219,7 +219,7 @@ class Client:
             raise InvalidRequestError(f"{len(bad)} invalid URI(s): {'; '.join(bad[:3])}{more}")
         if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
             raise InvalidRequestError(f"idempotency key must be 1 to {MAX_KEY_CHARS} characters")
-        batch_size = batch_size or self.settings.task_batch_size
+        batch_size = self._batch_size(batch_size)
         if key is not None:
             existing = self._job_for_key(key, uris)
             if existing is not None:
@@ -247,6 +247,18 @@ class Client:
                 )
             return job_id
 
+    def _batch_size(self, batch_size: int | None) -> int:
+        """Items per message: ``batch_size``, or ``POUNDCAM_TASK_BATCH_SIZE`` when None.
+
+        Raises:
+            InvalidRequestError: not a whole number of at least 1 (a job would get no message).
+        """
+        if batch_size is None:
+            return self.settings.task_batch_size
+        if type(batch_size) is not int or batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+        return batch_size
+
     def enqueue(self, job_id: str, refs: list[dict], batch_size: int | None = None) -> int:
         """Send ``refs`` (``{"item_id", "uri"}`` of one job) in messages of ``batch_size``.
 
@@ -261,7 +273,7 @@ class Client:
         Raises:
             EnqueueError: the broker refused or could not be reached.
         """
-        batch_size = batch_size or self.settings.task_batch_size
+        batch_size = self._batch_size(batch_size)
         sent = 0
         try:
             with self.app.connection_for_write() as conn:

@@ -236,3 +236,9 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_TASK = "unknown_task"  # another task than poundcam.analyze
     BAD_ARGUMENTS = "bad_arguments"  # other arguments, or a workflow
     BAD_MESSAGE = "bad_message"  # the message breaks the contract
+
+
+# How `poundcam report` can order a job's items (p_fake and fake_share: highest first). Here,
+# not in poundcam.report, so that the command line is built without importing the report's
+# drawing code (and PyTorch with it).
+REPORT_SORTS = ("position", "p_fake", "fake_share")

@@ -67,8 +67,9 @@ class TextFormatter(logging.Formatter):
 
 
 # Loggers whose INFO lines say nothing to an operator (Alembic lists its plugins at every
-# migration); kept at WARNING unless debug logging is asked for.
-QUIET_LOGGERS = ("alembic.runtime.plugins",)
+# migration, botocore says where it found credentials at every start); kept at WARNING unless
+# debug logging is asked for.
+QUIET_LOGGERS = ("alembic.runtime.plugins", "botocore.credentials")
 
 
 def configure_logging(json_format: bool = False, level: int = logging.INFO) -> None:

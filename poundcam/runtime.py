@@ -62,10 +62,22 @@ def make_analyzer(
     device: torch.device | None = None,
     options: AnalysisOptions | None = None,
 ) -> Analyzer:
-    """The Analyzer of these settings (``options``: given instead of ``analysis_options(settings)``)."""
+    """The Analyzer of these settings (``options``: given instead of ``analysis_options(settings)``).
+
+    Raises:
+        SettingsError: the CAM settings do not fit the model (a block it does not have).
+    """
     device = device or pick_device(settings.device)
     model = model or load_model(settings, device)
-    return Analyzer(model, options or analysis_options(settings), device=device)
+    try:
+        return Analyzer(model, options or analysis_options(settings), device=device)
+    except ValueError as exc:
+        from .settings import SettingsError
+
+        raise SettingsError(
+            f"the CAM settings do not fit model {model.model_id}: {exc} "
+            "(POUNDCAM_CAM_LAYER, POUNDCAM_CAM_METHOD, POUNDCAM_CAM_TARGET)"
+        ) from None
 
 
 def make_context(settings: Settings, analyzer: Analyzer, observer=None, s3_client=None) -> PipelineContext:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from .common import port
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def register(sub) -> None:
         "from POUNDCAM_BROKER_URL at each scrape. One per fleet: workers scale to "
         "zero, so the queue cannot be measured by them.",
     )
-    p.add_argument("--port", type=int, default=9809, help="HTTP port (default 9809)")
+    p.add_argument("--port", type=port, default=9809, help="HTTP port (default 9809)")
     p.set_defaults(handler=_queue_exporter)
 
 
@@ -23,7 +25,6 @@ def _queue_exporter(args) -> int:
     from ..settings import Settings
 
     settings = Settings.from_env()
-    serve_queue_metrics(settings.broker_url, args.port, queue=QUEUE)
-    print(f"queue metrics on :{args.port}/metrics", flush=True)
+    serve_queue_metrics(settings.broker_url, args.port, queue=QUEUE)  # logs where it serves
     threading.Event().wait()  # serve until stopped (SIGTERM, Ctrl-C)
     return 0

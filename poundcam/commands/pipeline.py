@@ -20,7 +20,15 @@ from ..constants import (
     Label,
     values,
 )
-from .common import add_db_option, add_model_options, client_for, model_overrides, probability
+from .common import (
+    add_db_option,
+    add_model_options,
+    client_for,
+    model_overrides,
+    positive_int,
+    probability,
+    seconds,
+)
 from .output import format_results, results_document, table
 
 # Skipped paths printed one line each on stderr; the rest are counted (--json lists them all).
@@ -44,7 +52,10 @@ def register(sub) -> None:
     p.add_argument("uris", nargs="*", metavar="URI", help="s3://bucket/key of each image")
     p.add_argument("--from-file", metavar="FILE", help="read URIs from FILE, one per line ('-': stdin)")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="items per message (default POUNDCAM_TASK_BATCH_SIZE)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="items per message (default POUNDCAM_TASK_BATCH_SIZE)",
     )
     p.add_argument(
         "--key",
@@ -66,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--wait",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="first wait up to SECONDS for the job to finish (exit 75 if it does not)",
@@ -88,7 +99,7 @@ def register(sub) -> None:
     p.set_defaults(handler=_results)
 
     p = sub.add_parser("jobs", help="the most recent jobs with their counts by state")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N jobs (default 20)")
     p.add_argument("--json", action="store_true")
     add_db_option(p)
     p.set_defaults(handler=_jobs)

@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..constants import LABELS, ItemState
-from .common import add_db_option
+from ..constants import LABELS, REPORT_SORTS, ItemState
+from .common import add_db_option, positive_int
 from .render import RENDERED
 
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
@@ -15,8 +15,6 @@ MAX_EXPIRES_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL can live
 
 
 def register(sub) -> None:
-    from ..report.data import SORTS
-
     p = sub.add_parser(
         "report",
         help="write a self-contained HTML review page for a job",
@@ -35,11 +33,11 @@ def register(sub) -> None:
     p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
     p.add_argument(
         "--sort",
-        choices=SORTS,
+        choices=REPORT_SORTS,
         default="position",
         help="order of the items: position (as submitted, default), p_fake or fake_share (highest first)",
     )
-    p.add_argument("--limit", type=int, metavar="N", help="at most N items (after sorting)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="at most N items (after sorting)")
     p.add_argument(
         "--images",
         choices=("embed", "presigned"),
@@ -134,8 +132,6 @@ def _report(args) -> int:
 
     if not 1 <= args.expires <= MAX_EXPIRES_S:
         raise InvalidRequestError(f"--expires must be between 1 and {MAX_EXPIRES_S} seconds")
-    if args.limit is not None and args.limit < 1:
-        raise InvalidRequestError("--limit must be at least 1")
     overrides = {}
     if args.db:
         overrides["database_url"] = args.db

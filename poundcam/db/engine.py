@@ -12,16 +12,55 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from ..logs import one_line, redact
+from ..settings import SettingsError
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def make_engine(url: str, **kwargs) -> Engine:
     """An engine for ``url`` with the settings poundcam relies on; ``kwargs`` go to
-    ``sqlalchemy.create_engine``."""
-    parsed = make_url(url)
+    ``sqlalchemy.create_engine``. ``postgres://``, a common spelling that SQLAlchemy no longer
+    reads, is read as ``postgresql://``.
+
+    Raises:
+        poundcam.settings.SettingsError: ``url`` is not a database URL SQLAlchemy can use.
+    """
+    parsed = database_url(url)
+    try:
+        return _make_engine(parsed, **kwargs)
+    except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:  # no such driver installed
+        raise _unusable(url, exc) from None
+
+
+def database_url(url: str | URL) -> URL:
+    """``url`` parsed, ``postgres://`` read as ``postgresql://``.
+
+    Raises:
+        poundcam.settings.SettingsError: not a URL, or not of SQLite or PostgreSQL.
+    """
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise _unusable(url, exc) from None
+    if parsed.drivername == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise _unusable(url, f"{parsed.get_backend_name()} is not supported")
+    return parsed
+
+
+def _unusable(url, why) -> SettingsError:
+    return SettingsError(
+        f"database URL {redact(str(url))!r} cannot be used: {one_line(why)} "
+        "(POUNDCAM_DATABASE_URL or --db: sqlite:///PATH or postgresql://USER@HOST/DATABASE)"
+    )
+
+
+def _make_engine(parsed: URL, **kwargs) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **kwargs.pop("connect_args", {})}
         engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
@@ -81,7 +120,7 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 def sqlite_file(url: str) -> str | None:
     """The file an SQLite URL names; None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     if parsed.query.get("uri") in ("true", "1") or parsed.database.startswith("file:"):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import LABELS, ItemState
+from ..constants import LABELS, REPORT_SORTS, ItemState
 from .images import Picture, Unavailable
 
 # Panels in the order shown: (name, caption). "original" is the source image, unchanged; the
@@ -31,7 +31,7 @@ HEATMAP_PANELS = ("fake_overlay", "real_overlay")
 # The deep maps' overlays (attention relevance, docs/cam.md), shown for the items that have
 # them (POUNDCAM_DEEP_MAPS, `poundcam explain`): both on one scale of their own.
 DEEP_PANELS = (("deep_fake_overlay", "deep fake evidence"), ("deep_real_overlay", "deep real evidence"))
-SORTS = ("position", "p_fake", "fake_share")  # p_fake and fake_share: highest first
+SORTS = REPORT_SORTS
 
 
 def _p(row: Mapping) -> float | None:

@@ -307,6 +307,15 @@ def test_make_analyzer_passes_the_preprocess_setting(tiny_model):
         analyzer.close()
 
 
+def test_a_cam_layer_the_model_does_not_have_is_a_settings_error(tiny_model):
+    from poundcam.runtime import make_analyzer
+    from poundcam.settings import Settings, SettingsError
+
+    settings = Settings.from_env(environ={"POUNDCAM_CAM_LAYER": "42"})
+    with pytest.raises(SettingsError, match="layer 42 out of range.*POUNDCAM_CAM_LAYER"):
+        make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
+
+
 def test_compiled_cam_setting_reaches_the_engine_and_keeps_the_results(official_model, outcomes, inputs):
     """POUNDCAM_COMPILE=on: the CAM's no-autograd part is compiled for the configured batch size
     (the last, smaller batch is padded to it) and the results are those of the eager engine."""

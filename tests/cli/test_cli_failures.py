@@ -75,6 +75,52 @@ def test_unknown_job_is_one_line_and_debug_adds_the_traceback(tmp_path):
     assert debug.stderr.rstrip().splitlines()[-1] == one_error_line(proc)
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("jobs", "--db", "garbage"), "database URL 'garbage' cannot be used"),
+        (("jobs", "--db", "mysql://u:secret@h/d"), "mysql is not supported"),
+        (("jobs", "--db", "postgresql+pg8000://u@h/d"), "No module named 'pg8000'"),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_one_line(tmp_path, args, says):
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc)
+    assert says in line and "secret" not in line and "POUNDCAM_DATABASE_URL" in line
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("submit", "s3://b/a.jpg", "--batch-size", "-3"), "'-3' is not a positive number"),
+        (("status", "JOB", "--wait", "-5"), "'-5' is not 0 or more seconds"),
+        (("jobs", "--limit", "-1"), "'-1' is not a positive number"),
+        (("queue-exporter", "--port", "99999"), "'99999' is not a port number"),
+    ],
+)
+def test_option_values_that_make_no_sense_are_refused_by_the_command_line(tmp_path, args, says):
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_command_line_and_the_database_commands_start_without_pytorch(tmp_path):
+    """`poundcam --help`, `status`, `jobs`: no PyTorch import (seconds at every start)."""
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run("db", "upgrade", "--db", db, cwd=tmp_path).returncode == 0
+    code = (
+        "import sys\n"
+        "from poundcam.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        f"main(['jobs', '--db', {db!r}])\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_db_takes_its_url_before_or_after_the_action_and_logs_only_the_migrations(tmp_path):
     db = f"sqlite:///{tmp_path / 'p.db'}"
     up = run("db", "upgrade", "--db", db, cwd=tmp_path)

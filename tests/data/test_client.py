@@ -59,6 +59,13 @@ def test_uris_are_validated_before_anything_is_written(client):
         client.submit([])
 
 
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_a_batch_size_that_sends_nothing_is_refused_before_the_job_is_made(client, batch_size):
+    with pytest.raises(InvalidRequestError, match="batch_size must be a whole number of at least 1"):
+        client.submit(["s3://images/a.jpg"], batch_size=batch_size)
+    assert client.jobs() == []
+
+
 def test_wait_returns_when_finished_and_times_out_otherwise(client):
     job = client.submit(["s3://images/a.jpg", "s3://images/b.jpg"])
     t0 = time.monotonic()

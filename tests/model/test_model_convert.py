@@ -47,6 +47,8 @@ def test_convert_official_fixture_in_process(official_dir, official_model, tmp_p
     _assert_same_model(loaded, official_model, x)
     assert not any(p.requires_grad for p in loaded.parameters())
     assert not list(out.parent.glob("*.partial"))
+    # readable by a worker running as another user (not safetensors' owner-only 0600)
+    assert out.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.slow
