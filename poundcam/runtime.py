@@ -26,7 +26,7 @@ def pick_device(setting: str) -> torch.device:
     if setting == Device.CUDA and not torch.cuda.is_available():
         from .settings import SettingsError
 
-        raise SettingsError("POUNDCAM_DEVICE=cuda but no CUDA device is available")
+        raise SettingsError("device cuda (POUNDCAM_DEVICE or --device) but no CUDA device is available")
     return torch.device(setting)
 
 

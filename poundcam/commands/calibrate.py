@@ -155,9 +155,9 @@ def _calibrate(args) -> int:
         )
     finally:
         bar.close()
-    setting = f"{LAYER_VAR}={result.chosen}"
     current_method = str(settings.cam_method)
     tie = result.is_tie(current, current_method)
+    setting = f"{LAYER_VAR}={current if tie else result.chosen}"  # a tie keeps the current one
     written = None
     if args.write_env and not tie:
         lines = {LAYER_VAR: str(result.chosen)}
@@ -242,16 +242,19 @@ class _Bar:
 def report(result, current: int, num_blocks: int, current_method: str | None = None) -> str:
     """The table, the setting line(s) and the gain over the current setting: the layer
     ``current`` with ``current_method`` (default: the chosen weighting). With several
-    weightings tried, each row and each setting names its weighting."""
-    from ..cam.calibration import within_noise
-
+    weightings tried, each row and each setting names its weighting. When the images do not
+    tell the lowest score from the current setting (``Calibration.is_tie``), the current
+    setting is the one kept: its row is marked kept, and its setting is the one printed."""
     current_method = current_method or result.method
     several = len(result.methods) > 1
+    tie = result.is_tie(current, current_method)
+    kept = (current, current_method) if tie else (result.chosen, result.method)
     head = ("weighting",) if several else ()
     rows = [(*head, "layer", "deletion AUC", "P(fake) after 10%", "images", "")]
     for s in result.scores:
         flags = (
-            ("chosen", (s.layer, s.method) == (result.chosen, result.method)),
+            ("lowest", tie and (s.layer, s.method) == (result.chosen, result.method)),
+            ("chosen", (s.layer, s.method) == kept),
             ("current", (s.layer, s.method) == (current, current_method)),
         )
         marks = [m for m, ok in flags if ok]
@@ -276,9 +279,9 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
     for r in rows:
         cells = "  ".join(v.rjust(w) for v, w in zip(r[:n], widths, strict=True))
         lines.append(f"{cells}  {r[n]}" if r[n] else cells)
-    lines += ["", f"{LAYER_VAR}={result.chosen}"]
+    lines += ["", f"{LAYER_VAR}={kept[0]}"]
     if several:
-        lines.append(f"{METHOD_VAR}={result.method}")
+        lines.append(f"{METHOD_VAR}={kept[1]}")
 
     def named(method: str, layer: int) -> str:
         return f"{method} at block {layer}" if several else f"block {layer}"
@@ -296,15 +299,20 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
         measured = result.gain(current, current_method)
         assert measured is not None  # the current setting was a candidate
         gain, se = measured
-        lines.append(
-            f"{named(result.method, chosen.layer)} beats the current {what}, {now_name}, by "
+        compared = (
             f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
             f"standard error {se:.3f} over {chosen.images} images)"
         )
-        if within_noise(gain, se):  # Calibration.is_tie's rule, on the gain measured above
+        if tie:
             lines.append(
-                "the difference is within twice its standard error: these images do not tell "
-                f"the two {apart} apart (give more images labelled fake, or keep the current {what})"
+                f"{named(result.method, chosen.layer)} scores lowest, {compared} below the current "
+                f"{what}, {now_name}: within twice its standard error, so these images do not tell "
+                f"the two {apart} apart and the current {what} is kept (give more images labelled "
+                "fake to decide)"
+            )
+        else:
+            lines.append(
+                f"{named(result.method, chosen.layer)} beats the current {what}, {now_name}, by {compared}"
             )
     return "\n".join(lines)
 

@@ -281,6 +281,7 @@ def _analyze(args) -> int:
 
     from ..db import create_job, item_refs, job_results, session_scope
     from ..db.migrate import upgrade
+    from ..errors import InvalidRequestError
     from ..model.weights import with_local_weights
     from ..settings import Settings
     from ..storage import LocalStore, make_store
@@ -310,8 +311,11 @@ def _analyze(args) -> int:
     inputs = collect(args.paths, sources, outputs=[out])
     _report_skipped(inputs.skipped, roots, roots_from)
     if not inputs.files:
-        print("poundcam analyze: no image files found", file=sys.stderr)
-        return 2
+        raise InvalidRequestError("no image files found in the paths given")
+    if not any(os.path.exists(f) for f in inputs.files):  # before the weights are fetched
+        missing = ", ".join(repr(f) for f in inputs.files[:3])
+        more = f" (and {len(inputs.files) - 3} more)" if len(inputs.files) > 3 else ""
+        raise InvalidRequestError(f"nothing to analyse: {missing}{more} not found")
     # The weights first, before PyTorch is imported and before a database or a folder is
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
     settings, weights = with_local_weights(settings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 
 from .common import add_db_option, settings_for
 
@@ -109,8 +108,9 @@ def _purge(args) -> int:
     from ..broker import deadletters
 
     if args.all == bool(args.id):
-        print("poundcam dead-letters purge: give an id or --all", file=sys.stderr)
-        return 2
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError("dead-letters purge: give an id or --all, not both or neither")
     client = _client()
     record = None if args.all else deadletters.find(client, args.id)
     print(f"{deadletters.purge(client, record)} dead letter(s) deleted")

@@ -152,7 +152,7 @@ def test_cli_says_what_it_skipped_and_stops_before_loading_anything(tree):
             sum(ln.startswith("poundcam analyze: skipped (uri_not_allowed) " + name) for ln in lines) == 1
         ), proc.stderr
     assert f"poundcam analyze: allowed roots: {tree / 'allowed'} (POUNDCAM_ALLOWED_ROOTS)" in lines
-    assert lines[-1] == "poundcam analyze: no image files found"
+    assert lines[-1] == "poundcam: error: no image files found in the paths given"
     assert len(lines) == 5
     assert sorted(p.name for p in tree.iterdir()) == before  # no database, no heatmap folder
 
@@ -167,8 +167,8 @@ def test_cli_lists_the_first_skipped_and_counts_the_rest(tree):
     # unset, the paths given are the roots: the same files are simply missing, no skip
     proc = run_analyze("outside/nope.jpg", cwd=tree, POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    (line,) = proc.stderr.splitlines()  # on to the weights, which are missing
-    assert line.startswith("poundcam: error: ") and "no-weights.ckpt" in line
+    (line,) = proc.stderr.splitlines()  # nothing exists: it stops before the weights
+    assert line.startswith("poundcam: error: nothing to analyse: ") and line.endswith("nope.jpg' not found")
 
 
 def test_the_output_folder_is_not_walked_into_unless_named(tree):
@@ -183,3 +183,12 @@ def test_the_output_folder_is_not_walked_into_unless_named(tree):
     assert str((allowed / "a.jpg").resolve()) in walked.files
     named = collect([str(out)], store(tree, allowed), outputs=[out])
     assert named.files == [str((out / "heatmap.png").resolve())]
+
+
+def test_paths_that_do_not_exist_stop_before_the_weights(tree):
+    before = sorted(p.name for p in tree.iterdir())
+    proc = run_analyze("nope/", "missing.jpg", cwd=tree, POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("poundcam: error: nothing to analyse: ")
+    assert "not found" in proc.stderr and "weights" not in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tree.iterdir()) == before

@@ -179,7 +179,12 @@ def test_the_gain_is_paired_over_the_same_images():
     noisy = Calibration(
         "hirescam", "contrastive", 0.5, 3, 3, 3, (score(0, [0.1, 0.5, 0.2]), score(1, [0.4, 0.1, 0.35])), 0
     )
-    assert "do not tell the two blocks apart" in report(noisy, current=1, num_blocks=2)
+    text = report(noisy, current=1, num_blocks=2)
+    # a tie keeps the current layer: its row is the one chosen, and its setting the one printed
+    assert "do not tell the two blocks apart and the current layer is kept" in text
+    assert "beats" not in text and "\nPOUNDCAM_CAM_LAYER=1\n" in text
+    rows = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip()[:1].isdigit()}
+    assert rows["0"].endswith("<- lowest") and rows["1"].endswith("<- chosen, current")
 
 
 def test_write_env_appends_or_replaces_and_keeps_other_lines(tmp_path):
