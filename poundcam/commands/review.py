@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from ..constants import LABELS, REPORT_SORTS, ItemState
+from ..logs import one_line
 from .common import add_db_option, positive_int
 from .render import RENDERED
 
@@ -148,29 +151,34 @@ def _report(args) -> int:
     selected = select_rows(
         all_rows, label=args.label, min_prob=args.min_prob, sort=args.sort, limit=args.limit
     )
-    store, originals = heatmap_store(settings), original_store(settings, job)
-    # the overlays and raw maps are drawn from the stored maps (poundcam render); the one
-    # stored heatmap per image is read from the store
+    originals = original_store(settings, job)
+    # The panels are drawn from the stored maps (poundcam render); stored heatmap objects are
+    # read only for analyses made before the maps were stored (revision 0004), so the store is
+    # made, and required, only when one is.
+    stored = _StoredHeatmaps(settings)
+    failures = _Failures()
     drawn = RenderedPanels(
         settings,
         args.job_id,
         DRAWN_PANELS,
-        lambda key: store.get(store.uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
+        lambda key: stored.store().get(stored.store().uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
     )
     rows = drawn.rows(selected)
     if args.images == "embed":
         source = EmbeddedImages(
-            drawn.fetch,
+            failures.watch(drawn.fetch),
             None
             if originals is None
-            else (lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
+            else failures.watch(lambda uri: originals.get(uri, max_bytes=settings.max_image_bytes)),
             limits=DecodeLimits.from_settings(settings),
         )
     else:
         source = _LinkedOrDrawn(
             drawn,
-            lambda key: store.presigned_url(key, args.expires),
-            None if originals is None else (lambda uri: _presigned_original(originals, uri, args.expires)),
+            failures.watch(lambda key: stored.store().presigned_url(key, args.expires)),
+            None
+            if originals is None
+            else failures.watch(lambda uri: _presigned_original(originals, uri, args.expires)),
         )
     html = build_report(
         rows,
@@ -187,7 +195,51 @@ def _report(args) -> int:
         f"wrote {out}: {len(rows)} items ({done} analysed), {len(html) / 1e6:.1f} MB, images "
         f"{'embedded' if args.images == 'embed' else f'linked, expiring in {args.expires} s'}"
     )
+    if failures.count:
+        print(
+            f"poundcam report: warning: {failures.count} read(s) failed; their pictures show as "
+            f"unavailable in the page (the first: {failures.first})",
+            file=sys.stderr,
+        )
     return 0
+
+
+class _StoredHeatmaps:
+    """The heatmap store, made on first use (:func:`heatmap_store`): a report whose panels are
+    all drawn from the stored maps needs none, and no POUNDCAM_HEATMAP_BUCKET."""
+
+    def __init__(self, settings):
+        self._settings = settings
+        self._store = None
+        self._lock = threading.Lock()
+
+    def store(self):
+        with self._lock:
+            if self._store is None:
+                self._store = heatmap_store(self._settings)
+            return self._store
+
+
+class _Failures:
+    """Counts the pictures that could not be read (each shows as unavailable in its panel),
+    for one line at the end."""
+
+    def __init__(self):
+        self.count = 0
+        self.first: str | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, read):
+        def watched(arg):
+            try:
+                return read(arg)
+            except Exception as exc:
+                with self._lock:
+                    self.count += 1
+                    self.first = self.first or one_line(exc)
+                raise
+
+        return watched
 
 
 DRAWN_PANELS = ("fake_overlay", "real_overlay", "real_raw16", "fake_raw16")

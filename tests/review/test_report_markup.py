@@ -242,6 +242,30 @@ def test_report_command_selects_and_finds_the_heatmap_folder(
     assert len(re.findall(r'<article class="item', out.read_text())) == len(others)
 
 
+def test_pictures_that_cannot_be_read_are_counted_on_stderr(processed_job, tmp_path, monkeypatch, capsys):
+    """The page shows each unreadable picture as unavailable; the command also says how many,
+    so that a report written while a store was unreachable does not pass for a good one."""
+    for var in ("POUNDCAM_LOCAL_ROOT", "POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    common = [
+        "report",
+        processed_job["job_id"],
+        "--db",
+        processed_job["db_url"],
+        "--out",
+        str(tmp_path / "r.html"),
+    ]
+    assert main(common) == 0
+    assert "warning" not in capsys.readouterr().err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("POUNDCAM_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))  # originals out of reach
+    assert main(common) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    n = int(re.match(r"poundcam report: warning: (\d+) read\(s\) failed", line).group(1))
+    assert 0 < n <= (tmp_path / "r.html").read_text().count('<div class="missing"')
+    assert "(the first: " in line
+
+
 def test_report_command_with_s3(
     processed_job, job_rows, s3_client, s3_server, bucket, tmp_path, monkeypatch, capsys
 ):
