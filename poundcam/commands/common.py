@@ -6,48 +6,26 @@ from __future__ import annotations
 import argparse
 
 
-def probability(text: str) -> float:
-    """An argparse type: a number from 0 to 1 (``nan`` and ``inf`` are not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:  # also false for nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 to 1")
-    return value
+def _argument_type(convert, accept, kind: str, wanted: str):
+    """An argparse type: ``convert(text)`` (else "is not {kind}"), kept when ``accept``s it
+    (else "is not {wanted}")."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not accept(value):  # also refuses nan, whose comparisons are all false
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    return parse
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not 0 or more seconds")
-    return value
-
-
-def port(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
+probability = _argument_type(float, lambda v: 0.0 <= v <= 1.0, "a number", "a probability from 0 to 1")
+seconds = _argument_type(float, lambda v: 0 <= v < float("inf"), "a number of seconds", "0 or more seconds")
+port = _argument_type(int, lambda v: 1 <= v <= 65535, "a port number", "a port number (1 to 65535)")
+positive_int = _argument_type(int, lambda v: v >= 1, "a whole number", "a positive number")
 
 
 def add_model_options(parser: argparse.ArgumentParser, batch_and_threshold: bool = True) -> None:
