@@ -249,7 +249,7 @@ class Progress:
     written above the bar while it runs (tqdm's logging redirect), not through it. Off a
     terminal the bar is redrawn at most every 10 s."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int, stream=None, unit: str = "img"):
         from tqdm import tqdm
 
         stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
@@ -258,7 +258,7 @@ class Progress:
         self.bar = tqdm(
             total=total,
             file=stream,
-            unit="img",
+            unit=unit,
             dynamic_ncols=True,
             mininterval=0.1 if tty else 10.0,
             smoothing=0.1,

@@ -131,6 +131,7 @@ def _report(args) -> int:
     from ..preprocess.decode import DecodeLimits
     from ..report import EmbeddedImages, build_report, select_rows
     from ..settings import Settings
+    from .pipeline import Progress
     from .render import RenderedPanels  # noqa: I001
 
     if not 1 <= args.expires <= MAX_EXPIRES_S:
@@ -180,14 +181,24 @@ def _report(args) -> int:
             if originals is None
             else failures.watch(lambda uri: _presigned_original(originals, uri, args.expires)),
         )
-    html = build_report(
-        rows,
-        source=source,
-        job_id=args.job_id,
-        status=status,
-        selection=_selection(args, len(rows), len(all_rows)),
-        sort=args.sort,
-    )
+    bar, lock = Progress(len(rows), unit="item"), threading.Lock()  # pictures take a while
+
+    def made_one() -> None:  # called from the picture-making threads
+        with lock:
+            bar(None)
+
+    try:
+        html = build_report(
+            rows,
+            source=source,
+            job_id=args.job_id,
+            status=status,
+            selection=_selection(args, len(rows), len(all_rows)),
+            sort=args.sort,
+            progress=made_one,
+        )
+    finally:
+        bar.close()
     out = Path(args.out)
     write_atomically(out, html)
     done = sum(r["status"] == ItemState.DONE for r in rows)

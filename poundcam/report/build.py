@@ -101,6 +101,7 @@ def build_report(
     selection: str | None = None,
     sort: str = "position",
     workers: int = 8,
+    progress: Callable[[], None] | None = None,
 ) -> str:
     """The HTML page for ``rows`` (records of ``job_results``, in the order to show).
 
@@ -118,6 +119,7 @@ def build_report(
         selection: a sentence saying which items were selected (shown in the header).
         sort: the order ``rows`` are in (``position``, ``p_fake`` or ``fake_share``).
         workers: threads that read and shrink the pictures.
+        progress: called once per item whose pictures are made.
 
     Returns:
         The page.
@@ -133,7 +135,7 @@ def build_report(
         else:
             raise ValueError("give exactly one of fetch_png (embed) and image_url (link)")
     rows = list(rows)
-    items = report_items(rows, source, workers=workers)
+    items = report_items(rows, source, workers=workers, progress=progress)
     generated_at = generated_at or datetime.now(timezone.utc)
     title = title or (f"poundcam review: job {job_id}" if job_id else "poundcam review")
 

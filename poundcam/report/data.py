@@ -145,9 +145,21 @@ def shared_scale(row: Mapping) -> float | None:
 
 
 def report_items(
-    rows: list[Mapping], source, workers: int = 8, images: Callable[[Mapping, Any], dict] = item_images
+    rows: list[Mapping],
+    source,
+    workers: int = 8,
+    images: Callable[[Mapping, Any], dict] = item_images,
+    progress: Callable[[], None] | None = None,
 ) -> list[ReportItem]:
-    """One ReportItem per row; pictures are made with ``workers`` threads."""
+    """One ReportItem per row; pictures are made with ``workers`` threads; ``progress`` is
+    called once per row whose pictures are made (in the order they finish)."""
+
+    def made(r: Mapping) -> dict:
+        out = images(r, source)
+        if progress is not None:
+            progress()
+        return out
+
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        pictures = list(pool.map(lambda r: images(r, source), rows))
+        pictures = list(pool.map(made, rows))
     return [ReportItem(r, p, shared_scale(r)) for r, p in zip(rows, pictures, strict=True)]

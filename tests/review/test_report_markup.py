@@ -256,11 +256,12 @@ def test_pictures_that_cannot_be_read_are_counted_on_stderr(processed_job, tmp_p
         str(tmp_path / "r.html"),
     ]
     assert main(common) == 0
-    assert "warning" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning" not in err and re.search(r"\b4/4 \[", err)  # the progress bar, finished
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.setenv("POUNDCAM_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))  # originals out of reach
     assert main(common) == 0
-    (line,) = capsys.readouterr().err.splitlines()
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("poundcam report: warning")]
     n = int(re.match(r"poundcam report: warning: (\d+) read\(s\) failed", line).group(1))
     assert 0 < n <= (tmp_path / "r.html").read_text().count('<div class="missing"')
     assert "(the first: " in line
