@@ -20,7 +20,7 @@ do the same through one client per settings, for scripts.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -381,13 +381,20 @@ class Client:
         with self.session() as s:
             return list_jobs(s, limit=limit)
 
-    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 1.0) -> dict:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll_s: float = 1.0,
+        on_status: Callable[[dict], None] | None = None,
+    ) -> dict:
         """Block until no item of the job is queued or running.
 
         Args:
             job_id: the job.
             timeout: seconds to wait at most (None: no limit).
             poll_s: seconds between two looks at the database.
+            on_status: called with each status read (progress), the last one included.
 
         Returns:
             The job's final status (see :meth:`status`).
@@ -399,6 +406,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             st = self.status(job_id)
+            if on_status is not None:
+                on_status(st)
             if st["finished"]:
                 return st
             if deadline is not None and time.monotonic() >= deadline:

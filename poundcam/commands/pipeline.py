@@ -204,10 +204,27 @@ def _resend(args) -> int:
     return 0
 
 
+def _wait(client, job_id: str, timeout: float) -> None:
+    """``client.wait`` with a progress bar of the job's finished items on stderr."""
+    bar: Progress | None = None
+
+    def show(st: dict) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(st["total"], unit="item")
+        bar.advance_to(st["done"] + st["failed"], st["failed"])
+
+    try:
+        client.wait(job_id, timeout=timeout, on_status=show)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _status(args) -> int:
     with client_for(args) as client:
         if args.wait is not None:
-            client.wait(args.job_id, timeout=args.wait)  # WaitTimeout: exit 75
+            _wait(client, args.job_id, args.wait)  # WaitTimeout: exit 75
         st = client.status(args.job_id)
     if args.json:
         print(json.dumps(st))
@@ -271,6 +288,13 @@ class Progress:
             self.failed += 1
             self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
         self.bar.update(1)
+
+    def advance_to(self, settled: int, failed: int) -> None:
+        """Show ``settled`` items done or failed, ``failed`` of them failed (a count read from
+        elsewhere, e.g. the database)."""
+        self.failed = failed
+        self.bar.set_postfix_str(f"{failed} failed", refresh=False)
+        self.bar.update(settled - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()

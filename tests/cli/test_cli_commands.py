@@ -64,4 +64,6 @@ def test_results_json_has_the_analyze_shape_and_csv_the_message(job, sqlite_url,
 
 def test_status_wait_times_out_with_exit_75(job, sqlite_url, capsys):
     assert main(["status", job, "--db", sqlite_url, "--wait", "0.2"]) == 75
-    assert "not finished after 0.2 s" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not finished after 0.2 s" in err
+    assert "1/2 [" in err and "1 failed" in err  # the progress bar: one item settled, failed
