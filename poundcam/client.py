@@ -19,6 +19,7 @@ do the same through one client per settings, for scripts.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -255,9 +256,9 @@ class Client:
         """
         if batch_size is None:
             return self.settings.task_batch_size
-        if type(batch_size) is not int or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise InvalidRequestError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
-        return batch_size
+        return int(batch_size)
 
     def enqueue(self, job_id: str, refs: list[dict], batch_size: int | None = None) -> int:
         """Send ``refs`` (``{"item_id", "uri"}`` of one job) in messages of ``batch_size``.

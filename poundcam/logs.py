@@ -79,4 +79,4 @@ def configure_logging(json_format: bool = False, level: int = logging.INFO) -> N
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))

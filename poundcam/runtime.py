@@ -72,8 +72,11 @@ def make_analyzer(
     try:
         return Analyzer(model, options or analysis_options(settings), device=device)
     except ValueError as exc:
+        from .errors import PoundcamError
         from .settings import SettingsError
 
+        if isinstance(exc, PoundcamError):  # says what is wrong already
+            raise
         raise SettingsError(
             f"the CAM settings do not fit model {model.model_id}: {exc} "
             "(POUNDCAM_CAM_LAYER, POUNDCAM_CAM_METHOD, POUNDCAM_CAM_TARGET)"

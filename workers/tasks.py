@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = RETRY_DELAY_MAX_S
+QUEUE_WAIT_MAX_S = 30 * 24 * 3600.0  # the longest queue wait the metric believes
 
 
 def backoff(retries: int, rng: random.Random | None = None) -> float:
@@ -53,7 +54,9 @@ def analyze(self, message):
         runtime.metrics().unbacked(len(parsed.invalid))
     ctx = runtime.context()
     if parsed.enqueued_at is not None and self.request.retries == 0:
-        runtime.metrics().queue_wait.observe(max(0.0, time.time() - parsed.enqueued_at))
+        waited = time.time() - parsed.enqueued_at
+        if abs(waited) <= QUEUE_WAIT_MAX_S:  # else a wrong clock or a forged time: not a wait
+            runtime.metrics().queue_wait.observe(max(0.0, waited))
     log.info(
         "message: job %s, %d items",
         job_id,

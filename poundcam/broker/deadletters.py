@@ -25,11 +25,21 @@ DEAD_LETTER_KEY = "poundcam:dead-letters"
 SIZE_KEY = "poundcam:dead-letters:bytes"
 KEPT_PREFIX_BYTES = 4096
 
-# Lua, run atomically by Redis. Both start by counting the list's bytes if SIZE_KEY is missing.
+# Lua, run atomically by Redis. Both start by making the count right where it cannot be: an
+# empty list counts 0 (the list was deleted by hand), and a missing count is made from the
+# list a hundred records at a time (a list left by an earlier version; one reply of the whole
+# list could be gigabytes inside Redis).
 _COUNT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local total = 0
-  for _, r in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + string.len(r) end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], 0)
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  local total, i = 0, 0
+  while true do
+    local part = redis.call('LRANGE', KEYS[1], i, i + 99)
+    if #part == 0 then break end
+    for _, r in ipairs(part) do total = total + string.len(r) end
+    i = i + 100
+  end
   redis.call('SET', KEYS[2], total)
 end
 """
@@ -46,6 +56,7 @@ while n > 1 and (n > tonumber(ARGV[2]) or total > tonumber(ARGV[3])) do
   n = n - 1
   dropped = dropped + 1
 end
+if n == 1 then redis.call('SET', KEYS[2], string.len(ARGV[1])) end
 return dropped
 """
 )

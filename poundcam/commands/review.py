@@ -175,7 +175,7 @@ def _report(args) -> int:
         )
     else:
         source = _LinkedOrDrawn(
-            drawn,
+            failures.watch(drawn.fetch),
             failures.watch(lambda key: stored.store().presigned_url(key, args.expires)),
             None
             if originals is None
@@ -208,8 +208,8 @@ def _report(args) -> int:
     )
     if failures.count:
         print(
-            f"poundcam report: warning: {failures.count} read(s) failed; their pictures show as "
-            f"unavailable in the page (the first: {failures.first})",
+            f"poundcam report: warning: pictures could not be made ({failures.count} failure(s); "
+            f"they show as unavailable in the page; the first: {failures.first})",
             file=sys.stderr,
         )
     return 0
@@ -256,14 +256,15 @@ class _Failures:
 DRAWN_PANELS = ("fake_overlay", "real_overlay", "real_raw16", "fake_raw16")
 
 
-def _LinkedOrDrawn(drawn, heatmap_url, original_url):
-    """LinkedImages whose pictures drawn from the stored maps are embedded (nothing to link)."""
+def _LinkedOrDrawn(draw, heatmap_url, original_url):
+    """LinkedImages whose pictures drawn from the stored maps (``draw``: key -> PNG bytes)
+    are embedded (nothing to link)."""
     from ..report import EmbeddedImages, LinkedImages
 
     class LinkedOrDrawn(LinkedImages):
         def heatmap(self, key: str):
             if key.startswith(RENDERED):
-                return EmbeddedImages(drawn.fetch).heatmap(key)
+                return EmbeddedImages(draw).heatmap(key)
             return super().heatmap(key)
 
     return LinkedOrDrawn(heatmap_url, original_url)

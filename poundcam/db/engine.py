@@ -46,8 +46,8 @@ def database_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except sa.exc.ArgumentError as exc:
         raise _unusable(url, exc) from None
-    if parsed.drivername == "postgres":
-        parsed = parsed.set(drivername="postgresql")
+    if parsed.get_backend_name() == "postgres":  # postgres://, postgres+psycopg2://
+        parsed = parsed.set(drivername="postgresql" + parsed.drivername[len("postgres") :])
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise _unusable(url, f"{parsed.get_backend_name()} is not supported")
     return parsed

@@ -314,6 +314,15 @@ def test_a_cam_layer_the_model_does_not_have_is_a_settings_error(tiny_model):
     settings = Settings.from_env(environ={"POUNDCAM_CAM_LAYER": "42"})
     with pytest.raises(SettingsError, match="layer 42 out of range.*POUNDCAM_CAM_LAYER"):
         make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
+    # an error that names its own cause is not relabelled as the layer's
+    from poundcam.errors import InvalidRequestError
+
+    settings = Settings.from_env(
+        environ={"POUNDCAM_DEEP_MAPS": "flagged", "POUNDCAM_THRESHOLD": "1.2345678901234567e-300"}
+    )
+    with pytest.raises(InvalidRequestError, match="over 64 characters") as info:
+        make_analyzer(settings, model=tiny_model, device=torch.device("cpu"))
+    assert "POUNDCAM_CAM_LAYER" not in str(info.value)
 
 
 def test_compiled_cam_setting_reaches_the_engine_and_keeps_the_results(official_model, outcomes, inputs):

@@ -90,6 +90,30 @@ def test_a_database_url_that_cannot_be_used_is_one_line(tmp_path, args, says):
     assert says in line and "secret" not in line and "POUNDCAM_DATABASE_URL" in line
 
 
+def test_postgres_urls_are_read_as_postgresql_with_their_driver():
+    from poundcam.db.engine import database_url
+
+    assert database_url("postgres://u@h/d").drivername == "postgresql"
+    assert database_url("postgres+psycopg://u@h/d?sslmode=require").render_as_string() == (
+        "postgresql+psycopg://u@h/d?sslmode=require"
+    )
+    assert database_url("sqlite:///x.db").drivername == "sqlite"
+
+
+def test_quiet_loggers_speak_again_in_debug_logging():
+    import logging
+
+    from poundcam.logs import QUIET_LOGGERS, configure_logging
+
+    try:
+        configure_logging(level=logging.INFO)
+        assert all(logging.getLogger(n).level == logging.WARNING for n in QUIET_LOGGERS)
+        configure_logging(level=logging.DEBUG)
+        assert all(logging.getLogger(n).level == logging.DEBUG for n in QUIET_LOGGERS)
+    finally:
+        configure_logging(level=logging.WARNING)
+
+
 @pytest.mark.parametrize(
     "args, says",
     [

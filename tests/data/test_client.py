@@ -59,6 +59,14 @@ def test_uris_are_validated_before_anything_is_written(client):
         client.submit([])
 
 
+def test_a_numpy_batch_size_is_a_whole_number(client):
+    import numpy as np
+
+    before = queued_messages(client)
+    client.submit([f"s3://images/{i}.jpg" for i in range(4)], batch_size=np.int64(3))
+    assert queued_messages(client) - before == 2
+
+
 @pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
 def test_a_batch_size_that_sends_nothing_is_refused_before_the_job_is_made(client, batch_size):
     with pytest.raises(InvalidRequestError, match="batch_size must be a whole number of at least 1"):

@@ -65,11 +65,21 @@ def test_requeue_and_purge_keep_the_count_and_a_record_is_taken_once(client):
     client.delete(queue)
 
 
+def test_a_list_deleted_by_hand_counts_from_zero_again(client):
+    deadletters.purge(client)
+    for n in range(3):
+        deadletters.push(client, _record(n), 100, 10**9)
+    client.delete(deadletters.DEAD_LETTER_KEY)  # the count survives the list
+    deadletters.push(client, _record(3), 100, 10**9)
+    assert deadletters.stored_bytes(client) == sum(_sizes(client)) and len(_sizes(client)) == 1
+    deadletters.purge(client)
+
+
 def test_a_missing_count_is_made_again_from_the_list(client):
     deadletters.purge(client)
-    for n in range(4):
-        deadletters.push(client, _record(n), 100, 10**9)
+    for n in range(250):  # more than one chunk of the recount
+        deadletters.push(client, _record(n, size=100), 1000, 10**9)
     client.delete(deadletters.SIZE_KEY)  # a list left by an earlier version, without its count
-    deadletters.push(client, _record(4), 100, 10**9)
-    assert deadletters.stored_bytes(client) == sum(_sizes(client))
+    deadletters.push(client, _record(250, size=100), 1000, 10**9)
+    assert deadletters.stored_bytes(client) == sum(_sizes(client)) and len(_sizes(client)) == 251
     deadletters.purge(client)

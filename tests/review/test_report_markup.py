@@ -260,11 +260,14 @@ def test_pictures_that_cannot_be_read_are_counted_on_stderr(processed_job, tmp_p
     assert "warning" not in err and re.search(r"\b4/4 \[", err)  # the progress bar, finished
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.setenv("POUNDCAM_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))  # originals out of reach
-    assert main(common) == 0
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("poundcam report: warning")]
-    n = int(re.match(r"poundcam report: warning: (\d+) read\(s\) failed", line).group(1))
-    assert 0 < n <= (tmp_path / "r.html").read_text().count('<div class="missing"')
-    assert "(the first: " in line
+    for mode in ("embed", "presigned"):  # presigned: the drawn panels are embedded all the same
+        assert main([*common, "--images", mode]) == 0
+        (line,) = [
+            ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("poundcam report: warning")
+        ]
+        n = int(re.search(r"pictures could not be made \((\d+) failure", line).group(1))
+        assert 0 < n <= (tmp_path / "r.html").read_text().count('<div class="missing"'), mode
+        assert "; the first: " in line
 
 
 def test_report_command_with_s3(
