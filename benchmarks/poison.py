@@ -27,8 +27,11 @@ def genuine_entry(message: dict | None = None, **options) -> bytes:
     if message is None:
         message = make_message("00000000-0000-0000-0000-000000000000", [(1, "s3://x/y")])
     with app.connection_for_write() as conn:
-        app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn, **options)
-        payload = conn.default_channel._get(QUEUE)
+        sent = app.send_task(TASK_NAME, kwargs={"message": message}, queue=QUEUE, connection=conn, **options)
+        # kombu's in-memory broker is one per process: messages other code sent to it before
+        # (a client under test) come out first; this entry is the one with the id just sent
+        while (payload := conn.default_channel._get(QUEUE))["headers"]["id"] != sent.id:
+            pass
     return json.dumps(payload).encode()
 
 

@@ -26,6 +26,25 @@ def test_a_genuine_message_is_accepted():
     )
 
 
+def test_a_genuine_entry_is_the_one_made_whatever_the_in_memory_broker_holds():
+    """kombu's in-memory broker is one per process: a message left there by other code must not
+    come out in place of the entry asked for (it would lack the ETA asked for, for one)."""
+    import json
+
+    from celery import Celery
+
+    from poundcam.messaging import QUEUE, TASK_NAME, celery_config
+    from poundcam.settings import Settings
+
+    other = Celery("other-producer")
+    other.conf.update(celery_config(Settings.from_env({})))
+    other.conf.broker_url = "memory://"
+    other.send_task(TASK_NAME, kwargs={"message": make_message("left-behind", [])}, queue=QUEUE)
+    entry = json.loads(genuine_entry(make_message("mine", [(1, "s3://x/y")]), countdown=5))
+    assert entry["headers"]["eta"] is not None
+    assert json.loads(base64.b64decode(entry["body"]))[1]["message"]["job_id"] == "mine"
+
+
 @pytest.mark.parametrize(
     "eta, detail",
     [
