@@ -556,24 +556,25 @@ class Analyzer:
             if self.options.fast_maps:
                 res = self.cam.attribute(x, on_invalid="report")
                 deep_rows, deep = self._deep(x, res)
+                real, fake, invalid = res.real, res.fake, dict(res.invalid)
             else:  # the deep maps alone: the relevance pass gives the logits too
                 assert self.deep_cam is not None  # fast_maps=False needs deep_maps="all"
                 res = deep = self.deep_cam.attribute(x, on_invalid="report")
                 deep_rows = {r: r for r in range(x.shape[0])}
+                real, fake, invalid = None, None, {}
             t1 = time.perf_counter()
             heat_rows = None
-            if self.options.render:
+            if self.options.render:  # fast maps only (fast_maps=False needs render off)
                 heat_rows = comparative_scanlines(res.real, res.fake, self._resolve(displays), geometries)
             n = x.shape[0]
-            invalid = dict(res.invalid) if self.options.fast_maps else {}
             if deep is not None:
                 for r, k in deep_rows.items():
                     if k in deep.invalid:
                         invalid.setdefault(r, f"deep map: {deep.invalid[k]}")
             piece = _Piece(
                 start,
-                res.real if self.options.fast_maps else None,
-                res.fake if self.options.fast_maps else None,
+                real,
+                fake,
                 res.logits,
                 res.probs,
                 invalid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -156,13 +157,13 @@ def _report(args) -> int:
     # The panels are drawn from the stored maps (poundcam render); stored heatmap objects are
     # read only for analyses made before the maps were stored (revision 0004), so the store is
     # made, and required, only when one is.
-    stored = _StoredHeatmaps(settings)
+    stored = functools.cache(lambda: heatmap_store(settings))
     failures = _Failures()
     drawn = RenderedPanels(
         settings,
         args.job_id,
         DRAWN_PANELS,
-        lambda key: stored.store().get(stored.store().uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
+        lambda key: stored().get(stored().uri_for(key), max_bytes=MAX_HEATMAP_BYTES),
     )
     rows = drawn.rows(selected)
     if args.images == "embed":
@@ -176,17 +177,12 @@ def _report(args) -> int:
     else:
         source = _LinkedOrDrawn(
             failures.watch(drawn.fetch),
-            failures.watch(lambda key: stored.store().presigned_url(key, args.expires)),
+            failures.watch(lambda key: stored().presigned_url(key, args.expires)),
             None
             if originals is None
             else failures.watch(lambda uri: _presigned_original(originals, uri, args.expires)),
         )
-    bar, lock = Progress(len(rows), unit="item"), threading.Lock()  # pictures take a while
-
-    def made_one() -> None:  # called from the picture-making threads
-        with lock:
-            bar(None)
-
+    bar = Progress(len(rows), unit="item")  # reading and shrinking pictures takes a while
     try:
         html = build_report(
             rows,
@@ -195,7 +191,7 @@ def _report(args) -> int:
             status=status,
             selection=_selection(args, len(rows), len(all_rows)),
             sort=args.sort,
-            progress=made_one,
+            progress=lambda: bar(None),
         )
     finally:
         bar.close()
@@ -213,22 +209,6 @@ def _report(args) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-class _StoredHeatmaps:
-    """The heatmap store, made on first use (:func:`heatmap_store`): a report whose panels are
-    all drawn from the stored maps needs none, and no POUNDCAM_HEATMAP_BUCKET."""
-
-    def __init__(self, settings):
-        self._settings = settings
-        self._store = None
-        self._lock = threading.Lock()
-
-    def store(self):
-        with self._lock:
-            if self._store is None:
-                self._store = heatmap_store(self._settings)
-            return self._store
 
 
 class _Failures:

@@ -152,14 +152,11 @@ def report_items(
     progress: Callable[[], None] | None = None,
 ) -> list[ReportItem]:
     """One ReportItem per row; pictures are made with ``workers`` threads; ``progress`` is
-    called once per row whose pictures are made (in the order they finish)."""
-
-    def made(r: Mapping) -> dict:
-        out = images(r, source)
-        if progress is not None:
-            progress()
-        return out
-
+    called, on the calling thread, as each row's pictures are taken (in row order)."""
+    pictures = []
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        pictures = list(pool.map(made, rows))
+        for made in pool.map(lambda r: images(r, source), rows):
+            pictures.append(made)
+            if progress is not None:
+                progress()
     return [ReportItem(r, p, shared_scale(r)) for r, p in zip(rows, pictures, strict=True)]
