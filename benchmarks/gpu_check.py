@@ -3,8 +3,9 @@
     python benchmarks/gpu_check.py --ckpt last.ckpt --images DIR [--expected expected.json]
 
 Checks: logits on CUDA (bf16 autocast) against fp32 CPU (and expected.json when given); the
-CAM maps on CUDA against CPU (Pearson correlation and peak agreement); the whole Analyzer on
-CUDA (device preprocessing path) against the CPU Pillow path: P(fake), geometry, labels;
+maps of every CAM method (the deep relevance maps too) on CUDA against CPU (Pearson correlation
+and peak agreement); the whole Analyzer on CUDA (device preprocessing path, deep maps for every
+image) against the CPU Pillow path: P(fake), geometry, labels, deep maps;
 ComparativeCAM(compile=True) on CUDA against the eager engine there.
 Prints a table and exits non-zero when a check fails.
 """
@@ -24,6 +25,7 @@ from PIL import Image  # noqa: E402
 
 from poundcam import ComparativeCAM, PoundNet, preprocess_image as preprocess  # noqa: E402
 from poundcam.analysis import AnalysisOptions, Analyzer  # noqa: E402
+from poundcam.constants import DEEP_METHOD, CamMethod, DeepMaps, values  # noqa: E402
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,16 +63,20 @@ def main() -> int:
         exp = torch.tensor([rows[files[i].name] for i in idx])
         print(f"logits CPU vs expected.json ({len(idx)} images): {(lc[idx] - exp).abs().max().item():.2e}")
     ok &= dp < 0.01
-    for target in ("contrastive", "logit"):
-        rc = ComparativeCAM(cpu, target=target).attribute(x)
-        rg = ComparativeCAM(gpu, target=target).attribute(x.cuda())
-        for cls in ("real", "fake"):
-            a, b = getattr(rc, cls), getattr(rg, cls).cpu()
-            cs = [corr(a[i], b[i]) for i in range(len(files))]
-            peaks, nz = same_peaks(a, b)
-            print(
-                f"CAM {target:11s} {cls}: correlation CUDA vs CPU min {min(cs):.4f}; same peak {peaks}/{nz}"
-            )
+    for method in (*values(CamMethod), DEEP_METHOD):
+        for target in ("contrastive", "logit"):
+            rc = ComparativeCAM(cpu, target=target, method=method).attribute(x)
+            rg = ComparativeCAM(gpu, target=target, method=method).attribute(x.cuda())
+            for cls in ("real", "fake"):
+                a, b = getattr(rc, cls), getattr(rg, cls).cpu()
+                # an all-zero map has no correlation (nan): counted in the peaks, not here
+                cs = [c for c in (corr(a[i], b[i]) for i in range(len(files))) if c == c]
+                peaks, nz = same_peaks(a, b)
+                print(
+                    f"CAM {method:9s} {target:11s} {cls}: correlation CUDA vs CPU min "
+                    f"{min(cs, default=float('nan')):.4f} ({len(cs)} maps not all zero); "
+                    f"same peak {peaks}/{nz}"
+                )
     for target in ("contrastive", "logit"):
         eager = ComparativeCAM(gpu, target=target).attribute(x.cuda())
         comp = ComparativeCAM(gpu, target=target, compile=True, compile_batch=len(files) + 1).attribute(
@@ -92,16 +98,20 @@ def main() -> int:
         ("cuda-pillow", "cuda", "pillow"),
     ):
         model = cpu if dev == "cpu" else gpu
-        with Analyzer(model, AnalysisOptions(batch_size=4, preprocess=path), device=dev) as an:
+        options = AnalysisOptions(batch_size=4, preprocess=path, deep_maps=DeepMaps.ALL)
+        with Analyzer(model, options, device=dev) as an:
             outs[name] = list(an.analyze((f.name, f.read_bytes()) for f in files))
     base = outs["cpu-pillow"]
     for name in ("cuda-device", "cuda-pillow"):
-        dps, geo = [], 0
+        dps, geo, deep = [], 0, []
         for a, b in zip(base, outs[name], strict=True):
             assert a.key == b.key
             if a.ok and b.ok:
                 dps.append(abs(a.result.p_fake - b.result.p_fake))
                 geo += int(a.result.geometry == b.result.geometry)
+                for cls in ("real", "fake"):
+                    ma, mb = getattr(a.result, f"deep_{cls}_map"), getattr(b.result, f"deep_{cls}_map")
+                    deep.append(corr(torch.as_tensor(ma).cpu(), torch.as_tensor(mb).cpu()))
             elif a.ok != b.ok:
                 print(f"  {name}: {a.key}: ok on one path only ({a.error_code} / {b.error_code})")
                 ok = False
@@ -109,7 +119,7 @@ def main() -> int:
         heatmaps = sorted(first.result.heatmaps) if first.ok else "-"
         print(
             f"analysis {name} vs cpu-pillow: max |dP(fake)| {max(dps):.2e}, geometry equal "
-            f"{geo}/{len(dps)}, heatmaps {heatmaps}"
+            f"{geo}/{len(dps)}, deep maps' correlation min {min(deep):.4f}, heatmaps {heatmaps}"
         )
         ok &= max(dps) < 0.01 and geo == len(dps)
     print("PASS" if ok else "FAIL")
