@@ -17,10 +17,10 @@ PRICES = {
     "gpu_hour": 4.00,  # one H200 on demand, per hour (an assumed market rate)
 }
 
-# --- measured GPU rates (one H200, benchmarks/gpu_suite.sh) -----------------------------------------
+# --- measured GPU rates (one H200, benchmarks/gpu_suite.sh; benchmarks/records/h200-2026-11-30) --
 GPU_RATES = {
-    "model + both CAMs": 1471.0,  # images/s
-    "whole analysis, six heatmaps (before)": 329.0,  # images/s, with the old rendering
+    "model + both CAMs": 1477.0,  # images/s
+    "whole analysis, one heatmap": 241.0,  # images/s, device preprocessing path
 }
 
 # Figures per image of the pipeline_load run recorded in docs/operations.md: --n 2000 with the
