@@ -73,7 +73,6 @@ class MemoryBudget:
         if budget <= 0:
             raise ValueError("the memory budget must be positive")
         self.budget = budget
-        return_freed_memory()
         self._used = 0
         self._cond = threading.Condition()
         self._queue: collections.deque = collections.deque()
@@ -103,7 +102,11 @@ class MemoryBudget:
             self._cond.notify_all()
 
     def lease(self) -> Lease:
-        """A reservation that is made later (``Lease.acquire``) and ends with the lease."""
+        """A reservation that is made later (``Lease.acquire``) and ends with the lease.
+        The first lease fixes glibc's mmap threshold (``return_freed_memory``): only processes
+        that decode with Pillow pay for it, not a device path whose buffers it makes page
+        faults of (every host block over 1 MiB mapped and zeroed anew)."""
+        return_freed_memory()
         return Lease(self)
 
 

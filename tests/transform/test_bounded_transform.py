@@ -108,3 +108,35 @@ def test_thin_strips_are_cropped_in_little_memory():
         image = image_of(size, 1)
         crop, geom = crop_image(image)
         assert crop.size == (224, 224) and geom.original == size
+
+
+def test_only_a_pillow_decode_fixes_the_mmap_threshold():
+    """glibc's mmap threshold (budget.return_freed_memory) is fixed when the Pillow path first
+    reserves memory, not by making a preprocessor: a process that only uses the device path
+    keeps glibc's reuse of its large host buffers."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import io
+        from PIL import Image
+        from poundcam.preprocess import budget
+        from poundcam.preprocess.batched import DevicePreprocessor
+
+        def jpeg():
+            out = io.BytesIO()
+            Image.new("RGB", (300, 200), (10, 120, 200)).save(out, "JPEG")
+            return out.getvalue()
+
+        with DevicePreprocessor("cpu", force="device") as pre:
+            pre.preprocess_batch([jpeg()])
+        print(budget.return_freed_memory.cache_info().currsize)
+        with DevicePreprocessor("cpu", force="pillow") as pre:
+            pre.preprocess_batch([jpeg()])
+        print(budget.return_freed_memory.cache_info().currsize)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "1"]
