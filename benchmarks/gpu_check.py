@@ -45,6 +45,21 @@ def scaled_diff(ref, other, cls: str) -> float:
     return ((a - b).abs().amax((1, 2)) / scale.clamp_min(1e-30)).max().item()
 
 
+def agreement(ref, other, cls: str) -> str:
+    """How class ``cls``'s maps of two CAM results agree: the lowest correlation (an all-zero
+    map has none: counted in the peaks, not there), the images with the same peak cell, and the
+    largest difference over the map's own peak and over the image's larger class peak."""
+    a, b = getattr(ref, cls).cpu(), getattr(other, cls).cpu()
+    cs = [c for c in (corr(a[i], b[i]) for i in range(a.shape[0])) if c == c]
+    peaks, nz = same_peaks(a, b)
+    own = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
+    return (
+        f"correlation min {min(cs, default=float('nan')):.4f} ({len(cs)} maps not all zero); "
+        f"same peak {peaks}/{nz}; max |d| / own peak {own:.2e}, / image peak "
+        f"{scaled_diff(ref, other, cls):.2e}"
+    )
+
+
 def same_peaks(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
     """(images whose maps peak in the same cell, images whose reference map a is not all zero)."""
     nonzero = [i for i in range(a.shape[0]) if a[i].max() > 0]
@@ -78,30 +93,14 @@ def main() -> int:
             rc = ComparativeCAM(cpu, target=target, method=method).attribute(x)
             rg = ComparativeCAM(gpu, target=target, method=method).attribute(x.cuda())
             for cls in ("real", "fake"):
-                a, b = getattr(rc, cls), getattr(rg, cls).cpu()
-                # an all-zero map has no correlation (nan): counted in the peaks, not here
-                cs = [c for c in (corr(a[i], b[i]) for i in range(len(files))) if c == c]
-                peaks, nz = same_peaks(a, b)
-                print(
-                    f"CAM {method:9s} {target:11s} {cls}: correlation CUDA vs CPU min "
-                    f"{min(cs, default=float('nan')):.4f} ({len(cs)} maps not all zero); "
-                    f"same peak {peaks}/{nz}; max |d| / image peak {scaled_diff(rc, rg, cls):.2e}"
-                )
+                print(f"CAM {method:9s} {target:11s} {cls}: CUDA vs CPU: {agreement(rc, rg, cls)}")
     for target in ("contrastive", "logit"):
         eager = ComparativeCAM(gpu, target=target).attribute(x.cuda())
         comp = ComparativeCAM(gpu, target=target, compile=True, compile_batch=len(files) + 1).attribute(
             x.cuda()
         )
         for cls in ("real", "fake"):
-            a, b = getattr(eager, cls).cpu(), getattr(comp, cls).cpu()
-            rel = ((a - b).abs().amax((1, 2)) / a.amax((1, 2)).clamp_min(1e-30)).max().item()
-            cs = [c for c in (corr(a[i], b[i]) for i in range(len(files))) if c == c]
-            peaks, nz = same_peaks(a, b)
-            print(
-                f"CAM {target:11s} {cls}: compiled vs eager on CUDA: max |d| / own peak {rel:.2e}, "
-                f"/ image peak {scaled_diff(eager, comp, cls):.2e}; correlation min "
-                f"{min(cs, default=float('nan')):.4f}; same peak {peaks}/{nz}"
-            )
+            print(f"CAM {target:11s} {cls}: compiled vs eager on CUDA: {agreement(eager, comp, cls)}")
         ok &= (eager.probs - comp.probs).abs().max().item() < 0.01
     outs = {}
     for name, dev, path in (
