@@ -72,9 +72,41 @@ class TextFormatter(logging.Formatter):
 QUIET_LOGGERS = ("alembic.runtime.plugins", "botocore.credentials")
 
 
-def configure_logging(json_format: bool = False, level: int = logging.INFO) -> None:
+class ExpectedErrors(logging.Filter):
+    """Makes a record of the named loggers (and their children) whose exception is one of
+    ``errors`` one line: the exception's reason appended (one_line), no traceback, and at most
+    WARNING. For failures the process recovers from by design, logged by libraries that attach
+    a traceback and a CRITICAL level to them (Celery and kombu on a lost broker connection):
+    an operator's alert on CRITICAL must not fire for a reconnect. Installed on the handler,
+    since records of child loggers do not pass their parents' filters; never under debug
+    logging, which keeps the tracebacks."""
+
+    def __init__(self, loggers: tuple[str, ...], errors: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.loggers = loggers
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not isinstance(exc, self.errors):
+            return True
+        if not any(record.name == n or record.name.startswith(n + ".") for n in self.loggers):
+            return True
+        record.msg = f"{record.getMessage()} ({one_line(exc)})"
+        record.args = None
+        record.exc_info = record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+def configure_logging(
+    json_format: bool = False, level: int = logging.INFO, expected_errors: ExpectedErrors | None = None
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    if expected_errors is not None and level > logging.DEBUG:
+        handler.addFilter(expected_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -27,6 +27,9 @@ app.conf.update(
     worker_pool="solo",
     worker_eta_task_limit=ETA_MESSAGES_HELD_MAX,
     worker_send_task_events=True,
+    # Celery 6's default, chosen now: with the solo pool no task runs while the consumer handles
+    # a lost connection, so nothing is cancelled; False only adds a deprecation warning per loss.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
     task_send_sent_event=True,
     # every queue entry is checked before kombu parses it (workers/transport.py)
     broker_transport="workers.transport:GuardedTransport",

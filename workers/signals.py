@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
+import redis
 from celery import signals
 
-from poundcam.logs import configure_logging
+from poundcam.logs import ExpectedErrors, configure_logging
 
 from . import runtime
 from .transport import EntryGuard, install_guard
@@ -15,9 +16,19 @@ from .transport import EntryGuard, install_guard
 log = logging.getLogger(__name__)
 
 
+# A lost broker connection (a Redis restart or failover, a network cut) is one the worker
+# recovers from: Celery reconnects, and a message it could not acknowledge is delivered again
+# and finds its items finished. Celery and kombu log it with a traceback, "Couldn't ack" at
+# CRITICAL; here it is one WARNING line with the reason (tracebacks stay under --loglevel DEBUG).
+LOST_BROKER = ExpectedErrors(
+    loggers=("celery", "kombu"),
+    errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError),
+)
+
+
 @signals.setup_logging.connect
-def _setup_logging(**_):
-    configure_logging(json_format=True)
+def _setup_logging(loglevel=logging.INFO, **_):
+    configure_logging(json_format=True, level=loglevel or logging.INFO, expected_errors=LOST_BROKER)
 
 
 @signals.worker_init.connect

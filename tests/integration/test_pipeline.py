@@ -1,7 +1,8 @@
 """The distributed pipeline end to end, with real servers and a real worker process.
 
-One worker serves this module. It reaches PostgreSQL and the S3 server (moto, in a subprocess)
-through TCP proxies the tests can cut, so that outages happen without touching the servers.
+One worker serves this module. It reaches Redis, PostgreSQL and the S3 server (moto, in a
+subprocess) through TCP proxies the tests can cut, so that outages happen without touching the
+servers.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ JOB_TIMEOUT = 240
 @dataclass
 class Stack:
     db_url: str  # direct, for the tests
-    broker_url: str
+    broker_url: str  # direct, for the producers
     moto: MotoServer
     s3: object  # boto3 client, direct
     db_proxy: TcpProxy  # between the worker and PostgreSQL
     s3_proxy: TcpProxy  # between the worker and S3
+    broker_proxy: TcpProxy  # between the worker and Redis
     worker: Worker
     sessions: object
     settings: object  # producer settings (direct database)
@@ -95,9 +97,10 @@ def stack(request, redis_claims, artifacts_dir, tmp_path_factory):
             db_proxy = TcpProxy(make_url(db_url).port or 5432)
             s3_proxy = TcpProxy(moto.port)
             broker = redis_claims.claim()
+            broker_proxy = TcpProxy(make_url(broker).port or 6379)
             worker = Worker(
                 {
-                    "POUNDCAM_BROKER_URL": broker,
+                    "POUNDCAM_BROKER_URL": with_port(broker, broker_proxy.port),
                     "POUNDCAM_DATABASE_URL": with_port(db_url, db_proxy.port),
                     "POUNDCAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
                     "POUNDCAM_HEATMAP_BUCKET": HEAT,
@@ -121,6 +124,7 @@ def stack(request, redis_claims, artifacts_dir, tmp_path_factory):
                         s3,
                         db_proxy,
                         s3_proxy,
+                        broker_proxy,
                         worker,
                         sessions,
                         settings,
@@ -131,6 +135,7 @@ def stack(request, redis_claims, artifacts_dir, tmp_path_factory):
                 sessions.kw["bind"].dispose()
                 db_proxy.close()
                 s3_proxy.close()
+                broker_proxy.close()
     finally:
         moto.stop()
 
@@ -443,6 +448,31 @@ def test_s3_outage_loses_nothing(stack):
     assert stack.s3_proxy.refused > 0, "the worker never noticed the outage"
     wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
     _assert_exactly_once(stack, job_id, expected)
+
+
+def _log_records_since(worker, offset: int) -> list[dict]:
+    """The worker's JSON log records written after byte ``offset`` of its log."""
+    with open(worker.log_path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_broker_outage_loses_nothing_and_logs_no_traceback(stack):
+    job_id, expected = _outage_job(stack, "broker-outage")
+    log_start = stack.worker.log_path.stat().st_size
+    _wait_done_at_least(stack, job_id, 1)
+    stack.broker_proxy.cut()  # Redis is gone: connections reset, new ones refused
+    time.sleep(5)
+    stack.broker_proxy.restore()
+    assert stack.broker_proxy.refused > 0, "the worker never noticed the outage"
+    wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
+    _assert_exactly_once(stack, job_id, expected)
+    # A lost broker is an expected failure: one line each, no traceback, and the worker says so
+    records = _log_records_since(stack.worker, log_start)
+    loud = [r for r in records if "exc" in r or r["level"] == "CRITICAL" or r["logger"] == "py.warnings"]
+    assert not loud, json.dumps(loud[:2], indent=1)
+    assert any("broker" in r["message"].lower() or "redis" in r["message"].lower() for r in records), records
 
 
 # --- what producers and stale state cannot do to a worker -------------------------------------------
