@@ -4,6 +4,7 @@ the stores and the database sessions. Loaded once per process."""
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -32,10 +33,12 @@ def pick_device(setting: str) -> torch.device:
 
 def load_model(settings: Settings, device: torch.device):
     path = weights_for(settings)
+    log.info("loading model from %s on %s", path, device)
+    t0 = time.monotonic()
     model = load_poundnet(path, device=device)
     for p in model.parameters():
         p.requires_grad_(False)  # inference only; the CAM starts its own graph
-    log.info("loaded model %s from %s on %s", model.model_id, path, device)
+    log.info("loaded model %s (%.1f s)", model.model_id, time.monotonic() - t0)
     return model
 
 

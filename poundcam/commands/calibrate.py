@@ -133,12 +133,11 @@ def _calibrate(args) -> int:
 
     from ..model.weights import with_local_weights
 
-    settings, weights = with_local_weights(settings)
+    settings = with_local_weights(settings)
     from ..cam.calibration import calibrate
     from ..runtime import load_model, pick_device
 
     device = pick_device(settings.device)
-    print(f"loading model ({weights})", file=sys.stderr)
     model = load_model(settings, device)
     current = model.block_index(settings.cam_layer)
     bar = _Bar()

@@ -63,11 +63,10 @@ def _explain(args) -> int:
         if not todo:
             return 0
         # the weights first: missing weights fail before PyTorch is loaded
-        settings, weights = with_local_weights(settings)
+        settings = with_local_weights(settings)
         from ..commands.render import Renderer
         from ..runtime import analysis_options, make_analyzer
 
-        print(f"loading model ({weights})", file=sys.stderr)
         # the deep maps alone: the fast ones are stored already (one forward less per image)
         options = dataclasses.replace(
             analysis_options(settings), deep_maps=DeepMaps.ALL, render=False, fast_maps=False

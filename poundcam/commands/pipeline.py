@@ -342,11 +342,10 @@ def _analyze(args) -> int:
         raise InvalidRequestError(f"nothing to analyse: {missing}{more} not found")
     # The weights first, before PyTorch is imported and before a database or a folder is
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
-    settings, weights = with_local_weights(settings)
+    settings = with_local_weights(settings)
     from ..pipeline import RetryLater, process_items
     from ..runtime import make_analyzer, make_context
 
-    print(f"loading model ({weights})", file=sys.stderr)
     analyzer = make_analyzer(settings)
     out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)

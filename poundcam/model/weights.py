@@ -112,10 +112,9 @@ def weights_for(settings) -> Path:
 
 
 def with_local_weights(settings):
-    """``(settings naming the local file, that file)``: :func:`weights_for`'s file, already
-    verified, so its checksum is not asked for again when the model is loaded from it."""
-    path = weights_for(settings)
-    return settings.replace(weights=str(path), weights_sha256=None), path
+    """Settings naming :func:`weights_for`'s local file, already verified (fetched if need be),
+    so that its checksum is not asked for again when the model is loaded from it."""
+    return settings.replace(weights=str(weights_for(settings)), weights_sha256=None)
 
 
 def _cached(dest: Path, expected: str | None, fetch, uri: str) -> Path:

@@ -196,7 +196,7 @@ def test_unreachable_weights_fail_fast_before_creating_anything(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("poundcam: error: ") and "POUNDCAM_WEIGHTS" in lines[-1]
     assert "Traceback" not in proc.stderr and "Retrying" not in proc.stderr
-    # at most "loading model (...)", the download attempt and the error, each once
+    # at most the download attempt and the error, each once
     assert len(lines) <= 3 and len(set(lines)) == len(lines), proc.stderr
     # no wall-clock bound here: on a loaded machine interpreter start-up alone varies by seconds;
     # the bound that matters (one Hub request, at most its timeout, no retries) is the next test's
