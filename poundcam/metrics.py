@@ -11,7 +11,8 @@ poundcam_gpu_memory_bytes                 peak device memory allocated (CUDA onl
 poundcam_model_info{model_id,cam_config}  1 for the loaded model (count(): the workers)
 poundcam_dead_letters_total{reason}       queue entries refused and dead-lettered, by reason
 poundcam_unbacked_items_total             item ids in messages that the database does not back
-poundcam_swept_items_total{outcome}       abandoned items the sweeper requeued or failed
+poundcam_swept_items_total{outcome}       items the sweeper requeued or failed (abandoned while
+                                          running) or resent (queued, their message lost)
 
 Queue (one exporter; read from the broker at each scrape). It is not a worker metric because
 the fleet scales to zero: with no worker running, the queue is exactly what must be seen.
@@ -103,7 +104,7 @@ class WorkerMetrics:
         )
         self.swept_items = Counter(
             "poundcam_swept_items_total",
-            "Abandoned items the sweeper requeued or failed",
+            "Items the sweeper requeued or failed (abandoned while running) or resent (message lost)",
             ["outcome"],
             registry=registry,
         )

@@ -104,12 +104,13 @@ def sweep_once() -> None:
     if _context is None:
         return
     try:
-        swept = sweep(settings(), _context.sessions)
+        swept = sweep(settings(), _context.sessions, take_turns=True)
     except Exception as exc:  # noqa: BLE001 - an outage; the next sweep tries again
         log.warning("sweep failed: %s", exc)
         return
     metrics().swept_items.labels(outcome="requeued").inc(sum(len(v) for v in swept.requeued.values()))
     metrics().swept_items.labels(outcome="failed").inc(len(swept.failed))
+    metrics().swept_items.labels(outcome="resent").inc(sum(len(v) for v in swept.resent.values()))
 
 
 def shutdown():

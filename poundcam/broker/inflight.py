@@ -1,14 +1,16 @@
-"""Which items of a job a message already names: in the queue, or taken by a worker and not
-yet acknowledged (kombu's ``unacked`` hash, which also holds messages waiting for a retry).
+"""Which items of some jobs a message already names: in the queue, or taken by a worker and
+not yet acknowledged (kombu's ``unacked`` hash, which also holds messages waiting for a retry).
 
-``poundcam resend`` sends messages only for the other queued items, so resending after a
-failed submit does not double the queue. Entries are read in chunks; only those whose bytes
-contain the job id (Celery copies the arguments into the ``kwargsrepr`` header) are decoded.
+``poundcam resend`` and the sweeper send messages only for the other queued items, so
+resending does not double the queue. Entries are read in chunks; only those whose bytes
+contain one of the job ids (Celery copies the arguments into the ``kwargsrepr`` header) are
+decoded. One call reads the whole queue once, however many jobs it asks about.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from ..messaging import QUEUE, parse_message
 from .envelope import message_of
@@ -21,32 +23,37 @@ CHUNK = 1000
 
 def queued_item_ids(settings, job_id: str) -> set[int]:
     """Ids of ``job_id``'s items named by a message still in the broker."""
+    return named_item_ids(settings, [job_id])[job_id]
+
+
+def named_item_ids(settings, job_ids: Iterable[str]) -> dict[str, set[int]]:
+    """``{job_id: ids of its items named by a message still in the broker}`` for each job."""
     import redis
 
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=30)
-    needle = job_id.encode()
-    found: set[int] = set()
+    found: dict[str, set[int]] = {j: set() for j in job_ids}
+    needles = [j.encode() for j in found]
+    max_bytes = settings.max_message_bytes
     for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]:
         for start in range(0, client.llen(key), CHUNK):
             for raw in client.lrange(key, start, start + CHUNK - 1):
                 # bytes: the client decodes no responses (str only with decode_responses)
                 raw = raw if isinstance(raw, bytes) else raw.encode()
-                found |= _ids_in(raw, needle, job_id, settings.max_message_bytes)
+                if any(n in raw for n in needles):
+                    _add_named(found, message_of(raw, max_bytes))
     for _, value in client.hscan_iter(UNACKED_KEY, count=CHUNK):
-        if needle in value:
+        if any(n in value for n in needles):
             try:
                 envelope = json.loads(value)[0]
             except (ValueError, IndexError, KeyError, TypeError):
                 continue
-            found |= _ids_in(json.dumps(envelope).encode(), needle, job_id, settings.max_message_bytes)
+            _add_named(found, message_of(json.dumps(envelope).encode(), max_bytes))
     return found
 
 
-def _ids_in(raw: bytes, needle: bytes, job_id: str, max_bytes: int) -> set[int]:
-    if needle not in raw:
-        return set()
-    message = message_of(raw, max_bytes)
+def _add_named(found: dict[str, set[int]], message: dict | None) -> None:
     if message is None:
-        return set()
+        return
     parsed = parse_message(message)
-    return {i for i, _ in parsed.items} if parsed.job_id == job_id else set()
+    if parsed.job_id in found:
+        found[parsed.job_id].update(i for i, _ in parsed.items)

@@ -36,8 +36,9 @@ def register(sub) -> None:
         help="requeue items left running by a worker that is gone",
         description="Items 'running' for longer than POUNDCAM_VISIBILITY_TIMEOUT_S "
         "go back to the queue, or fail with retries_exhausted after "
-        "POUNDCAM_MAX_ATTEMPTS claims. Workers also sweep every "
-        "POUNDCAM_SWEEP_INTERVAL_S.",
+        "POUNDCAM_MAX_ATTEMPTS claims; items 'queued' for that long that no message "
+        "in the broker names (lost with a broker connection or its data) are sent "
+        "again. Workers also sweep every POUNDCAM_SWEEP_INTERVAL_S.",
     )
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     add_db_option(p)
@@ -128,11 +129,23 @@ def _sweep(args) -> int:
     finally:
         sessions.kw["bind"].dispose()
     requeued = sum(len(v) for v in swept.requeued.values())
+    resent = sum(len(v) for v in swept.resent.values())
     if args.json:
-        print(json.dumps({"requeued": requeued, "jobs": sorted(swept.requeued), "failed": swept.failed}))
+        print(
+            json.dumps(
+                {
+                    "requeued": requeued,
+                    "jobs": sorted(swept.requeued),
+                    "failed": swept.failed,
+                    "resent": resent,
+                    "resent_jobs": sorted(swept.resent),
+                }
+            )
+        )
     else:
         print(
             f"{requeued} item(s) requeued in {len(swept.requeued)} job(s), "
-            f"{len(swept.failed)} failed with retries_exhausted"
+            f"{len(swept.failed)} failed with retries_exhausted, "
+            f"{resent} queued item(s) whose message was lost sent again in {len(swept.resent)} job(s)"
         )
     return 0

@@ -366,10 +366,57 @@ def mark_failed_many(
 @dataclasses.dataclass
 class Sweep:
     """Items :func:`sweep_abandoned` gave back: ``{job_id: [(item_id, uri)]}`` requeued, and
-    the ids failed for having been claimed too often."""
+    the ids failed for having been claimed too often; and the queued items whose message was
+    lost, sent again (``poundcam.broker.sweeper``)."""
 
     requeued: dict[str, list[tuple[int, str]]]
     failed: list[int]
+    resent: dict[str, list[tuple[int, str]]] = dataclasses.field(default_factory=dict)
+
+
+def stale_queued(
+    session: Session, older_than_s: float, now: datetime | None = None, limit: int = 10000
+) -> dict[str, list[int]]:
+    """``{job_id: [item_id]}`` of items "queued" and unchanged for more than ``older_than_s``
+    seconds: waiting in a long queue, or named by no message any more (the caller asks the
+    broker which)."""
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+    t = _ITEMS
+    rows = session.execute(
+        sa.select(t.c.id, t.c.job_id)
+        .where(t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff)
+        .order_by(t.c.id)
+        .limit(limit)
+    ).all()
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        out.setdefault(r.job_id, []).append(r.id)
+    return out
+
+
+def requeue_stale(
+    session: Session, item_ids: Iterable[int], older_than_s: float, now: datetime | None = None
+) -> dict[str, list[tuple[int, str]]]:
+    """Of ``item_ids``, those still "queued" and stale (see :func:`stale_queued`), marked as
+    queued now; ``{job_id: [(item_id, uri)]}``, the items to send again. Each row changes only
+    if it is still queued and stale when updated, so sweepers running at once never send the
+    same item twice, and an item a worker claimed meanwhile is left to it."""
+    ids = _ids(item_ids)
+    if not ids:
+        return {}
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+    t = _ITEMS
+    out: dict[str, list[tuple[int, str]]] = {}
+    for r in session.execute(
+        sa.update(t)
+        .where(t.c.id.in_(ids), t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff)
+        .values(updated_at=utcnow())
+        .returning(t.c.id, t.c.job_id, t.c.uri)
+    ):
+        out.setdefault(r.job_id, []).append((r.id, r.uri))
+    for refs in out.values():
+        refs.sort()
+    return out
 
 
 def sweep_abandoned(

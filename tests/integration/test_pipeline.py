@@ -466,6 +466,9 @@ def test_broker_outage_loses_nothing_and_logs_no_traceback(stack):
     time.sleep(5)
     stack.broker_proxy.restore()
     assert stack.broker_proxy.refused > 0, "the worker never noticed the outage"
+    # A message taken off the list as the connection broke is lost (kombu#1733); the sweeper
+    # sends its items again after the visibility timeout, an operator at once with resend
+    print(stack.cli("resend", job_id).stdout.strip())
     wait_finished(stack.sessions, job_id, JOB_TIMEOUT, [stack.worker])
     _assert_exactly_once(stack, job_id, expected)
     # A lost broker is an expected failure: one line each, no traceback, and the worker says so
@@ -629,6 +632,25 @@ def test_the_sweeper_gives_back_abandoned_items(stack):
         ("done", None),
         ("failed", "retries_exhausted"),
     ]
+
+
+def test_the_sweeper_sends_again_queued_items_whose_message_was_lost(stack):
+    import datetime
+
+    import sqlalchemy as sa
+
+    from poundcam.db import JobItem, create_job, item_refs, session_scope
+
+    uris = _small_job_uris(stack, "lost-message", 2)
+    with session_scope(stack.sessions) as s:  # queued for two hours, no message anywhere
+        job = create_job(s, uris)
+        ids = [r["item_id"] for r in item_refs(s, job)]
+        old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+        s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(updated_at=old))
+    out = json.loads(stack.cli("sweep", "--json").stdout)
+    assert out["resent"] == 2 and out["resent_jobs"] == [job]
+    st = wait_finished(stack.sessions, job, JOB_TIMEOUT, [stack.worker])
+    assert st["done"] == 2
 
 
 def test_submit_with_the_broker_down_prints_the_job_and_resend_recovers(stack):
