@@ -142,10 +142,13 @@
   }
   window.addEventListener("load", function () {
     body.setAttribute("data-opened-ms", String(Math.round(performance.now())));
-    /* #probe: each picture's and legend's place on the screen, for checking screenshots. */
+    /* #probe: each row's, picture's and legend's place on the screen, for checking screenshots
+       and the layout, and how much wider than the window the page is (scrolled sideways). */
     if (params.has("probe")) {
+      var page = document.documentElement;
       body.setAttribute("data-viewport", window.innerWidth + "x" + window.innerHeight);
-      Array.prototype.forEach.call(document.querySelectorAll("img.thumb, .ramp, #zoom-img"), function (el) {
+      body.setAttribute("data-overflow-x", String(page.scrollWidth - page.clientWidth));
+      Array.prototype.forEach.call(document.querySelectorAll(".item, img.thumb, .ramp, #zoom-img"), function (el) {
         var b = el.getBoundingClientRect();
         el.setAttribute("data-rect", [b.left, b.top, b.width, b.height].map(Math.round).join(","));
       });
