@@ -2,7 +2,8 @@
 every picture decodes, failed items show their error, the page's own script sorts, filters and
 zooms; and screenshots show a reviewer the pictures themselves in their panels, the colour
 legend as the overlays draw it, and a zoomed picture filling the window. The screenshots are
-saved as test artifacts (test-artifacts/report.png, report-zoom.png)."""
+saved as test artifacts (test-artifacts/report.png, report-zoom.png). In a laptop's window and
+in half a screen, every picture panel of a row is on the screen, without scrolling sideways."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def run_chromium(chromium: str, tmp_path: Path, url: str, *extra: str) -> str:
+def run_chromium(chromium: str, tmp_path: Path, url: str, *extra: str, scrollbars: bool = False) -> str:
+    """Chromium's output for ``url``; ``scrollbars``: shown, taking their width off the page as
+    in a reviewer's window (hidden otherwise, so that a screenshot is the page alone)."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    flags = [f for f in CHROMIUM_FLAGS if not (scrollbars and f == "--hide-scrollbars")]
     proc = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
+        [chromium, *flags, f"--user-data-dir={profile}", *extra, url],
         capture_output=True,
         text=True,
         timeout=120,
@@ -103,7 +107,10 @@ def test_report_renders_every_row_and_picture(chromium, processed_job, tmp_path)
     rows = client.results(
         processed_job["job_id"], settings=Settings.from_env(database_url=processed_job["db_url"])
     )
-    dom = parse(run_chromium(chromium, tmp_path, report.as_uri(), "--dump-dom"))
+    # Pictures load as their row nears the view (report.js): in a window of this size every row
+    # is near it (in a narrow one, the pictures go under each row's verdict, and rows further
+    # down load as the reviewer scrolls).
+    dom = parse(run_chromium(chromium, tmp_path, report.as_uri(), "--dump-dom", "--window-size=1400,1000"))
 
     assert dom.body.get("data-ready") == "1"  # the page's script ran to the end
     assert [r["data-position"] for r in dom.rows] == [str(r["position"]) for r in rows]
@@ -270,3 +277,52 @@ def test_sorting_and_filtering_run_in_the_browser(chromium, processed_job, tmp_p
 
     dom = parse(run_chromium(chromium, tmp_path, page.as_uri() + "#label=failed", "--dump-dom"))
     assert [int(r["data-position"]) for r in dom.rows if "hidden" not in r] == failed
+
+
+@pytest.fixture(scope="module")
+def explained_job(processed_job, tmp_path_factory, official_dir):
+    """``processed_job`` with the deep maps of its analyses stored (``poundcam explain JOB``):
+    each analysed item's row has seven picture panels. In a copy of its database, so that the
+    other tests keep the job without them."""
+    import contextlib
+    import sqlite3
+
+    db = tmp_path_factory.mktemp("explained") / "poundcam.db"
+    src = sqlite3.connect(processed_job["db_url"].removeprefix("sqlite:///"))
+    with contextlib.closing(src), contextlib.closing(sqlite3.connect(db)) as dst:
+        src.backup(dst)
+    job = {**processed_job, "db_url": f"sqlite:///{db}"}
+    explain = ["explain", job["job_id"], "--db", job["db_url"], "--device", "cpu"]
+    assert main([*explain, "--weights", str(official_dir / "last.ckpt")]) == 0
+    return job
+
+
+@pytest.mark.parametrize("width", [1400, 900])  # a laptop's window, half a screen
+def test_every_panel_is_on_the_screen_in_a_narrow_window(chromium, explained_job, tmp_path, width):
+    """With the deep maps a row has seven panels: in a window ``width`` wide, its scrollbar
+    shown, the page is no wider than the window and every panel lies within its row's width (a
+    row cuts off what goes past its sides: content-visibility), the pictures scaled down at
+    most a little."""
+    report = write_report(explained_job, tmp_path / "report.html")
+    dom = parse(
+        run_chromium(
+            chromium,
+            tmp_path,
+            report.as_uri() + "#probe",
+            "--dump-dom",
+            f"--window-size={width},1000",
+            "--force-device-scale-factor=1",
+            scrollbars=True,
+        )
+    )
+    assert dom.body["data-overflow-x"] == "0"  # nothing to scroll sideways
+    done = [r for r in dom.rows if r["imgs"]]
+    assert len(done) == 3
+    for row in done:
+        left, _, row_width, _ = _rect(row)
+        assert len(row["imgs"]) == 7
+        for img in row["imgs"]:
+            x, _, w, _ = _rect(img)
+            assert left - 1 <= x and x + w <= left + row_width + 1, (width, img["data-panel"], x, w)
+            big = img["data-panel"] in ("original", "fake_overlay", "real_overlay")
+            assert w >= (180 if big else 99), (width, img["data-panel"], w)  # 224, 108 at full size
