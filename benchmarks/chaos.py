@@ -9,7 +9,8 @@ cut, a fresh PostgreSQL database, an empty Redis database number) and real worke
    thin ones (strips a few pixels wide, which must end done or failed with a code);
 2. poison entries of every kind (benchmarks/poison.py) pushed raw into the queue, half before
    the job's messages and half after;
-3. forged messages for the job naming another job's items (with other URIs) and ids of no item;
+3. forged messages for the job naming another job's items (with other URIs) and ids of no item
+   (the other job's own message is held as by a busy worker, so nothing else may touch it);
 4. once a quarter of the job is done, S3 cut for --cut-s seconds (every connection reset);
 5. once half is done, a worker killed with SIGKILL and a replacement started.
 Then it checks: every item done or failed with a code (the bad ones with theirs), one analysis
@@ -221,18 +222,36 @@ def worker_metrics(w: Worker) -> str:
         return r.read().decode()
 
 
-def scenario(run: Run, corpus, uris: list[str], poison: dict) -> dict:
+def held_job(run: Run, uris: list[str]) -> tuple[str, list[dict]]:
+    """Another job, whose one message is held as by a worker that has not acknowledged it yet
+    (in kombu's ``unacked`` hash, without the index entry from which kombu would restore it):
+    forged messages must leave it untouched, and the sweeper, which sees its message, too.
+    Made before any worker runs, so that none takes the message off the queue first."""
+    import redis
+
+    from poundcam import client
+    from poundcam.broker.inflight import UNACKED_KEY
+    from poundcam.db import create_job, item_refs, session_scope
+
+    with session_scope(run.sessions) as s:
+        victim = create_job(s, uris)
+        refs = item_refs(s, victim)
+    client.client_for(run.settings).enqueue(victim, refs)
+    r = redis.Redis.from_url(run.settings.broker_url)
+    raw = r.rpop("poundcam")
+    r.hset(UNACKED_KEY, "chaos-held", json.dumps([json.loads(raw), "", "poundcam"]))
+    return victim, refs
+
+
+def scenario(run: Run, corpus, uris: list[str], poison: dict, victim: str, victim_refs: list[dict]) -> dict:
     """The faults, in order; returns what happened."""
     import redis
 
     from poundcam import client
-    from poundcam.db import create_job, item_refs, session_scope
+    from poundcam.db import item_refs, session_scope
 
     r = redis.Redis.from_url(run.settings.broker_url)
     entries = list(poison.values())
-    with session_scope(run.sessions) as s:  # another job, never enqueued: must stay untouched
-        victim = create_job(s, uris[:8])
-        victim_refs = item_refs(s, victim)
     for raw, _ in entries[: len(entries) // 2]:
         r.lpush("poundcam", raw)
     t_submit = time.monotonic()
@@ -328,9 +347,10 @@ def main(argv=None) -> int:
         upgrade(db_url)
         run = Run(args, Path(tmp), s3_url, db_url, broker)
         try:
+            victim, victim_refs = held_job(run, uris[:8])
             for i in range(args.workers):
                 run.start_worker(f"w{i}")
-            happened = scenario(run, corpus, uris, poison)
+            happened = scenario(run, corpus, uris, poison, victim, victim_refs)
             killed = happened.pop("killed")
             survivors = [w for w in run.workers if w is not killed]
             report["workers_alive"] = {w.name: w.proc.poll() is None for w in survivors}

@@ -155,7 +155,13 @@ def test_db_takes_its_url_before_or_after_the_action_and_logs_only_the_migration
     ).stdout.endswith("(up to date)\n")
     swept = run("sweep", "--db", db, "--json", cwd=tmp_path)
     assert swept.returncode == 0, swept.stderr
-    assert json.loads(swept.stdout) == {"requeued": 0, "jobs": [], "failed": [], "resent": 0, "resent_jobs": []}
+    assert json.loads(swept.stdout) == {
+        "requeued": 0,
+        "jobs": [],
+        "failed": [],
+        "resent": 0,
+        "resent_jobs": [],
+    }
 
 
 def test_unreachable_database_server_is_one_line(tmp_path):
