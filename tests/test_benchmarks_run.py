@@ -66,6 +66,22 @@ def test_preprocess_benchmark_runs(tmp_path):
     assert "device / pillow-processes" in out and "analysis / model+cam" in out
 
 
+def test_legend_benchmark_runs(tmp_path):
+    out = run_script(
+        tmp_path,
+        "benchmarks/legend_bench.py",
+        "--n",
+        "20",
+        "--rounds",
+        "1",
+        "--png-n",
+        "2",
+        "--widths",
+        "200,512",
+    )
+    assert "text line from cells: yes" in out and "20/20" in out and "wrote" in out
+
+
 @pytest.mark.integration
 def test_load_script_accounts_for_every_item(tmp_path, redis_url):
     base = redis_url.rsplit("/", 1)[0]
