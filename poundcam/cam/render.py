@@ -512,9 +512,9 @@ def legend_rows(width: int, p_fake: float, scale: float) -> np.ndarray:
     1 + 3 * width] (filter "None"): the colour bar from real to fake, P(fake) and the map
     value the ends of the bar stand for.
 
-    Pixel for pixel ``draw_legend_rows(width, legend_text(p_fake, scale))``, in a few tens of
-    microseconds instead of Pillow's text drawing: the text line is put together from cells
-    Pillow drew once (``_LegendGlyphs``), and clipped at the right edge like Pillow's."""
+    Pixel for pixel ``draw_legend_rows(width, legend_text(p_fake, scale))``, at about a
+    twentieth of its cost (benchmarks/legend_bench.py): the text line is put together from
+    cells Pillow drew once (``_LegendGlyphs``) and clipped at the right edge like Pillow's."""
     base, fits = _legend_base_rows(width)
     glyphs = _legend_glyphs()
     line = glyphs.line(p_fake, scale) if fits and glyphs is not None else None
