@@ -56,10 +56,9 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import jpeg_corpus  # noqa: E402
-from common import OpCounter  # noqa: E402
-
+sys.path.insert(0, str(HERE.parent))
+from benchmarks import jpeg_corpus  # noqa: E402
+from benchmarks.common import OpCounter  # noqa: E402
 from poundcam.model.random_weights import TINY_CONFIG, random_poundnet  # noqa: E402
 from poundcam.preprocess.batched import DevicePreprocessor  # noqa: E402
 from poundcam.preprocess.transform import CLIP_STD  # noqa: E402
