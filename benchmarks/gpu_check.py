@@ -117,7 +117,7 @@ def main() -> int:
         dps, geo, deep = [], 0, []
         for a, b in zip(base, outs[name], strict=True):
             assert a.key == b.key
-            if a.ok and b.ok:
+            if a.result is not None and b.result is not None:  # both ok
                 dps.append(abs(a.result.p_fake - b.result.p_fake))
                 geo += int(a.result.geometry == b.result.geometry)
                 for cls in ("real", "fake"):
@@ -127,7 +127,7 @@ def main() -> int:
                 print(f"  {name}: {a.key}: ok on one path only ({a.error_code} / {b.error_code})")
                 ok = False
         first = outs[name][0]
-        heatmaps = sorted(first.result.heatmaps) if first.ok else "-"
+        heatmaps = sorted(first.result.heatmaps) if first.result is not None else "-"
         print(
             f"analysis {name} vs cpu-pillow: max |dP(fake)| {max(dps):.2e}, geometry equal "
             f"{geo}/{len(dps)}, deep maps' correlation min {min(deep):.4f}, heatmaps {heatmaps}"
