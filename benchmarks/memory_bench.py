@@ -48,7 +48,7 @@ def make_image(kind: str) -> bytes:
     else:
         w, h = (int(v) for v in kind.rsplit("-", 1)[1].split("x"))
         small = Image.fromarray(rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8), "RGB")
-        image = small.resize((w, h), Image.BILINEAR)
+        image = small.resize((w, h), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, "PNG", compress_level=6)
     return buf.getvalue()
@@ -64,7 +64,7 @@ def photos(n: int) -> list[bytes]:
     for _ in range(n):
         small = Image.fromarray(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8), "RGB")
         buf = io.BytesIO()
-        small.resize((1600, 1200), Image.BILINEAR).save(buf, "JPEG", quality=92)
+        small.resize((1600, 1200), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=92)
         out.append(buf.getvalue())
     return out
 
@@ -91,7 +91,7 @@ def child(kinds: list[str], mode: str, batch_size: int, paths: list[str], copies
     warm = photos(batch_size)
     options = AnalysisOptions(batch_size=batch_size, preprocess="pillow", render=True, decode_threads=4)
     rows = []
-    with Analyzer(random_poundnet(**TINY_CONFIG), options, device="cpu") as analyzer:
+    with Analyzer(random_poundnet(0, **TINY_CONFIG), options, device="cpu") as analyzer:
         if mode == "literal":
             transform.crop_image = transform.reference_crop
             analyzer._pre.original_view = None
