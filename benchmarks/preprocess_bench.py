@@ -51,6 +51,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -236,7 +237,7 @@ def bench_analysis(
     if bad:
         return f"not measured: {len(bad)} items failed ({bad[0].error_code}: {bad[0].error_message})", {}
     n = max(stages.pop("items", 0), 1)
-    per_image = {k: v / n for k, v in stages.items()}
+    per_image: dict[str, float | str] = {k: v / n for k, v in stages.items()}
     per_image["path"] = path
     return rate, per_image
 
@@ -295,11 +296,21 @@ def profile_analysis(
 ROUNDTRIPS = ("codec", "tensor")
 
 
-def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[str, dict]:
+class ParityRow(TypedDict):
+    paths: dict[str, int]  # images per path the device preprocessor took
+    tensor_max_abs: float
+    tensor_max_levels: float
+    pixels_differing: float
+    geometry_mismatches: int
+    p_fake_max_abs: dict[str, float]  # per model
+    images: int
+
+
+def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[str, ParityRow]:
     """Per re-encode (codec, tensor): the device path against the Pillow path, which runs once
     for both."""
     datas = [d for _, d in named]
-    rows = {
+    rows: dict[str, ParityRow] = {
         rt: {
             "paths": {},
             "tensor_max_abs": 0.0,
@@ -329,9 +340,11 @@ def parity(named: list[tuple[str, bytes]], device: str, models: dict) -> dict[st
                 pb = {name: p_fake(model, b.tensor) for name, model in models.items()}
             for rt, dev in devs.items():
                 r, a = rows[rt], dev.preprocess_batch(datas[i : i + 32])
-                for x in a:
+                for x in a.ok:
                     r["paths"][x.path] = r["paths"].get(x.path, 0) + 1
-                r["geometry_mismatches"] += sum(x.geometry != y.geometry for x, y in zip(a, b, strict=True))
+                r["geometry_mismatches"] += sum(
+                    x.geometry != y.geometry for x, y in zip(a.ok, b.ok, strict=True)
+                )
                 diff = (a.tensor - b.tensor).abs()
                 r["tensor_max_abs"] = max(r["tensor_max_abs"], diff.max().item())
                 levels = diff * std * 255
@@ -402,7 +415,8 @@ def main(argv=None) -> int:
         flush=True,
     )
 
-    rates: dict[str, float | str] = {}
+    rates: dict[str, float] = {}  # the rows measured whatever happens
+    analysis_rates: dict[str, float | str] = {}  # or why the row was not measured
     stages: dict[str, dict] = {}
     rates["pillow-processes"] = bench_pillow_processes(datas, args.threads)
     rates["pillow-threads"] = bench_preprocessor(datas, device, "pillow", args.threads, args.batch_size)
@@ -420,16 +434,16 @@ def main(argv=None) -> int:
     if not args.no_analysis:
         model = load_model(args.model, device)
         rates["model+cam"] = bench_model_cam(model, datas, device, args.batch_size)
-        rates["analysis"], stages["analysis"] = bench_analysis(
+        analysis_rates["analysis"], stages["analysis"] = bench_analysis(
             model, datas, device, args.batch_size, args.threads, args.preprocess
         )
         if not args.no_render_row:
-            rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
+            analysis_rates["analysis-no-render"], stages["analysis-no-render"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess, render=False
             )
         on_cuda = torch.device(device).type == "cuda"
         if tensor_wins or on_cuda:  # on a GPU the two re-encodes share it differently with the model
-            rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
+            analysis_rates["analysis-tensor"], stages["analysis-tensor"] = bench_analysis(
                 model, datas, device, args.batch_size, args.threads, args.preprocess, roundtrip="tensor"
             )
         if args.profile:
@@ -453,15 +467,16 @@ def main(argv=None) -> int:
             if name in rates:
                 ratios[f"{name} / device"] = rates[name] / rates["device"]
     for name in ("analysis", "analysis-no-render", "analysis-tensor"):
-        if isinstance(rates.get(name), float) and isinstance(rates.get("model+cam"), float):
-            ratios[f"{name} / model+cam"] = rates[name] / rates["model+cam"]
+        if isinstance(analysis_rate := analysis_rates.get(name), float) and "model+cam" in rates:
+            ratios[f"{name} / model+cam"] = analysis_rate / rates["model+cam"]
+    images_per_s = {**rates, **analysis_rates}  # in the order they were measured
 
     print(
         f"\ndevice {device} ({_device_name(device)}), {args.threads} CPU threads, "
         f"batch {args.batch_size}, model {args.model}"
     )
     print(f"{'path':<24}{'images/s':>12}")
-    for name, rate in rates.items():
+    for name, rate in images_per_s.items():
         print(f"{name:<24}{rate:>12.1f}" if isinstance(rate, float) else f"{name:<24}  {rate}")
     for name, value in ratios.items():
         print(f"{name:<36}{value:>8.2f}x")
@@ -481,7 +496,7 @@ def main(argv=None) -> int:
             )
             print("  " + "  ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items() if k != "path"))
 
-    parity_rows = {}
+    parity_rows: dict[str, ParityRow] = {}
     if not args.no_parity:
         models = {"fixture": load_model("fixture", device), "random-tiny": load_model("tiny", device)}
         sets = {
@@ -522,7 +537,7 @@ def main(argv=None) -> int:
                 "quality": args.quality,
                 "mean_bytes": float(np.mean([len(d) for d in datas])),
                 "torch": torch.__version__,
-                "images_per_s": rates,
+                "images_per_s": images_per_s,
                 "ratios": ratios,
                 "device_path_stages_per_image": device_stages,
                 "analysis_stages_s_per_image": stages,
