@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 # moto's server accepts any credentials; boto3 needs some.
 AWS_ENV = {
@@ -166,7 +167,7 @@ class TcpProxy:
         try:
             while open_ends and not self._stop.is_set() and not self._cut.is_set():
                 for key, _ in sel.select(0.2):
-                    src = key.fileobj
+                    src = cast(socket.socket, key.fileobj)  # only the two sockets are registered
                     data = src.recv(65536)
                     if not data:  # half-close: pass it on, keep the other direction going
                         sel.unregister(src)
