@@ -10,6 +10,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ SIZES = {
 
 
 def parse_args(
-    description: str, default_batch_cpu: int = 8, extra: list[tuple[str, dict]] = ()
+    description: str, default_batch_cpu: int = 8, extra: Sequence[tuple[str, dict]] = ()
 ) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     for flag, kw in extra:

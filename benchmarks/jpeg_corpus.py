@@ -61,7 +61,7 @@ def jpeg_bytes(
     orientation: int | None = None,
 ) -> bytes:
     buf = io.BytesIO()
-    kw = {"quality": quality, "progressive": progressive}
+    kw: dict[str, int | bytes] = {"quality": quality, "progressive": progressive}
     if image.mode != "L":
         kw["subsampling"] = SUBSAMPLING[subsampling]
     if orientation is not None:
