@@ -114,7 +114,7 @@ def bad_image(k: int) -> tuple[bytes, str]:
 def make_corpus(n: int, bad_fraction: float, side: int) -> list[tuple[str, bytes, str | None]]:
     """[(key, bytes, expected error code or None)]; bad ones spread evenly."""
     every = max(2, round(1 / bad_fraction)) if bad_fraction > 0 else n + 1
-    out = []
+    out: list[tuple[str, bytes, str | None]] = []
     for k in range(n):
         if k % every == every - 1:
             data, code = bad_image(k // every)
@@ -365,10 +365,10 @@ def stored(s3, db_url: str, analyses: int) -> dict:
     try:
         with engine.connect() as conn:
             db = {
-                t: int(conn.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar())
+                t: int(conn.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar_one())
                 for t in ("analyses", "job_items")
             }
-            items = int(conn.execute(sa.text("SELECT COUNT(*) FROM job_items")).scalar())
+            items = int(conn.execute(sa.text("SELECT COUNT(*) FROM job_items")).scalar_one())
     finally:
         engine.dispose()
     return {
