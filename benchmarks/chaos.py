@@ -206,7 +206,7 @@ def account(run: Run, corpus, uris, job_id: str, victim: str) -> dict:
 def metric_total(text: str, name: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, float] = collections.Counter()
+    out: dict[str, float] = collections.defaultdict(float)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name:
