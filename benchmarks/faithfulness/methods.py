@@ -13,6 +13,7 @@ ignores the model scores. They never belong in the library.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,9 @@ def _gradcam_library(model, x, cls, layer_index, method="gradcam"):
         t = t[:, patches]
         return t.reshape(t.shape[0], g, g, t.shape[-1]).permute(0, 3, 1, 2)
 
-    class GridGradCAM({"gradcam": GradCAM, "hirescam": HiResCAM}[method]):
+    library_cam: Any = {"gradcam": GradCAM, "hirescam": HiResCAM}[method]  # pytorch-grad-cam is untyped
+
+    class GridGradCAM(library_cam):
         def get_target_width_height(self, input_tensor):
             return g, g
 
@@ -91,7 +94,8 @@ def random_map(model, x, images, ids, cls):
 
 def _cell_centres(g: int) -> tuple[torch.Tensor, torch.Tensor]:
     c = (torch.arange(g, dtype=torch.float32) + 0.5) / g  # 0..1
-    return torch.meshgrid(c, c, indexing="ij")
+    rows, cols = torch.meshgrid(c, c, indexing="ij")
+    return rows, cols
 
 
 def centre_prior(model, x, images, ids, cls):
