@@ -68,7 +68,8 @@ def select_layers(
     sel = make_set(profile.seed, "select", profile.n_select, profile.data, fake_share=1.0)
     cal = calibrate(model, sel.normalized(), THRESHOLD, method=list(methods), target="contrastive")
     default = model.num_blocks - 1
-    selected, scores = {}, {}
+    selected: dict[str, int] = {}
+    scores: dict[str, dict[int, dict]] = {}
     for method in methods:
         own = [s for s in cal.scores if s.method == method]
         best = min(own, key=lambda s: s.deletion_auc)

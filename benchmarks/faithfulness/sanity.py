@@ -54,7 +54,9 @@ def cascading_randomization(model, x, images, ids, methods: dict, seed: int = 0,
     steps = randomization_steps(model)
     reference = {m: compute_maps(fn, model, x, images, ids) for m, fn in methods.items()}
     work = copy.deepcopy(model)
-    out = {m: {"steps": steps, "spearman_mean": [1.0], "spearman_abs_mean": [1.0]} for m in methods}
+    out: dict[str, dict[str, list]] = {
+        m: {"steps": steps, "spearman_mean": [1.0], "spearman_abs_mean": [1.0]} for m in methods
+    }
     for k, step in enumerate(steps[1:], start=1):
         _reinit(work, step, seed + k)
         for m, fn in methods.items():
