@@ -162,7 +162,7 @@ def markdown(res: dict) -> str:
     ]
     for method, per in lay["per_layer"].items():
         for k, v in per.items():
-            mark = [
+            roles = [
                 t
                 for t, ok in (
                     ("selected", int(k) == lay["selected"][method]),
@@ -170,7 +170,7 @@ def markdown(res: dict) -> str:
                 )
                 if ok
             ]
-            mark = f" ({', '.join(mark)})" if mark else ""
+            mark = f" ({', '.join(roles)})" if roles else ""
             behind, se = v["behind_selected"]
             gap = "" if int(k) == lay["selected"][method] else f"{behind:+.3f} ({se:.3f})"
             gap += ", a tie" if v["tie"] else ""
@@ -181,13 +181,13 @@ def markdown(res: dict) -> str:
     across = lay.get("across")
     if across:
         gain, se = across["gain_over_service"]
-        same = (across["method"], int(across["layer"])) == (
+        chose_service_setting = (across["method"], int(across["layer"])) == (
             across["service_method"],
             int(across["service_layer"]),
         )
         verdict = (
             "the service's setting itself"
-            if same
+            if chose_service_setting
             else f"its gain over the service's setting ({CAM_LABEL[across['service_method']]} at "
             f"block {across['service_layer']}): {gain:.3f} selection deletion AUC, standard error "
             f"{se:.3f}" + (", a tie (`poundcam calibrate` keeps the setting)" if across["tie"] else "")
