@@ -239,6 +239,8 @@ def held_job(run: Run, uris: list[str]) -> tuple[str, list[dict]]:
     client.client_for(run.settings).enqueue(victim, refs)
     r = redis.Redis.from_url(run.settings.broker_url)
     raw = r.rpop("poundcam")
+    if not isinstance(raw, bytes):
+        raise RuntimeError(f"the held job's message is not in the queue: {raw!r}")
     r.hset(UNACKED_KEY, "chaos-held", json.dumps([json.loads(raw), "", "poundcam"]))
     return victim, refs
 

@@ -29,8 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 SPEED_VS_PILLOW = 10.0
 
@@ -112,7 +111,7 @@ def main() -> None:
     png: dict[str, dict[str, float]] = {}
     for width, height in [(512, 384), (384, 512), (300, 200)]:
         scanlines, real, fake = heatmap_rows(width, height)
-        calls = [(scanlines, real, fake, pf) for pf, _ in values[: args.png_n]]
+        png_calls = [(scanlines, real, fake, pf) for pf, _ in values[: args.png_n]]
 
         def with_pillow_legend(*a, cells_legend=render.legend_rows):
             render.legend_rows = pillow  # comparative_png looks it up at each call
@@ -121,7 +120,7 @@ def main() -> None:
             finally:
                 render.legend_rows = cells_legend
 
-        t = per_call({"pillow": with_pillow_legend, "cells": render.comparative_png}, calls, args.rounds)
+        t = per_call({"pillow": with_pillow_legend, "cells": render.comparative_png}, png_calls, args.rounds)
         if width not in legend:  # the legend alone at this width, for its share
             fns = {"pillow": pillow, "cells": render.legend_rows}
             legend[width] = per_call(fns, [(width, pf, s) for pf, s in values], args.rounds)
