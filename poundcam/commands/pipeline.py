@@ -28,6 +28,7 @@ from .common import (
     positive_int,
     probability,
     seconds,
+    settings_for,
 )
 from .output import format_results, results_document, table
 
@@ -142,7 +143,9 @@ def register(sub) -> None:
 
 
 def _worker(args) -> int:
-    # The worker lives in workers/ (Celery); poundcam itself never imports it.
+    # The worker lives in workers/ (Celery); poundcam itself never imports it. Its settings are
+    # checked here first: a bad one is then one line, not Celery's traceback of its app import.
+    settings_for(args)
     argv = [
         sys.executable,
         "-m",

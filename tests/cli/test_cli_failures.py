@@ -248,3 +248,10 @@ def test_a_silent_hub_costs_one_request_and_at_most_its_timeout(tmp_path):
             conn.close()
     assert len(held) == 1  # no retry
     assert HUB_TIMEOUT_S <= elapsed < 2 * HUB_TIMEOUT_S, elapsed
+
+
+def test_a_worker_with_a_bad_setting_says_so_in_one_line(tmp_path):
+    proc = run("worker", cwd=tmp_path, POUNDCAM_BATCH_SIZE="-1")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "POUNDCAM_BATCH_SIZE" in lines[0], proc.stderr
