@@ -628,6 +628,11 @@ class Analyzer:
         """The label rule (constants.labelled_fake) at this analysis's threshold."""
         return labelled_fake(p_fake, self.options.threshold)
 
+    def label_for(self, p_fake: float) -> str:
+        """The label of a P(fake) at this analyzer's threshold (also for an analysis stored
+        before, at another threshold: the pipeline decides reused analyses with it)."""
+        return Label.FAKE if self._labelled_fake(p_fake) else Label.REAL
+
     def _deep(self, x: torch.Tensor, res) -> tuple[dict[int, int], Any]:
         """The deep maps of the chosen rows of x, in one batch after the fast pass:
         ``({row: index in the result}, CAMResult)``, or ``({}, None)`` when no row is chosen."""
@@ -737,7 +742,7 @@ class Analyzer:
             p_fake=p_fake,
             logit_real=float(piece.logits[r, 0]),
             logit_fake=float(piece.logits[r, 1]),
-            label=Label.FAKE if self._labelled_fake(p_fake) else Label.REAL,
+            label=self.label_for(p_fake),
             threshold=self.options.threshold,
             model_id=self.model_id,
             cam_config_id=self.cam_config_id,

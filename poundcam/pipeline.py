@@ -34,8 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from .analysis import Analyzer, ItemOutcome
 from .constants import ErrorCode
 from .db import (
+    Done,
     claim_items,
-    find_analysis_ids,
+    find_known,
     is_transient_db_error,
     mark_done_many,
     mark_failed_many,
@@ -184,7 +185,13 @@ class _Ledger:
 
     def _write_rows(self, session) -> None:
         ids = upsert_analyses(session, [record for _, record in self.rows])
-        mark_done_many(session, [(item_id, a) for (item_id, _), a in zip(self.rows, ids, strict=True)])
+        mark_done_many(
+            session,
+            [
+                Done(item_id, a, record["label"], record["threshold"])
+                for (item_id, record), a in zip(self.rows, ids, strict=True)
+            ],
+        )
         mark_failed_many(session, self.failures)
 
 
@@ -375,12 +382,19 @@ class _MessageRun:
 
 def _link_known(ctx: PipelineContext, session, fresh: list[tuple[int, bytes, str]]) -> dict:
     """Mark done the items whose image was analysed before (same model and CAM configuration),
-    linked to that analysis; returns ``{sha256: analysis id}`` of those images."""
-    known = find_analysis_ids(
-        session, [sha for _, _, sha in fresh], ctx.analyzer.model_id, ctx.analyzer.cam_config_id
+    linked to that analysis and labelled at this run's threshold (the analysis may have been
+    made at another); returns ``{sha256: analysis id}`` of those images."""
+    an = ctx.analyzer
+    known = find_known(session, [sha for _, _, sha in fresh], an.model_id, an.cam_config_id)
+    mark_done_many(
+        session,
+        [
+            Done(item_id, known[sha].id, an.label_for(known[sha].p_fake), an.options.threshold)
+            for item_id, _, sha in fresh
+            if sha in known
+        ],
     )
-    mark_done_many(session, [(item_id, known[sha]) for item_id, _, sha in fresh if sha in known])
-    return known
+    return {sha: k.id for sha, k in known.items()}
 
 
 def _upload(ctx: PipelineContext, outcome: ItemOutcome) -> dict:

@@ -124,6 +124,10 @@ class JobItem(Base):
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     analysis_id: Mapped[int | None] = mapped_column(IdType, sa.ForeignKey("analyses.id", ondelete="SET NULL"))
+    # This job's decision on the analysis: its label at the threshold in force when the item was
+    # done. An analysis reused from another job brings its P(fake), not that job's label (0007).
+    label: Mapped[str | None] = mapped_column(sa.String(8))
+    threshold: Mapped[float | None] = mapped_column(sa.Float)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=sa.func.now()
     )

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -188,18 +188,31 @@ def find_analysis_ids(
 ) -> dict[str, int]:
     """``{sha256: analysis id}`` for those of ``sha256s`` already analysed with this model and
     CAM configuration, in one query per 500 hashes."""
+    return {sha: a.id for sha, a in find_known(session, sha256s, model_id, cam_config_id).items()}
+
+
+class Known(NamedTuple):
+    id: int
+    p_fake: float
+
+
+def find_known(
+    session: Session, sha256s: Iterable[str], model_id: str, cam_config_id: str
+) -> dict[str, Known]:
+    """``{sha256: (analysis id, its P(fake))}`` for those of ``sha256s`` already analysed with
+    this model and CAM configuration, in one query per 500 hashes."""
     shas = sorted(set(sha256s))
     t = _ANALYSES
-    found: dict[str, int] = {}
+    found: dict[str, Known] = {}
     for start in range(0, len(shas), 500):
         rows = session.execute(
-            sa.select(t.c.sha256, t.c.id).where(
+            sa.select(t.c.sha256, t.c.id, t.c.p_fake).where(
                 t.c.sha256.in_(shas[start : start + 500]),
                 t.c.model_id == model_id,
                 t.c.cam_config_id == cam_config_id,
             )
         )
-        found.update((sha, analysis_id) for sha, analysis_id in rows)
+        found.update((sha, Known(analysis_id, p_fake)) for sha, analysis_id, p_fake in rows)
     return found
 
 
@@ -298,25 +311,37 @@ def claim_items(session: Session, item_ids: Iterable[int], job_id: str | None = 
     return Claim({r.id: r.uri for r in rows if r.status == ItemState.RUNNING}, {r.id for r in rows})
 
 
-def mark_done(session: Session, item_id: int, analysis_id: int) -> None:
+class Done(NamedTuple):
+    """An item done: the analysis it produced or reused, and this job's decision on it (the
+    label at the threshold in force; None leaves the analysis's own to the readers)."""
+
+    item_id: int
+    analysis_id: int
+    label: str | None = None
+    threshold: float | None = None
+
+
+def mark_done(
+    session: Session, item_id: int, analysis_id: int, label: str | None = None, threshold: float | None = None
+) -> None:
     """The item produced ``analysis_id``. Done is final: it also overrides an earlier failure."""
-    t = _ITEMS
-    session.execute(
-        sa.update(t)
-        .where(t.c.id == int(item_id))
-        .values(
-            status=ItemState.DONE,
-            analysis_id=int(analysis_id),
-            error_code=None,
-            error_message=None,
-            updated_at=utcnow(),
+    mark_done_many(session, [Done(item_id, analysis_id, label, threshold)])
+
+
+def mark_done_many(session: Session, done: Iterable[Done | tuple]) -> None:
+    """:func:`mark_done` for each :class:`Done` (or tuple of its fields), in one statement."""
+    rows = []
+    for d in (Done(*x) for x in done):
+        if d.label is not None and d.label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, not {d.label!r}")
+        rows.append(
+            {
+                "b_id": int(d.item_id),
+                "b_analysis": int(d.analysis_id),
+                "b_label": d.label,
+                "b_threshold": None if d.threshold is None else float(d.threshold),
+            }
         )
-    )
-
-
-def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
-    """:func:`mark_done` for ``(item_id, analysis_id)`` pairs, in one statement."""
-    rows = [{"b_id": int(i), "b_analysis": int(a)} for i, a in done]
     if rows:
         t = _ITEMS
         session.execute(
@@ -325,6 +350,8 @@ def mark_done_many(session: Session, done: Iterable[tuple[int, int]]) -> None:
             .values(
                 status=ItemState.DONE,
                 analysis_id=sa.bindparam("b_analysis"),
+                label=sa.bindparam("b_label"),
+                threshold=sa.bindparam("b_threshold"),
                 error_code=None,
                 error_message=None,
                 updated_at=utcnow(),
@@ -570,6 +597,8 @@ def job_results(
     if label is not None and label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, not {label!r}")
     a = Analysis
+    # the item's decision; the analysis's for an item done without one (an earlier writer)
+    decided_label = sa.func.coalesce(JobItem.label, a.label)
     q = (
         sa.select(
             JobItem.id,
@@ -582,8 +611,8 @@ def job_results(
             a.id.label("analysis_id"),
             a.sha256,
             a.p_fake,
-            a.threshold,
-            a.label,
+            sa.func.coalesce(JobItem.threshold, a.threshold).label("threshold"),
+            decided_label.label("label"),
             a.model_id,
             a.cam_config_id,
             a.width,
@@ -596,7 +625,7 @@ def job_results(
         .where(JobItem.job_id == job_id)
     )
     if label is not None:
-        q = q.where(a.label == label)
+        q = q.where(decided_label == label)
     if min_prob is not None:
         q = q.where(a.p_fake >= float(min_prob))
     out = []

@@ -95,6 +95,23 @@ def test_analyze_folder_exit_codes_summary_heatmaps_and_rerun(tmp_path, official
     assert analyses(db_url) == {sha: 1 for sha in shas}  # nothing new
     assert {p.relative_to(out) for p in out.rglob("*.png")} == written
 
+    # The analyses are reused, but the decision is this run's: at a threshold under every
+    # image's P(fake), every image is labelled fake
+    first = {
+        r["uri"]: r
+        for r in json.loads(
+            analyze(str(good_dir), "--db", db_url, "--json", cwd=tmp_path, weights=weights).stdout
+        )["results"]
+    }
+    low = min(r["p_fake"] for r in first.values()) / 2
+    lowered = analyze(
+        str(good_dir), "--db", db_url, "--json", "--threshold", repr(low), cwd=tmp_path, weights=weights
+    )
+    assert lowered.returncode == 0, lowered.stderr
+    results = json.loads(lowered.stdout)["results"]
+    assert analyses(db_url) == {sha: 1 for sha in shas}  # still nothing new
+    assert [(r["label"], r["threshold"]) for r in results] == [("fake", low)] * len(good)
+
 
 def test_analyze_reads_only_under_the_allowed_roots_links_alike(tmp_path, official_dir):
     """A symlinked file and a symlinked folder are read when they point inside the allowed

@@ -434,3 +434,38 @@ def test_deep_map_cells_beside_the_fast_ones_and_down_to_0005(db_url):
     upgrade(db_url)
     _, cells = _query(db_url, sql, d=deep, f=fast)
     assert {c["map"] for c in cells} == {"real", "fake", "deep_real", "deep_fake"}
+
+
+def test_each_job_keeps_its_own_decision_and_down_to_0006(db_url):
+    """0007: an analysis shared by two jobs carries each job's label at its own threshold in
+    both views; items done before 0007 keep the label they showed (filled from the analysis);
+    the downgrade restores the analysis's label."""
+    upgrade(db_url, "0006_deep_map_cells")
+    sessions = make_session_factory(db_url)
+    with session_scope(sessions) as s:  # done before 0007: no decision of the item's own
+        old_job = create_job(s, ["s3://img/shared.jpg"])
+        shared = upsert_analysis(s, _analysis("s", 0.3, "real", None))
+        s.execute(
+            sa.text("UPDATE job_items SET status = 'done', analysis_id = :a WHERE job_id = :j"),
+            {"a": shared, "j": old_job},
+        )
+    sessions.kw["bind"].dispose()
+    upgrade(db_url)
+    sessions = make_session_factory(db_url)
+    with session_scope(sessions) as s:  # the same image, decided at 0.25: fake here
+        new_job = create_job(s, ["s3://img/shared-again.jpg"])
+        mark_done(s, mark_running(s, _item_ids(s, new_job))[0], shared, "fake", 0.25)
+    sessions.kw["bind"].dispose()
+
+    items = "SELECT label, threshold FROM poundcam_v_item_results WHERE job_id = :j"
+    summary = "SELECT fake, real FROM poundcam_v_job_summary WHERE job_id = :j"
+    assert _query(db_url, items, j=old_job)[1] == [{"label": "real", "threshold": 0.5}]
+    assert _query(db_url, items, j=new_job)[1] == [{"label": "fake", "threshold": 0.25}]
+    assert _query(db_url, summary, j=old_job)[1] == [{"fake": 0, "real": 1}]
+    assert _query(db_url, summary, j=new_job)[1] == [{"fake": 1, "real": 0}]
+    assert _query(db_url, "SELECT * FROM poundcam_v_item_results")[0] == ITEM_COLUMNS
+
+    downgrade(db_url, "0006_deep_map_cells")
+    assert _query(db_url, items, j=new_job)[1] == [{"label": "real", "threshold": 0.5}]
+    assert _query(db_url, summary, j=new_job)[1] == [{"fake": 0, "real": 1}]
+    upgrade(db_url)
