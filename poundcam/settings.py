@@ -50,6 +50,11 @@ def env_name(field_name: str) -> str:
     return "POUNDCAM_" + field_name.upper()
 
 
+# The broker is Redis: besides Celery, the workers' entry check, the dead letters, the sweeper
+# and the queue exporter read it with redis-py, which knows these schemes.
+BROKER_SCHEMES = ("redis", "rediss")
+
+
 def _opt_str(raw: str) -> str | None:
     raw = raw.strip()
     return raw or None
@@ -198,6 +203,9 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 self._fail(name, "must be at least 1")
+        if self.broker_url.partition("://")[0] not in BROKER_SCHEMES:
+            schemes = " or ".join(s + "://" for s in BROKER_SCHEMES)
+            self._fail("broker_url", f"must be a Redis URL ({schemes})")
         if self.sweep_interval_s < 0:
             self._fail("sweep_interval_s", "must be 0 (off) or more")
         if not 0 <= self.metrics_port <= 65535:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.local_servers import AWS_ENV, free_port, fresh_database
+from benchmarks.local_servers import AWS_ENV, RedisDatabases, free_port, fresh_database
 
 # Two cores shared by the suite's own worker processes: one intra-op thread per process avoids
 # oversubscription that slows small models by an order of magnitude.
@@ -124,6 +124,31 @@ def redis_url() -> str:
     except redis.exceptions.ConnectionError as exc:
         pytest.fail(f"Redis is not reachable at {url}: {exc}")
     return url
+
+
+CLAIM_KEY = "poundcam-test:claim"
+
+
+class RedisClaim(RedisDatabases):
+    """Empty Redis database numbers (highest first) for this test session, each claimed only
+    if it is empty, flushed at the start and at the end (FLUSHDB of that number only; never
+    FLUSHALL)."""
+
+    def __init__(self, base_url: str):
+        super().__init__(base_url, CLAIM_KEY)
+
+    def claim(self, number: int | None = None) -> str:
+        try:
+            return super().claim(number)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc} for the tests")
+
+
+@pytest.fixture(scope="session")
+def redis_claims(redis_url):
+    claims = RedisClaim(redis_url)
+    yield claims
+    claims.release()
 
 
 @pytest.fixture(scope="session")

@@ -220,6 +220,8 @@ def test_the_environment_check_sees_every_kind_of_read(tmp_path):
         ("POUNDCAM_JPEG_ROUNDTRIP", "nvjpeg"),
         ("POUNDCAM_PREPROCESS", "fast"),
         ("POUNDCAM_READY_FILE", " "),
+        ("POUNDCAM_BROKER_URL", "amqp://guest@127.0.0.1:5672//"),
+        ("POUNDCAM_BROKER_URL", "bogus"),
     ],
 )
 def test_invalid_values_name_the_variable(var, value):

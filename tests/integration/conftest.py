@@ -1,7 +1,6 @@
 """Real servers and real worker processes for the integration tests.
 
-- ``redis_db``: a Redis database number of its own, claimed only if it is empty, flushed at
-  the start and at the end (FLUSHDB of that number only; never FLUSHALL).
+- ``redis_claims`` (tests/conftest.py): Redis database numbers of their own.
 - ``MotoServer``: moto's S3 server as a subprocess that a test can pause (SIGSTOP) and resume.
 - ``TcpProxy`` (from benchmarks/local_servers.py, shared with the chaos run): a TCP proxy
   between a worker and a server, which a test can cut (every connection reset, new ones closed
@@ -27,34 +26,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import local_servers
-from benchmarks.local_servers import AWS_ENV, RedisDatabases, TcpProxy, free_port, poundcam_cmd, wait_for_port  # noqa: F401
+from benchmarks.local_servers import AWS_ENV, TcpProxy, free_port, poundcam_cmd, wait_for_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("POUNDCAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-CLAIM_KEY = "poundcam-test:claim"
-
-
-# --- Redis -----------------------------------------------------------------------------------
-
-
-class RedisClaim(RedisDatabases):
-    """Empty Redis databases (highest numbers first) for this test session."""
-
-    def __init__(self, base_url: str):
-        super().__init__(base_url, CLAIM_KEY)
-
-    def claim(self, number: int | None = None) -> str:
-        try:
-            return super().claim(number)
-        except RuntimeError as exc:
-            pytest.fail(f"{exc} for the integration tests")
-
-
-@pytest.fixture(scope="session")
-def redis_claims(redis_url):
-    claims = RedisClaim(redis_url)
-    yield claims
-    claims.release()
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
