@@ -40,11 +40,15 @@ UNAVAILABLE_EXIT = UnavailableError.exit_code
 
 
 def _database(exc: BaseException) -> tuple[str, int]:
-    return (
-        f"database: {one_line(exc)} (check POUNDCAM_DATABASE_URL or --db; "
-        "`poundcam db upgrade` creates the tables)",
-        UNAVAILABLE_EXIT,
-    )
+    reason = one_line(exc)
+    lowered = reason.lower()
+    if "database" in lowered and "does not exist" in lowered:  # the server has no such database
+        hint = "create the database (createdb NAME), then `poundcam db upgrade` creates the tables"
+    elif "no such table" in lowered or "does not exist" in lowered:
+        hint = "`poundcam db upgrade` creates the tables"
+    else:
+        hint = "is the server up?"
+    return f"database: {reason} (check POUNDCAM_DATABASE_URL or --db; {hint})", UNAVAILABLE_EXIT
 
 
 def _broker(exc: BaseException) -> tuple[str, int]:

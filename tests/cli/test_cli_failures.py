@@ -255,3 +255,17 @@ def test_a_worker_with_a_bad_setting_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "POUNDCAM_BATCH_SIZE" in lines[0], proc.stderr
+
+
+def test_a_missing_postgresql_database_says_to_create_it(tmp_path, pg_url):
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    # the server of the tests' database, a database name it does not have
+    url = make_url(pg_url).set(database=f"poundcam_missing_{uuid.uuid4().hex[:8]}")
+    url = url.render_as_string(hide_password=False)
+    proc = run("db", "upgrade", "--db", url, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr
+    line = one_error_line(proc)
+    assert "does not exist" in line and "createdb" in line, line
