@@ -607,22 +607,34 @@ def test_forged_messages_change_only_what_the_database_backs(stack):
         time.sleep(0.2)
 
 
-def test_the_sweeper_gives_back_abandoned_items(stack):
+def _stale_job(stack, tag: str, n: int, **values) -> tuple[str, list[int]]:
+    """A job of ``n`` new images whose items last changed two hours ago (with ``values`` set),
+    and no message for them anywhere."""
     import datetime
 
     import sqlalchemy as sa
 
     from poundcam.db import JobItem, create_job, item_refs, session_scope
 
-    uris = _small_job_uris(stack, "abandoned", 3)
-    with session_scope(stack.sessions) as s:  # running for two hours, no message anywhere
+    uris = _small_job_uris(stack, tag, n)
+    with session_scope(stack.sessions) as s:
         job = create_job(s, uris)
         ids = [r["item_id"] for r in item_refs(s, job)]
         old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+        s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(updated_at=old, **values))
+    return job, ids
+
+
+def test_the_sweeper_gives_back_abandoned_items(stack):
+    import sqlalchemy as sa
+
+    from poundcam.db import JobItem, session_scope
+
+    job, ids = _stale_job(stack, "abandoned", 3, status="running", attempts=1)
+    with session_scope(stack.sessions) as s:  # claimed too often already; still two hours old
         s.execute(
-            sa.update(JobItem).where(JobItem.id.in_(ids)).values(status="running", attempts=1, updated_at=old)
+            sa.update(JobItem).where(JobItem.id == ids[2]).values(attempts=5, updated_at=JobItem.updated_at)
         )
-        s.execute(sa.update(JobItem).where(JobItem.id == ids[2]).values(attempts=5, updated_at=old))
     out = json.loads(stack.cli("sweep", "--json").stdout)
     assert out["requeued"] == 2 and out["failed"] == [ids[2]]
     wait_finished(stack.sessions, job, JOB_TIMEOUT, [stack.worker])
@@ -635,18 +647,7 @@ def test_the_sweeper_gives_back_abandoned_items(stack):
 
 
 def test_the_sweeper_sends_again_queued_items_whose_message_was_lost(stack):
-    import datetime
-
-    import sqlalchemy as sa
-
-    from poundcam.db import JobItem, create_job, item_refs, session_scope
-
-    uris = _small_job_uris(stack, "lost-message", 2)
-    with session_scope(stack.sessions) as s:  # queued for two hours, no message anywhere
-        job = create_job(s, uris)
-        ids = [r["item_id"] for r in item_refs(s, job)]
-        old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
-        s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(updated_at=old))
+    job, _ = _stale_job(stack, "lost-message", 2)
     out = json.loads(stack.cli("sweep", "--json").stdout)
     assert out["resent"] == 2 and out["resent_jobs"] == [job]
     st = wait_finished(stack.sessions, job, JOB_TIMEOUT, [stack.worker])
