@@ -19,6 +19,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import PoundcamError, UnavailableError
 from .logs import configure_logging, one_line, redact
@@ -95,8 +96,19 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse with its usage errors as the one line of every expected failure: argparse
+    prints the whole usage (a dozen lines for ``analyze``) above the reason. The subcommands'
+    parsers are of this class too (argparse makes them of their parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("poundcam").strip()
+        where = f"{command}: " if command else ""
+        self.exit(USAGE_EXIT, f"poundcam: error: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="poundcam", description="PoundNet real/fake detection with faithful comparative CAMs."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -269,3 +269,19 @@ def test_a_missing_postgresql_database_says_to_create_it(tmp_path, pg_url):
     assert proc.returncode == 75, proc.stderr
     line = one_error_line(proc)
     assert "does not exist" in line and "createdb" in line, line
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (("analyze", "x", "--batch-size", "-1"), "--batch-size"),
+        (("analyze", "x", "--threshold", "2"), "--threshold"),
+        (("status",), "job_id"),
+        (("nosuch",), "nosuch"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, args, reason):
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert reason in line and "--help" in line, line
