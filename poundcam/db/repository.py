@@ -406,7 +406,8 @@ def stale_queued(
 ) -> dict[str, list[int]]:
     """``{job_id: [item_id]}`` of items "queued" and unchanged for more than ``older_than_s``
     seconds: waiting in a long queue, or named by no message any more (the caller asks the
-    broker which)."""
+    broker which). Items of embedded jobs (``poundcam analyze``) are left out: no message ever
+    carries them, and a worker could not read their local paths."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
     t = _ITEMS
     rows = session.execute(
@@ -418,6 +419,10 @@ def stale_queued(
     out: dict[str, list[int]] = {}
     for r in rows:
         out.setdefault(r.job_id, []).append(r.id)
+    if out:
+        for job_id, options in session.execute(sa.select(Job.id, Job.options).where(Job.id.in_(out))):
+            if (options or {}).get("mode") == "embedded":
+                del out[job_id]
     return out
 
 

@@ -41,12 +41,12 @@ def setup(db_url, broker):
     r.delete(QUEUE_KEY, UNACKED_KEY, LOST_MESSAGES_LOCK)
 
 
-def _job(sessions, n: int, tag: str, age_h: float = 2.0) -> tuple[str, list[int]]:
+def _job(sessions, n: int, tag: str, age_h: float = 2.0, options=None) -> tuple[str, list[int]]:
     """A job of ``n`` queued items, last changed ``age_h`` hours ago."""
     from poundcam.db import JobItem, create_job, item_refs, session_scope
 
     with session_scope(sessions) as s:
-        job = create_job(s, [f"s3://imgs/{tag}/{k}.jpg" for k in range(n)])
+        job = create_job(s, [f"s3://imgs/{tag}/{k}.jpg" for k in range(n)], options)
         ids = [r["item_id"] for r in item_refs(s, job)]
         old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=age_h)
         s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(updated_at=old))
@@ -75,6 +75,7 @@ def test_only_items_no_message_names_are_sent_again(setup):
     waiting_job, waiting_ids = _job(sessions, 2, "waiting")  # its message is in the queue
     held_job, held_ids = _job(sessions, 2, "held")  # its message is held by a worker (unacked)
     young_job, _ = _job(sessions, 2, "young", age_h=0.1)  # queued recently: not looked at
+    embedded_job, _ = _job(sessions, 2, "embedded", options={"mode": "embedded"})  # no broker's
     client.enqueue(held_job, [{"item_id": i, "uri": "s3://imgs/held"} for i in held_ids])
     raw = r.rpop(QUEUE_KEY)
     r.hset(UNACKED_KEY, "tag-1", json.dumps([json.loads(raw), "", QUEUE_KEY]))
@@ -86,7 +87,7 @@ def test_only_items_no_message_names_are_sent_again(setup):
 
     assert {job: [i for i, _ in refs] for job, refs in resent.items()} == {lost_job: lost_ids[1:]}
     assert sorted(_queued_messages(r)) == sorted([(waiting_job, waiting_ids), (lost_job, lost_ids[1:])])
-    assert young_job not in resent
+    assert young_job not in resent and embedded_job not in resent
     # sent once: the items are fresh again, and now named by a message anyway
     assert resend_lost(settings, sessions) == {}
     assert len(_queued_messages(r)) == 2
