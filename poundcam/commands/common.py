@@ -1,9 +1,12 @@
 """What several commands share: the ``--db`` option and the settings and client it selects, the
-model options of the commands that load the model, and the argument types they use."""
+model options of the commands that load the model, the argument types they use, and the file an
+output argument names."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def _argument_type(convert, accept, kind: str, wanted: str):
@@ -77,3 +80,24 @@ def client_for(args: argparse.Namespace, **overrides):
     from ..client import Client
 
     return Client(settings_for(args, **overrides))
+
+
+def output_file(text: str, default_name: str) -> Path:
+    """The file an output argument names: ``text`` itself, or ``default_name`` inside it when
+    ``text`` is an existing folder or ends with a slash (a folder, made if missing). Checked
+    before any work, without creating anything: refused (InvalidRequestError) when that file
+    is a folder or a path above it is a file. Missing folders above it are the writer's to make.
+    """
+    from ..errors import InvalidRequestError
+
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        path = path / default_name
+    if path.is_dir():
+        raise InvalidRequestError(f"{path}: is a folder; name the file to write")
+    for above in path.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise InvalidRequestError(f"{path}: {above} is not a folder")
+            break
+    return path

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
+
+SUFFIX = ".safetensors"  # the loader reads a file by its suffix: any other is read as a .ckpt
 
 
 def register(sub) -> None:
@@ -11,11 +14,17 @@ def register(sub) -> None:
         help="export a PoundNet checkpoint to safetensors",
         description="Read an official Lightning .ckpt (safely: no code runs) and "
         "write OUT.safetensors with the config, model id and the "
-        "source file's sha256 in its metadata.",
+        "source file's sha256 in its metadata. OUT is a .safetensors file, or a folder "
+        "(existing, or ending with /) to write CHECKPOINT's name with .safetensors into; "
+        "missing folders are created. An existing file is kept unless --force is given; "
+        "the file is written beside OUT and renamed, so no half file is left under OUT.",
     )
     p.add_argument("checkpoint", help="official .ckpt (local path, s3:// or hf://)")
-    p.add_argument("out", help="output .safetensors path")
+    p.add_argument(
+        "out", metavar="OUT", help="output .safetensors file, or a folder (existing, or ending with /)"
+    )
     p.add_argument("--config", help="the run's config.yaml (default: beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(handler=_convert)
 
     p = sub.add_parser("model-info", help="print a checkpoint's architecture and model id")
@@ -33,11 +42,32 @@ def _weights(uri: str):
     return weights_for(Settings.from_env(weights=uri, weights_sha256=None))
 
 
+def export_path(checkpoint: str, out: str, force: bool = False):
+    """Where ``convert`` writes: ``out``, or the checkpoint's name with .safetensors inside the
+    folder ``out`` names. Refused (InvalidRequestError) before any work: a name without the
+    .safetensors suffix (the file would not be read back as an export), or an existing file
+    without ``force``."""
+    from ..errors import InvalidRequestError
+    from .common import output_file
+
+    name = PurePosixPath(checkpoint.rstrip("/")).stem or "poundnet"  # a local path or a URI
+    path = output_file(out, name + SUFFIX)
+    if path.suffix != SUFFIX:
+        raise InvalidRequestError(
+            f"{path}: the export's name must end in {SUFFIX} (weights are read by their suffix; "
+            f"any other is read as a .ckpt); to write into a folder, end it with /"
+        )
+    if path.exists() and not force:
+        raise InvalidRequestError(f"{path} exists; --force replaces it")
+    return path
+
+
 def _convert(args) -> int:
     from ..model.checkpoint import convert
 
+    out = export_path(args.checkpoint, args.out, force=args.force)  # before the weights are fetched
     src = _weights(args.checkpoint)
-    out = convert(src, args.out, config=args.config)
+    out = convert(src, out, config=args.config)
     print(f"wrote {out}")
     return 0
 

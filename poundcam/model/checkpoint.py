@@ -268,11 +268,15 @@ def export_safetensors(model: PoundNet, out: str | Path, source_digest: str | No
     if source_digest:
         meta["source_sha256"] = source_digest
     tmp = out.with_name(out.name + ".partial")
-    save_file(state, str(tmp), metadata=meta)
-    # safetensors writes the file owner-only (0600); weights are no secret, and a worker that
-    # runs as another user (the image's uid 10001) must read them
-    tmp.chmod(0o644)
-    tmp.replace(out)
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        # safetensors writes the file owner-only (0600); weights are no secret, and a worker that
+        # runs as another user (the image's uid 10001) must read them
+        tmp.chmod(0o644)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
     return out
 
 
