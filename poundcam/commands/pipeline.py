@@ -267,14 +267,16 @@ def _jobs(args) -> int:
 class Progress:
     """Per-image progress on stderr (tqdm): count, rate, ETA and failures. Log records are
     written above the bar while it runs (tqdm's logging redirect), not through it. Off a
-    terminal the bar is redrawn at most every 10 s."""
+    terminal the bar is redrawn at most every 10 s. ``failures`` names what the failure count
+    counts ("3 failed": the items; a caller counting other things says which)."""
 
-    def __init__(self, total: int, stream=None, unit: str = "img"):
+    def __init__(self, total: int, stream=None, unit: str = "img", failures: str = "failed"):
         from tqdm import tqdm
 
         stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
         tty = stream.isatty()
         self.failed = 0
+        self.failures = failures
         self.bar = tqdm(
             total=total,
             file=stream,
@@ -284,19 +286,19 @@ class Progress:
             smoothing=0.1,
             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
         )
-        self.bar.set_postfix_str("0 failed", refresh=False)
+        self.bar.set_postfix_str(f"0 {failures}", refresh=False)
 
     def __call__(self, outcome) -> None:
         if outcome is not None and not outcome.ok:
             self.failed += 1
-            self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
+            self.bar.set_postfix_str(f"{self.failed} {self.failures}", refresh=False)
         self.bar.update(1)
 
     def advance_to(self, settled: int, failed: int) -> None:
-        """Show ``settled`` items done or failed, ``failed`` of them failed (a count read from
-        elsewhere, e.g. the database)."""
+        """Show ``settled`` items done or failed and ``failed`` failures (a count read from
+        elsewhere: the database's failed items, the report's failed pictures)."""
         self.failed = failed
-        self.bar.set_postfix_str(f"{failed} failed", refresh=False)
+        self.bar.set_postfix_str(f"{failed} {self.failures}", refresh=False)
         self.bar.update(settled - self.bar.n)
 
     def close(self) -> None:

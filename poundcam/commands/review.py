@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from ..constants import LABELS, REPORT_SORTS, ItemState
 from ..logs import one_line
-from .common import add_db_option, positive_int
+from .common import add_db_option, output_file, positive_int
 from .render import RENDERED
 
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
@@ -32,7 +33,13 @@ def register(sub) -> None:
         "buckets in POUNDCAM_ALLOWED_BUCKETS.",
     )
     p.add_argument("job_id", metavar="JOB")
-    p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the HTML file to write (replaced if it exists), or a folder (existing, or ending "
+        "with /) to write report-JOB.html into; missing folders are created",
+    )
     p.add_argument("--label", choices=LABELS, help="only items with this label")
     p.add_argument("--min-prob", type=float, metavar="P", help="only items with P(fake) >= P")
     p.add_argument(
@@ -137,6 +144,7 @@ def _report(args) -> int:
 
     if not 1 <= args.expires <= MAX_EXPIRES_S:
         raise InvalidRequestError(f"--expires must be between 1 and {MAX_EXPIRES_S} seconds")
+    out = output_file(args.out, f"report-{args.job_id}.html")  # a bad one fails before the work
     overrides = {}
     if args.db:
         overrides["database_url"] = args.db
@@ -182,7 +190,9 @@ def _report(args) -> int:
             if originals is None
             else failures.watch(lambda uri: _presigned_original(originals, uri, args.expires)),
         )
-    bar = Progress(len(rows), unit="item")  # reading and shrinking pictures takes a while
+    # reading and shrinking pictures takes a while; the bar counts what the closing line counts
+    bar = Progress(len(rows), unit="item", failures="pictures failed")
+    items = itertools.count(1)
     try:
         html = build_report(
             rows,
@@ -191,11 +201,10 @@ def _report(args) -> int:
             status=status,
             selection=_selection(args, len(rows), len(all_rows)),
             sort=args.sort,
-            progress=lambda: bar(None),
+            progress=lambda: bar.advance_to(next(items), failures.count),
         )
     finally:
         bar.close()
-    out = Path(args.out)
     write_atomically(out, html)
     done = sum(r["status"] == ItemState.DONE for r in rows)
     print(
@@ -204,8 +213,8 @@ def _report(args) -> int:
     )
     if failures.count:
         print(
-            f"poundcam report: warning: pictures could not be made ({failures.count} failure(s); "
-            f"they show as unavailable in the page; the first: {failures.first})",
+            f"poundcam report: warning: {failures.count} pictures failed: they show as unavailable "
+            f"in the page; the first: {failures.first}",
             file=sys.stderr,
         )
     return 0

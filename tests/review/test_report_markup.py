@@ -262,12 +262,40 @@ def test_pictures_that_cannot_be_read_are_counted_on_stderr(processed_job, tmp_p
     monkeypatch.setenv("POUNDCAM_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))  # originals out of reach
     for mode in ("embed", "presigned"):  # presigned: the drawn panels are embedded all the same
         assert main([*common, "--images", mode]) == 0
-        (line,) = [
-            ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("poundcam report: warning")
-        ]
-        n = int(re.search(r"pictures could not be made \((\d+) failure", line).group(1))
+        err = capsys.readouterr().err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("poundcam report: warning")]
+        n = int(re.search(r"warning: (\d+) pictures failed: ", line).group(1))
         assert 0 < n <= (tmp_path / "r.html").read_text().count('<div class="missing"'), mode
         assert "; the first: " in line
+        # the progress bar counts what the closing line counts, not the items ("0 failed")
+        assert re.findall(r"4/4 \[.*?(\d+) pictures failed\]", err)[-1] == str(n), err
+
+
+def test_out_is_a_file_or_a_folder_checked_before_the_work(processed_job, tmp_path, monkeypatch, capsys):
+    """--out an existing folder, or a path ending with /, gets report-JOB.html inside it (the
+    folders made); a folder where the file would go, or a file where a folder would, is one
+    line and exit 2 at once: no picture read, nothing written."""
+    for var in ("POUNDCAM_LOCAL_ROOT", "POUNDCAM_HEATMAP_BUCKET", "POUNDCAM_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    job = processed_job["job_id"]
+    common = ["report", job, "--db", processed_job["db_url"], "--out"]
+    (tmp_path / "emptydir").mkdir()
+    assert main([*common, str(tmp_path / "emptydir")]) == 0
+    assert f"wrote {tmp_path / 'emptydir' / f'report-{job}.html'}: 4 items" in capsys.readouterr().out
+    assert main([*common, f"{tmp_path / 'new' / 'reports'}/"]) == 0
+    assert (tmp_path / "new" / "reports" / f"report-{job}.html").is_file()
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "taken" / f"report-{job}.html").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    for out, says in (
+        (str(tmp_path / "file" / "r.html"), f"{tmp_path / 'file'} is not a folder"),
+        (f"{tmp_path / 'taken'}/", f"report-{job}.html: is a folder"),
+    ):
+        assert main([*common, out]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("poundcam: error: ") and says in err[0], err  # no bar
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_report_command_with_s3(
