@@ -148,18 +148,20 @@ class Renderer:
 def _render(args) -> int:
     from ..cam.ondemand import RENDERINGS
     from ..db import analyses_for_rendering, make_session_factory, session_scope
+    from ..errors import InvalidRequestError
     from ..settings import Settings
     from ..storage import make_store
 
-    names = RENDERINGS if not args.only else tuple(n.strip() for n in args.only.split(","))
-    unknown = [n for n in names if n not in RENDERINGS]
-    if unknown:
-        print(
-            f"poundcam render: unknown file name(s) {', '.join(unknown)}; "
-            f"choose from {', '.join(RENDERINGS)}",
-            file=sys.stderr,
-        )
-        return 2
+    names = RENDERINGS
+    if args.only is not None:  # checked before the database is opened
+        names = tuple(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
+        unknown = [n for n in names if n not in RENDERINGS]
+        if unknown or not names:
+            raise InvalidRequestError(
+                f"--only {args.only!r}: "
+                + (f"unknown file name(s) {', '.join(unknown)}; " if unknown else "no file name; ")
+                + f"choose from {', '.join(RENDERINGS)}"
+            )
     settings = Settings.from_env(**({"database_url": args.db} if args.db else {}))
     sessions = make_session_factory(settings.database_url)
     try:

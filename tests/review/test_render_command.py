@@ -55,6 +55,18 @@ def test_render_one_analysis_maps_only(processed_job, done_rows, tmp_path, capsy
     assert main(["render", analysis, "--only", "sepia", "--db", processed_job["db_url"]]) == 2
 
 
+@pytest.mark.parametrize(
+    ("only", "says"),
+    [("sepia,real_raw16", "unknown file name(s) sepia; choose from real_overlay, "), (",", "no file name; ")],
+)
+def test_an_unknown_file_name_is_the_common_one_line_error_before_the_database(tmp_path, capsys, only, says):
+    db = tmp_path / "absent.db"
+    assert main(["render", "1", "--only", only, "--db", f"sqlite:///{db}", "--out", str(tmp_path / "o")]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert line.startswith(f"poundcam: error: --only {only!r}: ") and says in line
+    assert list(tmp_path.iterdir()) == []  # no database, no folder
+
+
 def test_a_changed_source_is_not_drawn(processed_job, done_rows, tmp_path, capsys):
     from poundcam.commands.render import Renderer, RenderError
     from poundcam.db import analyses_for_rendering, make_session_factory, session_scope
