@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -261,8 +262,8 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
             (
                 *((s.method,) if several else ()),
                 str(s.layer),
-                f"{s.deletion_auc:.3f}",
-                f"{s.p_fake_after:.3f}",
+                figure(s.deletion_auc),
+                figure(s.p_fake_after),
                 str(s.images),
                 f"<- {', '.join(marks)}" if marks else "",
             )
@@ -299,8 +300,8 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
         assert measured is not None  # the current setting was a candidate
         gain, se = measured
         compared = (
-            f"{gain:.3f} deletion AUC ({chosen.deletion_auc:.3f} vs {now.deletion_auc:.3f}; "
-            f"standard error {se:.3f} over {chosen.images} images)"
+            f"{figure(gain)} deletion AUC ({figure(chosen.deletion_auc)} vs {figure(now.deletion_auc)}; "
+            f"standard error {figure(se)} over {chosen.images} images)"
         )
         if tie:
             lines.append(
@@ -314,6 +315,16 @@ def report(result, current: int, num_blocks: int, current_method: str | None = N
                 f"{named(result.method, chosen.layer)} beats the current {what}, {now_name}, by {compared}"
             )
     return "\n".join(lines)
+
+
+def figure(value: float) -> str:
+    """A score or a difference as printed: three decimals, or three significant digits below 0.1
+    (``3.12e-05``, ``0.0123``), so that what the rule compared (exact values) is what a reader
+    sees: a model whose P(fake) is tiny everywhere scores about 3e-5, which three decimals
+    print as 0.000 for every block."""
+    if value == 0 or not math.isfinite(value) or abs(value) >= 0.1:
+        return f"{value:.3f}"
+    return f"{value:#.3g}"
 
 
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")

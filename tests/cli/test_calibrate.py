@@ -174,7 +174,9 @@ def test_the_gain_is_paired_over_the_same_images():
     assert gain == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-12)
     assert result.gain(5) is None
     text = report(result, current=1, num_blocks=2)
-    assert "by 0.100 deletion AUC (0.200 vs 0.300; standard error 0.000 over 3 images)" in text
+    # the standard error is float rounding, and printed as what it is, not as 0.000
+    assert f"by 0.100 deletion AUC (0.200 vs 0.300; standard error {se:#.3g} over 3 images)" in text
+    assert se < 1e-12 and "e-" in f"{se:#.3g}"
     assert "do not tell" not in text
     noisy = Calibration(
         "hirescam", "contrastive", 0.5, 3, 3, 3, (score(0, [0.1, 0.5, 0.2]), score(1, [0.4, 0.1, 0.35])), 0
@@ -185,6 +187,41 @@ def test_the_gain_is_paired_over_the_same_images():
     assert "beats" not in text and "\nPOUNDCAM_CAM_LAYER=1\n" in text
     rows = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip()[:1].isdigit()}
     assert rows["0"].endswith("<- lowest") and rows["1"].endswith("<- chosen, current")
+
+
+def test_small_scores_are_printed_with_their_significant_digits():
+    """A model whose P(fake) is tiny everywhere scores about 3e-5: three decimals printed 0.000
+    for every block and for the gain, while the rule (exact values) chose a block. Below 0.1 the
+    table and the verdict show three significant digits, what the rule compared."""
+    from poundcam.commands.calibrate import figure, report
+
+    per_image = {
+        0: [3.0e-5, 3.2e-5, 2.9e-5, 3.1e-5],
+        1: [6.1e-5, 6.3e-5, 6.0e-5, 6.2e-5],
+        2: [0.2, 0.4, 0.3, 0.3],
+    }
+    after = {0: 1e-5, 1: 0.0123, 2: 1.0}  # mean P(fake) after 10% of the cells
+    scores = tuple(
+        LayerScore(k, float(np.mean(v)), 1.0, after[k], 4, (1.0, 0.0), tuple(v)) for k, v in per_image.items()
+    )
+    text = report(Calibration("hirescam", "contrastive", 0.5, 4, 4, 4, scores, 0), current=1, num_blocks=3)
+    assert "0.000" not in text
+    rows = {ln.split()[0]: ln.split() for ln in text.splitlines() if ln.strip()[:1].isdigit()}
+    assert [rows[k][1:3] for k in "012"] == [
+        ["3.05e-05", "1.00e-05"],
+        ["6.15e-05", "0.0123"],
+        ["0.300", "1.000"],
+    ]
+    assert "\nPOUNDCAM_CAM_LAYER=0\n" in text  # the rule itself is unchanged
+    assert "block 0 beats the current layer, 1, by 3.10e-05 deletion AUC (3.05e-05 vs 6.15e-05; " in text
+    assert [figure(v) for v in (0, 1.0, 0.1, 0.0123, 4.2e-4, float("nan"))] == [
+        "0.000",
+        "1.000",
+        "0.100",
+        "0.0123",
+        "0.000420",
+        "nan",
+    ]
 
 
 def test_write_env_appends_or_replaces_and_keeps_other_lines(tmp_path):
