@@ -124,7 +124,7 @@ def _calibrate(args) -> int:
         settings = settings.replace(allowed_roots=default_roots(args.paths, settings))
     store = make_store(settings)
     assert isinstance(store, LocalStore)  # local_root is set
-    inputs = collect(args.paths, store)
+    inputs = collect(args.paths, store, command="calibrate")
     for k in inputs.skipped:
         print(f"poundcam calibrate: skipped ({k.code}) {k.reason}", file=sys.stderr)
     files = inputs.files[: args.limit]

@@ -8,11 +8,17 @@ is read only if that real path lies under an allowed root. The check is
 are ``POUNDCAM_ALLOWED_ROOTS`` when it is set; unset, the real path of each file and folder
 given (:func:`default_roots`). A path that fails the check is skipped with its code and
 reason, never read. Each real file is listed once, each skipped path once.
+
+A walked folder's files whose names lack an image suffix (IMAGE_SUFFIXES) are not read either,
+by design rather than by refusal: they are not "skipped" (a skipped path makes ``analyze``
+exit 1), but listed apart (``Inputs.other_files``) and counted in one line on stderr, so that a
+reviewer sees that a folder held more than was read.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ from ..storage import LocalStore, StorageError, make_store
 # A walked folder's files with these suffixes are analysed; a file named on the command line
 # is analysed whatever its name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+OTHER_FILES_SHOWN = 3  # the other files named in the stderr line; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,12 @@ class Skipped:
 
 @dataclass
 class Inputs:
-    """What a command line names: the real paths to analyse, in walk order, and the skipped."""
+    """What a command line names: the real paths to analyse, in walk order, the skipped, and
+    the walked folders' files not read for their names (as found, in walk order)."""
 
     files: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    other_files: list[str] = field(default_factory=list)
 
 
 def default_roots(paths: Iterable[str], settings) -> tuple[str, ...]:
@@ -60,16 +69,35 @@ def default_roots(paths: Iterable[str], settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(roots))
 
 
-def collect(paths: Iterable[str], store: LocalStore, outputs: Iterable[Path] = ()) -> Inputs:
+def collect(
+    paths: Iterable[str], store: LocalStore, outputs: Iterable[Path] = (), command: str | None = "analyze"
+) -> Inputs:
     """The files to analyse and the paths skipped, checked by ``store`` (its read roots).
 
     Folders in ``outputs`` (the command's own output folder) are not walked into, so a second
     run over a folder that holds the first run's output does not analyse its heatmaps; named
-    on the command line they are walked as any other."""
+    on the command line they are walked as any other. When a walked folder holds files without
+    an image suffix, ``poundcam COMMAND:`` prints :func:`other_files_line` on stderr (``command``
+    None: nothing is printed)."""
     walk = _Walk(store, {Path(p).resolve() for p in outputs})
     for raw in paths:
         walk.visit(raw, given=True)
+    if command is not None and walk.inputs.other_files:
+        print(f"poundcam {command}: {other_files_line(walk.inputs.other_files)}", file=sys.stderr)
     return walk.inputs
+
+
+def other_files_line(other_files: list[str]) -> str:
+    """How many files of the walked folders were not read for their names, the first few, and
+    how to read one."""
+    shown = ", ".join(repr(p) for p in other_files[:OTHER_FILES_SHOWN])
+    more = len(other_files) - OTHER_FILES_SHOWN
+    return (
+        f"{len(other_files)} file(s) in the folders not read, their names lacking an image "
+        f"extension ({' '.join(sorted(IMAGE_SUFFIXES))}): {shown}"
+        + (f" and {more} more" if more > 0 else "")
+        + "; name a file on the command line to read it whatever its name"
+    )
 
 
 class _Walk:
@@ -116,3 +144,5 @@ class _Walk:
             child = os.path.join(base, name)
             if os.path.isdir(child) or Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 self.visit(child, given=False)
+            else:  # not read, for its name: counted, not skipped
+                self.inputs.other_files.append(child)

@@ -112,7 +112,9 @@ def register(sub) -> None:
         "Redis or S3: results go to SQLite and heatmaps to a folder. "
         "Each path, symlinks resolved, must lie under "
         "POUNDCAM_ALLOWED_ROOTS (unset: the paths given); others "
-        "are skipped, each with its reason.",
+        "are skipped, each with its reason. Folders are walked for "
+        "files with an image extension; their other files are not "
+        "read, and counted in one line on stderr.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     add_db_option(p)

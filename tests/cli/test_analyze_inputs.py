@@ -192,3 +192,45 @@ def test_paths_that_do_not_exist_stop_before_the_weights(tree):
     assert proc.stderr.strip().splitlines()[-1].startswith("poundcam: error: nothing to analyse: ")
     assert "not found" in proc.stderr and "weights" not in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tree.iterdir()) == before
+
+
+def test_files_without_an_image_extension_are_counted_not_skipped(tree, capsys):
+    """A walked folder's files whose names lack an image suffix are not read, by design: not
+    skipped (no exit 1 for a folder's notes), but listed and counted in one line on stderr, so
+    that a reviewer sees what a folder held beyond what was read. Named, a file is read."""
+    allowed = tree / "allowed"
+    (allowed / "sub" / "noext").write_bytes(b"maybe an image")
+    (allowed / "poundcam-out").mkdir()
+    (allowed / "poundcam-out" / "log.txt").write_text("the output folder is not walked")
+    inputs = collect([str(allowed)], store(tree, allowed), outputs=[allowed / "poundcam-out"])
+    # sub/ is walked, and its files counted, once: first found through dir-in (names in order)
+    assert inputs.other_files == [str(allowed / "dir-in" / "noext"), str(allowed / "notes.txt")]
+    assert inputs.skipped and all(k.path not in inputs.other_files for k in inputs.skipped)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "poundcam analyze: 2 file(s) in the folders not read, their names lacking an image extension "
+        f"(.bmp .gif .jpeg .jpg .png .tif .tiff .webp): {str(allowed / 'dir-in' / 'noext')!r}, "
+        f"{str(allowed / 'notes.txt')!r}; name a file on the command line to read it whatever its name"
+    )
+    named = collect([str(allowed / "sub" / "noext")], store(tree, allowed), command=None)
+    assert named.files == [str(allowed / "sub" / "noext")] and named.other_files == []
+    for i in range(4):
+        (allowed / "sub" / f"more-{i}").write_text("")
+    collect([str(allowed / "sub")], store(tree, allowed), command="calibrate")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("poundcam calibrate: 5 file(s) ") and "'more-2' and 2 more; name" in line.replace(
+        str(allowed / "sub") + "/", ""
+    )
+
+
+def test_cli_counts_the_files_it_did_not_read_even_when_none_is_left(tree):
+    (tree / "misc").mkdir()
+    (tree / "misc" / "noext").write_bytes(b"maybe an image")
+    proc = run_analyze("misc/", cwd=tree, POUNDCAM_WEIGHTS=str(tree / "no-weights.ckpt"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "poundcam analyze: 1 file(s) in the folders not read, their names lacking an image extension "
+        "(.bmp .gif .jpeg .jpg .png .tif .tiff .webp): 'misc/noext'; name a file on the command line "
+        "to read it whatever its name",
+        "poundcam: error: no image files found in the paths given",
+    ]
