@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -351,26 +353,36 @@ def _analyze(args) -> int:
     # created: missing or unreachable weights fail in seconds and leave nothing behind.
     settings = with_local_weights(settings)
     from ..pipeline import RetryLater, process_items
-    from ..runtime import make_analyzer, make_context
+    from ..runtime import make_analyzer, make_context, pick_device
 
-    analyzer = make_analyzer(settings)
-    out.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    upgrade(settings.database_url)
-    ctx = make_context(settings, analyzer)
-    with session_scope(ctx.sessions) as s:
-        job_id = create_job(
-            s,
-            inputs.files,
-            {
-                "mode": "embedded",
-                "model_id": analyzer.model_id,
-                "cam_config_id": analyzer.cam_config_id,
-                "heatmap_root": str(out),
-                "image_roots": list(roots),
-            },
-        )
-        refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
+    device = pick_device(settings.device)  # --device cuda without CUDA: before anything is made
+    # Then what may fail for want of a place to write (the heatmap folder, the database), before
+    # the model (a ViT-L: tens of seconds). A failure from here on until the job exists removes
+    # the folders this run made while they are still empty; a database it migrated stays (a
+    # database without jobs, as `poundcam db upgrade` leaves it: another run may use it already).
+    made = _heatmap_folder(out)
+    with contextlib.ExitStack() as undo:  # unwound only if the run fails before its job exists
+        undo.callback(_remove_empty, made)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        upgrade(settings.database_url)
+        analyzer = make_analyzer(settings, device=device)
+        undo.callback(analyzer.close)
+        ctx = make_context(settings, analyzer)
+        undo.callback(ctx.close)
+        with session_scope(ctx.sessions) as s:
+            job_id = create_job(
+                s,
+                inputs.files,
+                {
+                    "mode": "embedded",
+                    "model_id": analyzer.model_id,
+                    "cam_config_id": analyzer.cam_config_id,
+                    "heatmap_root": str(out),
+                    "image_roots": list(roots),
+                },
+            )
+            refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
+        undo.pop_all()  # the job exists: the run below closes the analyzer and the context
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)
     try:
@@ -403,6 +415,42 @@ def _analyze(args) -> int:
             f"database {settings.database_url}, heatmaps in {out}"
         )
     return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
+
+
+def _heatmap_folder(out: Path) -> list[Path]:
+    """Make the heatmap folder (and its missing parents) and write a file in it; returns the
+    folders made, innermost first (none when it existed).
+
+    Raises:
+        InvalidRequestError: it cannot be made or written to; nothing made is left.
+    """
+    from ..errors import InvalidRequestError
+    from ..logs import one_line
+
+    made = [p for p in (out, *out.parents) if not (p.exists() or p.is_symlink())]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".poundcam-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        _remove_empty(made)
+        why = exc.strerror or one_line(exc)
+        raise InvalidRequestError(
+            f"cannot write heatmaps to {out}: {why} (check --out, default ./poundcam-out)"
+        ) from exc
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) that exist and are empty; others stay."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return  # not empty: its parents are not empty either
 
 
 def _report_skipped(skipped, roots: tuple[str, ...], roots_from: str) -> None:

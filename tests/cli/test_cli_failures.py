@@ -285,3 +285,54 @@ def test_usage_errors_are_one_line(tmp_path, args, reason):
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert reason in line and "--help" in line, line
+
+
+def _one_image(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    return images
+
+
+@pytest.mark.parametrize(
+    "where, code, says",
+    [
+        (("--out", "{blocker}/out"), 2, "heatmaps to {blocker}/out: Not a directory (check --out"),
+        (("--db", "sqlite:///{blocker}/p.db"), 75, "database: unable to open database file"),
+    ],
+)
+def test_analyze_checks_its_heatmap_folder_and_database_before_the_model(tmp_path, where, code, says):
+    """Where the results cannot be written fails before the model is loaded (a ViT-L, after
+    its download): the weights given here would fail to load, so the error seen is the
+    folder's or the database's; and the run leaves nothing behind (a default ./poundcam-out
+    made before the database failed is removed again)."""
+    images = _one_image(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file, not a folder")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [a.format(blocker=blocker) for a in where]
+    proc = run("analyze", str(images), *args, "--weights", str(tmp_path / "bad.ckpt"), cwd=work)
+    assert proc.returncode == code, proc.stderr
+    assert says.format(blocker=blocker) in one_error_line(proc)
+    assert "loading model" not in proc.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_analyze_whose_model_fails_to_load_leaves_only_the_migrated_database(tmp_path):
+    """The folder and the database come before the model; if the model then fails, the empty
+    folder this run made goes again, and the database stays: migrated, without a job (as `poundcam
+    db upgrade` leaves it; another run may be using it already)."""
+    images = _one_image(tmp_path)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run("analyze", str(images), "--weights", str(tmp_path / "bad.ckpt"), cwd=work)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a PyTorch checkpoint" in proc.stderr.splitlines()[-1]
+    assert [p.name for p in work.iterdir()] == ["poundcam.db"]
+    jobs = run("jobs", "--json", cwd=work)
+    assert jobs.returncode == 0 and json.loads(jobs.stdout) == [], jobs.stderr
