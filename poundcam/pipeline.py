@@ -246,9 +246,11 @@ class _MessageRun:
                 self._store(outcome)
                 self._settle(block=False)
             self._settle(block=True)
-        except BaseException:
+        except BaseException as exc:
             # nothing keeps running behind a retry
             cf.wait([f for _, f in self.stores if f is not None])
+            if isinstance(exc, KeyboardInterrupt):
+                self._record_settled()
             raise
         if self.ctx.observer is not None and self.n_analyzed:
             self.ctx.observer.batch(time.perf_counter() - t0, self.n_analyzed)
@@ -257,6 +259,14 @@ class _MessageRun:
                 f"{len(self.report.retry)} item(s) hit a transient storage failure", self.report.retry
             )
         return self.report
+
+    def _record_settled(self) -> None:
+        """On an interrupt: write the items whose heatmaps are stored (and the failures), so
+        that they count as finished; the others stay claimed, for the caller to give back."""
+        try:
+            self._settle(block=True)
+        except Exception as exc:  # noqa: BLE001 - the interrupt is what the caller must see
+            log.warning("interrupted: %d settled item(s) not recorded: %s", len(self.ledger), exc)
 
     def _claim(self, items: list[tuple[int, str]], job_id: str | None) -> list[tuple[int, str]]:
         """Claim the items the database backs; returns them with the database's URIs."""

@@ -189,6 +189,27 @@ def test_transient_upload_failure_retries_only_its_items(setup):
     assert n_analyses(sessions) == 5
 
 
+def test_an_interrupt_records_what_was_settled_and_leaves_the_rest_claimed(setup):
+    """Ctrl-C mid-message: the items already reported (their heatmaps stored) are written as
+    finished before the interrupt goes on, not analysed again later; the others stay claimed
+    ("running") for the caller to give back (``poundcam analyze`` requeues them). The items
+    whose heatmaps are stored by then are settled too: how many depends on the threads."""
+    ctx, _, sessions, uris = setup
+    items = new_job(sessions, uris)
+    seen = []
+
+    def progress(outcome):
+        seen.append(outcome)
+        if len(seen) == 2:  # the database batch is 3: these two are not written yet
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        process_items(ctx, items, progress=progress)
+    got = [status for status, _ in states(sessions, items)]
+    assert got.count("done") + got.count("failed") == len(seen) >= 2
+    assert got.count("running") == len(items) - len(seen)  # those not reported yet, if any
+
+
 def test_the_database_not_the_message_decides_what_is_processed(setup):
     ctx, _, sessions, uris = setup
     victim = new_job(sessions, uris[:2])  # another job's items
