@@ -383,6 +383,7 @@ def _analyze(args) -> int:
             )
             refs = [(r["item_id"], r["uri"]) for r in item_refs(s, job_id)]
         undo.pop_all()  # the job exists: the run below closes the analyzer and the context
+    print(f"poundcam analyze: job {job_id}: {len(refs)} image(s)", file=sys.stderr)
     progress = Progress(len(refs))
     chunk = max(1, settings.batch_size * 4)
     try:
@@ -396,6 +397,11 @@ def _analyze(args) -> int:
                         [r for r in refs[start : start + chunk] if r[0] in exc.item_ids],
                         progress=progress,
                     )
+    except KeyboardInterrupt:
+        # Before the pools are closed (a second Ctrl-C there must not keep the items): this
+        # thread is the only one that writes to the database, and it stopped doing so.
+        progress.close()
+        return _interrupted(ctx.sessions, job_id)
     finally:
         progress.close()
         analyzer.close()
@@ -415,6 +421,36 @@ def _analyze(args) -> int:
             f"database {settings.database_url}, heatmaps in {out}"
         )
     return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
+
+
+def _interrupted(sessions, job_id: str) -> int:
+    """Ctrl-C: the job's claimed, unfinished items back to "queued" (this run was their only
+    owner; left "running" they would look taken forever), and one line that says where the job
+    stands and how to go on. Exit status 130, as for any interrupted command."""
+    from ..db import item_refs, job_status, requeue, session_scope
+    from ..logs import one_line
+
+    try:
+        with session_scope(sessions) as s:
+            running = [r["item_id"] for r in item_refs(s, job_id, status=ItemState.RUNNING)]
+            for start in range(0, len(running), 500):  # bound the statement's parameters
+                requeue(s, running[start : start + 500], job_id=job_id)
+            st = job_status(s, job_id)
+    except Exception as exc:  # noqa: BLE001 - the interrupt is what is reported
+        print(
+            f"poundcam analyze: interrupted: job {job_id}: its unfinished items could not be "
+            f"given back ({one_line(exc)}); they stay running",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"poundcam analyze: interrupted: job {job_id}: {st['done']}/{st['total']} analysed, "
+        f"{st['failed']} failed, {st['queued']} queued again; the same command again makes a new "
+        f"job that reuses the analyses made (not computed again); "
+        f"`poundcam results {job_id}` lists this one's",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _heatmap_folder(out: Path) -> list[Path]:
