@@ -397,11 +397,15 @@ def _analyze(args) -> int:
                         [r for r in refs[start : start + chunk] if r[0] in exc.item_ids],
                         progress=progress,
                     )
+    # The items are given back before the pools are closed (a second Ctrl-C there must not keep
+    # them): this thread is the only one that writes to the database, and it stopped doing so.
     except KeyboardInterrupt:
-        # Before the pools are closed (a second Ctrl-C there must not keep the items): this
-        # thread is the only one that writes to the database, and it stopped doing so.
         progress.close()
         return _interrupted(ctx.sessions, job_id)
+    except Exception:  # a second RetryLater, the database gone: reported as any failure
+        with contextlib.suppress(Exception):
+            _give_back(ctx.sessions, job_id)
+        raise
     finally:
         progress.close()
         analyzer.close()
@@ -423,19 +427,25 @@ def _analyze(args) -> int:
     return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
 
 
-def _interrupted(sessions, job_id: str) -> int:
-    """Ctrl-C: the job's claimed, unfinished items back to "queued" (this run was their only
-    owner; left "running" they would look taken forever), and one line that says where the job
-    stands and how to go on. Exit status 130, as for any interrupted command."""
+def _give_back(sessions, job_id: str) -> dict:
+    """The job's claimed, unfinished items back to "queued": a run of ``analyze`` is their only
+    owner, and left "running" they would look taken for ever. Returns the job's status."""
     from ..db import item_refs, job_status, requeue, session_scope
+
+    with session_scope(sessions) as s:
+        running = [r["item_id"] for r in item_refs(s, job_id, status=ItemState.RUNNING)]
+        for start in range(0, len(running), 500):  # bound the statement's parameters
+            requeue(s, running[start : start + 500], job_id=job_id)
+        return job_status(s, job_id)
+
+
+def _interrupted(sessions, job_id: str) -> int:
+    """Ctrl-C: the unfinished items given back, and one line that says where the job stands
+    and how to go on. Exit status 130, as for any interrupted command."""
     from ..logs import one_line
 
     try:
-        with session_scope(sessions) as s:
-            running = [r["item_id"] for r in item_refs(s, job_id, status=ItemState.RUNNING)]
-            for start in range(0, len(running), 500):  # bound the statement's parameters
-                requeue(s, running[start : start + 500], job_id=job_id)
-            st = job_status(s, job_id)
+        st = _give_back(sessions, job_id)
     except Exception as exc:  # noqa: BLE001 - the interrupt is what is reported
         print(
             f"poundcam analyze: interrupted: job {job_id}: its unfinished items could not be "

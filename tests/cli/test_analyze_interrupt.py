@@ -1,7 +1,8 @@
 """Ctrl-C during ``poundcam analyze``: the run was the only owner of its claimed items, so it
 gives them back ("queued", never left "running"), says which job and how far it got in one
 line, and exits 130. Run as a user runs it: the ``poundcam`` command in a subprocess, sent
-SIGINT once it has analysed something."""
+SIGINT once it has analysed something. A run that fails otherwise once its job exists gives
+its items back too (in this process: the failure is a stand-in store's)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,30 @@ def test_an_interrupted_run_gives_its_items_back_and_names_its_job(tmp_path, off
     assert line.startswith(f"poundcam analyze: interrupted: job {job_id}: ")
     assert f": {final['done']}/{IMAGES} analysed, " in line
     assert f"{final['queued']} queued again" in line and f"poundcam results {job_id}" in line
+
+
+def test_a_run_that_fails_after_its_job_exists_gives_its_items_back(
+    tmp_path, official_dir, monkeypatch, capsys
+):
+    """Any other failure once the job exists (here the heatmap folder failing twice, which
+    the run retries once) is the usual one line, and leaves no item "running" either."""
+    from poundcam.cli import main
+    from poundcam.constants import ErrorCode
+    from poundcam.storage import LocalStore, StorageError
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 60, 0, 0)).save(images / f"{i}.png")
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        raise StorageError(ErrorCode.STORAGE_UNAVAILABLE, "the disk went away")
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["analyze", str(images), "--db", db_url, "--out", str(tmp_path / "out"), "--device", "cpu"]
+    rc = main([*args, "--weights", str(official_dir / "last.ckpt")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.splitlines()[-1].startswith("poundcam: error: 3 item(s) hit a transient storage failure")
+    assert counts(db_url) == {"queued": 3}
