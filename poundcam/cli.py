@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -52,6 +53,13 @@ def _database(exc: BaseException) -> tuple[str, int]:
     return f"database: {reason} (check POUNDCAM_DATABASE_URL or --db; {hint})", UNAVAILABLE_EXIT
 
 
+def _not_a_database(exc: BaseException) -> tuple[str, int] | None:
+    """A file that SQLite cannot read as a database (any other DatabaseError is a bug)."""
+    if "file is not a database" not in one_line(exc):
+        return None
+    return f"database: {one_line(exc)} (check POUNDCAM_DATABASE_URL or --db)", USAGE_EXIT
+
+
 def _broker(exc: BaseException) -> tuple[str, int]:
     return (f"cannot reach the broker: {one_line(exc)} (check POUNDCAM_BROKER_URL)", UNAVAILABLE_EXIT)
 
@@ -71,11 +79,13 @@ def _os_error(exc: BaseException) -> tuple[str, int]:
 
 # Library exceptions that are expected failures, by the qualified name of a class in their MRO
 # (names, so that the CLI imports none of these libraries to recognize them). The first class
-# of an exception's MRO found here explains it.
-EXPLAIN: dict[str, Callable[[BaseException], tuple[str, int]]] = {
+# of an exception's MRO found here whose function explains it does (a function may decline with
+# None: the next class of the MRO is tried).
+EXPLAIN: dict[str, Callable[[BaseException], tuple[str, int] | None]] = {
     "sqlalchemy.exc.OperationalError": _database,
     "sqlalchemy.exc.InterfaceError": _database,
     "sqlalchemy.exc.ProgrammingError": _database,
+    "sqlalchemy.exc.DatabaseError": _not_a_database,
     "kombu.exceptions.OperationalError": _broker,
     "redis.exceptions.ConnectionError": _broker,
     "redis.exceptions.TimeoutError": _broker,
@@ -91,8 +101,9 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return redact(str(exc)) or type(exc).__name__, exc.exit_code
     for cls in type(exc).__mro__:
         how = EXPLAIN.get(f"{cls.__module__}.{cls.__qualname__}")
-        if how is not None:
-            return how(exc)
+        explained = how(exc) if how is not None else None
+        if explained is not None:
+            return explained
     return None
 
 
@@ -135,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`poundcam ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process the pipe ended
     except Exception as exc:
         explained = explain(exc)
         if explained is None:

@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..constants import (
     Label,
     values,
 )
+from ..logs import redact
 from .common import (
     add_db_option,
     add_model_options,
@@ -310,6 +313,18 @@ class Progress:
 
 
 def _analyze(args) -> int:
+    # SIGTERM (`kill`, a supervisor, a script's background job, which ignores Ctrl-C) ends the
+    # run as Ctrl-C does: the embedded run owns its items, and gives them back before it exits.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
+    try:
+        return _analyze_run(args)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _analyze_run(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..db import create_job, item_refs, job_results, session_scope
@@ -419,10 +434,11 @@ def _analyze(args) -> int:
         print(format_results(rows, "table"), end="")
         done = sum(r["status"] == ItemState.DONE for r in rows)
         fake = sum(r.get("label") == Label.FAKE for r in rows)
+        unread = f", {len(inputs.other_files)} not read for their names" if inputs.other_files else ""
         print(
             f"\njob {job_id}: {done}/{len(rows)} analysed, {fake} labelled fake, "
-            f"{len(rows) - done} failed, {len(skipped)} skipped; "
-            f"database {settings.database_url}, heatmaps in {out}"
+            f"{len(rows) - done} failed, {len(skipped)} skipped{unread}; "
+            f"database {redact(settings.database_url)}, heatmaps in {out}"
         )
     return 0 if not skipped and all(r["status"] == ItemState.DONE for r in rows) else 1
 

@@ -1,4 +1,4 @@
-"""Ctrl-C during ``poundcam analyze``: the run was the only owner of its claimed items, so it
+"""Ctrl-C (or SIGTERM) during ``poundcam analyze``: the run was the only owner of its claimed items, so it
 gives them back ("queued", never left "running"), says which job and how far it got in one
 line, and exits 130. Run as a user runs it: the ``poundcam`` command in a subprocess, sent
 SIGINT once it has analysed something. A run that fails otherwise once its job exists gives
@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 from PIL import Image
 
@@ -32,7 +33,8 @@ def counts(db_url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def test_an_interrupted_run_gives_its_items_back_and_names_its_job(tmp_path, official_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
+def test_an_interrupted_run_gives_its_items_back_and_names_its_job(tmp_path, official_dir, signum):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -59,7 +61,7 @@ def test_an_interrupted_run_gives_its_items_back_and_names_its_job(tmp_path, off
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()  # still analysing: the signal lands mid-run
         assert counts(db_url).get("done"), "nothing analysed in 90 s"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

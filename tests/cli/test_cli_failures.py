@@ -336,3 +336,24 @@ def test_analyze_whose_model_fails_to_load_leaves_only_the_migrated_database(tmp
     assert [p.name for p in work.iterdir()] == ["poundcam.db"]
     jobs = run("jobs", "--json", cwd=work)
     assert jobs.returncode == 0 and json.loads(jobs.stdout) == [], jobs.stderr
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database, some notes\n" * 100)
+    proc = run("jobs", "--db", f"sqlite:///{tmp_path / 'notes.db'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "not a database" in one_error_line(proc)
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path, official_dir):
+    proc = subprocess.Popen(
+        poundcam_cmd() + ["model-info", str(official_dir / "last.ckpt")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head` that has read all it wanted, before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err
