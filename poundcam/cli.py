@@ -17,6 +17,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -41,16 +42,19 @@ USAGE_EXIT = 2
 UNAVAILABLE_EXIT = UnavailableError.exit_code
 
 
+# What a database error's reason says -> what to do about it (PostgreSQL's and SQLite's words).
+DATABASE_HINTS = (
+    (r'database "[^"]*" does not exist', "; create the database, then `poundcam db upgrade`"),
+    (r'relation "[^"]*" does not exist|no such table', "; `poundcam db upgrade` creates the tables"),
+    (r'role "[^"]*" does not exist|password authentication failed', "; check the user and password"),
+    (r"(?i)connection refused|timeout expired|timed out", "; is the server up?"),
+)
+
+
 def _database(exc: BaseException) -> tuple[str, int]:
     reason = one_line(exc)
-    lowered = reason.lower()
-    if "database" in lowered and "does not exist" in lowered:  # the server has no such database
-        hint = "create the database (createdb NAME), then `poundcam db upgrade` creates the tables"
-    elif "no such table" in lowered or "does not exist" in lowered:
-        hint = "`poundcam db upgrade` creates the tables"
-    else:
-        hint = "is the server up?"
-    return f"database: {reason} (check POUNDCAM_DATABASE_URL or --db; {hint})", UNAVAILABLE_EXIT
+    hint = next((h for pattern, h in DATABASE_HINTS if re.search(pattern, reason)), "")
+    return f"database: {reason} (check POUNDCAM_DATABASE_URL or --db{hint})", UNAVAILABLE_EXIT
 
 
 def _not_a_database(exc: BaseException) -> tuple[str, int] | None:

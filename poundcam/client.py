@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from .constants import S3_SCHEME
 from .db import (
     create_job,
     explain_db_error,
@@ -297,7 +298,8 @@ class Client:
         """Send messages for the job's queued items that no message in the broker names.
 
         For a failed submit, or messages lost with the broker; items a message in the broker
-        already names are not sent twice.
+        already names are not sent twice (unless the message moves in the queue as it is read:
+        then some are, which is idempotent). Only ``s3://`` items are sent.
 
         Args:
             job_id: the job.
@@ -308,13 +310,20 @@ class Client:
 
         Raises:
             JobNotFoundError: no such job.
+            InvalidRequestError: every queued item is a local path (an embedded job).
             EnqueueError: the broker refused or could not be reached.
         """
         from .broker.inflight import queued_item_ids
 
         with self.session() as s:
             job_status(s, job_id)  # raises for an unknown job
-            refs = item_refs(s, job_id)
+            queued = item_refs(s, job_id)
+        refs = [r for r in queued if r["uri"].startswith(S3_SCHEME)]
+        if queued and not refs:
+            raise InvalidRequestError(
+                f"job {job_id}: its queued items are local paths (a `poundcam analyze` job): no "
+                "worker can read them; run `poundcam analyze` on them again"
+            )
         if refs:
             waiting = queued_item_ids(self.settings, job_id)
             refs = [r for r in refs if r["item_id"] not in waiting]

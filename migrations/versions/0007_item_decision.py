@@ -5,11 +5,14 @@ CAM configuration, but the decision threshold belongs to the run: a job analysed
 threshold must not inherit the first job's label. The item now records the label at the
 threshold in force when it was done, from the analysis's P(fake).
 
-- ``job_items.label``, ``job_items.threshold``: NULL until the item is done; filled here from
-  the linked analysis for the items done before (the label they showed until now).
+- ``job_items.label``, ``job_items.threshold``: NULL until the item is done. Items done before
+  keep NULL and show the linked analysis's label, as they did: every reader falls back to it.
+  (Not copied here: analyses never change, and filling every done row would hold the table's
+  exclusive lock through a rewrite of all of it, blocking the workers, for nothing.)
 - ``poundcam_v_item_results`` and ``poundcam_v_job_summary`` read the item's label and threshold
-  (the analysis's where the item has none: an item done by a writer of an earlier version
-  during a rolling upgrade). Their columns keep their names, order and meanings.
+  (the analysis's where the item has none: an item done before this revision, or by a writer
+  of an earlier version during a rolling upgrade). Their columns keep their names, order and
+  meanings.
 
 The downgrade restores the views of 0005 and 0002 and drops the columns.
 
@@ -79,16 +82,8 @@ def upgrade() -> None:
     item_results, job_summary = _views()
     op.execute(f"DROP VIEW IF EXISTS {job_summary}")
     op.execute(f"DROP VIEW IF EXISTS {item_results}")
-    for name, type_ in COLUMNS:
+    for name, type_ in COLUMNS:  # nullable, no default: no rewrite of the table
         op.add_column("job_items", sa.Column(name, type_, nullable=True))
-    op.execute(
-        "UPDATE job_items SET "
-        + ", ".join(
-            f"{name} = (SELECT a.{name} FROM analyses a WHERE a.id = job_items.analysis_id)"
-            for name, _ in COLUMNS
-        )
-        + " WHERE analysis_id IS NOT NULL"
-    )
     op.execute(item_results_sql(dialect))
     op.execute(job_summary_sql(dialect))
 

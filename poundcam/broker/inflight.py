@@ -26,15 +26,27 @@ def queued_item_ids(settings, job_id: str) -> set[int]:
     return named_item_ids(settings, [job_id])[job_id]
 
 
-def named_item_ids(settings, job_ids: Iterable[str]) -> dict[str, set[int]]:
-    """``{job_id: ids of its items named by a message still in the broker}`` for each job."""
+QUEUE_KEYS = (QUEUE, *(f"{QUEUE}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS))
+
+
+def queued_messages(client) -> int:
+    """Messages waiting in the queue (every priority)."""
+    return sum(int(client.llen(key)) for key in QUEUE_KEYS)
+
+
+def named_item_ids(settings, job_ids: Iterable[str], queue: bool = True) -> dict[str, set[int]]:
+    """``{job_id: ids of its items named by a message still in the broker}`` for each job: in
+    the queue (skipped with ``queue=False``) or unacknowledged. The queue is read in chunks by
+    position while producers push and workers pop, so a message that moves during the reading
+    can be missed and its items sent again (idempotent: no second analysis, though a worker may
+    analyse them twice). The sweeper reads the queue only while it is empty."""
     import redis
 
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=30)
     found: dict[str, set[int]] = {j: set() for j in job_ids}
     needles = [j.encode() for j in found]
     max_bytes = settings.max_message_bytes
-    for key in [QUEUE] + [f"{QUEUE}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]:
+    for key in QUEUE_KEYS if queue else ():
         for start in range(0, client.llen(key), CHUNK):
             for raw in client.lrange(key, start, start + CHUNK - 1):
                 # bytes: the client decodes no responses (str only with decode_responses)

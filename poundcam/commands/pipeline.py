@@ -312,16 +312,29 @@ class Progress:
         self.bar.close()
 
 
-def _analyze(args) -> int:
-    # SIGTERM (`kill`, a supervisor, a script's background job, which ignores Ctrl-C) ends the
-    # run as Ctrl-C does: the embedded run owns its items, and gives them back before it exits.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
+# Signals that end an analyze run as Ctrl-C does: `kill` and supervisors (SIGTERM; a script's
+# background job ignores Ctrl-C), a closed terminal (SIGHUP). The embedded run owns its items
+# and gives them back before it exits.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals(handler):
+    """``handler`` for STOP_SIGNALS meanwhile (the main thread only: elsewhere nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        return _analyze_run(args)
+        yield
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: installed from C
+
+
+def _analyze(args) -> int:
+    with _signals(signal.default_int_handler):
+        return _analyze_run(args)
 
 
 def _analyze_run(args) -> int:
@@ -448,7 +461,8 @@ def _give_back(sessions, job_id: str) -> dict:
     owner, and left "running" they would look taken for ever. Returns the job's status."""
     from ..db import item_refs, job_status, requeue, session_scope
 
-    with session_scope(sessions) as s:
+    # a second Ctrl-C (or a supervisor's repeated TERM) must not cut the give-back short
+    with _signals(signal.SIG_IGN), session_scope(sessions) as s:
         running = [r["item_id"] for r in item_refs(s, job_id, status=ItemState.RUNNING)]
         for start in range(0, len(running), 500):  # bound the statement's parameters
             requeue(s, running[start : start + 500], job_id=job_id)

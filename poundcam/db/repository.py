@@ -17,7 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..constants import ITEM_STATES, LABELS, ErrorCode, ItemState
+from ..constants import ITEM_STATES, LABELS, S3_SCHEME, ErrorCode, ItemState
 from ..errors import PoundcamError
 from .models import Analysis, Job, JobItem, new_job_id, utcnow
 
@@ -332,6 +332,8 @@ def mark_done_many(session: Session, done: Iterable[Done | tuple]) -> None:
     """:func:`mark_done` for each :class:`Done` (or tuple of its fields), in one statement."""
     rows = []
     for d in (Done(*x) for x in done):
+        if (d.label is None) != (d.threshold is None):
+            raise ValueError("an item's decision needs its label and its threshold, or neither")
         if d.label is not None and d.label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, not {d.label!r}")
         rows.append(
@@ -404,25 +406,21 @@ class Sweep:
 def stale_queued(
     session: Session, older_than_s: float, now: datetime | None = None, limit: int = 10000
 ) -> dict[str, list[int]]:
-    """``{job_id: [item_id]}`` of items "queued" and unchanged for more than ``older_than_s``
-    seconds: waiting in a long queue, or named by no message any more (the caller asks the
-    broker which). Items of embedded jobs (``poundcam analyze``) are left out: no message ever
-    carries them, and a worker could not read their local paths."""
+    """``{job_id: [item_id]}`` of at most ``limit`` items "queued" and unchanged for more than
+    ``older_than_s`` seconds, of those a worker can read (``s3://``: an embedded job's local
+    paths are never sent to the broker): waiting in a queue, or named by no message any more
+    (the caller asks the broker which)."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
     t = _ITEMS
     rows = session.execute(
         sa.select(t.c.id, t.c.job_id)
-        .where(t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff)
+        .where(t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff, t.c.uri.startswith(S3_SCHEME))
         .order_by(t.c.id)
         .limit(limit)
     ).all()
     out: dict[str, list[int]] = {}
     for r in rows:
         out.setdefault(r.job_id, []).append(r.id)
-    if out:
-        for job_id, options in session.execute(sa.select(Job.id, Job.options).where(Job.id.in_(out))):
-            if (options or {}).get("mode") == "embedded":
-                del out[job_id]
     return out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..constants import STORAGE_ERROR_CODES, ErrorCode
+from ..constants import S3_SCHEME, STORAGE_ERROR_CODES, ErrorCode
 from ..errors import PoundcamError
 
 MAX_KEY_BYTES = 1024  # the S3 limit
@@ -78,7 +78,7 @@ def parse_s3_uri(uri: str) -> S3Ref:
     """``s3://bucket/key`` -> S3Ref, validating the bucket name and the key."""
     if not isinstance(uri, str) or len(uri) > MAX_URI_CHARS:
         raise StorageError(ErrorCode.INVALID_URI, "URI missing or too long")
-    if not uri.startswith("s3://"):
+    if not uri.startswith(S3_SCHEME):
         raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} is not an s3:// URI")
     bucket, sep, key = uri[5:].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
@@ -203,7 +203,7 @@ class S3Store(ObjectStore):
 
     def ref(self, uri: str) -> S3Ref:
         """Parse and authorise a read URI."""
-        if isinstance(uri, str) and not uri.startswith("s3://"):
+        if isinstance(uri, str) and not uri.startswith(S3_SCHEME):
             raise StorageError(
                 ErrorCode.URI_NOT_ALLOWED,
                 f"{uri!r}: only s3:// URIs are read here (local paths only in the embedded mode)",

@@ -41,12 +41,12 @@ def setup(db_url, broker):
     r.delete(QUEUE_KEY, UNACKED_KEY, LOST_MESSAGES_LOCK)
 
 
-def _job(sessions, n: int, tag: str, age_h: float = 2.0, options=None) -> tuple[str, list[int]]:
+def _job(sessions, n: int, tag: str, age_h: float = 2.0, scheme: str = "s3://imgs/") -> tuple[str, list[int]]:
     """A job of ``n`` queued items, last changed ``age_h`` hours ago."""
     from poundcam.db import JobItem, create_job, item_refs, session_scope
 
     with session_scope(sessions) as s:
-        job = create_job(s, [f"s3://imgs/{tag}/{k}.jpg" for k in range(n)], options)
+        job = create_job(s, [f"{scheme}{tag}/{k}.jpg" for k in range(n)])
         ids = [r["item_id"] for r in item_refs(s, job)]
         old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=age_h)
         s.execute(sa.update(JobItem).where(JobItem.id.in_(ids)).values(updated_at=old))
@@ -70,38 +70,74 @@ def test_only_items_no_message_names_are_sent_again(setup):
     from poundcam.db import JobItem, session_scope
 
     settings, sessions, r = setup
-    client = Client(settings)
     lost_job, lost_ids = _job(sessions, 5, "lost")
-    waiting_job, waiting_ids = _job(sessions, 2, "waiting")  # its message is in the queue
     held_job, held_ids = _job(sessions, 2, "held")  # its message is held by a worker (unacked)
     young_job, _ = _job(sessions, 2, "young", age_h=0.1)  # queued recently: not looked at
-    embedded_job, _ = _job(sessions, 2, "embedded", options={"mode": "embedded"})  # no broker's
-    client.enqueue(held_job, [{"item_id": i, "uri": "s3://imgs/held"} for i in held_ids])
+    local_job, _ = _job(sessions, 2, "local", scheme="/home/alice/")  # an embedded job's paths
+    Client(settings).enqueue(held_job, [{"item_id": i, "uri": "s3://imgs/held"} for i in held_ids])
     raw = r.rpop(QUEUE_KEY)
     r.hset(UNACKED_KEY, "tag-1", json.dumps([json.loads(raw), "", QUEUE_KEY]))
-    client.enqueue(waiting_job, [{"item_id": i, "uri": "s3://imgs/waiting"} for i in waiting_ids])
     with session_scope(sessions) as s:  # one lost item was claimed by a worker meanwhile
         s.execute(sa.update(JobItem).where(JobItem.id == lost_ids[0]).values(status="running"))
 
     resent = resend_lost(settings, sessions)
 
     assert {job: [i for i, _ in refs] for job, refs in resent.items()} == {lost_job: lost_ids[1:]}
-    assert sorted(_queued_messages(r)) == sorted([(waiting_job, waiting_ids), (lost_job, lost_ids[1:])])
-    assert young_job not in resent and embedded_job not in resent
-    # sent once: the items are fresh again, and now named by a message anyway
+    assert _queued_messages(r) == [(lost_job, lost_ids[1:])]
+    assert young_job not in resent and local_job not in resent
+    # sent once: the items are fresh again (and named by a message in the queue anyway)
+    r.delete(QUEUE_KEY)
     assert resend_lost(settings, sessions) == {}
-    assert len(_queued_messages(r)) == 2
 
 
-def test_periodic_sweeps_take_turns_reading_the_broker(setup):
+def test_a_queue_that_is_not_empty_is_not_read(setup):
+    """Messages move while a queue is read by position: the look-up waits until it is empty."""
     from poundcam.broker.sweeper import resend_lost
+    from poundcam.client import Client
+
+    settings, sessions, r = setup
+    lost_job, lost_ids = _job(sessions, 3, "lost-behind-a-queue")
+    waiting_job, waiting_ids = _job(sessions, 2, "waiting")
+    Client(settings).enqueue(waiting_job, [{"item_id": i, "uri": "s3://imgs/waiting"} for i in waiting_ids])
+    assert resend_lost(settings, sessions) == {}
+    r.delete(QUEUE_KEY)  # the queue drained (its items would be running or done by now)
+    assert lost_job in resend_lost(settings, sessions)
+
+
+def test_periodic_sweeps_take_turns(setup):
+    from poundcam.broker.sweeper import LOST_MESSAGES_LOCK, resend_lost
 
     settings, sessions, r = setup
     first_job, first_ids = _job(sessions, 2, "first")
     assert [i for i, _ in resend_lost(settings, sessions, take_turns=True)[first_job]] == first_ids
     second_job, second_ids = _job(sessions, 2, "second")
+    r.delete(QUEUE_KEY)
     # another worker's periodic sweep within the interval leaves the broker alone
     assert resend_lost(settings, sessions, take_turns=True) == {}
-    assert 0 < r.ttl("poundcam:sweep-lost-messages") <= settings.sweep_interval_s
+    assert 0 < r.ttl(LOST_MESSAGES_LOCK) <= settings.sweep_interval_s
     # an operator's `poundcam sweep` does not wait its turn
     assert [i for i, _ in resend_lost(settings, sessions)[second_job]] == second_ids
+
+
+def test_an_embedded_jobs_items_are_never_sent_to_the_broker(setup):
+    """An analyze run killed mid-job leaves its items running: the sweeper puts them back to
+    queued, sends nothing (no worker can read local paths), and resend refuses the job."""
+    from poundcam.broker.sweeper import sweep
+    from poundcam.client import Client
+    from poundcam.db import JobItem, session_scope
+    from poundcam.errors import InvalidRequestError
+
+    settings, sessions, r = setup
+    job, ids = _job(sessions, 3, "killed", scheme="/home/alice/")
+    with session_scope(sessions) as s:
+        s.execute(
+            sa.update(JobItem)
+            .where(JobItem.id.in_(ids))
+            .values(status="running", attempts=1, updated_at=JobItem.updated_at)
+        )
+    swept = sweep(settings, sessions)
+    assert [i for i, _ in swept.requeued[job]] == ids and swept.resent == {}
+    assert r.llen(QUEUE_KEY) == 0
+    with pytest.raises(InvalidRequestError, match="local paths"):
+        Client(settings).resend(job)
+    assert r.llen(QUEUE_KEY) == 0

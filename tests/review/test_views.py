@@ -438,7 +438,7 @@ def test_deep_map_cells_beside_the_fast_ones_and_down_to_0005(db_url):
 
 def test_each_job_keeps_its_own_decision_and_down_to_0006(db_url):
     """0007: an analysis shared by two jobs carries each job's label at its own threshold in
-    both views; items done before 0007 keep the label they showed (filled from the analysis);
+    both views; items done before 0007 keep the label they showed (the analysis's);
     the downgrade restores the analysis's label."""
     upgrade(db_url, "0006_deep_map_cells")
     sessions = make_session_factory(db_url)
