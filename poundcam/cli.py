@@ -59,9 +59,10 @@ def _database(exc: BaseException) -> tuple[str, int]:
 
 def _not_a_database(exc: BaseException) -> tuple[str, int] | None:
     """A file that SQLite cannot read as a database (any other DatabaseError is a bug)."""
-    if "file is not a database" not in one_line(exc):
+    reason = one_line(exc)
+    if "file is not a database" not in reason:
         return None
-    return f"database: {one_line(exc)} (check POUNDCAM_DATABASE_URL or --db)", USAGE_EXIT
+    return f"database: {reason} (check POUNDCAM_DATABASE_URL or --db)", USAGE_EXIT
 
 
 def _broker(exc: BaseException) -> tuple[str, int]:

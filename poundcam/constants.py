@@ -137,8 +137,8 @@ class HeatmapMode(StrEnum):
     OFF = "off"
 
 
-# Default limits of one image (POUNDCAM_MAX_IMAGE_BYTES, POUNDCAM_MAX_IMAGE_PIXELS).
 S3_SCHEME = "s3://"  # the URIs a worker reads (local paths only in the embedded mode)
+# Default limits of one image (POUNDCAM_MAX_IMAGE_BYTES, POUNDCAM_MAX_IMAGE_PIXELS).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67,108,864
 # The longest side accepted (a JPEG's own limit). Pillow keeps 8 bytes of bookkeeping per row of

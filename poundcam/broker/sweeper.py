@@ -46,8 +46,6 @@ def sweep(settings, sessions, take_turns: bool = False) -> Sweep:
         EnqueueError: items were requeued but a message could not be sent (``poundcam resend``
             sends them later; they are "queued" either way).
     """
-    from ..client import client_for  # the client is the one producer of messages
-
     with session_scope(sessions) as s:
         swept = sweep_abandoned(s, settings.visibility_timeout_s, settings.max_attempts)
     for job_id, refs in swept.requeued.items():
@@ -57,10 +55,7 @@ def sweep(settings, sessions, take_turns: bool = False) -> Sweep:
             len(refs),
             extra={"job_id": job_id},
         )
-        # an embedded job's items (local paths) are put back to "queued", never sent
-        sendable = [{"item_id": i, "uri": u} for i, u in refs if u.startswith(S3_SCHEME)]
-        if sendable:
-            client_for(settings).enqueue(job_id, sendable)
+        _send(settings, job_id, refs)
     if swept.failed:
         log.warning(
             "%d item(s) abandoned too often, failed with retries_exhausted: %s",
@@ -81,7 +76,6 @@ def resend_lost(settings, sessions, take_turns: bool = False) -> dict[str, list[
     for the next sweep."""
     import redis
 
-    from ..client import client_for
     from .inflight import named_item_ids, queued_messages
 
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=30)
@@ -101,7 +95,7 @@ def resend_lost(settings, sessions, take_turns: bool = False) -> dict[str, list[
         with session_scope(sessions) as s:
             lost = requeue_stale(s, [i for i in ids if i not in named[job_id]], settings.visibility_timeout_s)
         for lost_job, refs in lost.items():
-            client_for(settings).enqueue(lost_job, [{"item_id": i, "uri": u} for i, u in refs])
+            _send(settings, lost_job, refs)
             resent[lost_job] = refs
     if resent:
         log.warning(
@@ -112,3 +106,13 @@ def resend_lost(settings, sessions, take_turns: bool = False) -> dict[str, list[
             ", ".join(list(resent)[:5]) + (" ..." if len(resent) > 5 else ""),
         )
     return resent
+
+
+def _send(settings, job_id: str, refs: list[tuple[int, str]]) -> None:
+    """A message for the job's ``(item_id, uri)`` a worker can read; an embedded job's items
+    (local paths) stay "queued", never sent."""
+    from ..client import client_for  # the client is the one producer of messages
+
+    sendable = [{"item_id": i, "uri": u} for i, u in refs if u.startswith(S3_SCHEME)]
+    if sendable:
+        client_for(settings).enqueue(job_id, sendable)

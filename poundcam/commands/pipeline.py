@@ -24,7 +24,7 @@ from ..constants import (
     Label,
     values,
 )
-from ..logs import redact
+from ..logs import one_line, redact
 from .common import (
     add_db_option,
     add_model_options,
@@ -472,8 +472,6 @@ def _give_back(sessions, job_id: str) -> dict:
 def _interrupted(sessions, job_id: str) -> int:
     """Ctrl-C: the unfinished items given back, and one line that says where the job stands
     and how to go on. Exit status 130, as for any interrupted command."""
-    from ..logs import one_line
-
     try:
         st = _give_back(sessions, job_id)
     except Exception as exc:  # noqa: BLE001 - the interrupt is what is reported
@@ -501,7 +499,6 @@ def _heatmap_folder(out: Path) -> list[Path]:
         InvalidRequestError: it cannot be made or written to; nothing made is left.
     """
     from ..errors import InvalidRequestError
-    from ..logs import one_line
 
     made = [p for p in (out, *out.parents) if not (p.exists() or p.is_symlink())]
     try:

@@ -436,11 +436,19 @@ def requeue_stale(
         return {}
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
     t = _ITEMS
+    stale = (t.c.id.in_(ids), t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff)
+    return _update_refs(session, stale, {})
+
+
+def _update_refs(session: Session, where: tuple, values: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
+    """Update the items ``where`` holds with ``values`` (and ``updated_at`` now); returns those
+    it changed, ``{job_id: [(item_id, uri)]}`` in id order."""
+    t = _ITEMS
     out: dict[str, list[tuple[int, str]]] = {}
     for r in session.execute(
         sa.update(t)
-        .where(t.c.id.in_(ids), t.c.status == ItemState.QUEUED, t.c.updated_at < cutoff)
-        .values(updated_at=utcnow())
+        .where(*where)
+        .values(**values, updated_at=utcnow())
         .returning(t.c.id, t.c.job_id, t.c.uri)
     ):
         out.setdefault(r.job_id, []).append((r.id, r.uri))
@@ -479,15 +487,7 @@ def sweep_abandoned(
         if exhausted
         else []
     )
-    requeued: dict[str, list[tuple[int, str]]] = {}
-    if back:
-        for r in session.execute(
-            sa.update(t)
-            .where(t.c.id.in_(back), *stale)
-            .values(status=ItemState.QUEUED, updated_at=utcnow())
-            .returning(t.c.id, t.c.job_id, t.c.uri)
-        ):
-            requeued.setdefault(r.job_id, []).append((r.id, r.uri))
+    requeued = _update_refs(session, (t.c.id.in_(back), *stale), {"status": ItemState.QUEUED}) if back else {}
     return Sweep(requeued, sorted(failed))
 
 

@@ -80,7 +80,7 @@ def parse_s3_uri(uri: str) -> S3Ref:
         raise StorageError(ErrorCode.INVALID_URI, "URI missing or too long")
     if not uri.startswith(S3_SCHEME):
         raise StorageError(ErrorCode.INVALID_URI, f"{uri!r} is not an s3:// URI")
-    bucket, sep, key = uri[5:].partition("/")
+    bucket, sep, key = uri[len(S3_SCHEME) :].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
         raise StorageError(ErrorCode.INVALID_URI, f"{uri!r}: {bucket!r} is not a valid bucket name")
     if not sep or not key:
